@@ -1,0 +1,206 @@
+//! A third-party plugin for the synchronizer, built only against `synchronizer-plugin-api`:
+//! a collector for Vitrage's "static" data source. Entities and their relations that are
+//! not in OpenStack (switches, racks, power feeds) are described in YAML files in one
+//! directory; every poll reads all of them and returns a complete snapshot.
+//!
+//! A file looks like this:
+//!
+//! ```yaml
+//! entities:
+//!   - type: switch            # any entity type
+//!     id: sw-1                # native id, unique within the type
+//!     name: top-of-rack-1
+//!     state: available
+//!     category: resource      # or alarm; resource by default
+//!     project: infra          # optional
+//!     properties: { ports: 48 }
+//! relationships:
+//!   - source: rack:r-1        # keys are <type>:<id>
+//!     target: switch:sw-1
+//!     type: contains
+//! ```
+//!
+//! A relationship is attached to its source entity when that entity is defined in the
+//! directory, otherwise to its target. A file that does not parse fails the whole
+//! snapshot (nothing is deleted), naming the file and the line.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use synchronizer_plugin_api::{
+    Category, Context, Entity, Error, Plugin, PluginInfo, PluginKind, Relation, Snapshot,
+};
+
+/// The instance's configuration.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The directory holding the `*.yaml` / `*.yml` files.
+    pub directory: PathBuf,
+}
+
+/// The plugin: one directory of YAML files.
+pub struct StaticPlugin {
+    directory: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    entities: Vec<EntityDef>,
+    #[serde(default)]
+    relationships: Vec<RelationDef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "lowercase")]
+enum CategoryDef {
+    Resource,
+    Alarm,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntityDef {
+    #[serde(rename = "type")]
+    entity_type: String,
+    id: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    project: Option<String>,
+    #[serde(default)]
+    category: Option<CategoryDef>,
+    #[serde(default)]
+    properties: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RelationDef {
+    source: String,
+    target: String,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+impl Plugin for StaticPlugin {
+    type Config = Config;
+
+    fn info() -> PluginInfo {
+        PluginInfo {
+            name: "static",
+            version: env!("CARGO_PKG_VERSION"),
+            description: "entities and relations described in YAML files (Vitrage's static data source)",
+            // Any type: the files say which.
+            entity_types: &[],
+            kind: PluginKind::Collector,
+        }
+    }
+
+    fn new(config: Config, ctx: &Context) -> Result<Self, Error> {
+        if !config.directory.is_dir() {
+            return Err(Error::config(format!(
+                "instance `{}`: config field `directory`: {} is not a directory",
+                ctx.instance,
+                config.directory.display()
+            )));
+        }
+        tracing::info!(directory = %config.directory.display(), "static plugin ready");
+        Ok(StaticPlugin {
+            directory: config.directory,
+        })
+    }
+
+    async fn snapshot(&self, _types: &[String]) -> Result<Snapshot, Error> {
+        let files = yaml_files(&self.directory).await?;
+        let mut entities: Vec<Entity> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        let mut relations = Vec::new();
+        for path in &files {
+            let text = tokio::fs::read_to_string(path)
+                .await
+                .map_err(|e| Error::failed(format!("cannot read {}: {e}", path.display())))?;
+            let modified = tokio::fs::metadata(path).await.and_then(|m| m.modified()).ok();
+            let file: File = serde_yaml::from_str(&text)
+                .map_err(|e| Error::failed(format!("{}: {e}", path.display())))?;
+            for def in file.entities {
+                let key = format!("{}:{}", def.entity_type, def.id);
+                if index.contains_key(&key) {
+                    return Err(Error::failed(format!(
+                        "{}: entity {key} is defined twice",
+                        path.display()
+                    )));
+                }
+                index.insert(key, entities.len());
+                entities.push(to_entity(def, modified));
+            }
+            relations.extend(file.relationships.into_iter().map(|r| (path.clone(), r)));
+        }
+        for (path, r) in relations {
+            if let Some(&i) = index.get(&r.source) {
+                let e = std::mem::replace(&mut entities[i], Entity::resource("", ""));
+                entities[i] = e.with_relation(Relation::to(&r.kind, r.target));
+            } else if let Some(&i) = index.get(&r.target) {
+                let e = std::mem::replace(&mut entities[i], Entity::resource("", ""));
+                entities[i] = e.with_relation(Relation::from(&r.kind, r.source));
+            } else {
+                return Err(Error::failed(format!(
+                    "{}: relationship {} -> {} names no entity defined here",
+                    path.display(),
+                    r.source,
+                    r.target
+                )));
+            }
+        }
+        tracing::debug!(files = files.len(), entities = entities.len(), "read static entities");
+        Ok(Snapshot::complete(entities))
+    }
+}
+
+fn to_entity(def: EntityDef, modified: Option<std::time::SystemTime>) -> Entity {
+    let category = match def.category {
+        Some(CategoryDef::Alarm) => Category::Alarm,
+        _ => Category::Resource,
+    };
+    let mut e = Entity::new(category, &def.entity_type, &def.id);
+    e = e.with_name(def.name.unwrap_or_else(|| def.id.clone()));
+    if let Some(state) = def.state {
+        e = e.with_state(state);
+    }
+    if let Some(project) = def.project {
+        e = e.with_project(project);
+    }
+    if let Some(properties) = def.properties {
+        e = e.with_properties(properties);
+    }
+    if let Some(at) = modified {
+        e = e.with_source_updated(at);
+    }
+    e
+}
+
+async fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
+    let mut out = Vec::new();
+    let mut rd = tokio::fs::read_dir(dir)
+        .await
+        .map_err(|e| Error::failed(format!("cannot list {}: {e}", dir.display())))?;
+    while let Some(entry) = rd
+        .next_entry()
+        .await
+        .map_err(|e| Error::failed(format!("cannot list {}: {e}", dir.display())))?
+    {
+        let path = entry.path();
+        if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+synchronizer_plugin_api::export_plugin!(StaticPlugin);

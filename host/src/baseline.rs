@@ -1,0 +1,511 @@
+//! The baseline store: what the host last reported for every entity, kept small, and the
+//! rules that turn snapshots and pushed changes into created / updated / deleted
+//! (DESIGN.md §5).
+//!
+//! Per entity the store keeps a 32-byte slot in a table of its type, indexed by the 64-bit
+//! seahash of its key: the content hash, the source timestamp, the owning plugin instance
+//! with the generation of its last snapshot that saw the entity, and a reference into a
+//! key arena. The arena keeps the native id compactly (16 bytes for a UUID), because a
+//! deletion must name what it deletes. Deleted keys leave a tombstone (their delete time)
+//! for a configurable while, so that a late, older message cannot bring them back.
+//!
+//! Rules:
+//! - A complete snapshot from instance *I* for type *T*: unknown key → created; known key
+//!   with another content hash and a source timestamp not older than the stored one →
+//!   updated; a key of *T* owned by *I*, absent from the snapshot and not touched since
+//!   the snapshot started → deleted. An incomplete snapshot deletes nothing.
+//! - A pushed upsert or delete is applied the same way, so a later poll of the same state
+//!   reports nothing; anything older than what the store holds (by source timestamp) or
+//!   older than a tombstone is dropped; an identical repeat is dropped.
+//! - Where the source gives no timestamp, the time the host sampled the data stands in.
+//!
+//! Two different keys whose 64-bit hashes collide would be treated as one; with seahash
+//! that takes about 2^32 keys in one type to become likely.
+
+use std::collections::VecDeque;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use hashbrown::HashMap;
+
+/// A hasher for keys that are already 64-bit hashes.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct IdentityHasher(u64);
+
+impl Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+pub(crate) type HashIndex<V> = HashMap<u64, V, BuildHasherDefault<IdentityHasher>>;
+
+/// What happened to an entity, as the baseline judged it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// A key the baseline did not know.
+    Created,
+    /// A known key whose content changed.
+    Updated,
+    /// A known key that is gone.
+    Deleted,
+}
+
+/// A plugin instance's index in the host, as the baseline records owners.
+pub type Owner = u16;
+
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    content: u64,
+    updated_us: i64,
+    key_ref: u32,
+    owner: Owner,
+    generation: u16,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Tombstone {
+    deleted_us: i64,
+}
+
+/// The native ids of one table, packed: a tag byte, then 16 bytes for a canonical
+/// lower-case UUID or a length byte pair and the raw bytes otherwise.
+#[derive(Default)]
+struct KeyArena {
+    bytes: Vec<u8>,
+    garbage: usize,
+}
+
+const TAG_UUID: u8 = 0;
+const TAG_RAW: u8 = 1;
+
+impl KeyArena {
+    fn push(&mut self, id: &str) -> u32 {
+        let at = self.bytes.len();
+        if let Some(uuid) = parse_uuid(id) {
+            self.bytes.push(TAG_UUID);
+            self.bytes.extend_from_slice(&uuid);
+        } else {
+            let len = id.len().min(u16::MAX as usize);
+            self.bytes.push(TAG_RAW);
+            self.bytes.extend_from_slice(&(len as u16).to_le_bytes());
+            self.bytes.extend_from_slice(&id.as_bytes()[..len]);
+        }
+        // Past 4 GiB of ids in one type the reference would wrap; compaction keeps the
+        // arena near the live size, and no real inventory comes close.
+        u32::try_from(at).unwrap_or(u32::MAX)
+    }
+
+    fn len_at(&self, at: u32) -> usize {
+        let at = at as usize;
+        match self.bytes.get(at) {
+            Some(&TAG_UUID) => 17,
+            Some(_) => {
+                let len = u16::from_le_bytes([self.bytes[at + 1], self.bytes[at + 2]]);
+                3 + len as usize
+            }
+            None => 0,
+        }
+    }
+
+    fn get(&self, at: u32) -> String {
+        let at = at as usize;
+        match self.bytes.get(at) {
+            Some(&TAG_UUID) => format_uuid(&self.bytes[at + 1..at + 17]),
+            Some(_) => {
+                let len = u16::from_le_bytes([self.bytes[at + 1], self.bytes[at + 2]]) as usize;
+                String::from_utf8_lossy(&self.bytes[at + 3..at + 3 + len]).into_owned()
+            }
+            None => String::new(),
+        }
+    }
+
+    fn release(&mut self, at: u32) {
+        self.garbage += self.len_at(at);
+    }
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    }
+}
+
+/// Parses a canonical lower-case hyphenated UUID; anything else is kept raw, so that the
+/// id comes back byte for byte.
+fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+    let b = s.as_bytes();
+    if b.len() != 36 || b[8] != b'-' || b[13] != b'-' || b[18] != b'-' || b[23] != b'-' {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    let mut n = 0;
+    let mut i = 0;
+    while i < 36 {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            i += 1;
+            continue;
+        }
+        out[n] = (hex(b[i])? << 4) | hex(b[i + 1])?;
+        n += 1;
+        i += 2;
+    }
+    Some(out)
+}
+
+fn format_uuid(b: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(36);
+    for (i, byte) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s.push('-');
+        }
+        s.push(HEX[(byte >> 4) as usize] as char);
+        s.push(HEX[(byte & 15) as usize] as char);
+    }
+    s
+}
+
+/// The baseline of one entity type.
+#[derive(Default)]
+struct Table {
+    slots: HashIndex<Slot>,
+    arena: KeyArena,
+    tombstones: HashIndex<Tombstone>,
+    /// Tombstones in the order they were made, with the host time they expire.
+    expiry: VecDeque<(u64, i64)>,
+}
+
+impl Table {
+    fn compact_if_needed(&mut self) {
+        if self.arena.garbage < 4096 || self.arena.garbage * 2 < self.arena.bytes.len() {
+            return;
+        }
+        let mut fresh = KeyArena {
+            bytes: Vec::with_capacity(self.arena.bytes.len() - self.arena.garbage),
+            garbage: 0,
+        };
+        for slot in self.slots.values_mut() {
+            let at = slot.key_ref as usize;
+            let len = self.arena.len_at(slot.key_ref);
+            let new_at = fresh.bytes.len();
+            fresh.bytes.extend_from_slice(&self.arena.bytes[at..at + len]);
+            slot.key_ref = u32::try_from(new_at).unwrap_or(u32::MAX);
+        }
+        self.arena = fresh;
+    }
+}
+
+/// One entity's content as the baseline sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Observation<'a> {
+    /// The native id.
+    pub id: &'a str,
+    /// Hash of the key (`<type>:<id>`).
+    pub key_hash: u64,
+    /// Hash of the content.
+    pub content_hash: u64,
+    /// Source update timestamp, or the sample time where the source gives none.
+    pub updated_us: i64,
+}
+
+/// A deletion the baseline decided on: which key, so that the caller can name it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deletion {
+    /// The native id of the deleted entity.
+    pub id: String,
+    /// Hash of its key.
+    pub key_hash: u64,
+}
+
+/// The shared baseline: one table per entity type.
+#[derive(Default)]
+pub struct Baseline {
+    tables: std::collections::HashMap<String, Table>,
+    generations: Vec<u16>,
+    tombstone_ttl_us: i64,
+}
+
+impl Baseline {
+    /// An empty baseline keeping tombstones for `tombstone_ttl`.
+    pub fn new(tombstone_ttl: std::time::Duration) -> Self {
+        Baseline {
+            tables: Default::default(),
+            generations: Vec::new(),
+            tombstone_ttl_us: i64::try_from(tombstone_ttl.as_micros()).unwrap_or(i64::MAX),
+        }
+    }
+
+    fn table(&mut self, entity_type: &str) -> &mut Table {
+        if !self.tables.contains_key(entity_type) {
+            self.tables.insert(entity_type.to_owned(), Table::default());
+        }
+        self.tables
+            .get_mut(entity_type)
+            .unwrap_or_else(|| unreachable!("inserted above"))
+    }
+
+    /// Starts a snapshot of `owner`: returns the generation that marks what it sees.
+    pub fn begin_snapshot(&mut self, owner: Owner) -> u16 {
+        let i = owner as usize;
+        if self.generations.len() <= i {
+            self.generations.resize(i + 1, 0);
+        }
+        self.generations[i] = self.generations[i].wrapping_add(1);
+        self.generations[i]
+    }
+
+    /// Judges one entity of a snapshot from `owner` taken in `generation`. Returns
+    /// `Some(Created | Updated)` or `None` (unchanged, or older than what is known).
+    pub fn observe(
+        &mut self,
+        entity_type: &str,
+        obs: Observation<'_>,
+        owner: Owner,
+        generation: u16,
+    ) -> Option<Verdict> {
+        let table = self.table(entity_type);
+        match table.slots.get_mut(&obs.key_hash) {
+            Some(slot) => {
+                slot.owner = owner;
+                slot.generation = generation;
+                if obs.updated_us < slot.updated_us || obs.content_hash == slot.content {
+                    return None;
+                }
+                slot.content = obs.content_hash;
+                slot.updated_us = obs.updated_us;
+                Some(Verdict::Updated)
+            }
+            None => {
+                if let Some(t) = table.tombstones.get(&obs.key_hash) {
+                    if obs.updated_us <= t.deleted_us {
+                        return None;
+                    }
+                    table.tombstones.remove(&obs.key_hash);
+                }
+                let key_ref = table.arena.push(obs.id);
+                table.slots.insert(
+                    obs.key_hash,
+                    Slot {
+                        content: obs.content_hash,
+                        updated_us: obs.updated_us,
+                        key_ref,
+                        owner,
+                        generation,
+                    },
+                );
+                Some(Verdict::Created)
+            }
+        }
+    }
+
+    /// Ends a complete snapshot of `entity_type` from `owner`: every key it owns that the
+    /// snapshot did not see, and that nothing touched after `started_us`, is deleted.
+    pub fn sweep(
+        &mut self,
+        entity_type: &str,
+        owner: Owner,
+        generation: u16,
+        started_us: i64,
+        now_us: i64,
+    ) -> Vec<Deletion> {
+        let ttl = self.tombstone_ttl_us;
+        let Some(table) = self.tables.get_mut(entity_type) else {
+            return Vec::new();
+        };
+        let mut gone = Vec::new();
+        table.slots.retain(|&key_hash, slot| {
+            let keep = slot.owner != owner
+                || slot.generation == generation
+                || slot.updated_us > started_us;
+            if !keep {
+                gone.push((key_hash, slot.key_ref));
+            }
+            keep
+        });
+        let deletions = gone
+            .into_iter()
+            .map(|(key_hash, key_ref)| {
+                let id = table.arena.get(key_ref);
+                table.arena.release(key_ref);
+                table
+                    .tombstones
+                    .insert(key_hash, Tombstone { deleted_us: started_us });
+                table.expiry.push_back((key_hash, now_us.saturating_add(ttl)));
+                Deletion { id, key_hash }
+            })
+            .collect();
+        table.compact_if_needed();
+        deletions
+    }
+
+    /// Applies a pushed upsert. Returns the verdict, or `None` when it is a repeat or
+    /// older than what is known.
+    pub fn push_upsert(
+        &mut self,
+        entity_type: &str,
+        obs: Observation<'_>,
+        owner: Owner,
+    ) -> Option<Verdict> {
+        let generation = self.generations.get(owner as usize).copied().unwrap_or(0);
+        let known = self
+            .table(entity_type)
+            .slots
+            .get(&obs.key_hash)
+            .map(|slot| (slot.owner, slot.generation));
+        // A pushed change does not take ownership from the collector that lists the
+        // entity: that collector's next complete snapshot is still the authority.
+        let (owner, generation) = known.unwrap_or((owner, generation));
+        self.observe(entity_type, obs, owner, generation)
+    }
+
+    /// Applies a pushed deletion at source time `deleted_us`. Returns the deletion when
+    /// the key was known and the deletion is not older than its content.
+    pub fn push_delete(
+        &mut self,
+        entity_type: &str,
+        key_hash: u64,
+        deleted_us: i64,
+        now_us: i64,
+    ) -> Option<Deletion> {
+        let ttl = self.tombstone_ttl_us;
+        let table = self.table(entity_type);
+        let result = match table.slots.get(&key_hash) {
+            Some(slot) if slot.updated_us > deleted_us => return None,
+            Some(_) => table.slots.remove(&key_hash).map(|slot| {
+                let id = table.arena.get(slot.key_ref);
+                table.arena.release(slot.key_ref);
+                Deletion { id, key_hash }
+            }),
+            None => None,
+        };
+        let newer = table
+            .tombstones
+            .get(&key_hash)
+            .is_none_or(|t| t.deleted_us < deleted_us);
+        if newer {
+            table.tombstones.insert(key_hash, Tombstone { deleted_us });
+            table.expiry.push_back((key_hash, now_us.saturating_add(ttl)));
+        }
+        table.compact_if_needed();
+        result
+    }
+
+    /// Forgets tombstones whose time is up.
+    pub fn expire_tombstones(&mut self, now_us: i64) {
+        for table in self.tables.values_mut() {
+            while let Some(&(key_hash, expires)) = table.expiry.front() {
+                if expires > now_us {
+                    break;
+                }
+                table.expiry.pop_front();
+                // A later tombstone for the same key has its own queue entry.
+                if table.expiry.iter().all(|&(k, _)| k != key_hash) {
+                    table.tombstones.remove(&key_hash);
+                }
+            }
+        }
+    }
+
+    /// How many entities of `entity_type` the baseline holds.
+    pub fn len(&self, entity_type: &str) -> usize {
+        self.tables.get(entity_type).map_or(0, |t| t.slots.len())
+    }
+
+    /// Whether the baseline holds no entity at all.
+    pub fn is_empty(&self) -> bool {
+        self.tables.values().all(|t| t.slots.is_empty())
+    }
+
+    /// Entity counts per type.
+    pub fn counts(&self) -> Vec<(String, usize)> {
+        let mut v: Vec<_> = self
+            .tables
+            .iter()
+            .map(|(t, table)| (t.clone(), table.slots.len()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The native id of a known key.
+    pub fn id_of(&self, entity_type: &str, key_hash: u64) -> Option<String> {
+        let table = self.tables.get(entity_type)?;
+        table.slots.get(&key_hash).map(|s| table.arena.get(s.key_ref))
+    }
+
+    /// Reserves room for `additional` more entities of `entity_type`.
+    pub fn reserve(&mut self, entity_type: &str, additional: usize) {
+        self.table(entity_type).slots.reserve(additional);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuid_ids_pack_to_sixteen_bytes_and_come_back() {
+        let mut a = KeyArena::default();
+        let id = "8c8b3b58-2f36-4c8b-9b8e-5f0f3d7b0a11";
+        let r = a.push(id);
+        assert_eq!(a.bytes.len(), 17);
+        assert_eq!(a.get(r), id);
+        let upper = "8C8B3B58-2F36-4C8B-9B8E-5F0F3D7B0A11";
+        let r2 = a.push(upper);
+        assert_eq!(a.get(r2), upper, "non-canonical ids are kept raw");
+        let r3 = a.push("compute-0");
+        assert_eq!(a.get(r3), "compute-0");
+    }
+
+    fn obs(id: &str, content: u64, ts: i64) -> Observation<'_> {
+        Observation {
+            id,
+            key_hash: synchronizer_plugin_api::entity::key_hash("t", id),
+            content_hash: content,
+            updated_us: ts,
+        }
+    }
+
+    #[test]
+    fn arena_compacts_and_keeps_ids() {
+        let mut b = Baseline::new(std::time::Duration::from_secs(60));
+        let ids: Vec<String> = (0..2000).map(|i| format!("entity-{i:05}")).collect();
+        let g = b.begin_snapshot(0);
+        for id in &ids {
+            b.observe("t", obs(id, 1, 0), 0, g);
+        }
+        let g = b.begin_snapshot(0);
+        for id in ids.iter().step_by(10) {
+            b.observe("t", obs(id, 1, 0), 0, g);
+        }
+        let gone = b.sweep("t", 0, g, 10, 10);
+        assert_eq!(gone.len(), 1800);
+        let table = &b.tables["t"];
+        assert_eq!(table.arena.garbage, 0, "compacted");
+        for id in ids.iter().step_by(10) {
+            let h = synchronizer_plugin_api::entity::key_hash("t", id);
+            assert_eq!(b.id_of("t", h).as_deref(), Some(id.as_str()));
+        }
+    }
+
+    #[test]
+    fn tombstones_expire() {
+        let mut b = Baseline::new(std::time::Duration::from_micros(100));
+        let g = b.begin_snapshot(0);
+        b.observe("t", obs("a", 1, 0), 0, g);
+        assert!(b.push_delete("t", obs("a", 0, 0).key_hash, 50, 1000).is_some());
+        assert_eq!(b.observe("t", obs("a", 1, 40), 0, g), None, "older than the delete");
+        b.expire_tombstones(1101);
+        assert_eq!(b.observe("t", obs("a", 1, 40), 0, g), Some(Verdict::Created));
+    }
+}

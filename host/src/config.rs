@@ -1,0 +1,330 @@
+//! The host's configuration: a TOML file plus `SYNCHRONIZER_*` environment overrides,
+//! read with figment. `examples/synchronizer.toml` documents every option.
+//!
+//! Environment overrides use `__` between levels: `SYNCHRONIZER_PLUGINS_DIR=/opt/p`,
+//! `SYNCHRONIZER_DEFAULTS__INTERVAL=10s`. Unknown keys are errors, so a typo is reported
+//! with the key's name instead of being silently ignored.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+/// What to do when a plugin file cannot be loaded or an instance cannot be created.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnPluginError {
+    /// Stop with an error naming every plugin that failed (the default: a service that
+    /// silently runs without half its sources is worse than one that does not start).
+    #[default]
+    Fail,
+    /// Log and report the failures, run the instances that work.
+    Skip,
+}
+
+/// Timing of one instance; every field falls back to `[defaults]`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Timing {
+    /// Time between two snapshots.
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    /// Up to this much random delay added to each interval, so that instances spread out.
+    #[serde(default, with = "humantime_serde")]
+    pub jitter: Option<Duration>,
+    /// A snapshot that takes longer is cancelled and counts as failed.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// First retry delay after a failure; doubles with each failure in a row.
+    #[serde(default, with = "humantime_serde")]
+    pub backoff_initial: Option<Duration>,
+    /// Largest retry delay.
+    #[serde(default, with = "humantime_serde")]
+    pub backoff_max: Option<Duration>,
+}
+
+/// Fully resolved timing of one instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    /// See [`Timing::interval`].
+    pub interval: Duration,
+    /// See [`Timing::jitter`].
+    pub jitter: Duration,
+    /// See [`Timing::timeout`].
+    pub timeout: Duration,
+    /// See [`Timing::backoff_initial`].
+    pub backoff_initial: Duration,
+    /// See [`Timing::backoff_max`].
+    pub backoff_max: Duration,
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Schedule {
+            interval: Duration::from_secs(60),
+            jitter: Duration::from_secs(1),
+            timeout: Duration::from_secs(30),
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Timing {
+    /// This timing over `base`.
+    pub fn over(&self, base: &Schedule) -> Schedule {
+        Schedule {
+            interval: self.interval.unwrap_or(base.interval),
+            jitter: self.jitter.unwrap_or(base.jitter),
+            timeout: self.timeout.unwrap_or(base.timeout),
+            backoff_initial: self.backoff_initial.unwrap_or(base.backoff_initial),
+            backoff_max: self.backoff_max.unwrap_or(base.backoff_max),
+        }
+    }
+}
+
+/// One plugin instance.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceConfig {
+    /// The instance's name, unique in the file: it appears in logs, status and in every
+    /// change notification.
+    pub name: String,
+    /// The plugin library: a file name in `plugins_dir`, or a path.
+    pub library: PathBuf,
+    /// Set to false to keep the instance in the file without running it.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// See [`Timing::interval`]; falls back to `[defaults]`.
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    /// See [`Timing::jitter`].
+    #[serde(default, with = "humantime_serde")]
+    pub jitter: Option<Duration>,
+    /// See [`Timing::timeout`].
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// See [`Timing::backoff_initial`].
+    #[serde(default, with = "humantime_serde")]
+    pub backoff_initial: Option<Duration>,
+    /// See [`Timing::backoff_max`].
+    #[serde(default, with = "humantime_serde")]
+    pub backoff_max: Option<Duration>,
+    /// The plugin's own configuration, passed to it as it is.
+    #[serde(default = "empty_table")]
+    pub config: serde_json::Value,
+}
+
+impl InstanceConfig {
+    /// This instance's timing overrides.
+    pub fn timing(&self) -> Timing {
+        Timing {
+            interval: self.interval,
+            jitter: self.jitter,
+            timeout: self.timeout,
+            backoff_initial: self.backoff_initial,
+            backoff_max: self.backoff_max,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn empty_table() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where plugin libraries live; relative `library` paths resolve against it.
+    /// Relative to the configuration file's directory.
+    #[serde(default = "default_plugins_dir")]
+    pub plugins_dir: PathBuf,
+    /// The entity types the host collects and reports; empty means every type the
+    /// plugins provide.
+    #[serde(default)]
+    pub types: Vec<String>,
+    /// Fail or skip when a plugin cannot be loaded or started.
+    #[serde(default)]
+    pub on_plugin_error: OnPluginError,
+    /// How long a deleted key is remembered, so that late older messages cannot
+    /// resurrect it.
+    #[serde(default = "default_tombstone_ttl", with = "humantime_serde")]
+    pub tombstone_ttl: Duration,
+    /// The most verbose level of plugin logs forwarded to the host log.
+    #[serde(default = "default_plugin_log_level")]
+    pub plugin_log_level: String,
+    /// Events a subscriber may have queued before it counts as fallen behind.
+    #[serde(default = "default_subscriber_queue")]
+    pub subscriber_queue: usize,
+    /// Timing defaults for every instance.
+    #[serde(default)]
+    pub defaults: Timing,
+    /// The plugin instances.
+    #[serde(default)]
+    pub instances: Vec<InstanceConfig>,
+}
+
+fn default_plugins_dir() -> PathBuf {
+    PathBuf::from("plugins")
+}
+
+fn default_tombstone_ttl() -> Duration {
+    Duration::from_secs(600)
+}
+
+fn default_plugin_log_level() -> String {
+    "info".to_owned()
+}
+
+fn default_subscriber_queue() -> usize {
+    4096
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or an override does not parse, or a field is wrong.
+    #[error("{0}")]
+    Invalid(#[from] Box<figment::Error>),
+    /// The configuration file does not exist.
+    #[error("configuration file {} does not exist", .0.display())]
+    Missing(PathBuf),
+    /// A semantic problem: duplicate instance names, a bad level.
+    #[error("{0}")]
+    Semantic(String),
+}
+
+impl Config {
+    /// Reads `path`, then applies `SYNCHRONIZER_*` environment overrides, and resolves
+    /// `plugins_dir` against the file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        if !path.exists() {
+            return Err(ConfigError::Missing(path.to_owned()));
+        }
+        let figment = Figment::new()
+            .merge(Toml::file_exact(path))
+            .merge(Env::prefixed("SYNCHRONIZER_").split("__"));
+        Self::from_figment(figment, path.parent())
+    }
+
+    /// Parses TOML text (with no environment overrides); relative paths stay relative.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Self::from_figment(Figment::new().merge(Toml::string(text)), None)
+    }
+
+    fn from_figment(figment: Figment, base: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut config: Config = figment.extract().map_err(Box::new)?;
+        if let Some(base) = base
+            && config.plugins_dir.is_relative()
+        {
+            config.plugins_dir = base.join(&config.plugins_dir);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let mut names = HashSet::new();
+        for inst in &self.instances {
+            if inst.name.is_empty() {
+                return Err(ConfigError::Semantic(
+                    "instances: an instance has an empty `name`".into(),
+                ));
+            }
+            if !names.insert(inst.name.as_str()) {
+                return Err(ConfigError::Semantic(format!(
+                    "instances: the name `{}` is used twice; instance names must be unique",
+                    inst.name
+                )));
+            }
+            if !inst.config.is_object() {
+                return Err(ConfigError::Semantic(format!(
+                    "instance `{}`: `config` must be a table",
+                    inst.name
+                )));
+            }
+            let s = inst.timing().over(&self.defaults.over(&Schedule::default()));
+            if s.interval.is_zero() || s.timeout.is_zero() {
+                return Err(ConfigError::Semantic(format!(
+                    "instance `{}`: `interval` and `timeout` must be more than zero",
+                    inst.name
+                )));
+            }
+        }
+        parse_level(&self.plugin_log_level).map_err(ConfigError::Semantic)?;
+        Ok(())
+    }
+
+    /// The resolved timing of `inst`.
+    pub fn schedule(&self, inst: &InstanceConfig) -> Schedule {
+        inst.timing().over(&self.defaults.over(&Schedule::default()))
+    }
+
+    /// The library path of `inst`.
+    pub fn library_path(&self, inst: &InstanceConfig) -> PathBuf {
+        if inst.library.is_absolute() {
+            inst.library.clone()
+        } else {
+            self.plugins_dir.join(&inst.library)
+        }
+    }
+}
+
+/// Parses a log level name.
+pub fn parse_level(s: &str) -> Result<tracing::level_filters::LevelFilter, String> {
+    s.parse().map_err(|_| {
+        format!("plugin_log_level: `{s}` is not a level (off, error, warn, info, debug, trace)")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply_and_instances_override() {
+        let c = Config::from_toml(
+            r#"
+            [defaults]
+            interval = "10s"
+            [[instances]]
+            name = "a"
+            library = "liba.so"
+            timeout = "3s"
+            [instances.config]
+            x = 1
+            "#,
+        )
+        .unwrap();
+        let s = c.schedule(&c.instances[0]);
+        assert_eq!(s.interval, Duration::from_secs(10));
+        assert_eq!(s.timeout, Duration::from_secs(3));
+        assert_eq!(c.instances[0].config, serde_json::json!({"x": 1}));
+    }
+
+    #[test]
+    fn a_typo_names_the_key() {
+        let err = Config::from_toml("[defaults]\nintervall = \"1s\"\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("intervall"), "{msg}");
+        let err = Config::from_toml("[defaults]\ninterval = \"soon\"\n").unwrap_err();
+        assert!(err.to_string().contains("interval"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_names_are_refused() {
+        let err = Config::from_toml(
+            "[[instances]]\nname = \"a\"\nlibrary = \"x\"\n[[instances]]\nname = \"a\"\nlibrary = \"y\"\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("used twice"), "{err}");
+    }
+}

@@ -1,0 +1,469 @@
+//! The hub: the one place where data becomes changes. It owns the baseline, the current
+//! view of every entity and the subscribers, behind one lock, so that every subscriber
+//! sees the same changes in the same order as the view.
+//!
+//! Delivery never blocks: each subscriber has a bounded queue that is filled with
+//! `try_send`. A subscriber whose queue is full is marked lagged and skipped; as soon as
+//! its queue has room again it gets [`Event::Resync`] followed by [`Event::Snapshot`] of
+//! its types, instead of silently missing changes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use synchronizer_plugin_api::Entity;
+use synchronizer_plugin_api::abi::{FfiPushed, FfiSnapshot, PushAction};
+use synchronizer_plugin_api::entity::system_time_to_micros;
+use tokio::sync::mpsc;
+
+use crate::baseline::{Baseline, HashIndex, Observation, Owner, Verdict};
+use crate::change::{Action, Change, Event, ResyncReason};
+
+/// Which entity types a subscriber wants; empty means all.
+#[derive(Clone, Debug, Default)]
+pub struct TypeFilter(Arc<[String]>);
+
+impl TypeFilter {
+    /// A filter for these types (none: every type).
+    pub fn new<S: AsRef<str>>(types: &[S]) -> Self {
+        TypeFilter(types.iter().map(|t| t.as_ref().to_owned()).collect())
+    }
+
+    /// Whether `entity_type` passes.
+    pub fn matches(&self, entity_type: &str) -> bool {
+        self.0.is_empty() || self.0.iter().any(|t| t == entity_type)
+    }
+
+    /// The types, empty for all.
+    pub fn types(&self) -> &[String] {
+        &self.0
+    }
+}
+
+struct Subscriber {
+    id: u64,
+    filter: TypeFilter,
+    tx: mpsc::Sender<Event>,
+    lagged: bool,
+}
+
+/// Which plugin instance sent data, and how.
+#[derive(Clone, Debug)]
+pub struct Origin {
+    /// The instance's index (baseline owner).
+    pub owner: Owner,
+    /// The instance's name.
+    pub instance: Arc<str>,
+}
+
+/// What one snapshot did, for status and metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Changes by action.
+    pub created: usize,
+    /// Changes by action.
+    pub updated: usize,
+    /// Changes by action.
+    pub deleted: usize,
+    /// Entities dropped as older than what the baseline holds, or as repeats.
+    pub dropped: usize,
+}
+
+struct State {
+    baseline: Baseline,
+    view: HashMap<String, HashIndex<Arc<Entity>>>,
+    subscribers: Vec<Subscriber>,
+    next_seq: u64,
+    next_subscriber: u64,
+    lagged_total: u64,
+}
+
+/// The hub; cheap to share behind an `Arc`.
+pub struct Hub {
+    state: Mutex<State>,
+}
+
+/// Pending changes for one key within a batch, collapsed to one notification.
+struct Pending {
+    first: Verdict,
+    last: Verdict,
+    entity: Arc<Entity>,
+}
+
+fn now_us() -> i64 {
+    system_time_to_micros(SystemTime::now())
+}
+
+impl Hub {
+    /// A hub whose baseline keeps tombstones for `tombstone_ttl`.
+    pub fn new(tombstone_ttl: Duration) -> Self {
+        Hub {
+            state: Mutex::new(State {
+                baseline: Baseline::new(tombstone_ttl),
+                view: HashMap::new(),
+                subscribers: Vec::new(),
+                next_seq: 1,
+                next_subscriber: 1,
+                lagged_total: 0,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the baseline half-written in a way
+        // that matters more than stopping: keep serving.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies a snapshot from `origin` sampled at `started_us`. `covered` lists the
+    /// types the snapshot is complete for (absent keys of those types are deleted);
+    /// types in `snapshot.incomplete` are removed from it. Returns the entities of the
+    /// snapshot (for get-all) and what changed.
+    pub fn apply_snapshot(
+        &self,
+        origin: &Origin,
+        snapshot: FfiSnapshot,
+        covered: &[String],
+        started_us: i64,
+        initial: bool,
+    ) -> (Vec<Arc<Entity>>, Applied) {
+        let FfiSnapshot {
+            entities,
+            incomplete,
+        } = snapshot;
+        let entities: Vec<Arc<Entity>> = entities.into_iter().map(Arc::new).collect();
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let generation = state.baseline.begin_snapshot(origin.owner);
+        let mut batch: Vec<(u64, String, Pending)> = Vec::new();
+        let mut index: HashIndex<usize> = HashIndex::default();
+        let mut applied = Applied::default();
+        for entity in &entities {
+            let obs = observation(entity, started_us);
+            if let Some(v) =
+                state
+                    .baseline
+                    .observe(entity.entity_type(), obs, origin.owner, generation)
+            {
+                record(&mut batch, &mut index, obs.key_hash, entity.clone(), v);
+            }
+        }
+        // Every type the snapshot is complete for: the covered types, or, for a plugin
+        // with open-ended types, every type it reported or owns.
+        let mut complete: Vec<String> = if covered.is_empty() {
+            let mut seen: Vec<String> = state.baseline.counts().into_iter().map(|(t, _)| t).collect();
+            seen.extend(entities.iter().map(|e| e.entity_type().to_owned()));
+            seen.sort();
+            seen.dedup();
+            seen
+        } else {
+            covered.to_vec()
+        };
+        complete.retain(|t| !incomplete.iter().any(|i| i.entity_type.as_str() == t));
+        let now = now_us();
+        for entity_type in &complete {
+            for d in state
+                .baseline
+                .sweep(entity_type, origin.owner, generation, started_us, now)
+            {
+                let last = state
+                    .view
+                    .get(entity_type.as_str())
+                    .and_then(|v| v.get(&d.key_hash).cloned())
+                    .unwrap_or_else(|| Arc::new(Entity::resource(entity_type, &d.id)));
+                record(&mut batch, &mut index, d.key_hash, last, Verdict::Deleted);
+            }
+        }
+        state.baseline.expire_tombstones(now);
+        let changes = state.emit(batch, origin, started_us, initial, &mut applied);
+        state.fan_out(&changes);
+        (entities, applied)
+    }
+
+    /// Applies a batch of pushed changes from `origin`. Returns what changed.
+    pub fn apply_push(&self, origin: &Origin, batch: Vec<FfiPushed>) -> Applied {
+        let sampled = now_us();
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let mut pending: Vec<(u64, String, Pending)> = Vec::new();
+        let mut index: HashIndex<usize> = HashIndex::default();
+        let mut applied = Applied::default();
+        for pushed in batch {
+            let entity = Arc::new(pushed.entity);
+            let obs = observation(&entity, sampled);
+            let key_hash = obs.key_hash;
+            let verdict = match pushed.action {
+                PushAction::Upsert => {
+                    state
+                        .baseline
+                        .push_upsert(entity.entity_type(), obs, origin.owner)
+                }
+                PushAction::Delete => state
+                    .baseline
+                    .push_delete(entity.entity_type(), obs.key_hash, obs.updated_us, sampled)
+                    .map(|_| Verdict::Deleted),
+            };
+            match verdict {
+                Some(v) => {
+                    let entity = if v == Verdict::Deleted {
+                        // The richest last-known form: the view's.
+                        state
+                            .view
+                            .get(entity.entity_type())
+                            .and_then(|m| m.get(&key_hash).cloned())
+                            .unwrap_or(entity)
+                    } else {
+                        entity
+                    };
+                    record(&mut pending, &mut index, key_hash, entity, v)
+                }
+                None => applied.dropped += 1,
+            }
+        }
+        state.baseline.expire_tombstones(sampled);
+        let changes = state.emit(pending, origin, sampled, false, &mut applied);
+        state.fan_out(&changes);
+        applied
+    }
+
+    /// Adds a subscriber with a queue of `capacity` events. With `initial`, the queue
+    /// starts with a resync marker and a snapshot of the current view of its types.
+    pub fn subscribe(
+        &self,
+        filter: TypeFilter,
+        capacity: usize,
+        initial: bool,
+    ) -> (u64, mpsc::Receiver<Event>) {
+        let (tx, rx) = mpsc::channel(capacity.max(2));
+        let mut state = self.lock();
+        let id = state.next_subscriber;
+        state.next_subscriber += 1;
+        if initial {
+            let entities = state.entities(&filter);
+            let _ = tx.try_send(Event::Resync(ResyncReason::Initial));
+            let _ = tx.try_send(Event::Snapshot(entities));
+        }
+        state.subscribers.push(Subscriber {
+            id,
+            filter,
+            tx,
+            lagged: false,
+        });
+        (id, rx)
+    }
+
+    /// Removes a subscriber.
+    pub fn unsubscribe(&self, id: u64) {
+        self.lock().subscribers.retain(|s| s.id != id);
+    }
+
+    /// Sends subscriber `id` a resync marker and a snapshot of its types now (a periodic
+    /// resync). When its queue has no room it is marked lagged and gets them when it has.
+    pub fn resync(&self, id: u64, reason: ResyncReason) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let Some(i) = state.subscribers.iter().position(|s| s.id == id) else {
+            return;
+        };
+        let entities = state.entities(&state.subscribers[i].filter.clone());
+        let sub = &mut state.subscribers[i];
+        match sub.tx.try_reserve_many(2) {
+            Ok(mut permits) => {
+                if let Some(p) = permits.next() {
+                    p.send(Event::Resync(reason));
+                }
+                if let Some(p) = permits.next() {
+                    p.send(Event::Snapshot(entities));
+                }
+            }
+            Err(_) => sub.lagged = true,
+        }
+    }
+
+    /// Gives lagged subscribers whose queues have room their resync; drops subscribers
+    /// whose receivers are gone. Called after each batch and on a timer.
+    pub fn recover_lagged(&self) {
+        let mut guard = self.lock();
+        guard.recover_lagged();
+    }
+
+    /// The current view of the given types.
+    pub fn entities(&self, filter: &TypeFilter) -> Vec<Arc<Entity>> {
+        self.lock().entities(filter)
+    }
+
+    /// Entity counts per type, as the baseline holds them.
+    pub fn counts(&self) -> Vec<(String, usize)> {
+        self.lock().baseline.counts()
+    }
+
+    /// How many times subscribers fell behind and were resynced.
+    pub fn lagged_total(&self) -> u64 {
+        self.lock().lagged_total
+    }
+
+    /// Number of live subscribers.
+    pub fn subscriber_count(&self) -> usize {
+        self.lock().subscribers.len()
+    }
+}
+
+fn observation<'a>(entity: &'a Entity, sampled_us: i64) -> Observation<'a> {
+    Observation {
+        id: entity.id(),
+        key_hash: entity.key_hash(),
+        content_hash: entity.content_hash(),
+        updated_us: entity.source_updated_micros().unwrap_or(sampled_us),
+    }
+}
+
+/// Collapses changes to one key within one batch into one notification.
+fn record(
+    batch: &mut Vec<(u64, String, Pending)>,
+    index: &mut HashIndex<usize>,
+    key_hash: u64,
+    entity: Arc<Entity>,
+    verdict: Verdict,
+) {
+    if let Some(&i) = index.get(&key_hash) {
+        let p = &mut batch[i].2;
+        p.last = verdict;
+        p.entity = entity;
+    } else {
+        index.insert(key_hash, batch.len());
+        batch.push((
+            key_hash,
+            entity.entity_type().to_owned(),
+            Pending {
+                first: verdict,
+                last: verdict,
+                entity,
+            },
+        ));
+    }
+}
+
+/// The one notification a key's changes within a batch amount to, if any.
+fn collapse(first: Verdict, last: Verdict) -> Option<Action> {
+    use Verdict::*;
+    match (first, last) {
+        (Created, Deleted) => None,
+        (Created, _) => Some(Action::Created),
+        (Deleted, Created | Updated) => Some(Action::Updated),
+        (_, Deleted) => Some(Action::Deleted),
+        (Updated, _) => Some(Action::Updated),
+    }
+}
+
+impl State {
+    fn emit(
+        &mut self,
+        batch: Vec<(u64, String, Pending)>,
+        origin: &Origin,
+        sampled_us: i64,
+        initial: bool,
+        applied: &mut Applied,
+    ) -> Vec<Arc<Change>> {
+        let mut changes = Vec::with_capacity(batch.len());
+        for (key_hash, entity_type, p) in batch {
+            let view = self.view.entry(entity_type).or_default();
+            match p.last {
+                Verdict::Deleted => {
+                    view.remove(&key_hash);
+                }
+                _ => {
+                    view.insert(key_hash, p.entity.clone());
+                }
+            }
+            let Some(action) = collapse(p.first, p.last) else {
+                continue;
+            };
+            match action {
+                Action::Created => applied.created += 1,
+                Action::Updated => applied.updated += 1,
+                Action::Deleted => applied.deleted += 1,
+            }
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            changes.push(Arc::new(Change {
+                seq,
+                action,
+                entity: p.entity,
+                instance: origin.instance.clone(),
+                sampled_us,
+                initial,
+            }));
+        }
+        changes
+    }
+
+    fn fan_out(&mut self, changes: &[Arc<Change>]) {
+        if !changes.is_empty() {
+            for sub in &mut self.subscribers {
+                if sub.lagged {
+                    continue;
+                }
+                for change in changes {
+                    if !sub.filter.matches(change.entity.entity_type()) {
+                        continue;
+                    }
+                    match sub.tx.try_send(Event::Change(change.clone())) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            sub.lagged = true;
+                            self.lagged_total += 1;
+                            tracing::warn!(
+                                subscriber = sub.id,
+                                "subscriber fell behind; it will get a resync and a snapshot"
+                            );
+                            break;
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => break,
+                    }
+                }
+            }
+        }
+        self.recover_lagged();
+    }
+
+    fn recover_lagged(&mut self) {
+        self.subscribers.retain(|s| !s.tx.is_closed());
+        for i in 0..self.subscribers.len() {
+            if !self.subscribers[i].lagged {
+                continue;
+            }
+            if self.subscribers[i].tx.capacity() < 2 {
+                continue;
+            }
+            let entities = self.entities(&self.subscribers[i].filter);
+            let sent = match self.subscribers[i].tx.try_reserve_many(2) {
+                Ok(mut permits) => {
+                    if let Some(p) = permits.next() {
+                        p.send(Event::Resync(ResyncReason::Lagged));
+                    }
+                    if let Some(p) = permits.next() {
+                        p.send(Event::Snapshot(entities));
+                    }
+                    true
+                }
+                Err(_) => false,
+            };
+            if sent {
+                self.subscribers[i].lagged = false;
+            }
+        }
+    }
+
+    fn entities(&self, filter: &TypeFilter) -> Vec<Arc<Entity>> {
+        let mut out = Vec::new();
+        for (entity_type, view) in &self.view {
+            if filter.matches(entity_type) {
+                out.extend(view.values().cloned());
+            }
+        }
+        out.sort_by(|a, b| {
+            (a.entity_type(), a.id()).cmp(&(b.entity_type(), b.id()))
+        });
+        out
+    }
+}

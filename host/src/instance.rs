@@ -1,0 +1,278 @@
+//! One running plugin instance, seen from the host: creating it off the async workers,
+//! the host context it logs through, the sink its pushed changes go into, and the
+//! [`Source`] the scheduler polls.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{RResult, RStr, RString, RVec};
+use async_ffi::{FfiFuture, FutureExt as _};
+use futures::FutureExt as _;
+use synchronizer_plugin_api::ErrorKind;
+use synchronizer_plugin_api::abi::{
+    FfiError, FfiPushed, FfiSnapshot, HostContext, HostContext_TO, HostSink, HostSink_TO,
+    LogLevel, LogRecord, PluginInstanceBox,
+};
+
+use crate::hub::{Hub, Origin};
+use crate::loader::PluginLibrary;
+
+/// A failed plugin call, in host types.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct CallError {
+    /// What kind of failure.
+    pub kind: ErrorKind,
+    /// The plugin's message.
+    pub message: String,
+}
+
+impl From<FfiError> for CallError {
+    fn from(e: FfiError) -> Self {
+        CallError {
+            kind: e.kind,
+            message: e.message.into(),
+        }
+    }
+}
+
+/// A boxed future, as sources return them.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Something the scheduler can poll for snapshots: a loaded plugin instance (or, in
+/// tests of the scheduler itself, a scripted one).
+pub trait Source: Send + Sync + 'static {
+    /// Collects a snapshot of `types` (empty: every type). Dropping the future cancels it.
+    fn snapshot(&self, types: Vec<String>) -> BoxFuture<Result<FfiSnapshot, CallError>>;
+    /// Calls still running inside the source, abandoned ones included.
+    fn calls_in_flight(&self) -> u32;
+}
+
+/// Re-emits a plugin's log events in the host's log with the instance's name.
+struct HostLog {
+    instance: Arc<str>,
+    max: LogLevel,
+}
+
+impl HostContext for HostLog {
+    fn log(&self, r: LogRecord<'_>) {
+        let instance = &*self.instance;
+        let target = r.target.as_str();
+        let message = r.message.as_str();
+        let fields = r.fields.as_str();
+        match r.level {
+            LogLevel::Error => {
+                tracing::error!(target: "plugin", instance, plugin_target = target, fields, "{message}")
+            }
+            LogLevel::Warn => {
+                tracing::warn!(target: "plugin", instance, plugin_target = target, fields, "{message}")
+            }
+            LogLevel::Info => {
+                tracing::info!(target: "plugin", instance, plugin_target = target, fields, "{message}")
+            }
+            LogLevel::Debug => {
+                tracing::debug!(target: "plugin", instance, plugin_target = target, fields, "{message}")
+            }
+            LogLevel::Trace => {
+                tracing::trace!(target: "plugin", instance, plugin_target = target, fields, "{message}")
+            }
+            LogLevel::Off => {}
+        }
+    }
+
+    fn max_level(&self) -> LogLevel {
+        self.max
+    }
+}
+
+/// Converts a `tracing` level filter to the boundary's level.
+pub fn log_level(filter: tracing::level_filters::LevelFilter) -> LogLevel {
+    use tracing::level_filters::LevelFilter as F;
+    match filter {
+        F::OFF => LogLevel::Off,
+        F::ERROR => LogLevel::Error,
+        F::WARN => LogLevel::Warn,
+        F::INFO => LogLevel::Info,
+        F::DEBUG => LogLevel::Debug,
+        _ => LogLevel::Trace,
+    }
+}
+
+/// Where a bus plugin's pushes go: straight into the hub. The future completes when the
+/// hub has applied the batch and queued its changes to every subscriber.
+struct HubSink {
+    hub: Arc<Hub>,
+    origin: Origin,
+}
+
+impl HostSink for HubSink {
+    fn push(&self, batch: RVec<FfiPushed>) -> FfiFuture<RResult<(), FfiError>> {
+        let hub = self.hub.clone();
+        let origin = self.origin.clone();
+        async move {
+            let batch: Vec<FfiPushed> = batch.into_vec();
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                hub.apply_push(&origin, batch)
+            })) {
+                Ok(_) => RResult::ROk(()),
+                Err(_) => RResult::RErr(FfiError {
+                    kind: ErrorKind::Failed,
+                    message: RString::from("the host failed to apply the batch"),
+                }),
+            }
+        }
+        .into_ffi()
+    }
+}
+
+/// A created plugin instance.
+pub struct PluginInstance {
+    /// The instance's name.
+    pub name: Arc<str>,
+    inner: PluginInstanceBox,
+}
+
+/// Why an instance could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    /// The plugin refused its configuration or failed to start.
+    #[error("instance `{instance}` ({}): {error}", .path.display())]
+    Plugin {
+        /// The instance.
+        instance: String,
+        /// The library.
+        path: std::path::PathBuf,
+        /// The plugin's error.
+        error: CallError,
+    },
+    /// The constructor did not return in time.
+    #[error("instance `{instance}`: the plugin's constructor did not return within {timeout:?}")]
+    Timeout {
+        /// The instance.
+        instance: String,
+        /// The limit.
+        timeout: Duration,
+    },
+}
+
+impl PluginInstance {
+    /// Creates an instance of `library`. The constructor runs on a blocking thread and is
+    /// abandoned after `timeout`.
+    pub async fn create(
+        library: &PluginLibrary,
+        name: &str,
+        config: &serde_json::Value,
+        max_level: LogLevel,
+        timeout: Duration,
+    ) -> Result<PluginInstance, CreateError> {
+        let module = library.module;
+        let instance: Arc<str> = Arc::from(name);
+        let config_json = config.to_string();
+        let ctx = HostContext_TO::from_value(
+            HostLog {
+                instance: instance.clone(),
+                max: max_level,
+            },
+            TD_Opaque,
+        );
+        let inst = instance.clone();
+        let call = tokio::task::spawn_blocking(move || {
+            let create = module.create();
+            create(RStr::from_str(&inst), RStr::from_str(&config_json), ctx)
+        });
+        let result = match tokio::time::timeout(timeout, call).await {
+            Err(_) => {
+                return Err(CreateError::Timeout {
+                    instance: name.to_owned(),
+                    timeout,
+                });
+            }
+            Ok(Err(join)) => RResult::RErr(FfiError {
+                kind: ErrorKind::Panicked,
+                message: RString::from(format!("constructor failed: {join}")),
+            }),
+            Ok(Ok(r)) => r,
+        };
+        match result {
+            RResult::ROk(inner) => Ok(PluginInstance {
+                name: instance,
+                inner,
+            }),
+            RResult::RErr(e) => Err(CreateError::Plugin {
+                instance: name.to_owned(),
+                path: library.path.clone(),
+                error: e.into(),
+            }),
+        }
+    }
+
+    /// Validates an instance's configuration without creating it.
+    pub fn validate(
+        library: &PluginLibrary,
+        name: &str,
+        config: &serde_json::Value,
+    ) -> Result<(), CallError> {
+        let module = library.module;
+        let json = config.to_string();
+        match std::panic::catch_unwind(|| {
+            (module.validate_config())(RStr::from_str(name), RStr::from_str(&json))
+        }) {
+            Ok(RResult::ROk(())) => Ok(()),
+            Ok(RResult::RErr(e)) => Err(e.into()),
+            Err(_) => Err(CallError {
+                kind: ErrorKind::Panicked,
+                message: "panicked while validating its configuration".into(),
+            }),
+        }
+    }
+
+    /// Runs the push loop, handing changes to `hub` as `origin`.
+    pub fn run(&self, hub: Arc<Hub>, origin: Origin) -> BoxFuture<Result<(), CallError>> {
+        let sink = HostSink_TO::from_value(HubSink { hub, origin }, TD_Opaque);
+        let fut = self.inner.run(sink);
+        Box::pin(guard_ffi(fut))
+    }
+
+    /// Asks the push loop to stop.
+    pub fn request_stop(&self) {
+        self.inner.request_stop();
+    }
+
+    /// The plugin's own health report.
+    pub async fn health(&self) -> Result<(bool, String), CallError> {
+        let r = guard_ffi(self.inner.health()).await?;
+        Ok((r.healthy, r.message.into()))
+    }
+
+    /// Stops the plugin's runtime (waiting at most `timeout` for its tasks).
+    pub fn shutdown(&self, timeout: Duration) {
+        self.inner
+            .shutdown(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+    }
+}
+
+/// Awaits a plugin future, turning a panic while polling it into an error.
+async fn guard_ffi<T>(fut: FfiFuture<RResult<T, FfiError>>) -> Result<T, CallError> {
+    match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
+        Ok(RResult::ROk(v)) => Ok(v),
+        Ok(RResult::RErr(e)) => Err(e.into()),
+        Err(_) => Err(CallError {
+            kind: ErrorKind::Panicked,
+            message: "the plugin's future panicked while being polled".into(),
+        }),
+    }
+}
+
+impl Source for PluginInstance {
+    fn snapshot(&self, types: Vec<String>) -> BoxFuture<Result<FfiSnapshot, CallError>> {
+        let types: RVec<RString> = types.into_iter().map(RString::from).collect();
+        Box::pin(guard_ffi(self.inner.snapshot(types)))
+    }
+
+    fn calls_in_flight(&self) -> u32 {
+        self.inner.calls_in_flight()
+    }
+}

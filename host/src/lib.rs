@@ -1,0 +1,48 @@
+//! The synchronizer: keeps an always-current view of a cloud's inventory and monitoring,
+//! gathered by plugins, and tells its consumers exactly what changed.
+//!
+//! How the pieces fit:
+//! - [`config`] reads the TOML configuration (figment, with environment overrides).
+//! - [`loader`] loads plugin libraries through abi_stable's checks; [`instance`] creates
+//!   and calls plugin instances, each with its own runtime inside the plugin.
+//! - [`scheduler`] polls collectors (interval, jitter, timeout, backoff, stuck
+//!   detection); bus plugins push through a sink.
+//! - [`hub`] turns snapshots and pushed changes into [`Change`]s with the [`baseline`]
+//!   store, keeps the current view, and feeds subscribers without ever blocking.
+//! - [`subscription`] is what consumers hold; [`output`] is the JSON form of changes.
+//! - [`Synchronizer`] ties it together: embed it, or run the `synchronizer` binary.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use synchronizer::{Config, Event, SubscribeOptions, Synchronizer};
+//! let config = Config::load(std::path::Path::new("synchronizer.toml"))?;
+//! let sync = Synchronizer::start(config).await?;
+//! let mut changes = sync.subscribe(&SubscribeOptions::types(&["nova.instance"]));
+//! while let Some(event) = changes.recv().await {
+//!     if let Event::Change(c) = event {
+//!         println!("{} {}", c.action.as_str(), c.entity.key());
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+pub mod baseline;
+pub mod change;
+pub mod config;
+pub mod hub;
+pub mod instance;
+pub mod loader;
+pub mod output;
+pub mod scheduler;
+pub mod status;
+pub mod subscription;
+mod synchronizer;
+
+pub use change::{Action, Change, Event, ResyncReason};
+pub use config::Config;
+pub use subscription::{CallbackSubscription, SubscribeOptions, Subscription};
+pub use synchronizer::{
+    GetAllError, InstanceFailure, InstanceHandle, InstanceReport, StartError, Synchronizer,
+};
+pub use synchronizer_plugin_api::{Category, Direction, Entity, Relation};

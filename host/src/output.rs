@@ -1,0 +1,142 @@
+//! The JSON form of change notifications: one object per line on stdout, and the same
+//! objects wherever a consumer needs text.
+//!
+//! The schema is stable; fields are only ever added.
+//!
+//! ```json
+//! {"action":"updated","initial":false,"type":"switch","key":"switch:sw-1","id":"sw-1",
+//!  "category":"resource","name":"top-of-rack-1","state":"degraded","project":null,
+//!  "relations":[{"kind":"contains","direction":"in","key":"rack:r-1"}],
+//!  "source_updated":"2026-11-25T10:00:00.000000Z","sampled_at":"2026-11-25T10:00:01.123456Z",
+//!  "instance":"static-demo","seq":42,"properties":{"ports":48}}
+//! ```
+//!
+//! - `action`: `created`, `updated`, `deleted`; `initial` is true for changes from an
+//!   instance's first snapshot after start.
+//! - `key` is `<type>:<id>`; `relations[].direction` is `out` (this → key) or `in`
+//!   (key → this).
+//! - Timestamps are RFC 3339 UTC with microseconds; `source_updated` is null when the
+//!   source gives none.
+//! - A resync is `{"action":"resync","reason":"lagged|periodic|initial"}` followed by one
+//!   `{"action":"snapshot", ...entity fields...}` line per entity and
+//!   `{"action":"snapshot_end","count":N}`.
+
+use std::io::Write;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use synchronizer_plugin_api::Entity;
+use synchronizer_plugin_api::entity::micros_to_system_time;
+
+use crate::change::{Change, Event};
+
+#[derive(Serialize)]
+struct RelationJson<'a> {
+    kind: &'a str,
+    direction: &'static str,
+    key: &'a str,
+}
+
+#[derive(Serialize)]
+struct EntityJson<'a> {
+    #[serde(rename = "type")]
+    entity_type: &'a str,
+    key: String,
+    id: &'a str,
+    category: &'static str,
+    name: &'a str,
+    state: Option<&'a str>,
+    project: Option<&'a str>,
+    relations: Vec<RelationJson<'a>>,
+    source_updated: Option<String>,
+    properties: &'a RawValue,
+}
+
+#[derive(Serialize)]
+struct ChangeJson<'a> {
+    action: &'static str,
+    initial: bool,
+    #[serde(flatten)]
+    entity: EntityJson<'a>,
+    sampled_at: String,
+    instance: &'a str,
+    seq: u64,
+}
+
+fn time(us: i64) -> String {
+    humantime::format_rfc3339_micros(micros_to_system_time(us)).to_string()
+}
+
+fn entity_json(e: &Entity) -> EntityJson<'_> {
+    let empty: &RawValue = serde_json::from_str("{}").unwrap_or_else(|_| unreachable!());
+    EntityJson {
+        entity_type: e.entity_type(),
+        key: e.key(),
+        id: e.id(),
+        category: e.category().as_str(),
+        name: e.name(),
+        state: e.state(),
+        project: e.project(),
+        relations: e
+            .relations()
+            .iter()
+            .map(|r| RelationJson {
+                kind: r.kind(),
+                direction: r.direction().as_str(),
+                key: r.other(),
+            })
+            .collect(),
+        source_updated: e.source_updated_micros().map(time),
+        properties: serde_json::from_str(e.properties_json()).unwrap_or(empty),
+    }
+}
+
+/// A change as one JSON object.
+pub fn change_to_json(change: &Change) -> String {
+    let obj = ChangeJson {
+        action: change.action.as_str(),
+        initial: change.initial,
+        entity: entity_json(&change.entity),
+        sampled_at: time(change.sampled_us),
+        instance: &change.instance,
+        seq: change.seq,
+    };
+    serde_json::to_string(&obj).unwrap_or_default()
+}
+
+/// An entity as one JSON object (what `snapshot` prints).
+pub fn entity_to_json(entity: &Entity) -> String {
+    serde_json::to_string(&entity_json(entity)).unwrap_or_default()
+}
+
+/// Writes an event as JSON lines.
+pub fn write_event(out: &mut impl Write, event: &Event) -> std::io::Result<()> {
+    match event {
+        Event::Change(c) => writeln!(out, "{}", change_to_json(c)),
+        Event::Resync(reason) => writeln!(
+            out,
+            "{}",
+            serde_json::json!({"action": "resync", "reason": reason.as_str()})
+        ),
+        Event::Snapshot(entities) => {
+            #[derive(Serialize)]
+            struct SnapshotLine<'a> {
+                action: &'static str,
+                #[serde(flatten)]
+                entity: EntityJson<'a>,
+            }
+            for e in entities {
+                let line = SnapshotLine {
+                    action: "snapshot",
+                    entity: entity_json(e),
+                };
+                writeln!(out, "{}", serde_json::to_string(&line).unwrap_or_default())?;
+            }
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"action": "snapshot_end", "count": entities.len()})
+            )
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! Polling collectors on a schedule: an initial snapshot at start, then interval + jitter,
+//! at most one collection in flight per instance (on-demand callers join it), a timeout
+//! that cancels, exponential backoff after failures, reset on success.
+//!
+//! A call that passes its timeout is dropped, which aborts the task inside the plugin.
+//! If the plugin's counter of calls in flight does not fall back to zero, the call is
+//! stuck in blocking code: the instance is reported stuck and is not called again until
+//! the counter drops (DESIGN.md §2). Other instances run on their own tasks and never
+//! wait for it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use futures::FutureExt as _;
+use futures::future::{BoxFuture, Shared};
+use synchronizer_plugin_api::Entity;
+use synchronizer_plugin_api::entity::system_time_to_micros;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Schedule;
+use crate::hub::{Hub, Origin};
+use crate::instance::{CallError, Source};
+use crate::status::StatusCell;
+
+/// Why a collection failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CollectError {
+    /// The plugin returned an error.
+    #[error("instance `{instance}`: snapshot failed: {error}")]
+    Failed {
+        /// The instance.
+        instance: String,
+        /// The plugin's error.
+        error: CallError,
+    },
+    /// The call passed its timeout and was cancelled.
+    #[error("instance `{instance}`: snapshot timed out after {timeout:?} and was cancelled")]
+    Timeout {
+        /// The instance.
+        instance: String,
+        /// The limit.
+        timeout: Duration,
+    },
+    /// A previous call is still stuck inside the plugin.
+    #[error(
+        "instance `{instance}`: stuck: an abandoned call is still running inside the plugin (blocking code); not calling it again until it returns"
+    )]
+    Stuck {
+        /// The instance.
+        instance: String,
+    },
+    /// The host is shutting down.
+    #[error("instance `{instance}`: shutting down")]
+    ShuttingDown {
+        /// The instance.
+        instance: String,
+    },
+}
+
+/// The result of one collection, shared between everyone who waited for it.
+pub type CollectResult = Result<Arc<Vec<Arc<Entity>>>, CollectError>;
+
+/// How long the scheduler waits for an abandoned call to leave the plugin before it
+/// reports the instance stuck.
+const STUCK_GRACE: Duration = Duration::from_millis(500);
+
+/// One collector instance and its schedule.
+pub struct Collector {
+    origin: Origin,
+    source: Arc<dyn Source>,
+    schedule: Schedule,
+    types: Vec<String>,
+    hub: Arc<Hub>,
+    status: Arc<StatusCell>,
+    in_flight: Mutex<Option<Shared<BoxFuture<'static, CollectResult>>>>,
+    initial_done: AtomicBool,
+}
+
+fn now_us() -> i64 {
+    system_time_to_micros(SystemTime::now())
+}
+
+impl Collector {
+    /// A collector for `source`, whose snapshots are complete for `types` (empty: for
+    /// every type it reports).
+    pub fn new(
+        origin: Origin,
+        source: Arc<dyn Source>,
+        schedule: Schedule,
+        types: Vec<String>,
+        hub: Arc<Hub>,
+        status: Arc<StatusCell>,
+    ) -> Arc<Self> {
+        Arc::new(Collector {
+            origin,
+            source,
+            schedule,
+            types,
+            hub,
+            status,
+            in_flight: Mutex::new(None),
+            initial_done: AtomicBool::new(false),
+        })
+    }
+
+    /// The instance's name.
+    pub fn name(&self) -> &str {
+        &self.origin.instance
+    }
+
+    /// The types this collector's snapshots cover (empty: open-ended).
+    pub fn types(&self) -> &[String] {
+        &self.types
+    }
+
+    /// Whether its first snapshot has completed.
+    pub fn initial_done(&self) -> bool {
+        self.initial_done.load(Ordering::SeqCst)
+    }
+
+    /// Starts a collection, or joins the one in flight.
+    pub fn collect(self: &Arc<Self>) -> Shared<BoxFuture<'static, CollectResult>> {
+        let mut slot = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = slot.as_ref()
+            && f.peek().is_none()
+        {
+            return f.clone();
+        }
+        let this = self.clone();
+        let task = tokio::spawn(async move { this.collect_once().await });
+        let instance = self.origin.instance.to_string();
+        let fut = async move {
+            match task.await {
+                Ok(r) => r,
+                Err(_) => Err(CollectError::ShuttingDown { instance }),
+            }
+        }
+        .boxed()
+        .shared();
+        *slot = Some(fut.clone());
+        fut
+    }
+
+    async fn collect_once(&self) -> CollectResult {
+        let instance = self.origin.instance.to_string();
+        if self.source.calls_in_flight() > 0 {
+            let err = CollectError::Stuck { instance };
+            self.status.stuck(&err.to_string());
+            return Err(err);
+        }
+        let started_us = now_us();
+        let t0 = tokio::time::Instant::now();
+        let call = self.source.snapshot(self.types.clone());
+        match tokio::time::timeout(self.schedule.timeout, call).await {
+            Ok(Ok(snapshot)) => {
+                let initial = !self.initial_done.load(Ordering::SeqCst);
+                let incomplete: Vec<String> = snapshot
+                    .incomplete
+                    .iter()
+                    .map(|i| format!("{}: {}", i.entity_type, i.reason))
+                    .collect();
+                let (entities, applied) =
+                    self.hub
+                        .apply_snapshot(&self.origin, snapshot, &self.types, started_us, initial);
+                self.initial_done.store(true, Ordering::SeqCst);
+                let elapsed = t0.elapsed();
+                for reason in &incomplete {
+                    tracing::warn!(instance = %instance, %reason, "incomplete snapshot: nothing of this type is deleted");
+                }
+                tracing::debug!(
+                    instance = %instance,
+                    entities = entities.len(),
+                    created = applied.created,
+                    updated = applied.updated,
+                    deleted = applied.deleted,
+                    elapsed_ms = elapsed.as_millis() as u64,
+                    "snapshot applied"
+                );
+                self.status.success(elapsed, entities.len(), &applied, incomplete);
+                Ok(Arc::new(entities))
+            }
+            Ok(Err(error)) => {
+                let err = CollectError::Failed { instance, error };
+                tracing::warn!(error = %err, "snapshot failed; nothing is deleted");
+                self.status.failure(t0.elapsed(), &err.to_string());
+                Err(err)
+            }
+            Err(_) => {
+                // The call future is dropped: the plugin's task is aborted. If the count
+                // of calls in flight does not fall, the task is stuck in blocking code.
+                let deadline = tokio::time::Instant::now() + STUCK_GRACE;
+                while self.source.calls_in_flight() > 0 && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                let timeout = self.schedule.timeout;
+                if self.source.calls_in_flight() > 0 {
+                    let err = CollectError::Stuck { instance };
+                    tracing::error!(error = %err, "snapshot timed out and the plugin did not stop");
+                    self.status.stuck(&err.to_string());
+                    Err(err)
+                } else {
+                    let err = CollectError::Timeout { instance, timeout };
+                    tracing::warn!(error = %err, "snapshot timed out; nothing is deleted");
+                    self.status.failure(t0.elapsed(), &err.to_string());
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    /// The delay before the next scheduled collection.
+    fn next_delay(&self, failures: u32) -> Duration {
+        if failures == 0 {
+            let jitter = self.schedule.jitter;
+            let extra = if jitter.is_zero() {
+                Duration::ZERO
+            } else {
+                jitter.mul_f64(rand::random::<f64>())
+            };
+            self.schedule.interval + extra
+        } else {
+            backoff(self.schedule.backoff_initial, self.schedule.backoff_max, failures)
+        }
+    }
+
+    /// Runs the schedule until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut failures: u32 = 0;
+        loop {
+            let outcome = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = self.collect() => r,
+            };
+            failures = match outcome {
+                Ok(_) => 0,
+                Err(_) => failures.saturating_add(1),
+            };
+            let delay = self.next_delay(failures);
+            self.status
+                .scheduled(SystemTime::now() + delay, failures > 0);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+}
+
+/// Exponential backoff: `initial` after the first failure, doubling, at most `max`.
+pub fn backoff(initial: Duration, max: Duration, failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(30);
+    initial.saturating_mul(1u32 << exp).min(max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let s = Duration::from_secs;
+        assert_eq!(backoff(s(1), s(60), 1), s(1));
+        assert_eq!(backoff(s(1), s(60), 2), s(2));
+        assert_eq!(backoff(s(1), s(60), 4), s(8));
+        assert_eq!(backoff(s(1), s(60), 7), s(60));
+        assert_eq!(backoff(s(1), s(60), 1000), s(60));
+    }
+}

@@ -1,0 +1,168 @@
+//! Per-instance status: what operators see in `synchronizer plugins`, the HTTP API and
+//! metrics. Written by the scheduler and bus runner, read by anyone.
+
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::hub::Applied;
+
+/// The state of one instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Health {
+    /// Created, no collection finished yet.
+    Starting,
+    /// The last call succeeded.
+    Healthy,
+    /// The last call failed; retrying with backoff.
+    Failing,
+    /// A call is stuck inside the plugin; it is not called again until that returns.
+    Stuck,
+    /// Stopped (shutdown, or a bus loop that ended).
+    Stopped,
+}
+
+/// A snapshot of an instance's status.
+#[derive(Clone, Debug, Serialize)]
+pub struct InstanceStatus {
+    /// Its state.
+    pub health: Health,
+    /// When the last successful collection finished.
+    #[serde(serialize_with = "opt_time")]
+    pub last_success: Option<SystemTime>,
+    /// The last error, if the last call failed.
+    pub last_error: Option<String>,
+    /// How long the last collection took.
+    #[serde(serialize_with = "opt_duration")]
+    pub last_duration: Option<Duration>,
+    /// Failures in a row.
+    pub consecutive_failures: u32,
+    /// When the next scheduled call is due.
+    #[serde(serialize_with = "opt_time")]
+    pub next_attempt: Option<SystemTime>,
+    /// Whether the next call is a retry after failures (backing off).
+    pub backing_off: bool,
+    /// Collections that succeeded.
+    pub collections: u64,
+    /// Calls that failed, timed out or found the plugin stuck.
+    pub failures: u64,
+    /// Entities in the last snapshot.
+    pub entities: usize,
+    /// Types reported incomplete in the last snapshot.
+    pub incomplete: Vec<String>,
+}
+
+fn opt_time<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&humantime::format_rfc3339_millis(*t).to_string()),
+        None => s.serialize_none(),
+    }
+}
+
+fn opt_duration<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_f64(d.as_secs_f64()),
+        None => s.serialize_none(),
+    }
+}
+
+/// The shared, lock-protected status of one instance.
+pub struct StatusCell(Mutex<InstanceStatus>);
+
+impl Default for StatusCell {
+    fn default() -> Self {
+        StatusCell(Mutex::new(InstanceStatus {
+            health: Health::Starting,
+            last_success: None,
+            last_error: None,
+            last_duration: None,
+            consecutive_failures: 0,
+            next_attempt: None,
+            backing_off: false,
+            collections: 0,
+            failures: 0,
+            entities: 0,
+            incomplete: Vec::new(),
+        }))
+    }
+}
+
+impl StatusCell {
+    fn with(&self, f: impl FnOnce(&mut InstanceStatus)) {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g)
+    }
+
+    /// The current status.
+    pub fn get(&self) -> InstanceStatus {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A collection (or bus start) succeeded.
+    pub fn success(
+        &self,
+        elapsed: Duration,
+        entities: usize,
+        _applied: &Applied,
+        incomplete: Vec<String>,
+    ) {
+        self.with(|s| {
+            s.health = Health::Healthy;
+            s.last_success = Some(SystemTime::now());
+            s.last_error = None;
+            s.last_duration = Some(elapsed);
+            s.consecutive_failures = 0;
+            s.collections += 1;
+            s.entities = entities;
+            s.incomplete = incomplete;
+        })
+    }
+
+    /// A call failed.
+    pub fn failure(&self, elapsed: Duration, error: &str) {
+        self.with(|s| {
+            s.health = Health::Failing;
+            s.last_error = Some(error.to_owned());
+            s.last_duration = Some(elapsed);
+            s.consecutive_failures += 1;
+            s.failures += 1;
+        })
+    }
+
+    /// A call is stuck inside the plugin.
+    pub fn stuck(&self, error: &str) {
+        self.with(|s| {
+            s.health = Health::Stuck;
+            s.last_error = Some(error.to_owned());
+            s.consecutive_failures += 1;
+            s.failures += 1;
+        })
+    }
+
+    /// The next call is scheduled.
+    pub fn scheduled(&self, at: SystemTime, backing_off: bool) {
+        self.with(|s| {
+            s.next_attempt = Some(at);
+            s.backing_off = backing_off;
+        })
+    }
+
+    /// A bus loop is running.
+    pub fn running(&self) {
+        self.with(|s| {
+            s.health = Health::Healthy;
+            s.last_error = None;
+            s.consecutive_failures = 0;
+        })
+    }
+
+    /// The instance stopped.
+    pub fn stopped(&self) {
+        self.with(|s| {
+            s.health = Health::Stopped;
+            s.next_attempt = None;
+        })
+    }
+}

@@ -1,0 +1,414 @@
+//! The synchronizer itself: loads the configured plugins, runs their instances, and
+//! answers consumers. This is what an embedding program uses; the binary is a thin
+//! shell over it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use synchronizer_plugin_api::Entity;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, OnPluginError, parse_level};
+use crate::hub::{Hub, Origin, TypeFilter};
+use crate::instance::{CreateError, PluginInstance, log_level};
+use crate::loader::{LoadError, PluginLibrary, PluginMeta, load};
+use crate::scheduler::{CollectError, Collector, backoff};
+use crate::status::{InstanceStatus, StatusCell};
+use crate::subscription::{CallbackSubscription, SubscribeOptions, Subscription};
+
+/// Why the synchronizer did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Plugins failed to load or start and `on_plugin_error = "fail"`.
+    #[error("{} plugin instance(s) failed to start:\n  {}", .0.len(), .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n  "))]
+    Plugins(Vec<InstanceFailure>),
+    /// The configuration is unusable.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// One instance that could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceFailure {
+    /// Its library did not load.
+    #[error("instance `{instance}`: {error}")]
+    Load {
+        /// The instance.
+        instance: String,
+        /// Why.
+        error: LoadError,
+    },
+    /// The instance could not be created.
+    #[error("{0}")]
+    Create(#[from] CreateError),
+}
+
+/// What `get_all` could not do.
+#[derive(Debug, thiserror::Error)]
+pub enum GetAllError {
+    /// No running collector provides these types.
+    #[error("no running collector provides {0:?}")]
+    NoCollector(Vec<String>),
+    /// A collection failed; the other instances' entities are not returned either,
+    /// because the answer would be silently partial.
+    #[error(transparent)]
+    Collect(#[from] CollectError),
+}
+
+/// One instance as the host runs it.
+pub struct InstanceHandle {
+    /// The instance's name.
+    pub name: String,
+    /// The library's file.
+    pub library: PathBuf,
+    /// What the plugin says about itself.
+    pub meta: PluginMeta,
+    /// The types this instance collects (empty: open-ended).
+    pub types: Vec<String>,
+    plugin: Arc<PluginInstance>,
+    status: Arc<StatusCell>,
+    collector: Option<Arc<Collector>>,
+}
+
+/// A report on one instance.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct InstanceReport {
+    /// The instance's name.
+    pub name: String,
+    /// The plugin's name.
+    pub plugin: String,
+    /// The plugin's version.
+    pub version: String,
+    /// The library.
+    pub library: PathBuf,
+    /// collector, bus or both.
+    pub kind: &'static str,
+    /// The types it collects.
+    pub types: Vec<String>,
+    /// Its status.
+    pub status: InstanceStatus,
+}
+
+/// A running synchronizer.
+pub struct Synchronizer {
+    hub: Arc<Hub>,
+    instances: Vec<InstanceHandle>,
+    failures: Vec<InstanceFailure>,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+    bus_stop_timeout: Duration,
+}
+
+fn origin(owner: usize, name: &str) -> Origin {
+    Origin {
+        owner: u16::try_from(owner).unwrap_or(u16::MAX),
+        instance: Arc::from(name),
+    }
+}
+
+impl Synchronizer {
+    /// Loads every enabled instance's plugin, creates the instances, and starts their
+    /// schedules and push loops. With `on_plugin_error = "skip"` the instances that fail
+    /// are reported by [`Synchronizer::failures`] and the rest run.
+    pub async fn start(config: Config) -> Result<Synchronizer, StartError> {
+        let level = parse_level(&config.plugin_log_level).map_err(StartError::Config)?;
+        let hub = Arc::new(Hub::new(config.tombstone_ttl));
+        let mut libraries: HashMap<PathBuf, Result<PluginLibrary, String>> = HashMap::new();
+        let mut instances = Vec::new();
+        let mut failures = Vec::new();
+        for inst in config.instances.iter().filter(|i| i.enabled) {
+            let path = config.library_path(inst);
+            let library = match libraries.get(&path) {
+                Some(Ok(lib)) => lib.clone(),
+                _ => match load(&path) {
+                    Ok(lib) => {
+                        libraries.insert(path.clone(), Ok(lib.clone()));
+                        lib
+                    }
+                    Err(error) => {
+                        tracing::error!(instance = %inst.name, %error, "plugin did not load");
+                        failures.push(InstanceFailure::Load {
+                            instance: inst.name.clone(),
+                            error,
+                        });
+                        continue;
+                    }
+                },
+            };
+            let schedule = config.schedule(inst);
+            let created = PluginInstance::create(
+                &library,
+                &inst.name,
+                &inst.config,
+                log_level(level),
+                schedule.timeout,
+            )
+            .await;
+            match created {
+                Ok(plugin) => {
+                    let types = active_types(&library.meta.entity_types, &config.types);
+                    instances.push((inst.name.clone(), library, Arc::new(plugin), schedule, types));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "plugin instance did not start");
+                    failures.push(e.into());
+                }
+            }
+        }
+        if !failures.is_empty() && config.on_plugin_error == OnPluginError::Fail {
+            for (_, _, plugin, _, _) in &instances {
+                plugin.shutdown(Duration::from_secs(1));
+            }
+            return Err(StartError::Plugins(failures));
+        }
+
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let mut handles = Vec::new();
+        for (owner, (name, library, plugin, schedule, types)) in instances.into_iter().enumerate() {
+            let status = Arc::new(StatusCell::default());
+            let origin = origin(owner, &name);
+            let collector = library.meta.kind.collects().then(|| {
+                Collector::new(
+                    origin.clone(),
+                    plugin.clone(),
+                    schedule,
+                    types.clone(),
+                    hub.clone(),
+                    status.clone(),
+                )
+            });
+            if let Some(c) = &collector {
+                tasks.spawn(c.clone().run(shutdown.child_token()));
+            }
+            if library.meta.kind.pushes() {
+                tasks.spawn(run_bus(
+                    plugin.clone(),
+                    hub.clone(),
+                    origin,
+                    status.clone(),
+                    schedule,
+                    shutdown.child_token(),
+                ));
+            }
+            tracing::info!(
+                instance = %name,
+                plugin = %library.meta.name,
+                version = %library.meta.version,
+                kind = library.meta.kind.as_str(),
+                "plugin instance started"
+            );
+            handles.push(InstanceHandle {
+                name,
+                library: library.path.clone(),
+                meta: library.meta.clone(),
+                types,
+                plugin,
+                status,
+                collector,
+            });
+        }
+        // Lagged subscribers recover even when no change arrives.
+        let weak = Arc::downgrade(&hub);
+        let token = shutdown.child_token();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    _ = tick.tick() => match weak.upgrade() {
+                        Some(hub) => hub.recover_lagged(),
+                        None => break,
+                    },
+                }
+            }
+        });
+        Ok(Synchronizer {
+            hub,
+            instances: handles,
+            failures,
+            shutdown,
+            tasks,
+            bus_stop_timeout: Duration::from_secs(10),
+        })
+    }
+
+    /// The instances that failed to start (with `on_plugin_error = "skip"`).
+    pub fn failures(&self) -> &[InstanceFailure] {
+        &self.failures
+    }
+
+    /// The running instances.
+    pub fn instances(&self) -> &[InstanceHandle] {
+        &self.instances
+    }
+
+    /// Entities of the given types (empty: all), fresh from their collectors. Concurrent
+    /// callers share one collection per instance.
+    pub async fn get_all<S: AsRef<str>>(&self, types: &[S]) -> Result<Vec<Arc<Entity>>, GetAllError> {
+        let filter = TypeFilter::new(types);
+        let wanted: Vec<&Arc<Collector>> = self
+            .instances
+            .iter()
+            .filter_map(|i| i.collector.as_ref())
+            .filter(|c| {
+                c.types().is_empty() || types.is_empty() || c.types().iter().any(|t| filter.matches(t))
+            })
+            .collect();
+        if wanted.is_empty() {
+            return Err(GetAllError::NoCollector(
+                types.iter().map(|t| t.as_ref().to_owned()).collect(),
+            ));
+        }
+        let results = futures::future::join_all(wanted.iter().map(|c| c.collect())).await;
+        let mut out = Vec::new();
+        for r in results {
+            let entities = r?;
+            out.extend(
+                entities
+                    .iter()
+                    .filter(|e| filter.matches(e.entity_type()))
+                    .cloned(),
+            );
+        }
+        Ok(out)
+    }
+
+    /// The current view of the given types (what the baseline knows), without polling.
+    pub fn current<S: AsRef<str>>(&self, types: &[S]) -> Vec<Arc<Entity>> {
+        self.hub.entities(&TypeFilter::new(types))
+    }
+
+    /// Subscribes to changes as a stream.
+    pub fn subscribe(&self, options: &SubscribeOptions) -> Subscription {
+        Subscription::new(&self.hub, options)
+    }
+
+    /// Subscribes with a callback, called on a thread of its own.
+    pub fn subscribe_callback<F>(
+        &self,
+        options: &SubscribeOptions,
+        callback: F,
+    ) -> std::io::Result<CallbackSubscription>
+    where
+        F: FnMut(crate::change::Event) + Send + 'static,
+    {
+        CallbackSubscription::new(self.subscribe(options), callback)
+    }
+
+    /// Reports on every running instance.
+    pub fn status(&self) -> Vec<InstanceReport> {
+        self.instances
+            .iter()
+            .map(|i| InstanceReport {
+                name: i.name.clone(),
+                plugin: i.meta.name.clone(),
+                version: i.meta.version.clone(),
+                library: i.library.clone(),
+                kind: i.meta.kind.as_str(),
+                types: i.types.clone(),
+                status: i.status.get(),
+            })
+            .collect()
+    }
+
+    /// Whether every collector has finished its first snapshot.
+    pub fn ready(&self) -> bool {
+        self.instances
+            .iter()
+            .filter_map(|i| i.collector.as_ref())
+            .all(|c| c.initial_done())
+    }
+
+    /// The hub, for outputs that need its counters.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Stops schedules and push loops, gives bus plugins time to finish what they have in
+    /// hand, then stops every plugin runtime.
+    pub async fn shutdown(mut self) {
+        for i in &self.instances {
+            if i.meta.kind.pushes() {
+                i.plugin.request_stop();
+            }
+        }
+        self.shutdown.cancel();
+        let deadline = tokio::time::sleep(self.bus_stop_timeout);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => {
+                    tracing::warn!("tasks did not stop in time; abandoning them");
+                    self.tasks.abort_all();
+                    break;
+                }
+                next = self.tasks.join_next() => if next.is_none() { break },
+            }
+        }
+        for i in &self.instances {
+            i.status.stopped();
+            let plugin = i.plugin.clone();
+            // Off the async workers: shutting a runtime down blocks for up to a second.
+            let _ = tokio::task::spawn_blocking(move || plugin.shutdown(Duration::from_secs(1))).await;
+        }
+        tracing::info!("synchronizer stopped");
+    }
+}
+
+/// The types an instance collects: what the plugin provides, narrowed to the configured
+/// active types. A plugin with open-ended types collects every active type (or all).
+fn active_types(provided: &[String], active: &[String]) -> Vec<String> {
+    if active.is_empty() {
+        return provided.to_vec();
+    }
+    if provided.is_empty() {
+        return active.to_vec();
+    }
+    provided
+        .iter()
+        .filter(|t| active.contains(t))
+        .cloned()
+        .collect()
+}
+
+/// Runs a bus plugin's push loop, restarting it with backoff when it fails.
+async fn run_bus(
+    plugin: Arc<PluginInstance>,
+    hub: Arc<Hub>,
+    origin: Origin,
+    status: Arc<StatusCell>,
+    schedule: crate::config::Schedule,
+    shutdown: CancellationToken,
+) {
+    let mut failures = 0u32;
+    loop {
+        status.running();
+        let run = plugin.run(hub.clone(), origin.clone());
+        // On shutdown the plugin was asked to stop; let it finish on its own.
+        let result = run.await;
+        if shutdown.is_cancelled() {
+            break;
+        }
+        match result {
+            Ok(()) => {
+                tracing::info!(instance = %origin.instance, "push loop ended");
+                break;
+            }
+            Err(e) => {
+                failures += 1;
+                let delay = backoff(schedule.backoff_initial, schedule.backoff_max, failures);
+                tracing::warn!(instance = %origin.instance, error = %e, retry_in = ?delay, "push loop failed");
+                status.failure(Duration::ZERO, &e.message);
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+    status.stopped();
+}

@@ -1,0 +1,379 @@
+//! The entity: one resource or alarm, as every plugin reports it and every consumer sees it.
+//!
+//! [`Entity`] is `#[repr(C)]` and `StableAbi`, so a snapshot crosses the plugin boundary
+//! without being converted: the host hashes, diffs and forwards the very values a plugin
+//! built (see DESIGN.md §2, "Cost"). Its fields are private; plugin authors build one with
+//! plain Rust values through the `with_*` methods and never see an abi_stable type.
+//!
+//! What an entity carries (DESIGN.md §4): its type and native id (together, its key), a
+//! category, a name, a state, a project, typed relations to other entities' keys, the
+//! source's own update timestamp, and the remaining properties as a JSON object. The time
+//! it was sampled, the action and the plugin instance it came from are added by the host,
+//! in the change notification that carries the entity.
+
+use std::hash::Hasher;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use abi_stable::StableAbi;
+use abi_stable::std_types::{ROption, RString, RVec};
+
+/// Whether an entity is a resource (an instance, a host, a switch) or an alarm about one.
+#[repr(u8)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Category {
+    /// Something that exists: an instance, a host, a stack, a rack.
+    Resource,
+    /// Something wrong with a resource: a Nagios service not in OK, say.
+    Alarm,
+}
+
+impl Category {
+    /// The lower-case name used in JSON output: `resource` or `alarm`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::Resource => "resource",
+            Category::Alarm => "alarm",
+        }
+    }
+}
+
+/// Which way a relation points, seen from the entity that carries it.
+#[repr(u8)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// `this --kind--> other`: an alarm is `on` its resource.
+    Outgoing,
+    /// `other --kind--> this`: a host `contains` this instance.
+    Incoming,
+}
+
+impl Direction {
+    /// `out` or `in`, as in the JSON output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Outgoing => "out",
+            Direction::Incoming => "in",
+        }
+    }
+}
+
+/// A typed edge from the entity that carries it to another entity's key.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Relation {
+    kind: RString,
+    other: RString,
+    direction: Direction,
+}
+
+impl Relation {
+    /// `this --kind--> other` (for example an alarm `on` a host).
+    pub fn to(kind: &str, other_key: impl Into<String>) -> Self {
+        Relation {
+            kind: kind.into(),
+            other: RString::from(other_key.into()),
+            direction: Direction::Outgoing,
+        }
+    }
+
+    /// `other --kind--> this` (for example a zone that `contains` this host).
+    pub fn from(kind: &str, other_key: impl Into<String>) -> Self {
+        Relation {
+            kind: kind.into(),
+            other: RString::from(other_key.into()),
+            direction: Direction::Incoming,
+        }
+    }
+
+    /// The relation's kind: `contains`, `comprises`, `on`, ...
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// The key of the entity at the other end.
+    pub fn other(&self) -> &str {
+        &self.other
+    }
+
+    /// Which way the edge points.
+    pub fn direction(&self) -> Direction {
+        self.direction
+    }
+}
+
+/// One resource or alarm. Build it with [`Entity::resource`] or [`Entity::alarm`] and the
+/// `with_*` methods.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, PartialEq)]
+pub struct Entity {
+    entity_type: RString,
+    id: RString,
+    category: Category,
+    name: RString,
+    state: ROption<RString>,
+    project: ROption<RString>,
+    relations: RVec<Relation>,
+    source_updated_us: ROption<i64>,
+    properties: RString,
+}
+
+impl Entity {
+    /// A new entity of the given category, type (`nova.instance`) and native id.
+    pub fn new(category: Category, entity_type: &str, id: &str) -> Self {
+        Entity {
+            entity_type: entity_type.into(),
+            id: id.into(),
+            category,
+            name: RString::new(),
+            state: ROption::RNone,
+            project: ROption::RNone,
+            relations: RVec::new(),
+            source_updated_us: ROption::RNone,
+            properties: RString::new(),
+        }
+    }
+
+    /// A new resource entity.
+    pub fn resource(entity_type: &str, id: &str) -> Self {
+        Self::new(Category::Resource, entity_type, id)
+    }
+
+    /// A new alarm entity.
+    pub fn alarm(entity_type: &str, id: &str) -> Self {
+        Self::new(Category::Alarm, entity_type, id)
+    }
+
+    /// Sets the human-readable name.
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = RString::from(name.into());
+        self
+    }
+
+    /// Sets the state as the source reports it (`ACTIVE`, `CREATE_FAILED`, `WARNING`).
+    pub fn with_state(mut self, state: impl Into<String>) -> Self {
+        self.state = ROption::RSome(RString::from(state.into()));
+        self
+    }
+
+    /// Sets the project (tenant) the entity belongs to.
+    pub fn with_project(mut self, project: impl Into<String>) -> Self {
+        self.project = ROption::RSome(RString::from(project.into()));
+        self
+    }
+
+    /// Adds a relation.
+    pub fn with_relation(mut self, relation: Relation) -> Self {
+        self.relations.push(relation);
+        self
+    }
+
+    /// Sets the source's own update timestamp. The baseline drops data older than what it
+    /// already holds for the key, so set it whenever the source has one.
+    pub fn with_source_updated(mut self, at: SystemTime) -> Self {
+        self.source_updated_us = ROption::RSome(system_time_to_micros(at));
+        self
+    }
+
+    /// Sets the source update timestamp in microseconds since the Unix epoch.
+    pub fn with_source_updated_micros(mut self, micros: i64) -> Self {
+        self.source_updated_us = ROption::RSome(micros);
+        self
+    }
+
+    /// Sets the remaining properties. A JSON object is kept as it is; any other value is
+    /// stored as `{"value": ...}` so that properties are always an object.
+    pub fn with_properties(mut self, properties: serde_json::Value) -> Self {
+        let object = match properties {
+            serde_json::Value::Object(map) => serde_json::Value::Object(map),
+            serde_json::Value::Null => serde_json::Value::Object(Default::default()),
+            other => serde_json::json!({ "value": other }),
+        };
+        self.properties = RString::from(object.to_string());
+        self
+    }
+
+    /// The entity type, e.g. `nova.instance`.
+    pub fn entity_type(&self) -> &str {
+        &self.entity_type
+    }
+
+    /// The native id in its source (a UUID for Nova instances).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The unique key: `<type>:<native id>`.
+    pub fn key(&self) -> String {
+        entity_key(&self.entity_type, &self.id)
+    }
+
+    /// Resource or alarm.
+    pub fn category(&self) -> Category {
+        self.category
+    }
+
+    /// The name; empty when the source has none.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The state, when the source reports one.
+    pub fn state(&self) -> Option<&str> {
+        self.state.as_ref().map(|s| s.as_str()).into()
+    }
+
+    /// The project, when the entity belongs to one.
+    pub fn project(&self) -> Option<&str> {
+        self.project.as_ref().map(|s| s.as_str()).into()
+    }
+
+    /// The relations to other entities.
+    pub fn relations(&self) -> &[Relation] {
+        &self.relations
+    }
+
+    /// The source's update timestamp, in microseconds since the Unix epoch.
+    pub fn source_updated_micros(&self) -> Option<i64> {
+        self.source_updated_us.into()
+    }
+
+    /// The remaining properties as JSON object text (`{}` when there are none).
+    pub fn properties_json(&self) -> &str {
+        if self.properties.is_empty() {
+            "{}"
+        } else {
+            &self.properties
+        }
+    }
+
+    /// The remaining properties, parsed.
+    pub fn properties(&self) -> serde_json::Value {
+        serde_json::from_str(self.properties_json())
+            .unwrap_or_else(|_| serde_json::Value::Object(Default::default()))
+    }
+
+    /// A 64-bit hash of the key (`type` and `id`), the baseline's index.
+    pub fn key_hash(&self) -> u64 {
+        key_hash(&self.entity_type, &self.id)
+    }
+
+    /// A 64-bit seahash of everything the entity says, but its key: name, category, state,
+    /// project, relations, source timestamp and properties. Two snapshots that report the
+    /// same content give the same hash, so the baseline reports no change.
+    pub fn content_hash(&self) -> u64 {
+        let mut h = seahash::SeaHasher::new();
+        h.write_u8(self.category as u8);
+        write_str(&mut h, &self.name);
+        write_opt(&mut h, self.state());
+        write_opt(&mut h, self.project());
+        h.write_usize(self.relations.len());
+        for r in self.relations.iter() {
+            write_str(&mut h, &r.kind);
+            write_str(&mut h, &r.other);
+            h.write_u8(r.direction as u8);
+        }
+        // The source timestamp alone does not make a change: a source that bumps it on
+        // every read would otherwise report an update for everything on every poll.
+        write_str(&mut h, self.properties_json());
+        h.finish()
+    }
+}
+
+fn write_str(h: &mut seahash::SeaHasher, s: &str) {
+    h.write_usize(s.len());
+    h.write(s.as_bytes());
+}
+
+fn write_opt(h: &mut seahash::SeaHasher, s: Option<&str>) {
+    match s {
+        Some(s) => {
+            h.write_u8(1);
+            write_str(h, s);
+        }
+        None => h.write_u8(0),
+    }
+}
+
+/// The key of an entity of type `entity_type` with native id `id`: `<type>:<id>`.
+pub fn entity_key(entity_type: &str, id: &str) -> String {
+    let mut key = String::with_capacity(entity_type.len() + 1 + id.len());
+    key.push_str(entity_type);
+    key.push(':');
+    key.push_str(id);
+    key
+}
+
+/// The 64-bit hash of the key `<type>:<id>`, computed without building the key string.
+pub fn key_hash(entity_type: &str, id: &str) -> u64 {
+    let mut h = seahash::SeaHasher::new();
+    h.write(entity_type.as_bytes());
+    h.write_u8(b':');
+    h.write(id.as_bytes());
+    h.finish()
+}
+
+/// Microseconds since the Unix epoch (negative before it).
+pub fn system_time_to_micros(at: SystemTime) -> i64 {
+    match at.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_micros()).unwrap_or(i64::MAX),
+    }
+}
+
+/// The inverse of [`system_time_to_micros`].
+pub fn micros_to_system_time(micros: i64) -> SystemTime {
+    if micros >= 0 {
+        UNIX_EPOCH + Duration::from_micros(micros.unsigned_abs())
+    } else {
+        UNIX_EPOCH - Duration::from_micros(micros.unsigned_abs())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_hash_ignores_key_and_timestamp_but_sees_everything_else() {
+        let a = Entity::resource("switch", "s1")
+            .with_name("s1")
+            .with_state("up")
+            .with_relation(Relation::from("contains", "rack:r1"))
+            .with_properties(serde_json::json!({"ports": 48}));
+        let renamed_key = Entity { id: "s2".into(), ..a.clone() };
+        assert_eq!(a.content_hash(), renamed_key.content_hash());
+        let later = a.clone().with_source_updated_micros(5);
+        assert_eq!(a.content_hash(), later.content_hash());
+
+        for changed in [
+            a.clone().with_state("down"),
+            a.clone().with_name("other"),
+            a.clone().with_project("p"),
+            a.clone().with_relation(Relation::to("on", "x:y")),
+            a.clone().with_properties(serde_json::json!({"ports": 24})),
+            Entity { category: Category::Alarm, ..a.clone() },
+        ] {
+            assert_ne!(a.content_hash(), changed.content_hash(), "{changed:?}");
+        }
+    }
+
+    #[test]
+    fn key_hash_matches_the_key_string() {
+        let e = Entity::resource("nova.instance", "abc");
+        assert_eq!(e.key(), "nova.instance:abc");
+        assert_eq!(e.key_hash(), seahash::hash(b"nova.instance:abc"));
+    }
+
+    #[test]
+    fn properties_are_always_an_object() {
+        let e = Entity::resource("t", "i").with_properties(serde_json::json!(3));
+        assert_eq!(e.properties(), serde_json::json!({"value": 3}));
+        assert_eq!(Entity::resource("t", "i").properties_json(), "{}");
+    }
+
+    #[test]
+    fn timestamps_round_trip() {
+        let t = UNIX_EPOCH + Duration::from_micros(1_764_000_000_123_456);
+        assert_eq!(micros_to_system_time(system_time_to_micros(t)), t);
+    }
+}

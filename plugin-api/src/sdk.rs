@@ -1,0 +1,333 @@
+//! The plugin author's side: an ordinary async Rust trait and plain types.
+//!
+//! Implement [`Plugin`] for a type, give it a serde `Config`, and call
+//! [`crate::export_plugin!`] once. The SDK does the rest: it parses the instance's
+//! configuration (errors name the instance and the field), owns a tokio runtime per
+//! instance, forwards `tracing` events and panics to the host, catches every panic before
+//! it reaches the boundary, and cancels the plugin's work when the host drops a call.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use abi_stable::std_types::{RString, RVec};
+use serde::de::DeserializeOwned;
+
+use crate::abi::{
+    ErrorKind, FfiError, FfiHealth, FfiIncomplete, FfiPluginInfo, FfiPushed, FfiSnapshot,
+    HostSinkBox, PluginKind, PushAction,
+};
+use crate::entity::Entity;
+
+pub(crate) mod glue;
+pub(crate) mod logging;
+
+/// What a plugin is: its name, version, entity types and kind.
+#[derive(Clone, Debug)]
+pub struct PluginInfo {
+    /// The plugin's name (`nova`, `static`).
+    pub name: &'static str,
+    /// Its version; `env!("CARGO_PKG_VERSION")` is the usual choice.
+    pub version: &'static str,
+    /// One line on what it collects.
+    pub description: &'static str,
+    /// The entity types it provides (`nova.instance`, ...).
+    pub entity_types: &'static [&'static str],
+    /// Collector, bus or both.
+    pub kind: PluginKind,
+}
+
+impl PluginInfo {
+    pub(crate) fn to_ffi(&self) -> FfiPluginInfo {
+        FfiPluginInfo {
+            name: self.name.into(),
+            version: self.version.into(),
+            description: self.description.into(),
+            entity_types: self.entity_types.iter().map(|t| RString::from(*t)).collect(),
+            kind: self.kind,
+        }
+    }
+}
+
+/// What the host tells an instance when it creates it.
+#[derive(Clone, Debug)]
+pub struct Context {
+    /// The instance's name from the host configuration (`nagios-east`).
+    pub instance: String,
+}
+
+/// A plugin error. Its message should say what failed and where (a URL without
+/// credentials, a file path), so that the host's log line is enough to act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl Error {
+    /// A failed call; the host retries it with backoff.
+    pub fn failed(message: impl fmt::Display) -> Self {
+        Error {
+            kind: ErrorKind::Failed,
+            message: message.to_string(),
+        }
+    }
+
+    /// An invalid configuration.
+    pub fn config(message: impl fmt::Display) -> Self {
+        Error {
+            kind: ErrorKind::Config,
+            message: message.to_string(),
+        }
+    }
+
+    /// A call this plugin does not support.
+    pub fn unsupported(message: impl fmt::Display) -> Self {
+        Error {
+            kind: ErrorKind::Unsupported,
+            message: message.to_string(),
+        }
+    }
+
+    /// The kind of failure.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    pub(crate) fn with_kind(kind: ErrorKind, message: impl fmt::Display) -> Self {
+        Error {
+            kind,
+            message: message.to_string(),
+        }
+    }
+
+    pub(crate) fn into_ffi(self) -> FfiError {
+        FfiError {
+            kind: self.kind,
+            message: self.message.into(),
+        }
+    }
+
+    pub(crate) fn from_ffi(e: FfiError) -> Self {
+        Error {
+            kind: e.kind,
+            message: e.message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// A collector's answer: the entities it saw, and which types it could not list whole.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    entities: Vec<Entity>,
+    incomplete: Vec<(String, String)>,
+}
+
+impl Snapshot {
+    /// A complete snapshot: every entity of the requested types is here, so the host
+    /// reports known entities that are missing as deleted.
+    pub fn complete(entities: Vec<Entity>) -> Self {
+        Snapshot {
+            entities,
+            incomplete: Vec::new(),
+        }
+    }
+
+    /// Marks one entity type as incomplete (a page failed to load, say): its entities are
+    /// still created and updated, but none are deleted.
+    pub fn mark_incomplete(mut self, entity_type: &str, reason: impl fmt::Display) -> Self {
+        self.incomplete
+            .push((entity_type.to_owned(), reason.to_string()));
+        self
+    }
+
+    /// Adds an entity.
+    pub fn push(&mut self, entity: Entity) {
+        self.entities.push(entity);
+    }
+
+    /// The entities.
+    pub fn entities(&self) -> &[Entity] {
+        &self.entities
+    }
+
+    pub(crate) fn into_ffi(self) -> FfiSnapshot {
+        FfiSnapshot {
+            entities: RVec::from(self.entities),
+            incomplete: self
+                .incomplete
+                .into_iter()
+                .map(|(t, r)| FfiIncomplete {
+                    entity_type: t.into(),
+                    reason: r.into(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A plugin's report on its own health.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Health {
+    /// True when the plugin can do its work.
+    pub healthy: bool,
+    /// What is wrong, or anything worth saying.
+    pub message: String,
+}
+
+impl Health {
+    /// Healthy, nothing to say.
+    pub fn healthy() -> Self {
+        Health {
+            healthy: true,
+            message: String::new(),
+        }
+    }
+
+    /// Unhealthy, and why.
+    pub fn unhealthy(message: impl fmt::Display) -> Self {
+        Health {
+            healthy: false,
+            message: message.to_string(),
+        }
+    }
+
+    pub(crate) fn into_ffi(self) -> FfiHealth {
+        FfiHealth {
+            healthy: self.healthy,
+            message: self.message.into(),
+        }
+    }
+}
+
+/// One change a bus plugin pushes.
+#[derive(Clone, Debug)]
+pub enum Change {
+    /// The entity exists with this content (created or updated: the host decides which).
+    Upsert(Entity),
+    /// The entity is gone. Give it at least its type, id and the source timestamp of the
+    /// deletion, so that a late, older message cannot bring it back.
+    Delete(Entity),
+}
+
+impl Change {
+    fn into_ffi(self) -> FfiPushed {
+        match self {
+            Change::Upsert(entity) => FfiPushed {
+                action: PushAction::Upsert,
+                entity,
+            },
+            Change::Delete(entity) => FfiPushed {
+                action: PushAction::Delete,
+                entity,
+            },
+        }
+    }
+}
+
+/// Where a bus plugin sends its changes.
+#[derive(Clone)]
+pub struct Sink {
+    inner: Arc<HostSinkBox>,
+}
+
+impl Sink {
+    pub(crate) fn new(inner: HostSinkBox) -> Self {
+        Sink {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Hands a batch to the host and waits until the host has accepted it. Acknowledge
+    /// the source messages only after this returns `Ok`.
+    pub async fn push(&self, batch: Vec<Change>) -> Result<(), Error> {
+        let batch: RVec<FfiPushed> = batch.into_iter().map(Change::into_ffi).collect();
+        match self.inner.push(batch).await {
+            abi_stable::std_types::RResult::ROk(()) => Ok(()),
+            abi_stable::std_types::RResult::RErr(e) => Err(Error::from_ffi(e)),
+        }
+    }
+}
+
+impl fmt::Debug for Sink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Sink")
+    }
+}
+
+/// Resolves when the host asks a bus plugin to stop.
+#[derive(Clone, Debug)]
+pub struct Shutdown {
+    token: tokio_util::sync::CancellationToken,
+}
+
+impl Shutdown {
+    pub(crate) fn new(token: tokio_util::sync::CancellationToken) -> Self {
+        Shutdown { token }
+    }
+
+    /// Waits for the stop request.
+    pub async fn requested(&self) {
+        self.token.cancelled().await
+    }
+
+    /// Whether the stop was requested already.
+    pub fn is_requested(&self) -> bool {
+        self.token.is_cancelled()
+    }
+}
+
+/// A data-source plugin. Implement it for a plain type and call
+/// [`crate::export_plugin!`] with that type.
+///
+/// Every method runs on the instance's own tokio runtime, so plugin code may use tokio,
+/// reqwest and `tracing` freely.
+pub trait Plugin: Sized + Send + Sync + 'static {
+    /// The instance's own configuration: the `[instances.config]` table of the host's
+    /// configuration. Use `#[serde(deny_unknown_fields)]` so that typos are reported.
+    type Config: DeserializeOwned;
+
+    /// The plugin's metadata.
+    fn info() -> PluginInfo;
+
+    /// Builds an instance from its configuration. Runs inside the instance's runtime.
+    fn new(config: Self::Config, ctx: &Context) -> Result<Self, Error>;
+
+    /// Collects a complete snapshot of the given entity types (a subset of
+    /// [`PluginInfo::entity_types`]). Collectors implement this.
+    fn snapshot(&self, types: &[String]) -> impl Future<Output = Result<Snapshot, Error>> + Send {
+        let _ = types;
+        async { Err(Error::unsupported("this plugin is not a collector")) }
+    }
+
+    /// Pushes changes to `sink` until `shutdown` resolves. Bus plugins implement this.
+    fn run(
+        &self,
+        sink: Sink,
+        shutdown: Shutdown,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        let _ = sink;
+        async move {
+            shutdown.requested().await;
+            Ok(())
+        }
+    }
+
+    /// The plugin's own health report.
+    fn health(&self) -> impl Future<Output = Health> + Send {
+        async { Health::healthy() }
+    }
+}
