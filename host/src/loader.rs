@@ -200,8 +200,8 @@ fn summarize(report: &str) -> String {
     while let Some(line) = iter.next() {
         if let Some(rest) = line.strip_prefix("Error:") {
             let mut text = rest.trim().to_owned();
-            // The detail (Expected/Found) follows on the next lines.
-            for next in iter.by_ref().take(2) {
+            // The detail follows: "Expected:", its value, "Found:", its value.
+            for next in iter.by_ref().take(4) {
                 if next.is_empty() {
                     break;
                 }

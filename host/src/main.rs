@@ -1,1 +1,352 @@
-fn main() {}
+//! The `synchronizer` command: a thin shell over the library.
+//!
+//! - `run --config FILE`: runs the service; change notifications go to stdout as JSON
+//!   lines (schema in `synchronizer::output`), logs to stderr.
+//! - `plugins --config FILE`: lists the plugin files and what they provide, or why one
+//!   cannot load.
+//! - `snapshot --config FILE --types T,...`: one fresh get-all, as JSON lines.
+//! - `check-config FILE`: validates the file and every instance's own configuration
+//!   without running anything.
+//!
+//! Exit codes: 0 success, 1 runtime failure, 2 invalid configuration or plugins.
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use synchronizer::config::ConfigError;
+use synchronizer::instance::PluginInstance;
+use synchronizer::loader::{host_api_version, load};
+use synchronizer::{Config, Event, SubscribeOptions, Synchronizer, output};
+
+#[derive(Parser)]
+#[command(name = "synchronizer", version, about = "Keeps a current view of a cloud through plugins and reports what changed")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log filter (tracing's EnvFilter syntax); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service, printing change notifications as JSON lines.
+    Run {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only print changes of these types (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        types: Vec<String>,
+        /// Send a full snapshot of the types every this often (e.g. 10m).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        resync_every: Option<std::time::Duration>,
+    },
+    /// List the plugin files and instances, with what they provide or why they fail.
+    Plugins {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Collect once and print the entities as JSON lines.
+    Snapshot {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Entity types (comma-separated); all when absent.
+        #[arg(long, value_delimiter = ',')]
+        types: Vec<String>,
+    },
+    /// Validate a configuration file, plugin configurations included.
+    CheckConfig {
+        /// The configuration file.
+        file: PathBuf,
+    },
+}
+
+/// An error that means "the configuration or plugins are wrong" (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Invalid(String);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(dispatch(cli.command));
+    // Plugins may own threads stuck in blocking code: never wait for them.
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = if e.downcast_ref::<Invalid>().is_some() { 2 } else { 1 };
+            eprintln!("error: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn init_logging(cli: &Cli) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cli.log))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn dispatch(command: Command) -> Result<()> {
+    match command {
+        Command::Run {
+            config,
+            types,
+            resync_every,
+        } => run(&config, types, resync_every).await,
+        Command::Plugins { config } => plugins(&config),
+        Command::Snapshot { config, types } => snapshot(&config, types).await,
+        Command::CheckConfig { file } => check_config(&file),
+    }
+}
+
+fn load_config(path: &Path) -> Result<Config> {
+    Config::load(path).map_err(|e| match e {
+        ConfigError::Missing(_) => anyhow::Error::new(Invalid(e.to_string())),
+        other => anyhow::Error::new(Invalid(format!("{}: {other}", path.display()))),
+    })
+}
+
+async fn start(config: Config) -> Result<Synchronizer> {
+    Synchronizer::start(config).await.map_err(|e| match e {
+        synchronizer::StartError::Plugins(_) | synchronizer::StartError::Config(_) => {
+            anyhow::Error::new(Invalid(e.to_string()))
+        }
+    })
+}
+
+async fn run(
+    path: &Path,
+    types: Vec<String>,
+    resync_every: Option<std::time::Duration>,
+) -> Result<()> {
+    let config = load_config(path)?;
+    let queue = config.subscriber_queue;
+    let sync = start(config).await?;
+    for f in sync.failures() {
+        tracing::error!(error = %f, "instance skipped");
+    }
+    let options = SubscribeOptions {
+        types,
+        queue,
+        initial_snapshot: false,
+        resync_every,
+    };
+    let mut sub = sync.subscribe(&options);
+    // stdout is written on a thread of its own: a slow pipe delays only this subscriber.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Event>(1024);
+    let writer = std::thread::Builder::new()
+        .name("stdout".into())
+        .spawn(move || -> std::io::Result<()> {
+            let stdout = std::io::stdout();
+            let mut out = BufWriter::new(stdout.lock());
+            while let Ok(event) = rx.recv() {
+                output::write_event(&mut out, &event)?;
+                // Flush when nothing else is waiting, so a reader sees changes at once.
+                let mut more = rx.try_recv();
+                while let Ok(event) = more {
+                    output::write_event(&mut out, &event)?;
+                    more = rx.try_recv();
+                }
+                out.flush()?;
+            }
+            Ok(())
+        })
+        .context("cannot start the stdout writer")?;
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            s = &mut signal => {
+                tracing::info!(signal = s, "shutting down");
+                break;
+            }
+            event = sub.recv() => match event {
+                Some(event) => match tx.try_send(event) {
+                    Ok(()) => {}
+                    Err(std::sync::mpsc::TrySendError::Full(event)) => {
+                        // stdout is slow: wait on a blocking thread, so that only this
+                        // subscriber is held back (and resynced if it falls too far).
+                        let tx = tx.clone();
+                        let sent = tokio::task::spawn_blocking(move || tx.send(event)).await;
+                        if !matches!(sent, Ok(Ok(()))) {
+                            tracing::error!("stdout closed; stopping");
+                            break;
+                        }
+                    }
+                    Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+                        tracing::error!("stdout closed; stopping");
+                        break;
+                    }
+                },
+                None => break,
+            },
+        }
+    }
+    drop(sub);
+    sync.shutdown().await;
+    drop(tx);
+    match writer.join() {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Ok(Err(e)) => Err(e).context("writing to stdout"),
+        Err(_) => anyhow::bail!("the stdout writer panicked"),
+    }
+}
+
+async fn shutdown_signal() -> &'static str {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
+    };
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                s = ctrl_c => s,
+                _ = term.recv() => "SIGTERM",
+            },
+            Err(_) => ctrl_c.await,
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await
+}
+
+async fn snapshot(path: &Path, types: Vec<String>) -> Result<()> {
+    let config = load_config(path)?;
+    let sync = start(config).await?;
+    let result = sync.get_all(&types).await;
+    sync.shutdown().await;
+    let entities = result.context("snapshot failed")?;
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    for e in entities {
+        writeln!(out, "{}", output::entity_to_json(&e))?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn plugins(path: &Path) -> Result<()> {
+    let config = load_config(path)?;
+    let mut files: Vec<PathBuf> = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(&config.plugins_dir) {
+        for entry in rd.flatten() {
+            let p = entry.path();
+            if p.extension().is_some_and(|e| e == "so") {
+                files.push(p);
+            }
+        }
+    }
+    for inst in &config.instances {
+        let p = config.library_path(inst);
+        if !files.contains(&p) {
+            files.push(p);
+        }
+    }
+    files.sort();
+    println!("host plugin-api {}", host_api_version());
+    println!("plugins directory {}", config.plugins_dir.display());
+    let mut bad = 0;
+    for file in &files {
+        let users: Vec<&str> = config
+            .instances
+            .iter()
+            .filter(|i| &config.library_path(i) == file)
+            .map(|i| i.name.as_str())
+            .collect();
+        match load(file) {
+            Ok(lib) => {
+                let m = &lib.meta;
+                let types = if m.entity_types.is_empty() {
+                    "(any type)".to_owned()
+                } else {
+                    m.entity_types.join(", ")
+                };
+                println!(
+                    "\n{}\n  plugin {} {} ({}), plugin-api {}\n  {}\n  types: {}\n  instances: {}",
+                    file.display(),
+                    m.name,
+                    m.version,
+                    m.kind.as_str(),
+                    m.api_version,
+                    m.description,
+                    types,
+                    if users.is_empty() { "(none)".to_owned() } else { users.join(", ") }
+                );
+            }
+            Err(e) => {
+                if !users.is_empty() {
+                    bad += 1;
+                }
+                println!("\n{}\n  cannot load: {e}\n  instances: {}", file.display(),
+                    if users.is_empty() { "(none)".to_owned() } else { users.join(", ") });
+            }
+        }
+    }
+    if bad > 0 {
+        return Err(Invalid(format!("{bad} configured plugin file(s) cannot be loaded")).into());
+    }
+    Ok(())
+}
+
+fn check_config(path: &Path) -> Result<()> {
+    let config = load_config(path)?;
+    let mut errors = Vec::new();
+    for inst in &config.instances {
+        let file = config.library_path(inst);
+        match load(&file) {
+            Ok(lib) => {
+                if let Err(e) = PluginInstance::validate(&lib, &inst.name, &inst.config) {
+                    errors.push(e.message);
+                }
+            }
+            Err(e) => errors.push(format!("instance `{}`: {e}", inst.name)),
+        }
+    }
+    if errors.is_empty() {
+        println!(
+            "{}: valid ({} instance(s))",
+            path.display(),
+            config.instances.len()
+        );
+        Ok(())
+    } else {
+        Err(Invalid(format!("{}:\n  {}", path.display(), errors.join("\n  "))).into())
+    }
+}

@@ -1,0 +1,62 @@
+//! Helpers for the cross-crate tests: where the built plugin libraries and the binary
+//! are, and small config builders. The libraries are built by
+//! `scripts/build-test-plugins.sh` (the README's test command runs it first); a test
+//! that cannot find one fails and says so, it is never skipped.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use synchronizer::{Event, Subscription};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+/// The directory the plugin libraries are built into.
+pub fn plugins_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    let target = if target.is_absolute() { target } else { root().join(target) };
+    target.join("debug")
+}
+
+/// The path of plugin library `lib<name>.so`, which must exist.
+pub fn plugin(name: &str) -> PathBuf {
+    let p = plugins_dir().join(format!("lib{name}.so"));
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/build-test-plugins.sh first (the README's test command does)",
+        p.display()
+    );
+    p
+}
+
+/// The `synchronizer` binary.
+pub fn binary() -> PathBuf {
+    let p = plugins_dir().join("synchronizer");
+    assert!(p.exists(), "{} is missing: build the workspace first", p.display());
+    p
+}
+
+/// A config whose plugins directory is the build's.
+pub fn config(body: &str) -> synchronizer::Config {
+    let text = format!("plugins_dir = {:?}\n{body}", plugins_dir().display().to_string());
+    match synchronizer::Config::from_toml(&text) {
+        Ok(c) => c,
+        Err(e) => panic!("test config does not parse: {e}\n{text}"),
+    }
+}
+
+/// The next event within `within`, or a panic saying what was awaited.
+pub async fn next_event(sub: &mut Subscription, within: Duration, what: &str) -> Event {
+    match tokio::time::timeout(within, sub.recv()).await {
+        Ok(Some(e)) => e,
+        Ok(None) => panic!("subscription closed while waiting for {what}"),
+        Err(_) => panic!("no event within {within:?} while waiting for {what}"),
+    }
+}

@@ -1,0 +1,123 @@
+//! A plugin for the host's tests that misbehaves on request, one way per instance:
+//! `mode = "ok" | "tick" | "fail" | "panic" | "hang" | "block" | "slow"` and
+//! `panic_in_new = true`. Every behaviour is real: a real panic inside the plugin, a real
+//! async wait that never ends, a real `std::thread::sleep` that holds a runtime thread.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Deserialize;
+use synchronizer_plugin_api::{Context, Entity, Error, Plugin, PluginInfo, PluginKind, Snapshot};
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Mode {
+    /// `entities` entities of type `faulty.item`, always the same.
+    Ok,
+    /// One entity `faulty.tick:<instance>` whose property `n` counts the snapshots.
+    Tick,
+    /// Every snapshot returns an error.
+    Fail,
+    /// Every snapshot panics.
+    Panic,
+    /// Every snapshot waits forever (asynchronously: cancellable).
+    Hang,
+    /// The first snapshot blocks its thread for `block_ms` (not cancellable); later ones
+    /// answer like `tick`.
+    Block,
+    /// Every snapshot takes `block_ms` asynchronously, then answers like `tick`.
+    Slow,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    mode: Mode,
+    #[serde(default)]
+    entities: u32,
+    #[serde(default = "default_block_ms")]
+    block_ms: u64,
+    #[serde(default)]
+    panic_in_new: bool,
+}
+
+fn default_block_ms() -> u64 {
+    3_600_000
+}
+
+pub struct Faulty {
+    mode: Mode,
+    entities: u32,
+    block: Duration,
+    calls: AtomicU64,
+    instance: String,
+}
+
+impl Plugin for Faulty {
+    type Config = Config;
+
+    fn info() -> PluginInfo {
+        PluginInfo {
+            name: "faulty",
+            version: env!("CARGO_PKG_VERSION"),
+            description: "misbehaves on request (tests only)",
+            entity_types: &["faulty.item", "faulty.tick"],
+            kind: PluginKind::Collector,
+        }
+    }
+
+    fn new(config: Config, ctx: &Context) -> Result<Self, Error> {
+        if config.panic_in_new {
+            panic!("asked to panic in new ({})", ctx.instance);
+        }
+        tracing::info!(mode = ?config.mode, "faulty plugin ready");
+        Ok(Faulty {
+            mode: config.mode,
+            entities: config.entities,
+            block: Duration::from_millis(config.block_ms),
+            calls: AtomicU64::new(0),
+            instance: ctx.instance.clone(),
+        })
+    }
+
+    async fn snapshot(&self, _types: &[String]) -> Result<Snapshot, Error> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let tick = || {
+            Snapshot::complete(vec![
+                Entity::resource("faulty.tick", &self.instance)
+                    .with_name("tick")
+                    .with_properties(serde_json::json!({ "n": n })),
+            ])
+        };
+        match self.mode {
+            Mode::Ok => Ok(Snapshot::complete(
+                (0..self.entities)
+                    .map(|i| {
+                        Entity::resource("faulty.item", &format!("item-{i}"))
+                            .with_name(format!("item {i}"))
+                            .with_state("ACTIVE")
+                    })
+                    .collect(),
+            )),
+            Mode::Tick => Ok(tick()),
+            Mode::Fail => Err(Error::failed(format!("asked to fail (call {n})"))),
+            Mode::Panic => panic!("asked to panic (call {n})"),
+            Mode::Hang => {
+                std::future::pending::<()>().await;
+                Ok(tick())
+            }
+            Mode::Block => {
+                if n == 1 {
+                    std::thread::sleep(self.block);
+                }
+                Ok(tick())
+            }
+            Mode::Slow => {
+                tokio::time::sleep(self.block).await;
+                Ok(tick())
+            }
+        }
+    }
+}
+
+synchronizer_plugin_api::export_plugin!(Faulty);
