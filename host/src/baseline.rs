@@ -48,7 +48,7 @@ impl Hasher for IdentityHasher {
 pub(crate) type HashIndex<V> = HashMap<u64, V, BuildHasherDefault<IdentityHasher>>;
 
 /// What happened to an entity, as the baseline judged it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Verdict {
     /// A key the baseline did not know.
     Created,

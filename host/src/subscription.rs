@@ -56,7 +56,8 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    pub(crate) fn new(hub: &Arc<Hub>, options: &SubscribeOptions) -> Self {
+    /// Subscribes to `hub` directly (the [`crate::Synchronizer`] does this for you).
+    pub fn for_hub(hub: &Arc<Hub>, options: &SubscribeOptions) -> Self {
         let (id, rx) = hub.subscribe(
             TypeFilter::new(&options.types),
             options.queue,
@@ -115,54 +116,54 @@ impl Drop for Subscription {
 }
 
 /// A callback subscription: the callback runs on a thread of its own. Dropping the
-/// handle unsubscribes and lets the thread finish.
+/// handle (or [`CallbackSubscription::cancel`]) unsubscribes; the thread finishes after
+/// the events already queued.
 pub struct CallbackSubscription {
+    id: u64,
+    hub: Weak<Hub>,
     thread: Option<std::thread::JoinHandle<()>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl CallbackSubscription {
-    pub(crate) fn new<F>(sub: Subscription, mut callback: F) -> std::io::Result<Self>
+    /// Runs `callback` for every event of `sub`, on a thread of its own.
+    pub fn from_subscription<F>(sub: Subscription, mut callback: F) -> std::io::Result<Self>
     where
         F: FnMut(Event) + Send + 'static,
     {
-        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let id = sub.id;
+        let hub = sub.hub.clone();
         let mut sub = sub;
         let thread = std::thread::Builder::new()
             .name("subscriber".into())
             .spawn(move || {
                 while let Some(event) = sub.blocking_recv() {
                     callback(event);
-                    if stopped.try_recv().is_ok() {
-                        break;
-                    }
                 }
             })?;
         Ok(CallbackSubscription {
+            id,
+            hub,
             thread: Some(thread),
-            stop: Some(stop),
         })
     }
 
-    /// Unsubscribes and waits for the callback thread to finish its current call.
+    /// Unsubscribes and waits until the callback has seen the events already queued.
     pub fn cancel(mut self) {
-        self.finish(true);
+        self.unsubscribe();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 
-    fn finish(&mut self, join: bool) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take()
-            && join
-        {
-            let _ = t.join();
+    fn unsubscribe(&self) {
+        if let Some(hub) = self.hub.upgrade() {
+            hub.unsubscribe(self.id);
         }
     }
 }
 
 impl Drop for CallbackSubscription {
     fn drop(&mut self) {
-        self.finish(false);
+        self.unsubscribe();
     }
 }

@@ -284,7 +284,7 @@ impl Synchronizer {
 
     /// Subscribes to changes as a stream.
     pub fn subscribe(&self, options: &SubscribeOptions) -> Subscription {
-        Subscription::new(&self.hub, options)
+        Subscription::for_hub(&self.hub, options)
     }
 
     /// Subscribes with a callback, called on a thread of its own.
@@ -296,7 +296,7 @@ impl Synchronizer {
     where
         F: FnMut(crate::change::Event) + Send + 'static,
     {
-        CallbackSubscription::new(self.subscribe(options), callback)
+        CallbackSubscription::from_subscription(self.subscribe(options), callback)
     }
 
     /// Reports on every running instance.
