@@ -30,7 +30,10 @@ fn instance(id: &str, i: usize, state: &str) -> Entity {
         .with_name(format!("vm-{i}"))
         .with_state(state)
         .with_project("2f1c4e0d6a9b4c1e8f7a6b5c4d3e2f10")
-        .with_relation(Relation::from("contains", format!("nova.host:compute-{}", i % 500)))
+        .with_relation(Relation::from(
+            "contains",
+            format!("nova.host:compute-{}", i % 500),
+        ))
         .with_source_updated_micros(1_764_000_000_000_000)
         .with_properties(serde_json::json!({
             "flavor": "m1.small", "image": "cirros-0.6.2", "vm_state": "active"
@@ -44,7 +47,7 @@ fn snapshots() -> (Vec<Entity>, Vec<Entity>) {
     let mut b = Vec::with_capacity(N);
     for (i, e) in a.iter().enumerate() {
         match i % 200 {
-            0 => {} // 0.5% deleted
+            0 => {}                                          // 0.5% deleted
             1 | 2 => b.push(instance(e.id(), i, "SHUTOFF")), // 1% updated
             _ => b.push(e.clone()),
         }
@@ -69,17 +72,24 @@ fn diff(baseline: &mut Baseline, snapshot: &[Entity], started: i64) -> usize {
             changes += 1;
         }
     }
-    changes + baseline.sweep("nova.instance", 0, g, started, started).len()
+    changes
+        + baseline
+            .sweep("nova.instance", 0, g, started, started)
+            .len()
 }
 
 fn bench(c: &mut Criterion) {
     let (a, b) = snapshots();
     let mut baseline = Baseline::new(Duration::from_secs(1));
-    assert_eq!(diff(&mut baseline, &a, 1), N);
+    assert_eq!(diff(&mut baseline, &a, 1_764_000_000_000_001), N);
     let mut group = c.benchmark_group("baseline");
-    group.sample_size(20).measurement_time(Duration::from_secs(20));
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(20));
     let mut flip = false;
-    let mut t = 2;
+    // The host clock, after the entities' source timestamps.
+    let mut t =
+        synchronizer_plugin_api::entity::system_time_to_micros(std::time::SystemTime::now());
     group.bench_function("diff 1M (1% upd, 0.5% new, 0.5% del)", |bencher| {
         bencher.iter(|| {
             flip = !flip;

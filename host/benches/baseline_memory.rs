@@ -24,7 +24,10 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
@@ -38,7 +41,14 @@ fn main() {
         let ids: Vec<String> = (0..n)
             .map(|i| {
                 let x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                format!("{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}", x >> 32, (x >> 16) & 0xffff, x & 0xfff, (x >> 7) & 0xfff, x >> 16)
+                format!(
+                    "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+                    x >> 32,
+                    (x >> 16) & 0xffff,
+                    x & 0xfff,
+                    (x >> 7) & 0xfff,
+                    x >> 16
+                )
             })
             .collect();
         let before = LIVE.load(Ordering::SeqCst);

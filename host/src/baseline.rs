@@ -198,7 +198,9 @@ impl Table {
             let at = slot.key_ref as usize;
             let len = self.arena.len_at(slot.key_ref);
             let new_at = fresh.bytes.len();
-            fresh.bytes.extend_from_slice(&self.arena.bytes[at..at + len]);
+            fresh
+                .bytes
+                .extend_from_slice(&self.arena.bytes[at..at + len]);
             slot.key_ref = u32::try_from(new_at).unwrap_or(u32::MAX);
         }
         self.arena = fresh;
@@ -337,10 +339,15 @@ impl Baseline {
             .map(|(key_hash, key_ref)| {
                 let id = table.arena.get(key_ref);
                 table.arena.release(key_ref);
+                table.tombstones.insert(
+                    key_hash,
+                    Tombstone {
+                        deleted_us: started_us,
+                    },
+                );
                 table
-                    .tombstones
-                    .insert(key_hash, Tombstone { deleted_us: started_us });
-                table.expiry.push_back((key_hash, now_us.saturating_add(ttl)));
+                    .expiry
+                    .push_back((key_hash, now_us.saturating_add(ttl)));
                 Deletion { id, key_hash }
             })
             .collect();
@@ -394,7 +401,9 @@ impl Baseline {
             .is_none_or(|t| t.deleted_us < deleted_us);
         if newer {
             table.tombstones.insert(key_hash, Tombstone { deleted_us });
-            table.expiry.push_back((key_hash, now_us.saturating_add(ttl)));
+            table
+                .expiry
+                .push_back((key_hash, now_us.saturating_add(ttl)));
         }
         table.compact_if_needed();
         result
@@ -440,7 +449,10 @@ impl Baseline {
     /// The native id of a known key.
     pub fn id_of(&self, entity_type: &str, key_hash: u64) -> Option<String> {
         let table = self.tables.get(entity_type)?;
-        table.slots.get(&key_hash).map(|s| table.arena.get(s.key_ref))
+        table
+            .slots
+            .get(&key_hash)
+            .map(|s| table.arena.get(s.key_ref))
     }
 
     /// Reserves room for `additional` more entities of `entity_type`.
@@ -503,9 +515,19 @@ mod tests {
         let mut b = Baseline::new(std::time::Duration::from_micros(100));
         let g = b.begin_snapshot(0);
         b.observe("t", obs("a", 1, 0), 0, g);
-        assert!(b.push_delete("t", obs("a", 0, 0).key_hash, 50, 1000).is_some());
-        assert_eq!(b.observe("t", obs("a", 1, 40), 0, g), None, "older than the delete");
+        assert!(
+            b.push_delete("t", obs("a", 0, 0).key_hash, 50, 1000)
+                .is_some()
+        );
+        assert_eq!(
+            b.observe("t", obs("a", 1, 40), 0, g),
+            None,
+            "older than the delete"
+        );
         b.expire_tombstones(1101);
-        assert_eq!(b.observe("t", obs("a", 1, 40), 0, g), Some(Verdict::Created));
+        assert_eq!(
+            b.observe("t", obs("a", 1, 40), 0, g),
+            Some(Verdict::Created)
+        );
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use synchronizer_plugin_api::Entity;
 
 /// What happened to an entity.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Action {
     /// It appeared.
     Created,

@@ -251,7 +251,9 @@ impl Config {
                     inst.name
                 )));
             }
-            let s = inst.timing().over(&self.defaults.over(&Schedule::default()));
+            let s = inst
+                .timing()
+                .over(&self.defaults.over(&Schedule::default()));
             if s.interval.is_zero() || s.timeout.is_zero() {
                 return Err(ConfigError::Semantic(format!(
                     "instance `{}`: `interval` and `timeout` must be more than zero",
@@ -265,7 +267,8 @@ impl Config {
 
     /// The resolved timing of `inst`.
     pub fn schedule(&self, inst: &InstanceConfig) -> Schedule {
-        inst.timing().over(&self.defaults.over(&Schedule::default()))
+        inst.timing()
+            .over(&self.defaults.over(&Schedule::default()))
     }
 
     /// The library path of `inst`.

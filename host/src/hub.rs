@@ -151,7 +151,12 @@ impl Hub {
         // Every type the snapshot is complete for: the covered types, or, for a plugin
         // with open-ended types, every type it reported or owns.
         let mut complete: Vec<String> = if covered.is_empty() {
-            let mut seen: Vec<String> = state.baseline.counts().into_iter().map(|(t, _)| t).collect();
+            let mut seen: Vec<String> = state
+                .baseline
+                .counts()
+                .into_iter()
+                .map(|(t, _)| t)
+                .collect();
             seen.extend(entities.iter().map(|e| e.entity_type().to_owned()));
             seen.sort();
             seen.dedup();
@@ -461,9 +466,7 @@ impl State {
                 out.extend(view.values().cloned());
             }
         }
-        out.sort_by(|a, b| {
-            (a.entity_type(), a.id()).cmp(&(b.entity_type(), b.id()))
-        });
+        out.sort_by(|a, b| (a.entity_type(), a.id()).cmp(&(b.entity_type(), b.id())));
         out
     }
 }

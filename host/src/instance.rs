@@ -13,8 +13,8 @@ use async_ffi::{FfiFuture, FutureExt as _};
 use futures::FutureExt as _;
 use synchronizer_plugin_api::ErrorKind;
 use synchronizer_plugin_api::abi::{
-    FfiError, FfiPushed, FfiSnapshot, HostContext, HostContext_TO, HostSink, HostSink_TO,
-    LogLevel, LogRecord, PluginInstanceBox,
+    FfiError, FfiPushed, FfiSnapshot, HostContext, HostContext_TO, HostSink, HostSink_TO, LogLevel,
+    LogRecord, PluginInstanceBox,
 };
 
 use crate::hub::{Hub, Origin};

@@ -155,9 +155,7 @@ fn classify(path: &Path, e: LibraryError) -> LoadError {
         } => LoadError::Incompatible {
             path,
             host_api,
-            reason: format!(
-                "abi_stable {actual_version} where the host has {expected_version}"
-            ),
+            reason: format!("abi_stable {actual_version} where the host has {expected_version}"),
         },
         LibraryError::AbiInstability(err) => LoadError::Incompatible {
             path,

@@ -22,7 +22,11 @@ use synchronizer::loader::{host_api_version, load};
 use synchronizer::{Config, Event, SubscribeOptions, Synchronizer, output};
 
 #[derive(Parser)]
-#[command(name = "synchronizer", version, about = "Keeps a current view of a cloud through plugins and reports what changed")]
+#[command(
+    name = "synchronizer",
+    version,
+    about = "Keeps a current view of a cloud through plugins and reports what changed"
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -101,7 +105,11 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let code = if e.downcast_ref::<Invalid>().is_some() { 2 } else { 1 };
+            let code = if e.downcast_ref::<Invalid>().is_some() {
+                2
+            } else {
+                1
+            };
             eprintln!("error: {e:#}");
             ExitCode::from(code)
         }
@@ -307,15 +315,26 @@ fn plugins(path: &Path) -> Result<()> {
                     m.api_version,
                     m.description,
                     types,
-                    if users.is_empty() { "(none)".to_owned() } else { users.join(", ") }
+                    if users.is_empty() {
+                        "(none)".to_owned()
+                    } else {
+                        users.join(", ")
+                    }
                 );
             }
             Err(e) => {
                 if !users.is_empty() {
                     bad += 1;
                 }
-                println!("\n{}\n  cannot load: {e}\n  instances: {}", file.display(),
-                    if users.is_empty() { "(none)".to_owned() } else { users.join(", ") });
+                println!(
+                    "\n{}\n  cannot load: {e}\n  instances: {}",
+                    file.display(),
+                    if users.is_empty() {
+                        "(none)".to_owned()
+                    } else {
+                        users.join(", ")
+                    }
+                );
             }
         }
     }

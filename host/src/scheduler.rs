@@ -160,9 +160,13 @@ impl Collector {
                     .iter()
                     .map(|i| format!("{}: {}", i.entity_type, i.reason))
                     .collect();
-                let (entities, applied) =
-                    self.hub
-                        .apply_snapshot(&self.origin, snapshot, &self.types, started_us, initial);
+                let (entities, applied) = self.hub.apply_snapshot(
+                    &self.origin,
+                    snapshot,
+                    &self.types,
+                    started_us,
+                    initial,
+                );
                 self.initial_done.store(true, Ordering::SeqCst);
                 let elapsed = t0.elapsed();
                 for reason in &incomplete {
@@ -177,7 +181,8 @@ impl Collector {
                     elapsed_ms = elapsed.as_millis() as u64,
                     "snapshot applied"
                 );
-                self.status.success(elapsed, entities.len(), &applied, incomplete);
+                self.status
+                    .success(elapsed, entities.len(), &applied, incomplete);
                 Ok(Arc::new(entities))
             }
             Ok(Err(error)) => {
@@ -220,7 +225,11 @@ impl Collector {
             };
             self.schedule.interval + extra
         } else {
-            backoff(self.schedule.backoff_initial, self.schedule.backoff_max, failures)
+            backoff(
+                self.schedule.backoff_initial,
+                self.schedule.backoff_max,
+                failures,
+            )
         }
     }
 

@@ -150,7 +150,13 @@ impl Synchronizer {
             match created {
                 Ok(plugin) => {
                     let types = active_types(&library.meta.entity_types, &config.types);
-                    instances.push((inst.name.clone(), library, Arc::new(plugin), schedule, types));
+                    instances.push((
+                        inst.name.clone(),
+                        library,
+                        Arc::new(plugin),
+                        schedule,
+                        types,
+                    ));
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "plugin instance did not start");
@@ -248,14 +254,19 @@ impl Synchronizer {
 
     /// Entities of the given types (empty: all), fresh from their collectors. Concurrent
     /// callers share one collection per instance.
-    pub async fn get_all<S: AsRef<str>>(&self, types: &[S]) -> Result<Vec<Arc<Entity>>, GetAllError> {
+    pub async fn get_all<S: AsRef<str>>(
+        &self,
+        types: &[S],
+    ) -> Result<Vec<Arc<Entity>>, GetAllError> {
         let filter = TypeFilter::new(types);
         let wanted: Vec<&Arc<Collector>> = self
             .instances
             .iter()
             .filter_map(|i| i.collector.as_ref())
             .filter(|c| {
-                c.types().is_empty() || types.is_empty() || c.types().iter().any(|t| filter.matches(t))
+                c.types().is_empty()
+                    || types.is_empty()
+                    || c.types().iter().any(|t| filter.matches(t))
             })
             .collect();
         if wanted.is_empty() {
@@ -353,7 +364,8 @@ impl Synchronizer {
             i.status.stopped();
             let plugin = i.plugin.clone();
             // Off the async workers: shutting a runtime down blocks for up to a second.
-            let _ = tokio::task::spawn_blocking(move || plugin.shutdown(Duration::from_secs(1))).await;
+            let _ =
+                tokio::task::spawn_blocking(move || plugin.shutdown(Duration::from_secs(1))).await;
         }
         tracing::info!("synchronizer stopped");
     }

@@ -17,14 +17,25 @@ enum Op {
         entities: Vec<(u8, u8, Option<i64>)>,
         complete: bool,
     },
-    Upsert { id: u8, content: u8, ts: i64 },
-    Delete { id: u8, ts: i64 },
+    Upsert {
+        id: u8,
+        content: u8,
+        ts: i64,
+    },
+    Delete {
+        id: u8,
+        ts: i64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     let ts = 0i64..400;
     prop_oneof![
-        (0u16..2, prop::collection::btree_map(0u8..12, (0u8..3, prop::option::of(ts.clone())), 0..10), any::<bool>())
+        (
+            0u16..2,
+            prop::collection::btree_map(0u8..12, (0u8..3, prop::option::of(ts.clone())), 0..10),
+            any::<bool>()
+        )
             .prop_map(|(owner, m, complete)| Op::Snapshot {
                 owner,
                 entities: m.into_iter().map(|(id, (c, t))| (id, c, t)).collect(),
@@ -68,18 +79,30 @@ impl Model {
             }
             self.tombs.remove(&id);
         }
-        self.live.insert(id, Rec { content, ts, owner: owner.unwrap_or(9) });
+        self.live.insert(
+            id,
+            Rec {
+                content,
+                ts,
+                owner: owner.unwrap_or(9),
+            },
+        );
         Some(Verdict::Created)
     }
 
     fn apply(&mut self, op: &Op, started: i64, pusher: u16) -> BTreeSet<(u8, Verdict)> {
         let mut out = BTreeSet::new();
         match op {
-            Op::Snapshot { owner, entities, complete } => {
+            Op::Snapshot {
+                owner,
+                entities,
+                complete,
+            } => {
                 let mut seen = BTreeSet::new();
                 for &(id, content, ts) in entities {
                     let known = self.live.contains_key(&id);
-                    if let Some(v) = self.observe(id, content, ts.unwrap_or(started), Some(*owner)) {
+                    if let Some(v) = self.observe(id, content, ts.unwrap_or(started), Some(*owner))
+                    {
                         out.insert((id, v));
                     }
                     if known || self.live.contains_key(&id) {
@@ -90,7 +113,9 @@ impl Model {
                     let gone: Vec<u8> = self
                         .live
                         .iter()
-                        .filter(|(id, r)| r.owner == *owner && !seen.contains(id) && r.ts <= started)
+                        .filter(|(id, r)| {
+                            r.owner == *owner && !seen.contains(id) && r.ts <= started
+                        })
                         .map(|(id, _)| *id)
                         .collect();
                     for id in gone {
@@ -101,7 +126,11 @@ impl Model {
                 }
             }
             Op::Upsert { id, content, ts } => {
-                let owner = if self.live.contains_key(id) { None } else { Some(pusher) };
+                let owner = if self.live.contains_key(id) {
+                    None
+                } else {
+                    Some(pusher)
+                };
                 if let Some(v) = self.observe(*id, *content, *ts, owner) {
                     out.insert((*id, v));
                 }
@@ -140,11 +169,16 @@ fn apply_real(b: &mut Baseline, op: &Op, started: i64, pusher: u16) -> BTreeSet<
     let mut out = BTreeSet::new();
     let id_of = |s: &str| s[1..].parse::<u8>().unwrap();
     match op {
-        Op::Snapshot { owner, entities, complete } => {
+        Op::Snapshot {
+            owner,
+            entities,
+            complete,
+        } => {
             let g = b.begin_snapshot(*owner);
             for &(id, content, ts) in entities {
                 let n = name(id);
-                if let Some(v) = b.observe("t", obs(&n, content, ts.unwrap_or(started)), *owner, g) {
+                if let Some(v) = b.observe("t", obs(&n, content, ts.unwrap_or(started)), *owner, g)
+                {
                     out.insert((id, v));
                 }
             }

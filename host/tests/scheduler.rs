@@ -160,9 +160,16 @@ async fn a_timeout_drops_the_call_and_counts_as_a_failure() {
     let (c, status) = collector(src.clone(), schedule());
     let start = Instant::now();
     let result = c.collect().await;
-    assert!(matches!(result, Err(CollectError::Timeout { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(CollectError::Timeout { .. })),
+        "{result:?}"
+    );
     assert_eq!((Instant::now() - start).as_millis(), 3_000);
-    assert_eq!(src.dropped_unfinished.load(Ordering::SeqCst), 1, "the call was dropped");
+    assert_eq!(
+        src.dropped_unfinished.load(Ordering::SeqCst),
+        1,
+        "the call was dropped"
+    );
     assert_eq!(status.get().failures, 1);
 }
 

@@ -58,7 +58,9 @@ fn subscribers_get_only_their_types() {
     );
     let h = drain(&mut hosts);
     assert_eq!(h.len(), 1);
-    assert!(matches!(&h[0], Event::Change(c) if c.entity.key() == "nova.host:h1" && c.action == Action::Created && c.initial));
+    assert!(
+        matches!(&h[0], Event::Change(c) if c.entity.key() == "nova.host:h1" && c.action == Action::Created && c.initial)
+    );
     assert_eq!(drain(&mut all).len(), 2);
 }
 
@@ -71,7 +73,11 @@ fn a_stalled_subscriber_is_resynced_and_never_blocks_the_others() {
     for i in 0..10 {
         hub.apply_push(&origin(), vec![upsert(host(&format!("h{i}"), "up"))]);
     }
-    assert_eq!(drain(&mut fast).len(), 10, "the fast subscriber got everything");
+    assert_eq!(
+        drain(&mut fast).len(),
+        10,
+        "the fast subscriber got everything"
+    );
     assert_eq!(hub.lagged_total(), 1);
     // The slow one got what fit, then nothing.
     let first = drain(&mut slow);
@@ -113,7 +119,11 @@ fn changes_to_one_key_in_one_batch_collapse_into_one() {
         ],
     );
     let events = drain(&mut rx);
-    assert_eq!(events.len(), 1, "a: created once (final state); b: created and deleted: nothing");
+    assert_eq!(
+        events.len(),
+        1,
+        "a: created once (final state); b: created and deleted: nothing"
+    );
     match &events[0] {
         Event::Change(c) => {
             assert_eq!(c.action, Action::Created);
@@ -144,11 +154,17 @@ async fn a_periodic_resync_delivers_full_snapshots() {
     };
     let mut sub = synchronizer::subscription::Subscription::for_hub(&hub, &sync_like);
     tokio::time::sleep(Duration::from_secs(61)).await;
-    assert!(matches!(sub.try_recv(), Some(Event::Resync(ResyncReason::Periodic))));
+    assert!(matches!(
+        sub.try_recv(),
+        Some(Event::Resync(ResyncReason::Periodic))
+    ));
     assert!(matches!(sub.try_recv(), Some(Event::Snapshot(v)) if v.len() == 1));
     assert!(sub.try_recv().is_none());
     tokio::time::sleep(Duration::from_secs(60)).await;
-    assert!(matches!(sub.try_recv(), Some(Event::Resync(ResyncReason::Periodic))));
+    assert!(matches!(
+        sub.try_recv(),
+        Some(Event::Resync(ResyncReason::Periodic))
+    ));
 }
 
 #[test]
@@ -174,7 +190,10 @@ fn a_slow_callback_delays_nobody() {
     for i in 0..100 {
         hub.apply_push(&origin(), vec![upsert(host(&format!("h{i}"), "up"))]);
     }
-    assert!(t0.elapsed() < Duration::from_secs(1), "publishing waited for the callback");
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "publishing waited for the callback"
+    );
     assert_eq!(drain(&mut fast).len(), 100);
     // Release the callback: it sees what fit in its queue, then a resync and a snapshot.
     for _ in 0..10 {
@@ -187,8 +206,15 @@ fn a_slow_callback_delays_nobody() {
         let _ = gate_tx.send(());
         hub.recover_lagged();
     }
-    assert!(got.iter().any(|e| matches!(e, Event::Resync(ResyncReason::Lagged))), "{got:?}");
-    assert!(got.iter().any(|e| matches!(e, Event::Snapshot(v) if v.len() == 100)));
+    assert!(
+        got.iter()
+            .any(|e| matches!(e, Event::Resync(ResyncReason::Lagged))),
+        "{got:?}"
+    );
+    assert!(
+        got.iter()
+            .any(|e| matches!(e, Event::Snapshot(v) if v.len() == 100))
+    );
     drop(gate_tx);
     handle.cancel();
 }

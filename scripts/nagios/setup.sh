@@ -132,6 +132,7 @@ fi
 if write_if_changed /etc/apache2/ports.conf <<EOF
 # Written by synchronizer scripts/nagios/setup.sh: loopback only.
 Listen 127.0.0.1:${PORT}
+ServerName 127.0.0.1
 EOF
 then apache_changed=1; fi
 if ! [[ -f /etc/apache2/nagios4-test.htpasswd ]] || ! grep -q '^nagiostest:' /etc/apache2/nagios4-test.htpasswd; then

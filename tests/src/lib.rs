@@ -3,6 +3,8 @@
 //! `scripts/build-test-plugins.sh` (the README's test command runs it first); a test
 //! that cannot find one fails and says so, it is never skipped.
 
+pub mod http;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -21,7 +23,11 @@ pub fn plugins_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target"));
-    let target = if target.is_absolute() { target } else { root().join(target) };
+    let target = if target.is_absolute() {
+        target
+    } else {
+        root().join(target)
+    };
     target.join("debug")
 }
 
@@ -39,13 +45,20 @@ pub fn plugin(name: &str) -> PathBuf {
 /// The `synchronizer` binary.
 pub fn binary() -> PathBuf {
     let p = plugins_dir().join("synchronizer");
-    assert!(p.exists(), "{} is missing: build the workspace first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace first",
+        p.display()
+    );
     p
 }
 
 /// A config whose plugins directory is the build's.
 pub fn config(body: &str) -> synchronizer::Config {
-    let text = format!("plugins_dir = {:?}\n{body}", plugins_dir().display().to_string());
+    let text = format!(
+        "plugins_dir = {:?}\n{body}",
+        plugins_dir().display().to_string()
+    );
     match synchronizer::Config::from_toml(&text) {
         Ok(c) => c,
         Err(e) => panic!("test config does not parse: {e}\n{text}"),

@@ -39,7 +39,11 @@ fn path(dir: &Path, name: &str) -> String {
 fn check_config_accepts_a_good_file_and_names_the_bad_field() {
     let dir = setup("");
     let out = synchronizer(&["check-config", &path(dir.path(), "sync.toml")]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("valid (1 instance(s))"));
 
     // A typo in the plugin's own table.
@@ -47,12 +51,17 @@ fn check_config_accepts_a_good_file_and_names_the_bad_field() {
     let out = synchronizer(&["check-config", &path(dir.path(), "sync.toml")]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("instance `static-test`") && err.contains("directry"), "{err}");
+    assert!(
+        err.contains("instance `static-test`") && err.contains("directry"),
+        "{err}"
+    );
 
     // A typo in the host's part.
     let dir = setup("");
     let file = dir.path().join("sync.toml");
-    let text = std::fs::read_to_string(&file).unwrap().replace("interval =", "intervl =");
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("interval =", "intervl =");
     std::fs::write(&file, text).unwrap();
     let out = synchronizer(&["check-config", &file.display().to_string()]);
     assert_eq!(out.status.code(), Some(2));
@@ -64,13 +73,21 @@ fn check_config_accepts_a_good_file_and_names_the_bad_field() {
 fn plugins_lists_what_each_file_provides_or_why_it_cannot_load() {
     let dir = setup("");
     let out = synchronizer(&["plugins", "--config", &path(dir.path(), "sync.toml")]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("plugin static 0.1.0 (collector), plugin-api 0.1.0"), "{text}");
+    assert!(
+        text.contains("plugin static 0.1.0 (collector), plugin-api 0.1.0"),
+        "{text}"
+    );
     assert!(text.contains("instances: static-test"), "{text}");
     assert!(text.contains("plugin faulty 0.1.0"), "{text}");
     assert!(
-        text.contains("libsynchronizer_test_incompatible.so\n  cannot load:") && text.contains("incompatible"),
+        text.contains("libsynchronizer_test_incompatible.so\n  cannot load:")
+            && text.contains("incompatible"),
         "{text}"
     );
 }
@@ -78,8 +95,18 @@ fn plugins_lists_what_each_file_provides_or_why_it_cannot_load() {
 #[test]
 fn snapshot_prints_the_entities_as_json_lines() {
     let dir = setup("");
-    let out = synchronizer(&["snapshot", "--config", &path(dir.path(), "sync.toml"), "--types", "rack"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = synchronizer(&[
+        "snapshot",
+        "--config",
+        &path(dir.path(), "sync.toml"),
+        "--types",
+        "rack",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).expect("JSON"))
@@ -106,15 +133,24 @@ fn run_prints_changes_as_they_happen_and_stops_on_sigterm() {
             let _ = tx.send(serde_json::from_str(&line).expect("every stdout line is JSON"));
         }
     });
-    let next = |what: &str| rx.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|_| panic!("no {what}"));
+    let next = |what: &str| {
+        rx.recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("no {what}"))
+    };
 
-    let mut created: Vec<String> = (0..2).map(|_| next("created").get("key").unwrap().to_string()).collect();
+    let mut created: Vec<String> = (0..2)
+        .map(|_| next("created").get("key").unwrap().to_string())
+        .collect();
     created.sort();
     assert_eq!(created, vec!["\"rack:r1\"", "\"switch:s1\""]);
 
     // Edit the file: one `updated` within an interval, nothing for the unchanged switch.
     let file = dir.path().join("data/rack.yaml");
-    std::fs::write(&file, RACK.replacen("state: available", "state: maintenance", 1)).unwrap();
+    std::fs::write(
+        &file,
+        RACK.replacen("state: available", "state: maintenance", 1),
+    )
+    .unwrap();
     let updated = next("updated");
     assert_eq!(updated["action"], "updated");
     assert_eq!(updated["key"], "rack:r1");
@@ -123,18 +159,32 @@ fn run_prints_changes_as_they_happen_and_stops_on_sigterm() {
     assert_eq!(updated["initial"], false);
 
     // Remove the switch: deleted (and the rack loses its relation: updated).
-    std::fs::write(&file, "entities:\n  - type: rack\n    id: r1\n    name: rack one\n    state: maintenance\n").unwrap();
+    std::fs::write(
+        &file,
+        "entities:\n  - type: rack\n    id: r1\n    name: rack one\n    state: maintenance\n",
+    )
+    .unwrap();
     let mut actions: Vec<String> = (0..2)
         .map(|_| {
             let v = next("deleted");
-            format!("{} {}", v["action"].as_str().unwrap(), v["key"].as_str().unwrap())
+            format!(
+                "{} {}",
+                v["action"].as_str().unwrap(),
+                v["key"].as_str().unwrap()
+            )
         })
         .collect();
     actions.sort();
     assert_eq!(actions, vec!["deleted switch:s1", "updated rack:r1"]);
 
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let status = child.wait().unwrap();
     assert!(status.success(), "exit after SIGTERM: {status:?}");
 }

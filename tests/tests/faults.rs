@@ -50,7 +50,8 @@ async fn ticks_during(sub: &mut synchronizer::Subscription, window: Duration) ->
     let end = Instant::now() + window;
     let mut ticks = 0;
     while Instant::now() < end {
-        if let Ok(Some(Event::Change(c))) = tokio::time::timeout(end - Instant::now(), sub.recv()).await
+        if let Ok(Some(Event::Change(c))) =
+            tokio::time::timeout(end - Instant::now(), sub.recv()).await
             && c.entity.entity_type() == "faulty.tick"
             && &*c.instance == "ticker"
         {
@@ -60,7 +61,12 @@ async fn ticks_during(sub: &mut synchronizer::Subscription, window: Duration) ->
     ticks
 }
 
-async fn wait_for(sync: &Synchronizer, name: &str, what: &str, pred: impl Fn(&synchronizer::status::InstanceStatus) -> bool) {
+async fn wait_for(
+    sync: &Synchronizer,
+    name: &str,
+    what: &str,
+    pred: impl Fn(&synchronizer::status::InstanceStatus) -> bool,
+) {
     let end = Instant::now() + Duration::from_secs(10);
     loop {
         let s = status_of(sync, name);
@@ -74,29 +80,42 @@ async fn wait_for(sync: &Synchronizer, name: &str, what: &str, pred: impl Fn(&sy
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_snapshot_is_a_failure_and_the_host_goes_on() {
-    let sync = Synchronizer::start(beside_ticker("mode = \"panic\"")).await.unwrap();
+    let sync = Synchronizer::start(beside_ticker("mode = \"panic\""))
+        .await
+        .unwrap();
     let mut sub = sync.subscribe(&SubscribeOptions::types(&["faulty.tick"]));
     wait_for(&sync, "faulty", "failing", |s| s.failures >= 2).await;
     let s = status_of(&sync, "faulty");
     assert_eq!(s.health, Health::Failing);
     let err = s.last_error.unwrap_or_default();
-    assert!(err.contains("panicked") && err.contains("asked to panic"), "{err}");
+    assert!(
+        err.contains("panicked") && err.contains("asked to panic"),
+        "{err}"
+    );
     assert!(ticks_during(&mut sub, Duration::from_millis(600)).await >= 3);
     sync.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_snapshot_is_cancelled_at_its_timeout() {
-    let sync = Synchronizer::start(beside_ticker("mode = \"hang\"")).await.unwrap();
+    let sync = Synchronizer::start(beside_ticker("mode = \"hang\""))
+        .await
+        .unwrap();
     let mut sub = sync.subscribe(&SubscribeOptions::types(&["faulty.tick"]));
     // While the faulty instance hangs for its 300 ms timeouts, the ticker keeps time.
     let ticks = ticks_during(&mut sub, Duration::from_millis(1000)).await;
-    assert!(ticks >= 6, "the ticker was held back: {ticks} ticks in 1 s at 100 ms");
+    assert!(
+        ticks >= 6,
+        "the ticker was held back: {ticks} ticks in 1 s at 100 ms"
+    );
     wait_for(&sync, "faulty", "timed out", |s| s.failures >= 2).await;
     let s = status_of(&sync, "faulty");
     // Cancelled, not stuck: the plugin's task was really aborted.
     assert_eq!(s.health, Health::Failing, "{s:?}");
-    assert!(s.last_error.as_deref().unwrap_or("").contains("timed out"), "{s:?}");
+    assert!(
+        s.last_error.as_deref().unwrap_or("").contains("timed out"),
+        "{s:?}"
+    );
     sync.shutdown().await;
 }
 
@@ -109,16 +128,27 @@ async fn a_blocked_thread_is_abandoned_reported_stuck_and_not_called_again() {
     let mut faulty = sync.subscribe(&SubscribeOptions::types(&["faulty.tick"]));
     wait_for(&sync, "faulty", "stuck", |s| s.health == Health::Stuck).await;
     let s = status_of(&sync, "faulty");
-    assert!(s.last_error.as_deref().unwrap_or("").contains("stuck"), "{s:?}");
+    assert!(
+        s.last_error.as_deref().unwrap_or("").contains("stuck"),
+        "{s:?}"
+    );
     // The ticker is unaffected meanwhile.
     let ticks = ticks_during(&mut faulty, Duration::from_millis(500)).await;
-    assert!(ticks >= 3, "ticker held back while another plugin is stuck: {ticks}");
+    assert!(
+        ticks >= 3,
+        "ticker held back while another plugin is stuck: {ticks}"
+    );
     // Once the blocking call returns, the instance is called again: its second call
     // (n = 2) succeeds after 1.5 s more. Had the host called it while stuck, n would be
     // higher.
     let end = Instant::now() + Duration::from_secs(10);
     loop {
-        let e = next_event(&mut faulty, Duration::from_secs(10), "the faulty instance's recovery").await;
+        let e = next_event(
+            &mut faulty,
+            Duration::from_secs(10),
+            "the faulty instance's recovery",
+        )
+        .await;
         if let Event::Change(c) = e
             && &*c.instance == "faulty"
         {

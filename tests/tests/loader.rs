@@ -14,7 +14,10 @@ fn a_good_plugin_loads_with_its_metadata() {
     assert_eq!(lib.meta.api_version, "0.1.0");
     assert_eq!(lib.meta.kind.as_str(), "collector");
     let faulty = load(&plugin("synchronizer_test_faulty")).expect("loads");
-    assert_eq!(faulty.meta.name, "faulty", "a second plugin is not the first one again");
+    assert_eq!(
+        faulty.meta.name, "faulty",
+        "a second plugin is not the first one again"
+    );
     assert_eq!(faulty.meta.entity_types, vec!["faulty.item", "faulty.tick"]);
 }
 
@@ -27,18 +30,31 @@ fn a_plugin_built_against_another_api_version_is_refused_in_a_few_lines() {
     };
     assert!(matches!(err, LoadError::Incompatible { .. }), "{err:?}");
     let msg = err.to_string();
-    assert!(msg.contains(&path.display().to_string()), "names the file: {msg}");
-    assert!(msg.contains("0.2.0") && msg.contains("0.1.0"), "names both versions: {msg}");
-    assert!(msg.len() < 2000, "short, not abi_stable's whole report ({} bytes)", msg.len());
+    assert!(
+        msg.contains(&path.display().to_string()),
+        "names the file: {msg}"
+    );
+    assert!(
+        msg.contains("0.2.0") && msg.contains("0.1.0"),
+        "names both versions: {msg}"
+    );
+    assert!(
+        msg.len() < 2000,
+        "short, not abi_stable's whole report ({} bytes)",
+        msg.len()
+    );
 }
 
 #[test]
 fn a_shared_library_that_is_not_a_plugin_is_refused() {
-    let libz = ["/lib/x86_64-linux-gnu/libz.so.1", "/usr/lib/x86_64-linux-gnu/libz.so.1"]
-        .into_iter()
-        .map(std::path::PathBuf::from)
-        .find(|p| p.exists())
-        .expect("libz.so.1 is part of every Debian system");
+    let libz = [
+        "/lib/x86_64-linux-gnu/libz.so.1",
+        "/usr/lib/x86_64-linux-gnu/libz.so.1",
+    ]
+    .into_iter()
+    .map(std::path::PathBuf::from)
+    .find(|p| p.exists())
+    .expect("libz.so.1 is part of every Debian system");
     let err = load(&libz).err().expect("libz is no plugin");
     assert!(matches!(err, LoadError::NotAPlugin { .. }), "{err:?}");
     assert!(err.to_string().contains("libz.so.1"));
@@ -85,17 +101,32 @@ async fn fail_fast_names_every_failing_plugin() {
         Err(e) => e,
         Ok(_) => panic!("started with a bad plugin"),
     };
-    assert!(matches!(err, StartError::Plugins(ref v) if v.len() == 1), "{err:?}");
+    assert!(
+        matches!(err, StartError::Plugins(ref v) if v.len() == 1),
+        "{err:?}"
+    );
     let msg = err.to_string();
-    assert!(msg.contains("instance `bad`") && msg.contains("incompatible"), "{msg}");
+    assert!(
+        msg.contains("instance `bad`") && msg.contains("incompatible"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
 async fn skip_and_report_runs_the_good_instances() {
-    let sync = Synchronizer::start(two_instances("skip")).await.expect("starts");
+    let sync = Synchronizer::start(two_instances("skip"))
+        .await
+        .expect("starts");
     assert_eq!(sync.failures().len(), 1);
-    assert!(sync.failures()[0].to_string().contains("libsynchronizer_test_incompatible.so"));
-    let entities = sync.get_all(&["faulty.item"]).await.expect("the good one answers");
+    assert!(
+        sync.failures()[0]
+            .to_string()
+            .contains("libsynchronizer_test_incompatible.so")
+    );
+    let entities = sync
+        .get_all(&["faulty.item"])
+        .await
+        .expect("the good one answers");
     assert_eq!(entities.len(), 3);
     sync.shutdown().await;
 }
@@ -114,7 +145,10 @@ panic_in_new = true
     );
     let err = Synchronizer::start(c).await.err().expect("refused");
     let msg = err.to_string();
-    assert!(msg.contains("instance `panicky`") && msg.contains("asked to panic in new"), "{msg}");
+    assert!(
+        msg.contains("instance `panicky`") && msg.contains("asked to panic in new"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
@@ -129,8 +163,15 @@ mode = "ok"
 entitiez = 3
 "#,
     );
-    let msg = Synchronizer::start(c).await.err().expect("refused").to_string();
-    assert!(msg.contains("instance `typo`") && msg.contains("entitiez"), "{msg}");
+    let msg = Synchronizer::start(c)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        msg.contains("instance `typo`") && msg.contains("entitiez"),
+        "{msg}"
+    );
 
     let c = config(
         r#"
@@ -142,7 +183,14 @@ mode = "ok"
 entities = "three"
 "#,
     );
-    let msg = Synchronizer::start(c).await.err().expect("refused").to_string();
-    assert!(msg.contains("instance `wrong-type`") && msg.contains("`entities`"), "{msg}");
+    let msg = Synchronizer::start(c)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        msg.contains("instance `wrong-type`") && msg.contains("`entities`"),
+        "{msg}"
+    );
     assert!(plugins_dir().exists());
 }

@@ -1,0 +1,262 @@
+//! The collector: fetches the status pages of one Nagios over HTTP(S), parses them with
+//! [`crate::html`] or [`crate::json`], and turns every alarm into an entity of type
+//! `nagios` (category alarm) that is `on` the resource its host maps to
+//! ([`crate::rules`]). Services in OK and hosts UP are absent from the snapshot, so an
+//! alarm that clears is reported deleted.
+//!
+//! A page that is not a complete status answer fails the snapshot: the host deletes
+//! nothing and retries with backoff. Errors name the URL and the HTTP status; the
+//! password is never logged.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use synchronizer_plugin_api::{
+    Context, Entity, Error, Health, Plugin, PluginInfo, PluginKind, Relation, Snapshot,
+};
+
+use crate::model::ServiceStatus;
+use crate::rules::{HostRules, HostRulesConfig};
+
+/// Which status page to read.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// Nagios 4's `statusjson.cgi` (servicelist and hostlist queries).
+    #[default]
+    Json,
+    /// The `status.cgi?host=all&limit=0` HTML page of Nagios 3 and 4 (what Vitrage reads).
+    Html,
+}
+
+/// One Nagios server.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The CGI base URL, e.g. `http://nagios.example.org/cgi-bin/nagios4`.
+    pub url: String,
+    /// `json` (default) or `html`.
+    #[serde(default)]
+    pub source: Source,
+    /// Basic-auth user.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Basic-auth password (or use `password_file`).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// A file whose first line is the basic-auth password.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Per-request timeout (default 10 s).
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// A PEM file of extra CA certificates for HTTPS.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Accept any certificate (testing only).
+    #[serde(default)]
+    pub insecure: bool,
+    /// How Nagios host names map to the resources alarms are `on`.
+    #[serde(default)]
+    pub host_rules: HostRulesConfig,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// The plugin instance.
+pub struct Nagios {
+    client: reqwest::Client,
+    base: String,
+    source: Source,
+    auth: Option<(String, String)>,
+    rules: HostRules,
+}
+
+/// The entity type of Nagios alarms (Vitrage's name).
+pub const ENTITY_TYPE: &str = "nagios";
+
+impl Plugin for Nagios {
+    type Config = Config;
+
+    fn info() -> PluginInfo {
+        PluginInfo {
+            name: "nagios",
+            version: env!("CARGO_PKG_VERSION"),
+            description: "Nagios service and host alarms (statusjson.cgi or status.cgi)",
+            entity_types: &[ENTITY_TYPE],
+            kind: PluginKind::Collector,
+        }
+    }
+
+    fn new(config: Config, ctx: &Context) -> Result<Self, Error> {
+        let field = |name: &str, e: &dyn std::fmt::Display| {
+            Error::config(format!(
+                "instance `{}`: invalid config field `{name}`: {e}",
+                ctx.instance
+            ))
+        };
+        let url = reqwest::Url::parse(&config.url).map_err(|e| field("url", &e))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(field("url", &"must be an http or https URL"));
+        }
+        let rules = HostRules::new(&config.host_rules).map_err(|e| field("host_rules", &e))?;
+        let password = match (&config.password, &config.password_file) {
+            (Some(_), Some(_)) => {
+                return Err(field(
+                    "password",
+                    &"set `password` or `password_file`, not both",
+                ));
+            }
+            (Some(p), None) => Some(p.clone()),
+            (None, Some(file)) => {
+                let text = std::fs::read_to_string(file)
+                    .map_err(|e| field("password_file", &format!("{}: {e}", file.display())))?;
+                Some(text.lines().next().unwrap_or_default().to_owned())
+            }
+            (None, None) => None,
+        };
+        let auth = match (config.username, password) {
+            (Some(u), p) => Some((u, p.unwrap_or_default())),
+            (None, Some(_)) => return Err(field("username", &"a password needs a username")),
+            (None, None) => None,
+        };
+        let mut builder = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .user_agent(concat!("synchronizer-nagios/", env!("CARGO_PKG_VERSION")))
+            .danger_accept_invalid_certs(config.insecure);
+        if let Some(ca) = &config.ca_file {
+            let pem = std::fs::read(ca)
+                .map_err(|e| field("ca_file", &format!("{}: {e}", ca.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| field("ca_file", &format!("{}: {e}", ca.display())))?;
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let client = builder
+            .build()
+            .map_err(|e| Error::failed(format!("HTTP client: {e}")))?;
+        let base = config.url.trim_end_matches('/').to_owned();
+        tracing::info!(url = %base, source = ?config.source, auth = auth.is_some(), "nagios collector ready");
+        Ok(Nagios {
+            client,
+            base,
+            source: config.source,
+            auth,
+            rules,
+        })
+    }
+
+    async fn snapshot(&self, _types: &[String]) -> Result<Snapshot, Error> {
+        let statuses = match self.source {
+            Source::Html => {
+                let url = format!("{}/status.cgi?host=all&limit=0", self.base);
+                let body = self.get(&url).await?;
+                crate::html::parse_status_page(&body)
+                    .map_err(|e| Error::failed(format!("{url}: {e}")))?
+            }
+            Source::Json => {
+                let url = format!(
+                    "{}/statusjson.cgi?query=servicelist&details=true",
+                    self.base
+                );
+                let body = self.get(&url).await?;
+                let mut all = crate::json::parse_servicelist(&body)
+                    .map_err(|e| Error::failed(format!("{url}: {e}")))?
+                    .entries;
+                let url = format!("{}/statusjson.cgi?query=hostlist&details=true", self.base);
+                let body = self.get(&url).await?;
+                all.extend(
+                    crate::json::parse_hostlist(&body)
+                        .map_err(|e| Error::failed(format!("{url}: {e}")))?
+                        .entries,
+                );
+                all
+            }
+        };
+        Ok(Snapshot::complete(self.entities(&statuses)))
+    }
+
+    async fn health(&self) -> Health {
+        Health::healthy()
+    }
+}
+
+impl Nagios {
+    async fn get(&self, url: &str) -> Result<Vec<u8>, Error> {
+        let mut req = self.client.get(url);
+        if let Some((user, password)) = &self.auth {
+            req = req.basic_auth(user, Some(password));
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| Error::failed(format!("GET {url}: {}", describe(&e))))?;
+        let status = resp.status();
+        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+            return Err(Error::failed(format!(
+                "GET {url}: HTTP {status}: check the instance's username and password"
+            )));
+        }
+        if !status.is_success() {
+            return Err(Error::failed(format!("GET {url}: HTTP {status}")));
+        }
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| Error::failed(format!("GET {url}: reading the body: {}", describe(&e))))?;
+        Ok(body.to_vec())
+    }
+
+    /// The alarm entities of a status list.
+    pub fn entities(&self, statuses: &[ServiceStatus]) -> Vec<Entity> {
+        to_entities(&self.rules, statuses)
+    }
+}
+
+/// The alarm entities of a status list, related by `rules`. The volatile parts of a
+/// status (the duration text, the last check time) are kept out of the content, so that
+/// an alarm is updated only when its state, output or resource changes.
+pub fn to_entities(rules: &HostRules, statuses: &[ServiceStatus]) -> Vec<Entity> {
+    rules
+        .map_alarms(statuses)
+        .into_iter()
+        .map(|a| {
+            let s = a.status;
+            let mut e = Entity::alarm(ENTITY_TYPE, &a.native_id)
+                .with_name(s.name())
+                .with_state(s.state.as_str())
+                .with_relation(Relation::to("on", a.resource_key))
+                .with_properties(serde_json::json!({
+                    "host": s.host,
+                    "service": s.service,
+                    "output": s.output,
+                    "state_type": s.state_type.map(|t| format!("{t:?}").to_lowercase()),
+                }));
+            if let Some(ms) = s.last_check.as_ref().and_then(|c| c.unix_millis()) {
+                e = e.with_source_updated_micros(ms.saturating_mul(1000));
+            }
+            e
+        })
+        .collect()
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    let mut text = if e.is_timeout() {
+        "timed out".to_owned()
+    } else if e.is_connect() {
+        "cannot connect".to_owned()
+    } else {
+        "request failed".to_owned()
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
