@@ -16,7 +16,7 @@ use synchronizer_plugin_api::abi::{FfiPushed, FfiSnapshot, PushAction};
 use synchronizer_plugin_api::entity::system_time_to_micros;
 use tokio::sync::mpsc;
 
-use crate::baseline::{Baseline, HashIndex, Observation, Owner, Verdict};
+use crate::baseline::{Baseline, HashIndex, Observation, Owner, Verdict, hash_snapshot};
 use crate::change::{Action, Change, Event, ResyncReason};
 
 /// Which entity types a subscriber wants; empty means all.
@@ -131,21 +131,29 @@ impl Hub {
             entities,
             incomplete,
         } = snapshot;
-        let entities: Vec<Arc<Entity>> = entities.into_iter().map(Arc::new).collect();
+        let hashed = hash_snapshot(&entities, started_us);
         let mut guard = self.lock();
         let state = &mut *guard;
         let generation = state.baseline.begin_snapshot(origin.owner);
+        let mut verdicts: Vec<(u32, Verdict)> = Vec::new();
+        for (entity_type, mut batch) in hashed {
+            verdicts.extend(state.baseline.observe_many(
+                &entity_type,
+                &mut batch,
+                origin.owner,
+                generation,
+                |i| entities.get(i as usize).map_or("", |e| e.id()),
+            ));
+        }
+        let entities: Vec<Arc<Entity>> = entities.into_iter().map(Arc::new).collect();
         let mut batch: Vec<(u64, String, Pending)> = Vec::new();
         let mut index: HashIndex<usize> = HashIndex::default();
         let mut applied = Applied::default();
-        for entity in &entities {
-            let obs = observation(entity, started_us);
-            if let Some(v) =
-                state
-                    .baseline
-                    .observe(entity.entity_type(), obs, origin.owner, generation)
-            {
-                record(&mut batch, &mut index, obs.key_hash, entity.clone(), v);
+        verdicts.sort_unstable_by_key(|(i, _)| *i);
+        for (i, v) in verdicts {
+            if let Some(entity) = entities.get(i as usize) {
+                let key_hash = entity.key_hash();
+                record(&mut batch, &mut index, key_hash, entity.clone(), v);
             }
         }
         // Every type the snapshot is complete for: the covered types, or, for a plugin

@@ -32,6 +32,7 @@ enum Mode {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    // Fields are private: tests build it from JSON, as the host does.
     mode: Mode,
     #[serde(default)]
     entities: u32,
@@ -46,6 +47,7 @@ fn default_block_ms() -> u64 {
 }
 
 pub struct Faulty {
+    // Private: built by `Plugin::new`.
     mode: Mode,
     entities: u32,
     block: Duration,
