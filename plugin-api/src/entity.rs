@@ -340,7 +340,10 @@ mod tests {
             .with_state("up")
             .with_relation(Relation::from("contains", "rack:r1"))
             .with_properties(serde_json::json!({"ports": 48}));
-        let renamed_key = Entity { id: "s2".into(), ..a.clone() };
+        let renamed_key = Entity {
+            id: "s2".into(),
+            ..a.clone()
+        };
         assert_eq!(a.content_hash(), renamed_key.content_hash());
         let later = a.clone().with_source_updated_micros(5);
         assert_eq!(a.content_hash(), later.content_hash());
@@ -351,7 +354,10 @@ mod tests {
             a.clone().with_project("p"),
             a.clone().with_relation(Relation::to("on", "x:y")),
             a.clone().with_properties(serde_json::json!({"ports": 24})),
-            Entity { category: Category::Alarm, ..a.clone() },
+            Entity {
+                category: Category::Alarm,
+                ..a.clone()
+            },
         ] {
             assert_ne!(a.content_hash(), changed.content_hash(), "{changed:?}");
         }

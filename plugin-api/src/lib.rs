@@ -64,7 +64,7 @@ pub use abi::{ErrorKind, PluginKind};
 pub mod __private {
     pub use crate::sdk::glue::root_module;
     pub use abi_stable::library::{
-        CheckTypeLayout, LibHeader, RootModuleResult, __call_root_module_loader,
+        __call_root_module_loader, CheckTypeLayout, LibHeader, RootModuleResult,
     };
 }
 

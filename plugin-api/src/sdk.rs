@@ -43,7 +43,11 @@ impl PluginInfo {
             name: self.name.into(),
             version: self.version.into(),
             description: self.description.into(),
-            entity_types: self.entity_types.iter().map(|t| RString::from(*t)).collect(),
+            entity_types: self
+                .entity_types
+                .iter()
+                .map(|t| RString::from(*t))
+                .collect(),
             kind: self.kind,
         }
     }

@@ -125,7 +125,10 @@ impl Plugin for StaticPlugin {
             let text = tokio::fs::read_to_string(path)
                 .await
                 .map_err(|e| Error::failed(format!("cannot read {}: {e}", path.display())))?;
-            let modified = tokio::fs::metadata(path).await.and_then(|m| m.modified()).ok();
+            let modified = tokio::fs::metadata(path)
+                .await
+                .and_then(|m| m.modified())
+                .ok();
             let file: File = serde_yaml::from_str(&text)
                 .map_err(|e| Error::failed(format!("{}: {e}", path.display())))?;
             for def in file.entities {
@@ -157,7 +160,11 @@ impl Plugin for StaticPlugin {
                 )));
             }
         }
-        tracing::debug!(files = files.len(), entities = entities.len(), "read static entities");
+        tracing::debug!(
+            files = files.len(),
+            entities = entities.len(),
+            "read static entities"
+        );
         Ok(Snapshot::complete(entities))
     }
 }
@@ -195,7 +202,10 @@ async fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
         .map_err(|e| Error::failed(format!("cannot list {}: {e}", dir.display())))?
     {
         let path = entry.path();
-        if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+        if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        ) {
             out.push(path);
         }
     }

@@ -110,7 +110,9 @@ extern "C" fn create<P: Plugin>(
             .on_thread_start(move || logging::set_thread_dispatch(&thread_dispatch))
             .enable_all()
             .build()
-            .map_err(|e| Error::failed(format!("instance `{instance}`: cannot start runtime: {e}")))?;
+            .map_err(|e| {
+                Error::failed(format!("instance `{instance}`: cannot start runtime: {e}"))
+            })?;
         let context = Context {
             instance: instance.clone(),
         };
@@ -191,7 +193,10 @@ impl<P: Plugin> Instance<P> {
         .into_ffi()
     }
 
-    fn refuse<T: 'static>(what: &str, payload: Box<dyn Any + Send>) -> FfiFuture<RResult<T, FfiError>> {
+    fn refuse<T: 'static>(
+        what: &str,
+        payload: Box<dyn Any + Send>,
+    ) -> FfiFuture<RResult<T, FfiError>> {
         let err = Error::with_kind(
             ErrorKind::Panicked,
             format!("plugin panicked in {what}: {}", panic_message(&*payload)),
@@ -234,7 +239,10 @@ impl<P: Plugin> PluginInstance for Instance<P> {
     fn health(&self) -> FfiFuture<RResult<FfiHealth, FfiError>> {
         let plugin = self.plugin.clone();
         match catch_unwind(AssertUnwindSafe(|| {
-            self.spawn_call("health", async move { Ok(plugin.health().await.into_ffi()) })
+            self.spawn_call(
+                "health",
+                async move { Ok(plugin.health().await.into_ffi()) },
+            )
         })) {
             Ok(f) => f,
             Err(p) => Self::refuse("health", p),

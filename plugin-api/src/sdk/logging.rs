@@ -122,7 +122,9 @@ pub(crate) fn install_panic_hook() {
                 tracing::error!(target: "panic", thread = name, "plugin panicked: {info}");
             };
             let has_default = HAS_DISPATCH.with(|c| c.get())
-                || tracing::dispatcher::get_default(|d| !d.is::<tracing::subscriber::NoSubscriber>());
+                || tracing::dispatcher::get_default(|d| {
+                    !d.is::<tracing::subscriber::NoSubscriber>()
+                });
             if has_default {
                 report();
             } else if let Some(d) = FALLBACK.lock().ok().and_then(|g| g.clone()) {
