@@ -67,10 +67,15 @@ fn diff(baseline: &mut Baseline, snapshot: &[Entity], started: i64) -> usize {
     let mut changes = 0;
     for (entity_type, mut hashed) in hash_snapshot(snapshot, started) {
         changes += baseline
-            .observe_many(&entity_type, &mut hashed, 0, g, |i| snapshot[i as usize].id())
+            .observe_many(&entity_type, &mut hashed, 0, g, |i| {
+                snapshot[i as usize].id()
+            })
             .len();
     }
-    changes + baseline.sweep("nova.instance", 0, g, started, started).len()
+    changes
+        + baseline
+            .sweep("nova.instance", 0, g, started, started)
+            .len()
 }
 
 fn bench(c: &mut Criterion) {

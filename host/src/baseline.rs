@@ -312,7 +312,9 @@ pub fn hash_snapshot(
         }
         groups
     }
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(4);
     if entities.len() < 32_768 || threads < 2 {
         return run(entities, 0, sampled_us);
     }
@@ -445,7 +447,9 @@ impl Baseline {
         id: impl Fn(u32) -> &'a str,
     ) -> Vec<(u32, Verdict)> {
         let table = self.table(entity_type);
-        table.slots.reserve(batch.len().saturating_sub(table.slots.len()));
+        table
+            .slots
+            .reserve(batch.len().saturating_sub(table.slots.len()));
         sort_by_bucket(batch);
         let mut out = Vec::new();
         for h in batch.iter() {

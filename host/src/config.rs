@@ -323,6 +323,34 @@ mod tests {
     }
 
     #[test]
+    fn the_environment_overrides_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "sync.toml",
+                "plugins_dir = \"p\"\n[defaults]\ninterval = \"10s\"\n",
+            )?;
+            jail.set_env("SYNCHRONIZER_DEFAULTS__INTERVAL", "3s");
+            jail.set_env("SYNCHRONIZER_PLUGIN_LOG_LEVEL", "debug");
+            let c = Config::load(&jail.directory().join("sync.toml")).map_err(|e| e.to_string())?;
+            assert_eq!(c.defaults.interval, Some(Duration::from_secs(3)));
+            assert_eq!(c.plugin_log_level, "debug");
+            assert_eq!(
+                c.plugins_dir,
+                jail.directory().join("p"),
+                "relative to the file"
+            );
+            jail.set_env("SYNCHRONIZER_DEFAULTS__INTERVAL", "soon");
+            let err = Config::load(&jail.directory().join("sync.toml")).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                msg.contains("DEFAULTS.INTERVAL") && msg.contains("SYNCHRONIZER_"),
+                "{msg}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
     fn duplicate_names_are_refused() {
         let err = Config::from_toml(
             "[[instances]]\nname = \"a\"\nlibrary = \"x\"\n[[instances]]\nname = \"a\"\nlibrary = \"y\"\n",

@@ -326,6 +326,24 @@ impl Synchronizer {
             .collect()
     }
 
+    /// Asks every instance's plugin for its own health report (at most `timeout` each,
+    /// all at once). An instance that does not answer in time is reported unhealthy.
+    pub async fn plugin_health(&self, timeout: Duration) -> Vec<(String, bool, String)> {
+        let asks = self.instances.iter().map(|i| async move {
+            let (healthy, message) = if i.status.get().health == crate::status::Health::Stuck {
+                (false, "stuck: not asked while a call is stuck".to_owned())
+            } else {
+                match tokio::time::timeout(timeout, i.plugin.health()).await {
+                    Ok(Ok(report)) => report,
+                    Ok(Err(e)) => (false, e.message),
+                    Err(_) => (false, format!("no health report within {timeout:?}")),
+                }
+            };
+            (i.name.clone(), healthy, message)
+        });
+        futures::future::join_all(asks).await
+    }
+
     /// Whether every collector has finished its first snapshot.
     pub fn ready(&self) -> bool {
         self.instances

@@ -19,22 +19,37 @@ const N: usize = 10_000;
 
 fn release_plugin() -> PathBuf {
     let p = synchronizer_tests::root().join("target/release/libsynchronizer_test_faulty.so");
-    assert!(p.exists(), "build it first: cargo build --release -p synchronizer-test-faulty");
+    assert!(
+        p.exists(),
+        "build it first: cargo build --release -p synchronizer-test-faulty"
+    );
     p
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let config = serde_json::json!({ "mode": "ok", "entities": N });
     let types = vec!["faulty.item".to_owned()];
 
     let lib = load(&release_plugin()).expect("loads");
     let through = rt
-        .block_on(PluginInstance::create(&lib, "bench", &config, LogLevel::Warn, Duration::from_secs(10)))
+        .block_on(PluginInstance::create(
+            &lib,
+            "bench",
+            &config,
+            LogLevel::Warn,
+            Duration::from_secs(10),
+        ))
         .expect("creates");
     let direct = Faulty::new(
         serde_json::from_value(config.clone()).unwrap(),
-        &Context { instance: "bench".into() },
+        &Context {
+            instance: "bench".into(),
+        },
     )
     .unwrap();
 

@@ -185,6 +185,70 @@ fn run_prints_changes_as_they_happen_and_stops_on_sigterm() {
             .unwrap()
             .success()
     );
-    let status = child.wait().unwrap();
-    assert!(status.success(), "exit after SIGTERM: {status:?}");
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "exit after SIGTERM: {:?}", out.status);
+    // The plugin's own `tracing` events reach the host's log, with the instance's name.
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("static plugin ready") && log.contains("instance=\"static-test\""),
+        "{log}"
+    );
+    assert!(log.contains("SIGTERM"), "{log}");
+}
+
+#[test]
+fn a_plugin_panic_reaches_the_host_log_and_the_host_lives_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "plugins_dir = {:?}\n[[instances]]\nname = \"panicky\"\nlibrary = \"libsynchronizer_test_faulty.so\"\ninterval = \"100ms\"\nbackoff_initial = \"50ms\"\nbackoff_max = \"50ms\"\n[instances.config]\nmode = \"panic\"\n",
+        plugins_dir().display().to_string()
+    );
+    std::fs::write(dir.path().join("p.toml"), config).unwrap();
+    let mut child = Command::new(binary())
+        .args([
+            "--log-format",
+            "json",
+            "run",
+            "--config",
+            &path(dir.path(), "p.toml"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel::<serde_json::Value>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    let mut panics = 0;
+    let mut failures = 0;
+    while panics < 2 || failures < 2 {
+        let v = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("log lines keep coming");
+        let text = v.to_string();
+        if v["fields"]["instance"] == "panicky"
+            && text.contains("plugin panicked: ")
+            && text.contains("asked to panic")
+        {
+            panics += 1;
+        }
+        if text.contains("snapshot failed") && text.contains("instance `panicky`") {
+            failures += 1;
+        }
+    }
+    // Still alive after repeated panics: it stops on request.
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(child.wait().unwrap().success());
 }

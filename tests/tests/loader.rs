@@ -194,3 +194,27 @@ entities = "three"
     );
     assert!(plugins_dir().exists());
 }
+
+#[tokio::test]
+async fn plugins_report_their_own_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let c = config(&format!(
+        "[[instances]]\nname = \"static\"\nlibrary = \"libsynchronizer_static.so\"\n[instances.config]\ndirectory = {:?}\n",
+        data.display().to_string()
+    ));
+    let sync = Synchronizer::start(c).await.expect("starts");
+    let timeout = std::time::Duration::from_secs(5);
+    assert_eq!(
+        sync.plugin_health(timeout).await,
+        vec![("static".to_owned(), true, String::new())]
+    );
+    std::fs::remove_dir(&data).unwrap();
+    let report = sync.plugin_health(timeout).await;
+    assert!(
+        !report[0].1 && report[0].2.contains("cannot read"),
+        "{report:?}"
+    );
+    sync.shutdown().await;
+}

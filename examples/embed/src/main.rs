@@ -20,7 +20,8 @@ async fn main() -> anyhow::Result<()> {
     let config_path: PathBuf = args.next().context("usage: embed CONFIG [TYPE...]")?.into();
     let types: Vec<String> = args.collect();
 
-    let config = Config::load(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
+    let config =
+        Config::load(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
     let sync = Synchronizer::start(config).await?;
 
     for entity in sync.get_all(&types).await? {

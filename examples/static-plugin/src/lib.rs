@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use synchronizer_plugin_api::{
-    Category, Context, Entity, Error, Plugin, PluginInfo, PluginKind, Relation, Snapshot,
+    Category, Context, Entity, Error, Health, Plugin, PluginInfo, PluginKind, Relation, Snapshot,
 };
 
 /// The instance's configuration.
@@ -166,6 +166,19 @@ impl Plugin for StaticPlugin {
             "read static entities"
         );
         Ok(Snapshot::complete(entities))
+    }
+
+    async fn health(&self) -> Health {
+        self.check().await
+    }
+}
+
+impl StaticPlugin {
+    async fn check(&self) -> Health {
+        match tokio::fs::read_dir(&self.directory).await {
+            Ok(_) => Health::healthy(),
+            Err(e) => Health::unhealthy(format!("cannot read {}: {e}", self.directory.display())),
+        }
     }
 }
 
