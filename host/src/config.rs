@@ -323,6 +323,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's own signature
     fn the_environment_overrides_the_file() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(

@@ -157,8 +157,7 @@ async fn statusjson_alarms_follow_the_pages_and_bad_pages_delete_nothing() {
     let err = sync
         .get_all(&["nagios"])
         .await
-        .err()
-        .expect("fails")
+        .expect_err("fails")
         .to_string();
     assert!(
         err.contains("statusjson.cgi?query=servicelist"),
@@ -185,8 +184,7 @@ async fn statusjson_alarms_follow_the_pages_and_bad_pages_delete_nothing() {
     let err = sync
         .get_all(&["nagios"])
         .await
-        .err()
-        .expect("fails")
+        .expect_err("fails")
         .to_string();
     assert!(err.contains("500"), "names the status: {err}");
     assert!(
