@@ -164,12 +164,42 @@ pub struct Config {
     /// Events a subscriber may have queued before it counts as fallen behind.
     #[serde(default = "default_subscriber_queue")]
     pub subscriber_queue: usize,
+    /// The HTTP API (absent: no HTTP server).
+    #[serde(default)]
+    pub http: Option<HttpConfig>,
     /// Timing defaults for every instance.
     #[serde(default)]
     pub defaults: Timing,
     /// The plugin instances.
     #[serde(default)]
     pub instances: Vec<InstanceConfig>,
+}
+
+/// The HTTP API's settings.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address and port to listen on (default `127.0.0.1:9595`: loopback only).
+    #[serde(default = "default_listen")]
+    pub listen: std::net::SocketAddr,
+    /// A file whose first line is the bearer token every request must carry.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// The name of an environment variable holding the bearer token.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// How many recent changes `GET /v1/changes` can replay to a client that reconnects
+    /// with `Last-Event-ID`.
+    #[serde(default = "default_replay")]
+    pub replay: usize,
+}
+
+fn default_listen() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 9595))
+}
+
+fn default_replay() -> usize {
+    10_000
 }
 
 fn default_plugins_dir() -> PathBuf {

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::baseline::{Baseline, HashIndex, Observation, Owner, Verdict, hash_snapshot};
 use crate::change::{Action, Change, Event, ResyncReason};
+use crate::metrics::{ActionLabels, Metrics, TypeLabels};
 
 /// Which entity types a subscriber wants; empty means all.
 #[derive(Clone, Debug, Default)]
@@ -81,6 +82,7 @@ struct State {
 /// The hub; cheap to share behind an `Arc`.
 pub struct Hub {
     state: Mutex<State>,
+    metrics: Arc<Metrics>,
 }
 
 /// Pending changes for one key within a batch, collapsed to one notification.
@@ -106,7 +108,39 @@ impl Hub {
                 next_subscriber: 1,
                 lagged_total: 0,
             }),
+            metrics: Arc::new(Metrics::default()),
         }
+    }
+
+    /// The host's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Refreshes the gauges that are read rather than counted (entities per type,
+    /// subscribers and their queues).
+    pub fn refresh_gauges(&self) {
+        let state = self.lock();
+        for (entity_type, n) in state.baseline.counts() {
+            self.metrics
+                .entities
+                .get_or_create(&TypeLabels {
+                    r#type: entity_type,
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        self.metrics
+            .subscribers
+            .set(i64::try_from(state.subscribers.len()).unwrap_or(i64::MAX));
+        let deepest = state
+            .subscribers
+            .iter()
+            .map(|s| s.tx.max_capacity() - s.tx.capacity())
+            .max()
+            .unwrap_or(0);
+        self.metrics
+            .subscriber_queue_max
+            .set(i64::try_from(deepest).unwrap_or(i64::MAX));
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -189,7 +223,8 @@ impl Hub {
         }
         state.baseline.expire_tombstones(now);
         let changes = state.emit(batch, origin, started_us, initial, &mut applied);
-        state.fan_out(&changes);
+        let lagged = state.fan_out(&changes);
+        self.count(&applied, lagged);
         (entities, applied)
     }
 
@@ -235,7 +270,8 @@ impl Hub {
         }
         state.baseline.expire_tombstones(sampled);
         let changes = state.emit(pending, origin, sampled, false, &mut applied);
-        state.fan_out(&changes);
+        let lagged = state.fan_out(&changes);
+        self.count(&applied, lagged);
         applied
     }
 
@@ -318,6 +354,26 @@ impl Hub {
     /// Number of live subscribers.
     pub fn subscriber_count(&self) -> usize {
         self.lock().subscribers.len()
+    }
+}
+
+impl Hub {
+    fn count(&self, applied: &Applied, lagged: u64) {
+        for (action, n) in [
+            ("created", applied.created),
+            ("updated", applied.updated),
+            ("deleted", applied.deleted),
+        ] {
+            if n > 0 {
+                self.metrics
+                    .changes
+                    .get_or_create(&ActionLabels { action })
+                    .inc_by(n as u64);
+            }
+        }
+        if lagged > 0 {
+            self.metrics.subscriber_resyncs.inc_by(lagged);
+        }
     }
 }
 
@@ -410,7 +466,9 @@ impl State {
         changes
     }
 
-    fn fan_out(&mut self, changes: &[Arc<Change>]) {
+    /// Queues `changes` to every subscriber; returns how many fell behind just now.
+    fn fan_out(&mut self, changes: &[Arc<Change>]) -> u64 {
+        let before = self.lagged_total;
         if !changes.is_empty() {
             for sub in &mut self.subscribers {
                 if sub.lagged {
@@ -437,6 +495,7 @@ impl State {
             }
         }
         self.recover_lagged();
+        self.lagged_total - before
     }
 
     fn recover_lagged(&mut self) {

@@ -247,6 +247,15 @@ impl PluginInstance {
         Ok((r.healthy, r.message.into()))
     }
 
+    /// The plugin's own counters.
+    pub fn counters(&self) -> Vec<(String, u64)> {
+        self.inner
+            .counters()
+            .into_iter()
+            .map(|c| (c.name.into(), c.value))
+            .collect()
+    }
+
     /// Stops the plugin's runtime (waiting at most `timeout` for its tasks).
     pub fn shutdown(&self, timeout: Duration) {
         self.inner

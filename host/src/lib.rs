@@ -30,9 +30,11 @@
 pub mod baseline;
 pub mod change;
 pub mod config;
+pub mod http;
 pub mod hub;
 pub mod instance;
 pub mod loader;
+pub mod metrics;
 pub mod output;
 pub mod scheduler;
 pub mod status;

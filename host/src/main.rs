@@ -13,6 +13,7 @@
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -20,6 +21,7 @@ use synchronizer::config::ConfigError;
 use synchronizer::instance::PluginInstance;
 use synchronizer::loader::{host_api_version, load};
 use synchronizer::{Config, Event, SubscribeOptions, Synchronizer, output};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
@@ -166,7 +168,23 @@ async fn run(
 ) -> Result<()> {
     let config = load_config(path)?;
     let queue = config.subscriber_queue;
-    let sync = start(config).await?;
+    let http = config.http.clone();
+    let sync = Arc::new(start(config).await?);
+    let stop_http = CancellationToken::new();
+    let http_task = match http {
+        Some(http) => {
+            let listen = http.listen;
+            let task = tokio::spawn(synchronizer::http::serve(
+                sync.clone(),
+                http,
+                stop_http.clone(),
+            ));
+            tracing::info!(%listen, "HTTP API enabled");
+            Some(task)
+        }
+        None => None,
+    };
+    notify_systemd("READY=1");
     for f in sync.failures() {
         tracing::error!(error = %f, "instance skipped");
     }
@@ -228,6 +246,15 @@ async fn run(
         }
     }
     drop(sub);
+    notify_systemd("STOPPING=1");
+    stop_http.cancel();
+    if let Some(task) = http_task {
+        match task.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "HTTP API failed"),
+            Err(e) => tracing::error!(error = %e, "HTTP API task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
     sync.shutdown().await;
     drop(tx);
     match writer.join() {
@@ -235,6 +262,31 @@ async fn run(
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         Ok(Err(e)) => Err(e).context("writing to stdout"),
         Err(_) => anyhow::bail!("the stdout writer panicked"),
+    }
+}
+
+/// Tells systemd (Type=notify) about the service's state, when run under it.
+fn notify_systemd(state: &str) {
+    #[cfg(unix)]
+    if let Some(path) = std::env::var_os("NOTIFY_SOCKET") {
+        let socket = match std::os::unix::net::UnixDatagram::unbound() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot notify systemd");
+                return;
+            }
+        };
+        let bytes = path.as_encoded_bytes();
+        let sent = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
+            use std::os::linux::net::SocketAddrExt as _;
+            std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
+                .and_then(|addr| socket.send_to_addr(state.as_bytes(), &addr))
+        } else {
+            socket.send_to(state.as_bytes(), std::path::Path::new(&path))
+        };
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "cannot notify systemd");
+        }
     }
 }
 

@@ -189,6 +189,11 @@ impl Collector {
                 let err = CollectError::Failed { instance, error };
                 tracing::warn!(error = %err, "snapshot failed; nothing is deleted");
                 self.status.failure(t0.elapsed(), &err.to_string());
+                self.metrics().collection(
+                    &self.origin.instance,
+                    "failed",
+                    t0.elapsed().as_secs_f64(),
+                );
                 Err(err)
             }
             Err(_) => {
@@ -203,15 +208,29 @@ impl Collector {
                     let err = CollectError::Stuck { instance };
                     tracing::error!(error = %err, "snapshot timed out and the plugin did not stop");
                     self.status.stuck(&err.to_string());
+                    self.metrics().collection(
+                        &self.origin.instance,
+                        "stuck",
+                        t0.elapsed().as_secs_f64(),
+                    );
                     Err(err)
                 } else {
                     let err = CollectError::Timeout { instance, timeout };
                     tracing::warn!(error = %err, "snapshot timed out; nothing is deleted");
                     self.status.failure(t0.elapsed(), &err.to_string());
+                    self.metrics().collection(
+                        &self.origin.instance,
+                        "timeout",
+                        t0.elapsed().as_secs_f64(),
+                    );
                     Err(err)
                 }
             }
         }
+    }
+
+    fn metrics(&self) -> &crate::metrics::Metrics {
+        self.hub.metrics()
     }
 
     /// The delay before the next scheduled collection.

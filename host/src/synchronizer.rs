@@ -98,7 +98,7 @@ pub struct Synchronizer {
     instances: Vec<InstanceHandle>,
     failures: Vec<InstanceFailure>,
     shutdown: CancellationToken,
-    tasks: JoinSet<()>,
+    tasks: tokio::sync::Mutex<JoinSet<()>>,
     bus_stop_timeout: Duration,
 }
 
@@ -237,7 +237,7 @@ impl Synchronizer {
             instances: handles,
             failures,
             shutdown,
-            tasks,
+            tasks: tokio::sync::Mutex::new(tasks),
             bus_stop_timeout: Duration::from_secs(10),
         })
     }
@@ -344,6 +344,24 @@ impl Synchronizer {
         futures::future::join_all(asks).await
     }
 
+    /// Every metric, in the Prometheus text exposition format (see [`crate::metrics`]).
+    pub fn metrics_text(&self) -> String {
+        self.hub.refresh_gauges();
+        let metrics = self.hub.metrics();
+        for i in &self.instances {
+            for (name, value) in i.plugin.counters() {
+                metrics
+                    .plugin_counters
+                    .get_or_create(&crate::metrics::PluginCounterLabels {
+                        instance: i.name.clone(),
+                        name,
+                    })
+                    .set(value);
+            }
+        }
+        metrics.encode()
+    }
+
     /// Whether every collector has finished its first snapshot.
     pub fn ready(&self) -> bool {
         self.instances
@@ -359,7 +377,9 @@ impl Synchronizer {
 
     /// Stops schedules and push loops, gives bus plugins time to finish what they have in
     /// hand, then stops every plugin runtime.
-    pub async fn shutdown(mut self) {
+    /// Calling it again does nothing more.
+    pub async fn shutdown(&self) {
+        let mut tasks = self.tasks.lock().await;
         for i in &self.instances {
             if i.meta.kind.pushes() {
                 i.plugin.request_stop();
@@ -372,10 +392,10 @@ impl Synchronizer {
             tokio::select! {
                 _ = &mut deadline => {
                     tracing::warn!("tasks did not stop in time; abandoning them");
-                    self.tasks.abort_all();
+                    tasks.abort_all();
                     break;
                 }
-                next = self.tasks.join_next() => if next.is_none() { break },
+                next = tasks.join_next() => if next.is_none() { break },
             }
         }
         for i in &self.instances {

@@ -163,6 +163,16 @@ pub struct FfiHealth {
     pub message: RString,
 }
 
+/// One of a plugin's own counters (messages consumed, acked, dead-lettered...).
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug)]
+pub struct FfiCounter {
+    /// The counter's name, snake_case (`messages_acked`).
+    pub name: RString,
+    /// Its value since the instance started.
+    pub value: u64,
+}
+
 /// Log levels, most severe first.
 #[repr(u8)]
 #[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -241,6 +251,9 @@ pub trait PluginInstance: Send + Sync {
     /// How many calls are still running inside the plugin, cancelled ones included. A
     /// call that stays here after the host abandoned it is stuck in blocking code.
     fn calls_in_flight(&self) -> u32;
+
+    /// The plugin's own counters, for the host's metrics.
+    fn counters(&self) -> RVec<FfiCounter>;
 
     /// Stops the plugin's runtime without waiting for threads that may be stuck. Called
     /// once, last.

@@ -334,4 +334,11 @@ pub trait Plugin: Sized + Send + Sync + 'static {
     fn health(&self) -> impl Future<Output = Health> + Send {
         async { Health::healthy() }
     }
+
+    /// The plugin's own counters (name, value since start), which the host exports as
+    /// metrics labelled with the instance: a bus plugin reports messages consumed, acked
+    /// and dead-lettered. Called from the host's metrics endpoint; keep it cheap.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }

@@ -23,8 +23,8 @@ use tokio_util::task::AbortOnDropHandle;
 use super::logging;
 use super::{Context, Error, Plugin, Shutdown, Sink};
 use crate::abi::{
-    ErrorKind, FfiError, FfiHealth, FfiPluginInfo, FfiSnapshot, HostContextBox, HostSinkBox,
-    PluginInstance, PluginInstance_TO, PluginInstanceBox, PluginMod, PluginModRef,
+    ErrorKind, FfiCounter, FfiError, FfiHealth, FfiPluginInfo, FfiSnapshot, HostContextBox,
+    HostSinkBox, PluginInstance, PluginInstance_TO, PluginInstanceBox, PluginMod, PluginModRef,
 };
 
 /// Builds the root module for plugin type `P`. Called once, by the loader, through the
@@ -251,6 +251,20 @@ impl<P: Plugin> PluginInstance for Instance<P> {
 
     fn calls_in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::SeqCst)
+    }
+
+    fn counters(&self) -> RVec<FfiCounter> {
+        catch_unwind(AssertUnwindSafe(|| {
+            self.plugin
+                .counters()
+                .into_iter()
+                .map(|(name, value)| FfiCounter {
+                    name: name.into(),
+                    value,
+                })
+                .collect()
+        }))
+        .unwrap_or_default()
     }
 
     fn shutdown(&self, timeout_ms: u64) {

@@ -1,0 +1,171 @@
+//! The host's metrics, in the Prometheus / OpenMetrics text format (prometheus-client).
+//!
+//! | metric | type | labels | meaning |
+//! |---|---|---|---|
+//! | `synchronizer_collections_total` | counter | instance, outcome | collections by outcome: `success`, `failed`, `timeout`, `stuck` |
+//! | `synchronizer_collection_duration_seconds` | histogram | instance | how long collections took (successful or not) |
+//! | `synchronizer_entities` | gauge | type | entities the baseline holds per type |
+//! | `synchronizer_changes_total` | counter | action | change notifications emitted: `created`, `updated`, `deleted` |
+//! | `synchronizer_plugin_counter` | gauge | instance, name | a plugin's own counters (the bus plugin's `messages_consumed`, `messages_acked`, `messages_dead_lettered`, ...) |
+//! | `synchronizer_subscribers` | gauge | | live subscribers |
+//! | `synchronizer_subscriber_queue_max` | gauge | | the deepest subscriber queue right now (lag, in events) |
+//! | `synchronizer_subscriber_resyncs_total` | counter | | times a subscriber fell behind and was resynced |
+//!
+//! Counters and the histogram are updated where things happen; gauges are refreshed when
+//! the registry is encoded.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels: instance and outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// The instance.
+    pub instance: String,
+    /// success, failed, timeout, stuck.
+    pub outcome: &'static str,
+}
+
+/// Labels: instance.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceLabels {
+    /// The instance.
+    pub instance: String,
+}
+
+/// Labels: entity type.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabels {
+    /// The entity type.
+    pub r#type: String,
+}
+
+/// Labels: action.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    /// created, updated, deleted.
+    pub action: &'static str,
+}
+
+/// Labels: a plugin counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginCounterLabels {
+    /// The instance.
+    pub instance: String,
+    /// The plugin's name for the counter.
+    pub name: String,
+}
+
+fn duration_histogram() -> Histogram {
+    // 1 ms .. ~65 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+/// Every metric of one host.
+pub struct Metrics {
+    registry: Registry,
+    /// Collections by instance and outcome.
+    pub collections: Family<OutcomeLabels, Counter>,
+    /// Collection durations by instance.
+    pub durations: Family<InstanceLabels, Histogram, fn() -> Histogram>,
+    /// Entities per type.
+    pub entities: Family<TypeLabels, Gauge>,
+    /// Changes by action.
+    pub changes: Family<ActionLabels, Counter>,
+    /// Plugins' own counters.
+    pub plugin_counters: Family<PluginCounterLabels, Gauge<u64, AtomicU64>>,
+    /// Live subscribers.
+    pub subscribers: Gauge,
+    /// Deepest subscriber queue.
+    pub subscriber_queue_max: Gauge,
+    /// Resyncs after lag.
+    pub subscriber_resyncs: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("synchronizer");
+        let collections = Family::<OutcomeLabels, Counter>::default();
+        registry.register("collections", "Collections by outcome", collections.clone());
+        let durations =
+            Family::<InstanceLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                duration_histogram,
+            );
+        registry.register(
+            "collection_duration_seconds",
+            "How long collections took",
+            durations.clone(),
+        );
+        let entities = Family::<TypeLabels, Gauge>::default();
+        registry.register(
+            "entities",
+            "Entities the baseline holds per type",
+            entities.clone(),
+        );
+        let changes = Family::<ActionLabels, Counter>::default();
+        registry.register("changes", "Change notifications emitted", changes.clone());
+        let plugin_counters = Family::<PluginCounterLabels, Gauge<u64, AtomicU64>>::default();
+        registry.register(
+            "plugin_counter",
+            "A plugin's own counters",
+            plugin_counters.clone(),
+        );
+        let subscribers = Gauge::default();
+        registry.register("subscribers", "Live subscribers", subscribers.clone());
+        let subscriber_queue_max = Gauge::default();
+        registry.register(
+            "subscriber_queue_max",
+            "The deepest subscriber queue, in events",
+            subscriber_queue_max.clone(),
+        );
+        let subscriber_resyncs = Counter::default();
+        registry.register(
+            "subscriber_resyncs",
+            "Times a subscriber fell behind and was resynced",
+            subscriber_resyncs.clone(),
+        );
+        Metrics {
+            registry,
+            collections,
+            durations,
+            entities,
+            changes,
+            plugin_counters,
+            subscribers,
+            subscriber_queue_max,
+            subscriber_resyncs,
+        }
+    }
+}
+
+impl Metrics {
+    /// Records one collection.
+    pub fn collection(&self, instance: &str, outcome: &'static str, seconds: f64) {
+        self.collections
+            .get_or_create(&OutcomeLabels {
+                instance: instance.to_owned(),
+                outcome,
+            })
+            .inc();
+        self.durations
+            .get_or_create(&InstanceLabels {
+                instance: instance.to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    /// The registry in the text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+}
