@@ -248,8 +248,9 @@ pub trait PluginInstance: Send + Sync {
     /// The plugin's own health report.
     fn health(&self) -> FfiFuture<RResult<FfiHealth, FfiError>>;
 
-    /// How many calls are still running inside the plugin, cancelled ones included. A
-    /// call that stays here after the host abandoned it is stuck in blocking code.
+    /// How many snapshot calls are still running inside the plugin, cancelled ones
+    /// included. A call that stays here after the host abandoned it is stuck in blocking
+    /// code.
     fn calls_in_flight(&self) -> u32;
 
     /// The plugin's own counters, for the host's metrics.

@@ -159,12 +159,14 @@ struct Instance<P> {
 impl<P: Plugin> Instance<P> {
     /// Runs `fut` as a task on the instance's runtime; dropping the returned future aborts
     /// the task. A panic in the task comes back as an error.
+    /// Snapshot calls are counted in `in_flight` (so the host can tell a stuck one);
+    /// the long-running push loop and health reports are not.
     fn spawn_call<T, F>(&self, what: &'static str, fut: F) -> FfiFuture<RResult<T, FfiError>>
     where
         T: Send + 'static,
         F: std::future::Future<Output = Result<T, Error>> + Send + 'static,
     {
-        let guard = InFlight::new(&self.in_flight);
+        let guard = (what == "snapshot").then(|| InFlight::new(&self.in_flight));
         let task = self.handle.spawn(async move {
             let _guard = guard;
             fut.await
