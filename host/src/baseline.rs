@@ -566,6 +566,43 @@ impl Baseline {
         result
     }
 
+    /// Puts back an entity read from the durable store (generation 0: the owner's first
+    /// complete snapshot decides whether it still exists).
+    pub fn restore(
+        &mut self,
+        entity_type: &str,
+        id: &str,
+        content: u64,
+        updated_us: i64,
+        owner: Owner,
+    ) {
+        let key_hash = synchronizer_plugin_api::entity::key_hash(entity_type, id);
+        let table = self.table(entity_type);
+        if table.slots.contains_key(&key_hash) {
+            return;
+        }
+        let key_ref = table.arena.push(id);
+        table.slots.insert(
+            key_hash,
+            Slot {
+                content,
+                updated_us,
+                key_ref,
+                owner,
+                generation: 0,
+            },
+        );
+    }
+
+    /// Puts back a tombstone read from the durable store; it expires `ttl` after `now_us`.
+    pub fn restore_tombstone(&mut self, entity_type: &str, id: &str, deleted_us: i64, now_us: i64) {
+        let ttl = self.tombstone_ttl_us;
+        let key_hash = synchronizer_plugin_api::entity::key_hash(entity_type, id);
+        let table = self.table(entity_type);
+        table.tombstones.insert(key_hash, Tombstone { deleted_us });
+        table.expiry.push_back((key_hash, now_us.saturating_add(ttl)));
+    }
+
     /// Forgets tombstones whose time is up.
     pub fn expire_tombstones(&mut self, now_us: i64) {
         for table in self.tables.values_mut() {

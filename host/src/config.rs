@@ -164,6 +164,11 @@ pub struct Config {
     /// Events a subscriber may have queued before it counts as fallen behind.
     #[serde(default = "default_subscriber_queue")]
     pub subscriber_queue: usize,
+    /// A file that keeps the baseline across restarts (redb), so that a restart reports
+    /// only what changed while the host was down. Relative to the configuration file's
+    /// directory. Absent (the default): the baseline lives in memory only.
+    #[serde(default)]
+    pub baseline_file: Option<PathBuf>,
     /// The HTTP API (absent: no HTTP server).
     #[serde(default)]
     pub http: Option<HttpConfig>,
@@ -252,10 +257,15 @@ impl Config {
 
     fn from_figment(figment: Figment, base: Option<&Path>) -> Result<Config, ConfigError> {
         let mut config: Config = figment.extract().map_err(Box::new)?;
-        if let Some(base) = base
-            && config.plugins_dir.is_relative()
-        {
-            config.plugins_dir = base.join(&config.plugins_dir);
+        if let Some(base) = base {
+            if config.plugins_dir.is_relative() {
+                config.plugins_dir = base.join(&config.plugins_dir);
+            }
+            if let Some(file) = &config.baseline_file
+                && file.is_relative()
+            {
+                config.baseline_file = Some(base.join(file));
+            }
         }
         config.validate()?;
         Ok(config)

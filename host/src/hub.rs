@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use crate::baseline::{Baseline, HashIndex, Observation, Owner, Verdict, hash_snapshot};
 use crate::change::{Action, Change, Event, ResyncReason};
 use crate::metrics::{ActionLabels, Metrics, TypeLabels};
+use crate::persist::{Op, Restored, StoredEntity};
 
 /// Which entity types a subscriber wants; empty means all.
 #[derive(Clone, Debug, Default)]
@@ -77,6 +78,13 @@ struct State {
     next_seq: u64,
     next_subscriber: u64,
     lagged_total: u64,
+    /// Where changes go to be made durable (the store's writer thread), when there is one.
+    persist: Option<std::sync::mpsc::Sender<Vec<Op>>>,
+    /// Writes decided by the last batch, sent once its changes reached the subscribers.
+    pending_ops: Vec<Op>,
+    /// Types restored from the durable store whose view is not yet filled by a complete
+    /// snapshot: their entities enter the view even when unchanged.
+    restored_types: std::collections::HashSet<String>,
 }
 
 /// The hub; cheap to share behind an `Arc`.
@@ -107,9 +115,41 @@ impl Hub {
                 next_seq: 1,
                 next_subscriber: 1,
                 lagged_total: 0,
+                persist: None,
+                pending_ops: Vec::new(),
+                restored_types: Default::default(),
             }),
             metrics: Arc::new(Metrics::default()),
         }
+    }
+
+    /// Loads what the durable store held; `owner_of` maps an instance name to its owner
+    /// index. Changes are written to `persist` from now on.
+    pub fn restore(
+        &self,
+        restored: Restored,
+        owner_of: impl Fn(&str) -> Owner,
+        persist: std::sync::mpsc::Sender<Vec<Op>>,
+    ) {
+        let now = now_us();
+        let mut state = self.lock();
+        for e in &restored.entities {
+            state
+                .baseline
+                .restore(&e.entity_type, &e.id, e.content, e.updated_us, owner_of(&e.owner));
+            state.restored_types.insert(e.entity_type.clone());
+        }
+        for (entity_type, id, deleted_us) in &restored.tombstones {
+            state
+                .baseline
+                .restore_tombstone(entity_type, id, *deleted_us, now);
+        }
+        state.persist = Some(persist);
+    }
+
+    /// Stops writing to the durable store (the writer finishes what is queued).
+    pub fn stop_persisting(&self) {
+        self.lock().persist = None;
     }
 
     /// The host's metrics.
@@ -180,6 +220,17 @@ impl Hub {
             ));
         }
         let entities: Vec<Arc<Entity>> = entities.into_iter().map(Arc::new).collect();
+        if !state.restored_types.is_empty() {
+            for e in &entities {
+                if state.restored_types.contains(e.entity_type()) {
+                    state
+                        .view
+                        .entry(e.entity_type().to_owned())
+                        .or_default()
+                        .insert(e.key_hash(), e.clone());
+                }
+            }
+        }
         let mut batch: Vec<(u64, String, Pending)> = Vec::new();
         let mut index: HashIndex<usize> = HashIndex::default();
         let mut applied = Applied::default();
@@ -220,6 +271,9 @@ impl Hub {
                     .unwrap_or_else(|| Arc::new(Entity::resource(entity_type, &d.id)));
                 record(&mut batch, &mut index, d.key_hash, last, Verdict::Deleted);
             }
+        }
+        for entity_type in &complete {
+            state.restored_types.remove(entity_type);
         }
         state.baseline.expire_tombstones(now);
         let changes = state.emit(batch, origin, started_us, initial, &mut applied);
@@ -355,6 +409,12 @@ impl Hub {
     pub fn subscriber_count(&self) -> usize {
         self.lock().subscribers.len()
     }
+
+    /// The `seq` of the last change emitted so far (0 before the first). Every
+    /// subscriber added before this call gets every later change it matches.
+    pub fn last_seq(&self) -> u64 {
+        self.lock().next_seq - 1
+    }
 }
 
 impl Hub {
@@ -434,7 +494,24 @@ impl State {
         applied: &mut Applied,
     ) -> Vec<Arc<Change>> {
         let mut changes = Vec::with_capacity(batch.len());
+        let mut ops = Vec::new();
         for (key_hash, entity_type, p) in batch {
+            if self.persist.is_some() {
+                ops.push(match p.last {
+                    Verdict::Deleted => Op::Delete {
+                        entity_type: entity_type.clone(),
+                        id: p.entity.id().to_owned(),
+                        deleted_us: sampled_us,
+                    },
+                    _ => Op::Upsert(StoredEntity {
+                        entity_type: entity_type.clone(),
+                        id: p.entity.id().to_owned(),
+                        content: p.entity.content_hash(),
+                        updated_us: p.entity.source_updated_micros().unwrap_or(sampled_us),
+                        owner: origin.instance.to_string(),
+                    }),
+                });
+            }
             let view = self.view.entry(entity_type).or_default();
             match p.last {
                 Verdict::Deleted => {
@@ -463,12 +540,17 @@ impl State {
                 initial,
             }));
         }
+        if !ops.is_empty() {
+            self.pending_ops = ops;
+        }
         changes
     }
 
-    /// Queues `changes` to every subscriber; returns how many fell behind just now.
+    /// Queues `changes` to every subscriber, then hands the batch's writes to the
+    /// durable store; returns how many subscribers fell behind just now.
     fn fan_out(&mut self, changes: &[Arc<Change>]) -> u64 {
         let before = self.lagged_total;
+        let ops = std::mem::take(&mut self.pending_ops);
         if !changes.is_empty() {
             for sub in &mut self.subscribers {
                 if sub.lagged {
@@ -495,6 +577,13 @@ impl State {
             }
         }
         self.recover_lagged();
+        if !ops.is_empty()
+            && let Some(tx) = &self.persist
+            && tx.send(ops).is_err()
+        {
+            tracing::error!("the baseline store's writer has stopped; changes are no longer made durable");
+            self.persist = None;
+        }
         self.lagged_total - before
     }
 

@@ -36,6 +36,7 @@ pub mod instance;
 pub mod loader;
 pub mod metrics;
 pub mod output;
+pub mod persist;
 pub mod scheduler;
 pub mod status;
 pub mod subscription;

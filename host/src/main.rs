@@ -155,9 +155,9 @@ fn load_config(path: &Path) -> Result<Config> {
 
 async fn start(config: Config) -> Result<Synchronizer> {
     Synchronizer::start(config).await.map_err(|e| match e {
-        synchronizer::StartError::Plugins(_) | synchronizer::StartError::Config(_) => {
-            anyhow::Error::new(Invalid(e.to_string()))
-        }
+        synchronizer::StartError::Plugins(_)
+        | synchronizer::StartError::Config(_)
+        | synchronizer::StartError::Store(_) => anyhow::Error::new(Invalid(e.to_string())),
     })
 }
 

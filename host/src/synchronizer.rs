@@ -28,6 +28,9 @@ pub enum StartError {
     /// The configuration is unusable.
     #[error("{0}")]
     Config(String),
+    /// The durable baseline store cannot be used.
+    #[error(transparent)]
+    Store(#[from] crate::persist::StoreError),
 }
 
 /// One instance that could not be started.
@@ -99,6 +102,7 @@ pub struct Synchronizer {
     failures: Vec<InstanceFailure>,
     shutdown: CancellationToken,
     tasks: tokio::sync::Mutex<JoinSet<()>>,
+    store_writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     bus_stop_timeout: Duration,
 }
 
@@ -171,6 +175,46 @@ impl Synchronizer {
             return Err(StartError::Plugins(failures));
         }
 
+        // The durable baseline, before anything runs: owners are the instances' indices.
+        let store_writer = match &config.baseline_file {
+            Some(path) => {
+                let opened = {
+                    let path = path.clone();
+                    tokio::task::spawn_blocking(move || crate::persist::Store::open(&path)).await
+                };
+                let (store, restored) = match opened {
+                    Ok(r) => r?,
+                    Err(e) => return Err(StartError::Config(format!("baseline store: {e}"))),
+                };
+                let names: Vec<String> = instances.iter().map(|i| i.0.clone()).collect();
+                let mut strangers: Vec<String> = Vec::new();
+                let entities = restored.entities.len();
+                for e in &restored.entities {
+                    if !names.contains(&e.owner) && !strangers.contains(&e.owner) {
+                        strangers.push(e.owner.clone());
+                    }
+                }
+                if !strangers.is_empty() {
+                    tracing::warn!(instances = ?strangers, "the baseline store holds entities of instances that are not configured; they are kept but no snapshot will delete them");
+                }
+                let owner_of = |name: &str| {
+                    let i = names
+                        .iter()
+                        .position(|n| n == name)
+                        .or_else(|| strangers.iter().position(|n| n == name).map(|p| names.len() + p))
+                        .unwrap_or(usize::from(u16::MAX));
+                    u16::try_from(i).unwrap_or(u16::MAX)
+                };
+                let (tx, writer) = store
+                    .spawn_writer()
+                    .map_err(|e| StartError::Config(format!("baseline store writer: {e}")))?;
+                hub.restore(restored, owner_of, tx);
+                tracing::info!(file = %path.display(), entities, "baseline restored");
+                Some(writer)
+            }
+            None => None,
+        };
+
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let mut handles = Vec::new();
@@ -238,6 +282,7 @@ impl Synchronizer {
             failures,
             shutdown,
             tasks: tokio::sync::Mutex::new(tasks),
+            store_writer: std::sync::Mutex::new(store_writer),
             bus_stop_timeout: Duration::from_secs(10),
         })
     }
@@ -404,6 +449,12 @@ impl Synchronizer {
             // Off the async workers: shutting a runtime down blocks for up to a second.
             let _ =
                 tokio::task::spawn_blocking(move || plugin.shutdown(Duration::from_secs(1))).await;
+        }
+        // Last: every change decided so far reaches the durable store.
+        self.hub.stop_persisting();
+        let writer = self.store_writer.lock().ok().and_then(|mut w| w.take());
+        if let Some(writer) = writer {
+            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         }
         tracing::info!("synchronizer stopped");
     }
