@@ -134,9 +134,13 @@ impl Hub {
         let now = now_us();
         let mut state = self.lock();
         for e in &restored.entities {
-            state
-                .baseline
-                .restore(&e.entity_type, &e.id, e.content, e.updated_us, owner_of(&e.owner));
+            state.baseline.restore(
+                &e.entity_type,
+                &e.id,
+                e.content,
+                e.updated_us,
+                owner_of(&e.owner),
+            );
             state.restored_types.insert(e.entity_type.clone());
         }
         for (entity_type, id, deleted_us) in &restored.tombstones {
@@ -211,6 +215,17 @@ impl Hub {
         let generation = state.baseline.begin_snapshot(origin.owner);
         let mut verdicts: Vec<(u32, Verdict)> = Vec::new();
         for (entity_type, mut batch) in hashed {
+            // A plugin that answers with more types than it was asked for (one with
+            // open-ended types, say) does not get the others into the baseline.
+            if !covered.is_empty() && !covered.contains(&entity_type) {
+                tracing::debug!(
+                    instance = %origin.instance,
+                    %entity_type,
+                    entities = batch.len(),
+                    "ignoring entities of a type that is not active"
+                );
+                continue;
+            }
             verdicts.extend(state.baseline.observe_many(
                 &entity_type,
                 &mut batch,
@@ -219,10 +234,13 @@ impl Hub {
                 |i| entities.get(i as usize).map_or("", |e| e.id()),
             ));
         }
-        let entities: Vec<Arc<Entity>> = entities.into_iter().map(Arc::new).collect();
+        // Indexed as the plugin sent them: verdicts refer to these positions.
+        let mut entities: Vec<Arc<Entity>> = entities.into_iter().map(Arc::new).collect();
         if !state.restored_types.is_empty() {
             for e in &entities {
-                if state.restored_types.contains(e.entity_type()) {
+                if state.restored_types.contains(e.entity_type())
+                    && (covered.is_empty() || covered.iter().any(|t| t == e.entity_type()))
+                {
                     state
                         .view
                         .entry(e.entity_type().to_owned())
@@ -279,6 +297,10 @@ impl Hub {
         let changes = state.emit(batch, origin, started_us, initial, &mut applied);
         let lagged = state.fan_out(&changes);
         self.count(&applied, lagged);
+        drop(guard);
+        if !covered.is_empty() {
+            entities.retain(|e| covered.iter().any(|t| t == e.entity_type()));
+        }
         (entities, applied)
     }
 
@@ -581,7 +603,9 @@ impl State {
             && let Some(tx) = &self.persist
             && tx.send(ops).is_err()
         {
-            tracing::error!("the baseline store's writer has stopped; changes are no longer made durable");
+            tracing::error!(
+                "the baseline store's writer has stopped; changes are no longer made durable"
+            );
             self.persist = None;
         }
         self.lagged_total - before

@@ -218,3 +218,21 @@ fn a_slow_callback_delays_nobody() {
     drop(gate_tx);
     handle.cancel();
 }
+
+#[test]
+fn entities_of_types_not_covered_are_ignored() {
+    let hub = Hub::new(Duration::from_secs(60));
+    let (_, mut rx) = hub.subscribe(TypeFilter::default(), 16, false);
+    let (entities, applied) = hub.apply_snapshot(
+        &origin(),
+        snapshot(vec![host("h1", "up"), Entity::resource("nova.zone", "az1")]),
+        &["nova.host".to_owned()],
+        1,
+        true,
+    );
+    assert_eq!(applied.created, 1);
+    assert_eq!(entities.len(), 1);
+    assert_eq!(entities[0].key(), "nova.host:h1");
+    assert_eq!(drain(&mut rx).len(), 1);
+    assert!(hub.entities(&TypeFilter::new(&["nova.zone"])).is_empty());
+}
