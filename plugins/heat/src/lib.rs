@@ -1,0 +1,564 @@
+//! The Heat collector plugin: the stacks of one cloud region and the resources they
+//! comprise, as complete snapshots for the synchronizer's baseline.
+//!
+//! What it asks Heat:
+//! - The stacks of every project: `GET /v1/{project}/stacks?global_tenant=True[&limit=N]`,
+//!   following the `links` entry with `rel = "next"` (Heat writes one only when a page is
+//!   full). Top-level stacks only, as Heat lists them.
+//! - Each stack's resources: `GET /v1/{stack project}/stacks/{name}/{id}/resources?nested_depth=N`
+//!   (one flat list that includes the resources of nested stacks down to `nested_depth`),
+//!   several stacks at a time (`concurrency`).
+//!
+//! `heat.stack:<id>`: name = `stack_name`, state = `stack_status` as Heat reports it
+//! (`CREATE_COMPLETE`, `UPDATE_FAILED`, ...), project = `project`, source timestamp =
+//! `updated_time` (or `creation_time` for a stack never updated); `stack_status_reason`,
+//! the times, `description`, `stack_owner`, `parent`, `tags` in the properties. Each
+//! resource whose type maps to an entity type (`OS::Nova::Server` → `nova.instance`,
+//! `OS::Cinder::Volume` → `cinder.volume`, `OS::Neutron::Net` → `neutron.network`,
+//! `OS::Neutron::Port` → `neutron.port`, plus `resource_types` from the configuration)
+//! and has a physical id gives the relation `comprises` from the stack to
+//! `<entity type>:<physical id>`. Relations are sorted, so that Heat's order of
+//! resources cannot make a change.
+//!
+//! Heat's default policy refuses `global_tenant` to everybody, admins included
+//! (`stacks:global_index`: `rule:deny_everybody`). With `stack_listing = "global"` that
+//! 403 is an error naming the rule and both fixes; with `per_project` the plugin lists
+//! the projects from Keystone (`GET /v3/projects`) and each project's stacks under its
+//! own URL with the same admin token, which Heat allows; `auto` tries the global listing
+//! and falls back (for the life of the instance) on its 403. A real Heat 24 answers an
+//! admin token with every project's stacks under any project's URL: when the listing of
+//! the token's own project shows another project's stack, that listing is taken as
+//! complete and no other project is listed; stacks are deduplicated by id either way.
+//!
+//! Failure semantics: any failure to list the stacks, or the resources of a stack, fails
+//! the snapshot (the host then deletes nothing and retries with backoff), because a stack
+//! without its resources would be reported as changed. A stack whose resources answer
+//! 404 was deleted between the two requests and is left out.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use futures::{StreamExt, TryStreamExt};
+use reqwest::Url;
+use reqwest::header::HeaderMap;
+use serde::Deserialize;
+use serde_json::Value;
+use synchronizer_openstack::time::parse_timestamp;
+use synchronizer_openstack::{CloudConfig, Link, Pager, Session, join_path};
+use synchronizer_plugin_api::{
+    Context, Entity, Error, Plugin, PluginInfo, PluginKind, Relation, Snapshot,
+};
+
+/// Entity type of a Heat stack.
+pub const STACK: &str = "heat.stack";
+
+/// The resource types mapped by default, and the entity types they become.
+pub const DEFAULT_RESOURCE_TYPES: [(&str, &str); 4] = [
+    ("OS::Nova::Server", "nova.instance"),
+    ("OS::Cinder::Volume", "cinder.volume"),
+    ("OS::Neutron::Net", "neutron.network"),
+    ("OS::Neutron::Port", "neutron.port"),
+];
+
+/// How the stacks of every project are listed.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StackListing {
+    /// One listing with `global_tenant=True` (needs the `stacks:global_index` policy).
+    #[default]
+    Global,
+    /// The projects from Keystone, then each project's stacks.
+    PerProject,
+    /// `global`, falling back to `per_project` on a 403.
+    Auto,
+}
+
+/// The instance's configuration (`[instances.config]`). Every option is documented in
+/// the crate's README.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The cloud: credentials, region, interface, endpoint override, TLS, timeouts.
+    pub cloud: CloudConfig,
+    /// How the stacks of every project are listed.
+    #[serde(default)]
+    pub stack_listing: StackListing,
+    /// How deep into nested stacks resources are listed (Heat's `nested_depth`; 0: the
+    /// stack's own resources only).
+    #[serde(default = "default_nested_depth")]
+    pub nested_depth: u32,
+    /// Stacks per page (`limit`). Unset: Heat's default.
+    #[serde(default)]
+    pub page_size: Option<u32>,
+    /// How many stacks' resources (or projects' stacks) are requested at a time.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// More resource types to relate, `"OS::Trove::Instance" = "trove.instance"`; they
+    /// add to (or replace) the defaults.
+    #[serde(default)]
+    pub resource_types: BTreeMap<String, String>,
+    /// The catalog service type of Heat.
+    #[serde(default = "default_service_type")]
+    pub service_type: String,
+}
+
+fn default_nested_depth() -> u32 {
+    3
+}
+
+fn default_concurrency() -> usize {
+    4
+}
+
+fn default_service_type() -> String {
+    "orchestration".to_owned()
+}
+
+/// The plugin: one cloud region's Heat.
+#[derive(Debug)]
+pub struct HeatPlugin {
+    session: Session,
+    config: Config,
+    resource_types: HashMap<String, String>,
+    instance: String,
+    /// `auto` saw the 403: list per project from now on.
+    fell_back: AtomicBool,
+}
+
+#[derive(Deserialize)]
+struct StacksPage {
+    stacks: Vec<StackRow>,
+    #[serde(default)]
+    links: Vec<Link>,
+}
+
+#[derive(Clone, Deserialize)]
+struct StackRow {
+    id: String,
+    stack_name: String,
+    #[serde(default)]
+    stack_status: Option<String>,
+    #[serde(default)]
+    stack_status_reason: Option<String>,
+    #[serde(default)]
+    project: Option<String>,
+    #[serde(default)]
+    creation_time: Option<String>,
+    #[serde(default)]
+    updated_time: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    stack_owner: Option<String>,
+    #[serde(default)]
+    parent: Option<String>,
+    #[serde(default)]
+    tags: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct Resources {
+    resources: Vec<ResourceRow>,
+}
+
+#[derive(Deserialize)]
+struct ResourceRow {
+    #[serde(default)]
+    resource_type: String,
+    #[serde(default)]
+    physical_resource_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Projects {
+    projects: Vec<ProjectRow>,
+    #[serde(default)]
+    truncated: bool,
+}
+
+#[derive(Deserialize)]
+struct ProjectRow {
+    id: String,
+    #[serde(default)]
+    is_domain: bool,
+}
+
+type OsError = synchronizer_openstack::Error;
+
+/// The part of the 403 explanation common to every listing mode.
+const GLOBAL_INDEX_HELP: &str = "the account lacks the role or policy to list the stacks of all projects: Heat's policy rule `stacks:global_index` denies everybody by default, admins included. Fix: allow it in Heat's policy file (`\"stacks:global_index\": \"role:admin\"` in /etc/heat/policy.yaml), or set `stack_listing = \"per_project\"` (or `\"auto\"`) in this instance's config to list the stacks project by project (projects from Keystone) with this admin token";
+
+fn config_error(instance: &str, e: impl std::fmt::Display) -> Error {
+    Error::config(format!("instance `{instance}`: {e}"))
+}
+
+impl HeatPlugin {
+    /// Builds an instance from its configuration (no request is made yet).
+    pub fn from_config(config: Config, instance: &str) -> Result<Self, Error> {
+        if config.page_size == Some(0) {
+            return Err(config_error(
+                instance,
+                "config field `page_size` must be at least 1",
+            ));
+        }
+        if config.concurrency == 0 {
+            return Err(config_error(
+                instance,
+                "config field `concurrency` must be at least 1",
+            ));
+        }
+        let session = Session::new(&config.cloud)
+            .map_err(|e| config_error(instance, format!("cloud: {e}")))?;
+        if config.stack_listing != StackListing::Global && session.identity_url().is_none() {
+            return Err(config_error(
+                instance,
+                "stack_listing = per_project / auto needs Keystone (GET /v3/projects): not available with a static token",
+            ));
+        }
+        let mut resource_types: HashMap<String, String> = DEFAULT_RESOURCE_TYPES
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        resource_types.extend(config.resource_types.clone());
+        Ok(HeatPlugin {
+            session,
+            config,
+            resource_types,
+            instance: instance.to_owned(),
+            fell_back: AtomicBool::new(false),
+        })
+    }
+
+    /// The session (for tests).
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    fn stacks_url(&self, project_base: &Url, global: bool, marker: Option<&str>) -> Url {
+        let mut url = join_path(project_base, &["stacks"]);
+        {
+            let mut q = url.query_pairs_mut();
+            if global {
+                q.append_pair("global_tenant", "True");
+            }
+            if let Some(limit) = self.config.page_size {
+                q.append_pair("limit", &limit.to_string());
+            }
+            if let Some(m) = marker {
+                q.append_pair("marker", m);
+            }
+        }
+        url
+    }
+
+    /// Every stack of one listing (`/v1/{project}/stacks`), page after page.
+    async fn list_stacks(
+        &self,
+        project_base: &Url,
+        global: bool,
+    ) -> Result<Vec<StackRow>, OsError> {
+        let mut out = Vec::new();
+        let mut pager = Pager::new();
+        let mut url = self.stacks_url(project_base, global, None);
+        loop {
+            let page: StacksPage = self.session.get_json(&url, &HeaderMap::new()).await?;
+            out.extend(page.stacks);
+            match pager.next(&url, &page.links)? {
+                Some(marker) => url = self.stacks_url(project_base, global, Some(&marker)),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn projects(&self) -> Result<Vec<String>, OsError> {
+        let Some(identity) = self.session.identity_url() else {
+            return Err(OsError::Config("listing projects needs Keystone".into()));
+        };
+        let url = join_path(&identity, &["projects"]);
+        let projects: Projects = self.session.get_json(&url, &HeaderMap::new()).await?;
+        if projects.truncated {
+            return Err(OsError::Pagination {
+                url: synchronizer_openstack::display_url(&url),
+                message: "Keystone truncated the project list (its `list_limit`): raise `[resource] list_limit` in keystone.conf".into(),
+            });
+        }
+        Ok(projects
+            .projects
+            .into_iter()
+            .filter(|p| !p.is_domain)
+            .map(|p| p.id)
+            .collect())
+    }
+
+    /// The stacks of every project, listed under each project's URL. Heat 24 answers an
+    /// admin token with every project's stacks under any project's URL: when the token's
+    /// own project's listing holds another project's stack, that one listing is complete.
+    /// Otherwise each project (from Keystone) is listed; stacks are deduplicated by id.
+    async fn stacks_per_project(&self, root: &Url) -> Result<Vec<StackRow>, OsError> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        let mut add = |stacks: Vec<StackRow>, project: &str| {
+            for mut s in stacks {
+                s.project.get_or_insert_with(|| project.to_owned());
+                if seen.insert(s.id.clone()) {
+                    out.push(s);
+                }
+            }
+        };
+        let own = self.session.project_id().await?;
+        if let Some(own) = &own {
+            let stacks = self
+                .list_stacks(&join_path(root, &[own.as_str()]), false)
+                .await?;
+            let everything = stacks
+                .iter()
+                .any(|s| s.project.as_deref().is_some_and(|p| p != own));
+            add(stacks, own);
+            if everything {
+                tracing::debug!(
+                    stacks = out.len(),
+                    "Heat lists every project's stacks to this token under its own project"
+                );
+                return Ok(out);
+            }
+        }
+        let projects: Vec<String> = self
+            .projects()
+            .await?
+            .into_iter()
+            .filter(|p| Some(p) != own.as_ref())
+            .collect();
+        tracing::debug!(
+            projects = projects.len(),
+            "listing stacks project by project"
+        );
+        let lists: Vec<(String, Vec<StackRow>)> = futures::stream::iter(projects)
+            .map(|p| async move {
+                let stacks = self
+                    .list_stacks(&join_path(root, &[p.as_str()]), false)
+                    .await?;
+                Ok::<_, OsError>((p, stacks))
+            })
+            .buffered(self.config.concurrency)
+            .try_collect()
+            .await?;
+        for (project, stacks) in lists {
+            add(stacks, &project);
+        }
+        Ok(out)
+    }
+
+    async fn stacks(&self, endpoint: &Url, root: &Url) -> Result<Vec<StackRow>, Error> {
+        let fail = |e: String| Error::failed(format!("instance `{}`: {e}", self.instance));
+        let per_project = match self.config.stack_listing {
+            StackListing::PerProject => true,
+            StackListing::Auto => self.fell_back.load(Ordering::Relaxed),
+            StackListing::Global => false,
+        };
+        if !per_project {
+            match self.list_stacks(endpoint, true).await {
+                Ok(stacks) => return Ok(stacks),
+                Err(e) if e.is_forbidden() && self.config.stack_listing == StackListing::Auto => {
+                    tracing::warn!(
+                        instance = %self.instance,
+                        error = %e,
+                        "Heat refuses global_tenant (policy stacks:global_index); listing stacks project by project from now on"
+                    );
+                    self.fell_back.store(true, Ordering::Relaxed);
+                }
+                Err(e) if e.is_forbidden() => {
+                    return Err(fail(format!("{e}: {GLOBAL_INDEX_HELP}")));
+                }
+                Err(e) => return Err(fail(e.to_string())),
+            }
+        }
+        self.stacks_per_project(root).await.map_err(|e| {
+            if e.is_forbidden() {
+                fail(format!(
+                    "{e}: the account lacks the role to list projects (Keystone `identity:list_projects`) or another project's stacks: give it the admin role"
+                ))
+            } else {
+                fail(e.to_string())
+            }
+        })
+    }
+
+    /// The relations of one stack, or `None` when the stack is gone (404).
+    async fn relations(
+        &self,
+        root: &Url,
+        endpoint: &Url,
+        stack: &StackRow,
+    ) -> Result<Option<Vec<String>>, OsError> {
+        let base = match &stack.project {
+            Some(p) => join_path(root, &[p.as_str()]),
+            None => endpoint.clone(),
+        };
+        let mut url = join_path(
+            &base,
+            &[
+                "stacks",
+                stack.stack_name.as_str(),
+                stack.id.as_str(),
+                "resources",
+            ],
+        );
+        url.query_pairs_mut()
+            .append_pair("nested_depth", &self.config.nested_depth.to_string());
+        let resources: Resources = match self.session.get_json(&url, &HeaderMap::new()).await {
+            Ok(r) => r,
+            Err(e) if e.status() == Some(404) => {
+                tracing::debug!(stack = %stack.id, "stack gone while listing its resources");
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let mut keys: Vec<String> = resources
+            .resources
+            .into_iter()
+            .filter_map(|r| {
+                let entity_type = self.resource_types.get(&r.resource_type)?;
+                let id = r.physical_resource_id.filter(|id| !id.is_empty())?;
+                Some(format!("{entity_type}:{id}"))
+            })
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        Ok(Some(keys))
+    }
+
+    /// Collects a snapshot of the stacks (of nothing when `types` names other types only).
+    pub async fn collect(&self, types: &[String]) -> Result<Snapshot, Error> {
+        if !types.is_empty() && !types.iter().any(|t| t == STACK) {
+            return Ok(Snapshot::complete(Vec::new()));
+        }
+        let started = Instant::now();
+        let fail = |e: OsError| Error::failed(format!("instance `{}`: {e}", self.instance));
+        let endpoint = self
+            .session
+            .endpoint(&self.config.service_type)
+            .await
+            .map_err(fail)?;
+        let root = heat_root(&endpoint);
+        let stacks = self.stacks(&endpoint, &root).await?;
+        let total = stacks.len();
+        let entities: Vec<Option<Entity>> = futures::stream::iter(stacks)
+            .map(|stack| {
+                let (root, endpoint) = (&root, &endpoint);
+                async move {
+                    let relations = self.relations(root, endpoint, &stack).await?;
+                    Ok::<_, OsError>(relations.map(|r| stack_entity(stack, r)))
+                }
+            })
+            .buffered(self.config.concurrency)
+            .try_collect()
+            .await
+            .map_err(fail)?;
+        let entities: Vec<Entity> = entities.into_iter().flatten().collect();
+        tracing::debug!(
+            instance = %self.instance,
+            stacks = entities.len(),
+            gone = total - entities.len(),
+            per_project = self.fell_back.load(Ordering::Relaxed) || self.config.stack_listing == StackListing::PerProject,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "Heat snapshot collected"
+        );
+        Ok(Snapshot::complete(entities))
+    }
+}
+
+/// `https://heat:8004/v1` from the catalog's `https://heat:8004/v1/<project>`: the base
+/// under which each project's URL is `<root>/<project id>`.
+fn heat_root(endpoint: &Url) -> Url {
+    let mut root = endpoint.clone();
+    let last = endpoint
+        .path_segments()
+        .and_then(|mut s| s.rfind(|p| !p.is_empty()));
+    if last.is_some_and(|l| l != "v1")
+        && let Ok(mut p) = root.path_segments_mut()
+    {
+        p.pop_if_empty().pop();
+    }
+    root
+}
+
+fn stack_entity(s: StackRow, relations: Vec<String>) -> Entity {
+    let mut e = Entity::resource(STACK, &s.id).with_name(s.stack_name.as_str());
+    if let Some(status) = &s.stack_status {
+        e = e.with_state(status.as_str());
+    }
+    if let Some(project) = &s.project {
+        e = e.with_project(project.as_str());
+    }
+    let ts = s
+        .updated_time
+        .as_deref()
+        .or(s.creation_time.as_deref())
+        .and_then(parse_timestamp);
+    if let Some(ts) = ts {
+        e = e.with_source_updated_micros(ts);
+    }
+    for key in relations {
+        e = e.with_relation(Relation::to("comprises", key));
+    }
+    e.with_properties(serde_json::json!({
+        "stack_status_reason": s.stack_status_reason,
+        "creation_time": s.creation_time,
+        "updated_time": s.updated_time,
+        "description": s.description,
+        "stack_owner": s.stack_owner,
+        "parent": s.parent,
+        "tags": s.tags,
+    }))
+}
+
+impl Plugin for HeatPlugin {
+    type Config = Config;
+
+    fn info() -> PluginInfo {
+        PluginInfo {
+            name: "heat",
+            version: env!("CARGO_PKG_VERSION"),
+            description: "OpenStack Heat: stacks and the resources they comprise",
+            entity_types: &[STACK],
+            kind: PluginKind::Collector,
+        }
+    }
+
+    fn new(config: Config, ctx: &Context) -> Result<Self, Error> {
+        let plugin = HeatPlugin::from_config(config, &ctx.instance)?;
+        tracing::info!(
+            instance = %ctx.instance,
+            session = ?plugin.session,
+            stack_listing = ?plugin.config.stack_listing,
+            nested_depth = plugin.config.nested_depth,
+            "Heat plugin ready"
+        );
+        Ok(plugin)
+    }
+
+    async fn snapshot(&self, types: &[String]) -> Result<Snapshot, Error> {
+        self.collect(types).await
+    }
+}
+
+synchronizer_plugin_api::export_plugin!(HeatPlugin);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heat_root_strips_the_project() {
+        let root = |u: &str| heat_root(&Url::parse(u).unwrap()).to_string();
+        assert_eq!(root("http://h:8004/v1/abc"), "http://h:8004/v1");
+        assert_eq!(root("http://h:8004/v1/abc/"), "http://h:8004/v1");
+        assert_eq!(root("http://h:8004/v1"), "http://h:8004/v1");
+        assert_eq!(
+            root("https://cloud/orchestration/v1/abc"),
+            "https://cloud/orchestration/v1"
+        );
+    }
+}

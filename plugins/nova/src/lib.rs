@@ -1,0 +1,560 @@
+//! The Nova collector plugin: instances, compute hosts and availability zones of one
+//! cloud region, as complete snapshots for the synchronizer's baseline.
+//!
+//! What it asks Nova (each request with `OpenStack-API-Version: compute <microversion>`):
+//! - `nova.instance`: `GET /servers/detail?all_tenants=1[&limit=N]`, following
+//!   `servers_links` (marker pagination) to the last page. Key `nova.instance:<uuid>`;
+//!   name, state = `status` as Nova reports it (`ACTIVE`, `SHUTOFF`, `ERROR`, ...),
+//!   project = `tenant_id`, source timestamp = `updated`; the relation `contains` from
+//!   its host `nova.host:<OS-EXT-SRV-ATTR:host>` (none while it has no host); the
+//!   properties are the server's state and placement under their API names
+//!   ([`INSTANCE_PROPERTIES`]: `OS-EXT-STS:vm_state`, `OS-EXT-STS:task_state`,
+//!   `OS-EXT-STS:power_state`, `OS-EXT-AZ:availability_zone`, `OS-EXT-SRV-ATTR:host`,
+//!   `flavor`, `image`, `addresses`, `fault`, ...), each present when Nova sends it (`null`
+//!   included). Left out on purpose: `OS-EXT-SRV-ATTR:user_data` (often holds secrets, and
+//!   can be 64 KiB), `links` and the `links` of `image` / `flavor` (URLs), `updated` (the
+//!   source timestamp: it would make every change twice) and the boot details that never
+//!   change (`kernel_id`, `reservation_id`, `launch_index`, ...). An allow-list also keeps
+//!   a new microversion's fields from turning into an update of every instance.
+//! - `nova.host`: `GET /os-services?binary=nova-compute`. Key `nova.host:<host>`; state =
+//!   the service's `state` (`up` / `down`); `status`, `disabled_reason`, `forced_down`,
+//!   `zone` and the service `id` in the properties; source timestamp = `updated_at`; the
+//!   relation `contains` from `nova.zone:<zone>`.
+//! - `nova.zone`: `GET /os-availability-zone/detail`, without Nova's `internal` zone (the
+//!   control services). Key `nova.zone:<name>`; state `available` / `unavailable`.
+//!
+//! Failure semantics (the host deletes nothing for a failed or incomplete type):
+//! - A 5xx, a timeout, a transport error or a page that does not parse fails its entity
+//!   type. When at least one requested type was listed whole, the snapshot is complete
+//!   with the failed types marked incomplete; when every type failed, it is an error.
+//! - A 401 after one re-authentication, a 403 (the account lacks the admin role or the
+//!   policy for `all_tenants`), a Keystone refusal or a missing endpoint fail the whole
+//!   snapshot: they need an operator, and a partial view would hide that.
+//!
+//! One instance watches one cloud region: run several instances for several regions.
+
+use std::time::Instant;
+
+use reqwest::Url;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use synchronizer_openstack::time::parse_timestamp;
+use synchronizer_openstack::{CloudConfig, Link, Pager, Session, display_url, join_path};
+use synchronizer_plugin_api::{
+    Context, Entity, Error, Plugin, PluginInfo, PluginKind, Relation, Snapshot,
+};
+
+/// Entity type of a Nova server.
+pub const INSTANCE: &str = "nova.instance";
+/// Entity type of a compute host.
+pub const HOST: &str = "nova.host";
+/// Entity type of an availability zone.
+pub const ZONE: &str = "nova.zone";
+
+/// The instance's configuration (`[instances.config]`). Every option is documented in
+/// the crate's README.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The cloud: credentials, region, interface, endpoint override, TLS, timeouts.
+    pub cloud: CloudConfig,
+    /// The compute API microversion sent with every request.
+    #[serde(default = "default_microversion")]
+    pub microversion: String,
+    /// Servers per page (`limit`); Nova caps it at its `[api] max_limit` (1000 by default)
+    /// and pages are followed either way. Unset: Nova's default page size.
+    #[serde(default)]
+    pub page_size: Option<u32>,
+    /// List the servers of every project (`all_tenants=1`, needs the admin role). Set to
+    /// false to watch only the token's project.
+    #[serde(default = "yes")]
+    pub all_tenants: bool,
+    /// The catalog service type of Nova.
+    #[serde(default = "default_service_type")]
+    pub service_type: String,
+}
+
+fn default_microversion() -> String {
+    "2.53".to_owned()
+}
+
+fn default_service_type() -> String {
+    "compute".to_owned()
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The plugin: one cloud region's Nova.
+#[derive(Debug)]
+pub struct NovaPlugin {
+    session: Session,
+    config: Config,
+    headers: HeaderMap,
+    instance: String,
+}
+
+/// One page of `GET /servers/detail`.
+#[derive(Deserialize)]
+struct ServersPage {
+    servers: Vec<Server>,
+    #[serde(default)]
+    servers_links: Vec<Link>,
+}
+
+/// A field that is `Some` whenever the key is present, `null` included.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+/// The properties kept from a server, in the order they are written, with the struct
+/// field that holds each.
+macro_rules! server {
+    ($($field:ident = $key:literal),* $(,)?) => {
+        /// One server of `servers/detail`: the entity's own fields, and the properties kept.
+        /// Other fields are skipped while parsing.
+        #[derive(Deserialize)]
+        struct Server {
+            id: String,
+            #[serde(default)]
+            name: Option<String>,
+            #[serde(default)]
+            status: Option<String>,
+            #[serde(default)]
+            tenant_id: Option<String>,
+            #[serde(default)]
+            updated: Option<String>,
+            $(
+                #[serde(rename = $key, default, deserialize_with = "present")]
+                $field: Option<Value>,
+            )*
+        }
+
+        /// The keys of the server properties, as Nova names them.
+        pub const INSTANCE_PROPERTIES: &[&str] = &[$($key),*];
+
+        impl Server {
+            fn properties(self) -> Map<String, Value> {
+                let mut map = Map::new();
+                $(
+                    if let Some(v) = self.$field {
+                        map.insert($key.to_owned(), v);
+                    }
+                )*
+                map
+            }
+        }
+    };
+}
+
+server! {
+    vm_state = "OS-EXT-STS:vm_state",
+    task_state = "OS-EXT-STS:task_state",
+    power_state = "OS-EXT-STS:power_state",
+    availability_zone = "OS-EXT-AZ:availability_zone",
+    host = "OS-EXT-SRV-ATTR:host",
+    hypervisor_hostname = "OS-EXT-SRV-ATTR:hypervisor_hostname",
+    instance_name = "OS-EXT-SRV-ATTR:instance_name",
+    launched_at = "OS-SRV-USG:launched_at",
+    terminated_at = "OS-SRV-USG:terminated_at",
+    host_status = "host_status",
+    locked = "locked",
+    user_id = "user_id",
+    created = "created",
+    flavor = "flavor",
+    image = "image",
+    addresses = "addresses",
+    metadata = "metadata",
+    tags = "tags",
+    volumes_attached = "os-extended-volumes:volumes_attached",
+    fault = "fault",
+}
+
+#[derive(Deserialize)]
+struct Services {
+    services: Vec<Service>,
+}
+
+#[derive(Deserialize)]
+struct Service {
+    #[serde(default)]
+    id: Value,
+    host: String,
+    #[serde(default)]
+    binary: Option<String>,
+    #[serde(default)]
+    zone: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    updated_at: Option<String>,
+    #[serde(default)]
+    disabled_reason: Option<String>,
+    #[serde(default)]
+    forced_down: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct Zones {
+    #[serde(rename = "availabilityZoneInfo")]
+    zones: Vec<Zone>,
+}
+
+#[derive(Deserialize)]
+struct Zone {
+    #[serde(rename = "zoneName")]
+    name: String,
+    #[serde(rename = "zoneState", default)]
+    state: Option<ZoneState>,
+}
+
+#[derive(Deserialize)]
+struct ZoneState {
+    #[serde(default)]
+    available: bool,
+}
+
+/// A type that could not be listed, and why.
+type Listing = Result<Vec<Entity>, synchronizer_openstack::Error>;
+
+fn config_error(instance: &str, e: impl std::fmt::Display) -> Error {
+    Error::config(format!("instance `{instance}`: {e}"))
+}
+
+impl NovaPlugin {
+    /// The headers sent with every Nova request.
+    fn version_headers(microversion: &str) -> Result<HeaderMap, String> {
+        let valid = microversion.split_once('.').is_some_and(|(a, b)| {
+            !a.is_empty() && !b.is_empty() && (a.to_owned() + b).bytes().all(|c| c.is_ascii_digit())
+        });
+        if !valid {
+            return Err(format!(
+                "config field `microversion`: `{microversion}` is not a microversion like `2.53`"
+            ));
+        }
+        let mut h = HeaderMap::new();
+        let value = |v: String| HeaderValue::from_str(&v).map_err(|e| e.to_string());
+        h.insert(
+            HeaderName::from_static("openstack-api-version"),
+            value(format!("compute {microversion}"))?,
+        );
+        // Nova before 2.27 reads only the legacy header; later ones accept both.
+        h.insert(
+            HeaderName::from_static("x-openstack-nova-api-version"),
+            value(microversion.to_owned())?,
+        );
+        Ok(h)
+    }
+
+    /// Builds an instance from its configuration (no request is made yet).
+    pub fn from_config(config: Config, instance: &str) -> Result<Self, Error> {
+        let headers =
+            Self::version_headers(&config.microversion).map_err(|e| config_error(instance, e))?;
+        if config.page_size == Some(0) {
+            return Err(config_error(
+                instance,
+                "config field `page_size` must be at least 1",
+            ));
+        }
+        let session = Session::new(&config.cloud)
+            .map_err(|e| config_error(instance, format!("cloud: {e}")))?;
+        Ok(NovaPlugin {
+            session,
+            config,
+            headers,
+            instance: instance.to_owned(),
+        })
+    }
+
+    /// The session (for tests and benchmarks).
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    fn servers_url(&self, endpoint: &Url, marker: Option<&str>) -> Url {
+        let mut url = join_path(endpoint, &["servers", "detail"]);
+        {
+            let mut q = url.query_pairs_mut();
+            if self.config.all_tenants {
+                q.append_pair("all_tenants", "1");
+            }
+            if let Some(limit) = self.config.page_size {
+                q.append_pair("limit", &limit.to_string());
+            }
+            if let Some(marker) = marker {
+                q.append_pair("marker", marker);
+            }
+        }
+        url
+    }
+
+    /// Every server, page after page. Each page is parsed on this task (the next page's
+    /// marker is in it), and turned into entities on the blocking pool while the next
+    /// page downloads: building the properties costs about as much as parsing.
+    async fn instances(&self, endpoint: &Url) -> Listing {
+        let mut pager = Pager::new();
+        let mut url = self.servers_url(endpoint, None);
+        let mut conversions = Vec::new();
+        loop {
+            let page: ServersPage = self.session.get_json(&url, &self.headers).await?;
+            let next = pager.next(&url, &page.servers_links)?;
+            conversions.push(tokio::task::spawn_blocking(move || {
+                page.servers
+                    .into_iter()
+                    .map(instance_entity)
+                    .collect::<Vec<Entity>>()
+            }));
+            match next {
+                Some(marker) => url = self.servers_url(endpoint, Some(&marker)),
+                None => break,
+            }
+        }
+        let mut entities = Vec::new();
+        for conversion in conversions {
+            let page = conversion
+                .await
+                .map_err(|e| synchronizer_openstack::Error::Decode {
+                    method: "GET",
+                    url: display_url(&url),
+                    status: 200,
+                    message: format!("converting a page of servers failed: {e}"),
+                })?;
+            entities.extend(page);
+        }
+        tracing::debug!(
+            pages = pager.pages(),
+            servers = entities.len(),
+            "listed servers"
+        );
+        Ok(entities)
+    }
+
+    async fn hosts(&self, endpoint: &Url) -> Listing {
+        let mut url = join_path(endpoint, &["os-services"]);
+        url.query_pairs_mut().append_pair("binary", "nova-compute");
+        let services: Services = self.session.get_json(&url, &self.headers).await?;
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::with_capacity(services.services.len());
+        for s in services.services {
+            if s.binary.as_deref().is_some_and(|b| b != "nova-compute") {
+                continue;
+            }
+            if !seen.insert(s.host.clone()) {
+                tracing::warn!(host = %s.host, "two nova-compute services report the same host; keeping the first");
+                continue;
+            }
+            let mut e = Entity::resource(HOST, &s.host).with_name(s.host.as_str());
+            if let Some(state) = &s.state {
+                e = e.with_state(state.as_str());
+            }
+            if let Some(zone) = &s.zone {
+                e = e.with_relation(Relation::from("contains", format!("{ZONE}:{zone}")));
+            }
+            if let Some(ts) = s.updated_at.as_deref().and_then(parse_timestamp) {
+                e = e.with_source_updated_micros(ts);
+            }
+            out.push(e.with_properties(serde_json::json!({
+                "service_id": s.id,
+                "binary": s.binary,
+                "zone": s.zone,
+                "status": s.status,
+                "state": s.state,
+                "disabled_reason": s.disabled_reason,
+                "forced_down": s.forced_down,
+            })));
+        }
+        Ok(out)
+    }
+
+    async fn zones(&self, endpoint: &Url) -> Listing {
+        let url = join_path(endpoint, &["os-availability-zone", "detail"]);
+        let zones: Zones = self.session.get_json(&url, &self.headers).await?;
+        Ok(zones
+            .zones
+            .into_iter()
+            .filter(|z| z.name != "internal")
+            .map(|z| {
+                let available = z.state.is_some_and(|s| s.available);
+                Entity::resource(ZONE, &z.name)
+                    .with_name(z.name.as_str())
+                    .with_state(if available {
+                        "available"
+                    } else {
+                        "unavailable"
+                    })
+                    .with_properties(serde_json::json!({ "available": available }))
+            })
+            .collect())
+    }
+
+    /// Explains a permanent failure of `entity_type` to the operator.
+    fn explain(&self, entity_type: &str, e: &synchronizer_openstack::Error) -> String {
+        if e.is_forbidden() {
+            let what = match entity_type {
+                INSTANCE if self.config.all_tenants => {
+                    "the account lacks the role or policy to list every project's servers (`all_tenants=1`): Nova's policy `os_compute_api:servers:detail:get_all_tenants` (and `os_compute_api:os-extended-server-attributes` for the host) needs the admin role by default; give the user the `admin` role on its project, adjust Nova's policy, or set `all_tenants = false` to watch only this project"
+                }
+                INSTANCE => "the account lacks the role or policy to list servers",
+                HOST => {
+                    "the account lacks the role or policy to list compute services: Nova's policy `os_compute_api:os-services:list` needs the admin role by default"
+                }
+                _ => {
+                    "the account lacks the role or policy to list availability zones with their hosts: Nova's policy `os_compute_api:os-availability-zone:detail` needs the admin role by default"
+                }
+            };
+            format!("{e}: {what}")
+        } else {
+            e.to_string()
+        }
+    }
+
+    /// Collects a snapshot of `types` (all three when empty). See the crate docs for what
+    /// fails and what is marked incomplete.
+    pub async fn collect(&self, types: &[String]) -> Result<Snapshot, Error> {
+        let wants = |t: &str| types.is_empty() || types.iter().any(|x| x == t);
+        let started = Instant::now();
+        let endpoint = self
+            .session
+            .endpoint(&self.config.service_type)
+            .await
+            .map_err(|e| Error::failed(format!("instance `{}`: {e}", self.instance)))?;
+        let skip = || async { Ok(Vec::new()) };
+        let (instances, hosts, zones) = tokio::join!(
+            async {
+                if wants(INSTANCE) {
+                    self.instances(&endpoint).await
+                } else {
+                    skip().await
+                }
+            },
+            async {
+                if wants(HOST) {
+                    self.hosts(&endpoint).await
+                } else {
+                    skip().await
+                }
+            },
+            async {
+                if wants(ZONE) {
+                    self.zones(&endpoint).await
+                } else {
+                    skip().await
+                }
+            },
+        );
+        let listings = [(INSTANCE, instances), (HOST, hosts), (ZONE, zones)];
+        let requested = listings.iter().filter(|(t, _)| wants(t)).count();
+        let failed: Vec<(&str, String, bool)> = listings
+            .iter()
+            .filter(|(t, _)| wants(t))
+            .filter_map(|(t, r)| {
+                r.as_ref()
+                    .err()
+                    .map(|e| (*t, self.explain(t, e), e.is_permanent()))
+            })
+            .collect();
+        if failed.iter().any(|(_, _, permanent)| *permanent)
+            || (requested > 0 && failed.len() == requested)
+        {
+            let message = failed
+                .iter()
+                .map(|(t, m, _)| format!("{t}: {m}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            tracing::warn!(instance = %self.instance, error = %message, "Nova snapshot failed");
+            return Err(Error::failed(format!(
+                "instance `{}`: {message}",
+                self.instance
+            )));
+        }
+        let mut entities = Vec::new();
+        let mut counts = [0usize; 3];
+        for (i, (_, listing)) in listings.into_iter().enumerate() {
+            if let Ok(list) = listing {
+                counts[i] = list.len();
+                entities.extend(list);
+            }
+        }
+        let mut snapshot = Snapshot::complete(entities);
+        for (t, message, _) in failed {
+            tracing::warn!(instance = %self.instance, entity_type = t, error = %message, "listing failed; this type is incomplete");
+            snapshot = snapshot.mark_incomplete(t, message);
+        }
+        tracing::debug!(
+            instance = %self.instance,
+            instances = counts[0],
+            hosts = counts[1],
+            zones = counts[2],
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "Nova snapshot collected"
+        );
+        Ok(snapshot)
+    }
+}
+
+/// Drops the `links` of a nested resource (`image`, pre-2.47 `flavor`): bookmark URLs.
+fn without_links(v: &mut Option<Value>) {
+    if let Some(Value::Object(map)) = v {
+        map.remove("links");
+    }
+}
+
+/// One server of `servers/detail` as an entity.
+fn instance_entity(mut server: Server) -> Entity {
+    let mut e =
+        Entity::resource(INSTANCE, &server.id).with_name(server.name.take().unwrap_or_default());
+    if let Some(status) = server.status.take() {
+        e = e.with_state(status);
+    }
+    if let Some(project) = server.tenant_id.take() {
+        e = e.with_project(project);
+    }
+    if let Some(ts) = server.updated.as_deref().and_then(parse_timestamp) {
+        e = e.with_source_updated_micros(ts);
+    }
+    if let Some(Value::String(host)) = &server.host
+        && !host.is_empty()
+    {
+        e = e.with_relation(Relation::from("contains", format!("{HOST}:{host}")));
+    }
+    without_links(&mut server.image);
+    without_links(&mut server.flavor);
+    e.with_properties(Value::Object(server.properties()))
+}
+
+impl Plugin for NovaPlugin {
+    type Config = Config;
+
+    fn info() -> PluginInfo {
+        PluginInfo {
+            name: "nova",
+            version: env!("CARGO_PKG_VERSION"),
+            description: "OpenStack Nova: instances, compute hosts and availability zones",
+            entity_types: &[INSTANCE, HOST, ZONE],
+            kind: PluginKind::Collector,
+        }
+    }
+
+    fn new(config: Config, ctx: &Context) -> Result<Self, Error> {
+        let plugin = NovaPlugin::from_config(config, &ctx.instance)?;
+        tracing::info!(
+            instance = %ctx.instance,
+            session = ?plugin.session,
+            microversion = %plugin.config.microversion,
+            page_size = ?plugin.config.page_size,
+            all_tenants = plugin.config.all_tenants,
+            "Nova plugin ready"
+        );
+        Ok(plugin)
+    }
+
+    async fn snapshot(&self, types: &[String]) -> Result<Snapshot, Error> {
+        self.collect(types).await
+    }
+}
+
+synchronizer_plugin_api::export_plugin!(NovaPlugin);

@@ -1,0 +1,33 @@
+//! The OpenStack client layer shared by the synchronizer's Nova and Heat plugins.
+//!
+//! - [`config`]: the `cloud` table of a plugin instance (credentials, region, interface,
+//!   endpoint override, TLS, timeouts), secrets redacted in `Debug`.
+//! - [`session`]: Keystone v3 authentication (password or application credential, or a
+//!   static token), token reuse until shortly before expiry, one re-authentication and
+//!   retry on a 401, endpoint lookup in the service catalog.
+//! - [`paging`]: following marker pagination safely.
+//! - [`error`]: errors that name the URL (without credentials) and the HTTP status.
+//! - [`time`]: OpenStack timestamps.
+//! - `testing` (feature `test-server`): a loopback HTTP server for tests and benchmarks.
+//!
+//! Nothing here logs a secret: passwords, application credential secrets and tokens are
+//! [`config::Secret`]s or sensitive header values, and every URL in a log line or error
+//! goes through [`session::display_url`].
+#![deny(missing_docs)]
+
+pub mod catalog;
+pub mod config;
+pub mod error;
+pub mod paging;
+pub mod session;
+#[cfg(any(test, feature = "test-server"))]
+pub mod testing;
+pub mod time;
+
+pub use config::{AuthConfig, AuthMethod, CloudConfig, Interface, Secret};
+pub use error::Error;
+pub use paging::{Link, Pager};
+pub use session::{Session, display_url, join_path};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,322 @@
+//! A loopback Keystone + Heat for the tests: real HTTP, answers made from the responses
+//! captured from a real Keystone 27.1 + Heat 24.1 (tests/fixtures, see PROVENANCE.md),
+//! paginated and policed the way that Heat does, with faults switched on by the test.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use synchronizer_openstack::testing::{Reply, Request, Server, keystone_token_reply};
+
+pub const TOKEN: &str = include_str!("../fixtures/keystone-auth-tokens.json");
+pub const GLOBAL: &str = include_str!("../fixtures/stacks-global.json");
+pub const PAGES: [&str; 3] = [
+    include_str!("../fixtures/stacks-global-limit2-p1.json"),
+    include_str!("../fixtures/stacks-global-limit2-p2.json"),
+    include_str!("../fixtures/stacks-global-limit2-p3.json"),
+];
+pub const DENIED: &str =
+    include_str!("../fixtures/stacks-global-as-admin-default-policy-denied.json");
+pub const RES_NESTED_A: &str = include_str!("../fixtures/resources-nested-a-depth3.json");
+pub const RES_FAILING_A: &str = include_str!("../fixtures/resources-failing-a.json");
+pub const RES_BASIC_A: &str = include_str!("../fixtures/resources-basic-a.derived.json");
+
+pub const ADMIN: &str = "fca91c01eef940b089c475c8aec063b9";
+pub const DEMO_A: &str = "792e7e05085f495b88f1d9ecb7c2642a";
+pub const DEMO_B: &str = "3d28131b7de143eebcb3dc53acae67ba";
+
+pub const NESTED_B: &str = "8c987b26-026d-45f7-adaf-fa54b77a2a2d";
+pub const BASIC_B: &str = "357482cb-fcc6-4b3c-8284-cfa0dfa9c650";
+pub const FAILING_A: &str = "1e700381-8647-4e2f-b67f-a0f5a87597d4";
+pub const NESTED_A: &str = "099f3b7e-b363-4f5d-86b6-61ea8ddb238f";
+pub const BASIC_A: &str = "8b975fd3-1abc-42db-8f09-7cc89cac27cd";
+
+/// The server that the test turns `leaf_none` (a resource two levels down in nested-a's
+/// nested stacks) into.
+pub const NESTED_SERVER: &str = "d589c9d5-8bcf-462f-a588-6a80573313ad";
+
+#[derive(Clone, Debug)]
+pub enum Fault {
+    Status(u16),
+    Truncated,
+}
+
+pub struct Cloud {
+    /// Every top-level stack, in Heat's order (newest first).
+    pub stacks: Vec<Value>,
+    /// Resources by stack id (`{"resources": []}` for the others).
+    pub resources: HashMap<String, Value>,
+    /// Heat's policy allows `stacks:global_index` to admins (an operator override);
+    /// false is Heat's default (deny everybody).
+    pub global_allowed: bool,
+    /// A fault on page `.0` of every stack listing.
+    pub fault: Option<(usize, Fault)>,
+    /// A status for the resources of one stack.
+    pub resources_status: HashMap<String, u16>,
+    /// Every token here is an admin's. A real Heat 24 answers an admin with every
+    /// project's stacks under any project's URL (seen on the real one, see
+    /// scripts/openstack); false: only that project's stacks, as for other users.
+    pub admin_sees_all: bool,
+    /// Listings under these projects' URLs show only that project's stacks, whatever
+    /// `admin_sees_all` says.
+    pub filtered_projects: Vec<String>,
+    pub issued: usize,
+}
+
+impl Cloud {
+    /// The captured cloud, with Heat's policy overridden as during the capture.
+    pub fn captured() -> Self {
+        let stacks = serde_json::from_str::<Value>(GLOBAL).unwrap()["stacks"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let mut nested_a: Value = serde_json::from_str(RES_NESTED_A).unwrap();
+        // Make a resource two levels down a server, to see nested_depth at work.
+        for r in nested_a["resources"].as_array_mut().unwrap() {
+            if r["physical_resource_id"] == NESTED_SERVER {
+                r["resource_type"] = json!("OS::Nova::Server");
+            }
+        }
+        let resources = HashMap::from([
+            (NESTED_A.to_owned(), nested_a),
+            (
+                FAILING_A.to_owned(),
+                serde_json::from_str(RES_FAILING_A).unwrap(),
+            ),
+            (
+                BASIC_A.to_owned(),
+                serde_json::from_str(RES_BASIC_A).unwrap(),
+            ),
+        ]);
+        Cloud {
+            stacks,
+            resources,
+            global_allowed: true,
+            fault: None,
+            resources_status: HashMap::new(),
+            admin_sees_all: true,
+            filtered_projects: Vec::new(),
+            issued: 0,
+        }
+    }
+
+    pub fn stack_mut(&mut self, id: &str) -> &mut Value {
+        self.stacks.iter_mut().find(|s| s["id"] == id).unwrap()
+    }
+
+    pub fn remove_stack(&mut self, id: &str) {
+        self.stacks.retain(|s| s["id"] != id);
+    }
+}
+
+pub struct Heat {
+    pub server: Server,
+    pub cloud: Arc<Mutex<Cloud>>,
+}
+
+impl Heat {
+    pub async fn start(cloud: Cloud) -> Heat {
+        let cloud = Arc::new(Mutex::new(cloud));
+        let state = cloud.clone();
+        let server = Server::start(move |req: &Request, base: &str| {
+            handle(&mut state.lock().unwrap(), req, base)
+        })
+        .await
+        .unwrap();
+        Heat { server, cloud }
+    }
+
+    pub fn cloud(&self) -> MutexGuard<'_, Cloud> {
+        self.cloud.lock().unwrap()
+    }
+
+    pub fn config(&self, extra: Value) -> Value {
+        let mut config = json!({
+            "cloud": {
+                "auth": {
+                    "auth_url": format!("{}/identity/v3", self.server.base()),
+                    "username": "admin",
+                    "password": "s3cret-password",
+                    "project_name": "admin",
+                    "user_domain_id": "default",
+                    "project_domain_id": "default"
+                },
+                "timeout": "2s"
+            },
+            "page_size": 2
+        });
+        if let (Some(c), Some(e)) = (config.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                c.insert(k.clone(), v.clone());
+            }
+        }
+        config
+    }
+
+    /// `path?query` of every GET, in order.
+    pub fn gets(&self) -> Vec<String> {
+        self.server
+            .requests()
+            .iter()
+            .filter(|r| r.method == "GET")
+            .map(|r| r.line().trim_start_matches("GET ").to_owned())
+            .collect()
+    }
+}
+
+fn heat_error(status: u16, title: &str, message: &str) -> Reply {
+    Reply::json(
+        status,
+        json!({"code": status, "title": title, "explanation": title, "error": {"type": title, "traceback": null, "message": message}})
+            .to_string(),
+    )
+}
+
+fn handle(cloud: &mut Cloud, req: &Request, base: &str) -> Reply {
+    if req.method == "POST" && req.path == "/identity/v3/auth/tokens" {
+        cloud.issued += 1;
+        return keystone_token_reply(
+            TOKEN,
+            base,
+            &format!("tok-{}", cloud.issued),
+            Duration::from_secs(3600),
+            &[],
+        );
+    }
+    let valid = req
+        .header("x-auth-token")
+        .and_then(|t| t.strip_prefix("tok-"))
+        .and_then(|n| n.parse::<usize>().ok())
+        .is_some_and(|n| n >= 1 && n <= cloud.issued);
+    if !valid {
+        return heat_error(
+            401,
+            "Unauthorized",
+            "The request you have made requires authentication.",
+        );
+    }
+    if req.path == "/identity/v3/projects" {
+        // Keystone's answer shape (GET /v3/projects), with the projects of the capture.
+        let project = |id: &str, name: &str| {
+            json!({"id": id, "name": name, "domain_id": "default", "description": "", "enabled": true,
+                   "parent_id": "default", "is_domain": false, "tags": [], "options": {},
+                   "links": {"self": format!("{base}/identity/v3/projects/{id}")}})
+        };
+        return Reply::json(
+            200,
+            json!({"projects": [project(ADMIN, "admin"), project(DEMO_A, "demo-a"), project(DEMO_B, "demo-b")],
+                   "links": {"next": null, "self": format!("{base}/identity/v3/projects"), "previous": null}})
+            .to_string(),
+        );
+    }
+    let parts: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["v1", project, "stacks"] => stacks_page(cloud, req, project),
+        ["v1", project, "stacks", name, id, "resources"] => {
+            let exists = cloud
+                .stacks
+                .iter()
+                .any(|s| s["id"] == *id && s["stack_name"] == *name && s["project"] == *project);
+            if !exists {
+                return heat_error(
+                    404,
+                    "Not Found",
+                    &format!("The Stack ({name}) could not be found."),
+                );
+            }
+            if let Some(status) = cloud.resources_status.get(*id) {
+                return heat_error(*status, "Internal Server Error", "Unexpected error.");
+            }
+            let body = cloud
+                .resources
+                .get(*id)
+                .cloned()
+                .unwrap_or_else(|| json!({"resources": []}));
+            Reply::json(200, body.to_string())
+        }
+        _ => heat_error(404, "Not Found", "The resource could not be found."),
+    }
+}
+
+/// A page as Heat 24 makes it: `limit` stacks after `marker`, and a `links` entry
+/// rel=next only when the page is full.
+fn stacks_page(cloud: &mut Cloud, req: &Request, project: &str) -> Reply {
+    let global = req
+        .param("global_tenant")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    if global && !cloud.global_allowed {
+        return Reply::json(403, DENIED.trim_end().to_owned());
+    }
+    let visible: Vec<&Value> = cloud
+        .stacks
+        .iter()
+        .filter(|s| {
+            global
+                || (cloud.admin_sees_all && !cloud.filtered_projects.iter().any(|p| p == project))
+                || s["project"] == project
+        })
+        .collect();
+    let limit: usize = req
+        .param("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(usize::MAX);
+    let start = match req.param("marker") {
+        None => 0,
+        Some(m) => match visible.iter().position(|s| s["id"] == m.as_str()) {
+            Some(i) => i + 1,
+            None => {
+                return heat_error(
+                    404,
+                    "Not Found",
+                    &format!("The Stack ({m}) could not be found."),
+                );
+            }
+        },
+    };
+    let page_index = if limit == usize::MAX {
+        0
+    } else {
+        start / limit
+    };
+    let page: Vec<Value> = visible
+        .iter()
+        .skip(start)
+        .take(limit)
+        .map(|s| (*s).clone())
+        .collect();
+    let mut body = json!({ "stacks": page });
+    if page.len() == limit
+        && let Some(last) = page.last()
+    {
+        let g = if global { "global_tenant=True&" } else { "" };
+        body["links"] = json!([{
+            "rel": "next",
+            "href": format!("http://127.0.0.1:8004/v1/{project}/stacks?{g}limit={limit}&marker={}", last["id"].as_str().unwrap_or_default()),
+        }]);
+    }
+    let text = body.to_string();
+    match &cloud.fault {
+        Some((i, Fault::Status(status))) if *i == page_index => {
+            heat_error(*status, "Internal Server Error", "Unexpected error.")
+        }
+        Some((i, Fault::Truncated)) if *i == page_index => {
+            Reply::json(200, text[..text.len() / 2].to_owned())
+        }
+        _ => Reply::json(200, text),
+    }
+}
+
+/// The plugin's shared object, built by cargo next to the test executable.
+pub fn plugin_library(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap();
+    let file = format!("lib{name}.so");
+    [deps.join(&file), deps.parent().unwrap().join(&file)]
+        .into_iter()
+        .filter(|p| p.exists())
+        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .unwrap_or_else(|| panic!("{file} not found next to {}", exe.display()))
+}

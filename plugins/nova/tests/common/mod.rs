@@ -1,0 +1,267 @@
+//! A loopback Keystone + Nova for the tests: real HTTP, answers made from the responses
+//! captured from a real Nova 30.3 (tests/fixtures, see PROVENANCE.md), paginated the way
+//! Nova paginates, with faults switched on by the test.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use synchronizer_openstack::testing::{Reply, Request, Server, keystone_token_reply};
+
+pub const TOKEN: &str = include_str!("../fixtures/keystone-auth-tokens.json");
+pub const PAGE: [&str; 3] = [
+    include_str!("../fixtures/servers-detail-all_tenants-limit2.mv2.53.page1.json"),
+    include_str!("../fixtures/servers-detail-all_tenants-limit2.mv2.53.page2.json"),
+    include_str!("../fixtures/servers-detail-all_tenants-limit2.mv2.53.page3.json"),
+];
+pub const ALL: &str = include_str!("../fixtures/servers-detail-all_tenants.mv2.53.json");
+pub const SERVICES: &str = include_str!("../fixtures/os-services-nova-compute.mv2.53.json");
+pub const ZONES: &str = include_str!("../fixtures/os-availability-zone-detail.json");
+
+/// The servers of the capture, by name.
+pub const VM_A1: &str = "21531c76-f1e4-41a9-ac03-54c2993a7c4c";
+pub const VM_B3_ERR: &str = "506e9219-be06-482a-9bf8-63f32f1841e7";
+pub const VM_B1: &str = "dafb9253-6c7d-4913-ac5d-135a34934373";
+pub const VM_A2: &str = "e382a11f-d358-4aa8-8310-e3e5d944e045";
+pub const VM_A3: &str = "fbcbef24-d6c0-47fb-8152-f633a837780f";
+
+/// What can go wrong with one page of servers (0-based index in the listing).
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// Answer with this status and a Nova error body.
+    Status(u16),
+    /// Answer 200 with the body cut in the middle.
+    Truncated,
+    /// Answer after this delay.
+    Slow(Duration),
+}
+
+/// The cloud's state, changed by the tests between polls.
+pub struct Cloud {
+    /// The servers, in Nova's listing order.
+    pub servers: Vec<Value>,
+    pub services: Value,
+    pub zones: Value,
+    /// A fault on page `.0` of every listing.
+    pub fault: Option<(usize, Fault)>,
+    /// Answer 403 to `all_tenants=1` (a user without the admin role).
+    pub forbid_all_tenants: bool,
+    /// Status for os-services instead of 200.
+    pub services_status: Option<u16>,
+    /// Tokens issued so far (`tok-1`, `tok-2`, ...).
+    pub issued: usize,
+    /// Tokens numbered below this are refused with 401 (revoked).
+    pub valid_from: usize,
+    /// Revoke every token issued so far after this many more server pages.
+    pub revoke_after_pages: Option<usize>,
+}
+
+impl Cloud {
+    pub fn captured() -> Self {
+        let servers = PAGE
+            .iter()
+            .flat_map(|p| {
+                serde_json::from_str::<Value>(p).unwrap()["servers"]
+                    .as_array()
+                    .unwrap()
+                    .clone()
+            })
+            .collect();
+        Cloud {
+            servers,
+            services: serde_json::from_str(SERVICES).unwrap(),
+            zones: serde_json::from_str(ZONES).unwrap(),
+            fault: None,
+            forbid_all_tenants: false,
+            services_status: None,
+            issued: 0,
+            valid_from: 1,
+            revoke_after_pages: None,
+        }
+    }
+
+    pub fn server_mut(&mut self, id: &str) -> &mut Value {
+        self.servers.iter_mut().find(|s| s["id"] == id).unwrap()
+    }
+
+    pub fn remove_server(&mut self, id: &str) {
+        self.servers.retain(|s| s["id"] != id);
+    }
+}
+
+pub struct Nova {
+    pub server: Server,
+    pub cloud: Arc<Mutex<Cloud>>,
+}
+
+impl Nova {
+    pub async fn start(cloud: Cloud) -> Nova {
+        let cloud = Arc::new(Mutex::new(cloud));
+        let state = cloud.clone();
+        let server = Server::start(move |req: &Request, base: &str| {
+            handle(&mut state.lock().unwrap(), req, base)
+        })
+        .await
+        .unwrap();
+        Nova { server, cloud }
+    }
+
+    pub fn cloud(&self) -> MutexGuard<'_, Cloud> {
+        self.cloud.lock().unwrap()
+    }
+
+    /// The plugin configuration for this cloud (password auth through the loopback
+    /// Keystone), with `extra` merged in at the top level.
+    pub fn config(&self, extra: Value) -> Value {
+        let mut config = json!({
+            "cloud": {
+                "auth": {
+                    "auth_url": format!("{}/identity", self.server.base()),
+                    "username": "admin",
+                    "password": "s3cret-password",
+                    "project_name": "admin",
+                    "user_domain_name": "Default",
+                    "project_domain_name": "Default"
+                },
+                "region": "RegionOne",
+                "timeout": "2s"
+            },
+            "page_size": 2
+        });
+        if let (Some(c), Some(e)) = (config.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                c.insert(k.clone(), v.clone());
+            }
+        }
+        config
+    }
+
+    /// Server-side `GET` lines for the servers listing, in order.
+    pub fn server_pages(&self) -> Vec<String> {
+        self.server
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/compute/v2.1/servers/detail")
+            .map(|r| r.query.clone().unwrap_or_default())
+            .collect()
+    }
+}
+
+fn nova_error(status: u16, kind: &str, message: &str) -> Reply {
+    Reply::json(
+        status,
+        json!({ kind: {"code": status, "message": message} }).to_string(),
+    )
+}
+
+fn handle(cloud: &mut Cloud, req: &Request, base: &str) -> Reply {
+    if req.method == "POST" && req.path == "/identity/v3/auth/tokens" {
+        cloud.issued += 1;
+        return keystone_token_reply(
+            TOKEN,
+            base,
+            &format!("tok-{}", cloud.issued),
+            Duration::from_secs(3600),
+            &[("compute", "/compute/v2.1")],
+        );
+    }
+    if req.path == "/compute/v2.1/servers/detail"
+        && let Some(n) = cloud.revoke_after_pages.as_mut()
+    {
+        if *n == 0 {
+            cloud.valid_from = cloud.issued + 1;
+            cloud.revoke_after_pages = None;
+        } else {
+            *n -= 1;
+        }
+    }
+    let valid = req
+        .header("x-auth-token")
+        .and_then(|t| t.strip_prefix("tok-"))
+        .and_then(|n| n.parse::<usize>().ok())
+        .is_some_and(|n| n >= cloud.valid_from && n <= cloud.issued);
+    if !valid {
+        return Reply::json(
+            401,
+            r#"{"error": {"code": 401, "title": "Unauthorized", "message": "The request you have made requires authentication."}}"#,
+        );
+    }
+    match req.path.as_str() {
+        "/compute/v2.1/servers/detail" => servers_page(cloud, req),
+        "/compute/v2.1/os-services" => match cloud.services_status {
+            Some(status) => nova_error(status, "computeFault", "Unexpected API Error."),
+            None => Reply::json(200, cloud.services.to_string()),
+        },
+        "/compute/v2.1/os-availability-zone/detail" => Reply::json(200, cloud.zones.to_string()),
+        _ => Reply::not_found(&req.path),
+    }
+}
+
+/// One page as Nova 30 makes it: `limit` servers after `marker`, and a `next` link in
+/// `servers_links` whenever the page is full. The link carries Nova's own idea of its
+/// URL (as captured: `http://127.0.0.1:8774/v2.1/...`), which the plugin must not follow
+/// blindly.
+fn servers_page(cloud: &mut Cloud, req: &Request) -> Reply {
+    if cloud.forbid_all_tenants && req.param("all_tenants").is_some() {
+        return nova_error(
+            403,
+            "forbidden",
+            "Policy doesn't allow os_compute_api:servers:detail:get_all_tenants to be performed.",
+        );
+    }
+    let limit: usize = req
+        .param("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(1000);
+    let start = match req.param("marker") {
+        None => 0,
+        Some(m) => match cloud.servers.iter().position(|s| s["id"] == m.as_str()) {
+            Some(i) => i + 1,
+            None => return nova_error(400, "badRequest", &format!("marker [{m}] not found")),
+        },
+    };
+    let page_index = start / limit.max(1);
+    let page: Vec<Value> = cloud
+        .servers
+        .iter()
+        .skip(start)
+        .take(limit)
+        .cloned()
+        .collect();
+    let mut body = json!({ "servers": page });
+    if page.len() == limit
+        && let Some(last) = page.last()
+    {
+        body["servers_links"] = json!([{
+            "rel": "next",
+            "href": format!("http://127.0.0.1:8774/v2.1/servers/detail?all_tenants=1&limit={limit}&marker={}", last["id"].as_str().unwrap_or_default()),
+        }]);
+    }
+    let text = body.to_string();
+    match &cloud.fault {
+        Some((i, fault)) if *i == page_index => match fault {
+            Fault::Status(status) => nova_error(
+                *status,
+                "computeFault",
+                "Unexpected API Error. Please report this at http://bugs.launchpad.net/nova/ and attach the Nova API log if possible.",
+            ),
+            Fault::Truncated => Reply::json(200, text[..text.len() / 2].to_owned()),
+            Fault::Slow(d) => Reply::json(200, text).delayed(*d),
+        },
+        _ => Reply::json(200, text),
+    }
+}
+
+/// The plugin's shared object, built by cargo next to the test executable.
+pub fn plugin_library(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap();
+    let file = format!("lib{name}.so");
+    [deps.join(&file), deps.parent().unwrap().join(&file)]
+        .into_iter()
+        .filter(|p| p.exists())
+        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .unwrap_or_else(|| panic!("{file} not found next to {}", exe.display()))
+}

@@ -1,0 +1,242 @@
+//! The built `libsynchronizer_nova.so` loaded by the real host, polling the loopback
+//! Keystone + Nova: the exact changes between polls.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use synchronizer::{Action, Event, SubscribeOptions, Synchronizer};
+use synchronizer_openstack::time::{format_timestamp, now_micros};
+
+const TYPES: [&str; 3] = ["nova.instance", "nova.host", "nova.zone"];
+
+fn host_config(nova: &Nova, types: &[&str]) -> String {
+    let config = nova.config(json!({}));
+    let auth = &config["cloud"]["auth"];
+    format!(
+        r#"
+plugin_log_level = "debug"
+types = {types:?}
+[[instances]]
+name = "nova-test"
+library = "{library}"
+interval = "1h"
+jitter = "0s"
+timeout = "20s"
+[instances.config]
+page_size = 2
+microversion = "2.53"
+[instances.config.cloud]
+region = "RegionOne"
+interface = "public"
+timeout = "5s"
+[instances.config.cloud.auth]
+auth_url = "{auth_url}"
+username = "admin"
+password = "{password}"
+project_name = "admin"
+user_domain_name = "Default"
+project_domain_name = "Default"
+"#,
+        library = plugin_library("synchronizer_nova").display(),
+        auth_url = auth["auth_url"].as_str().unwrap(),
+        password = auth["password"].as_str().unwrap(),
+    )
+}
+
+/// Waits (bounded) for the initial snapshot.
+async fn ready(sync: &Synchronizer) {
+    for _ in 0..200 {
+        if sync.ready() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the initial snapshot did not complete: {:?}", sync.status());
+}
+
+/// The changes queued for `sub`, as `(action, key, state)`, sorted.
+fn drain(sub: &mut synchronizer::Subscription) -> Vec<(Action, String, Option<String>)> {
+    let mut out = Vec::new();
+    while let Some(event) = sub.try_recv() {
+        match event {
+            Event::Change(c) => out.push((
+                c.action,
+                c.entity.key(),
+                c.entity.state().map(str::to_owned),
+            )),
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+    out.sort_by(|a, b| a.1.cmp(&b.1));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_reports_exactly_what_changed_between_polls() {
+    let nova = Nova::start(Cloud::captured()).await;
+    let sync =
+        Synchronizer::start(synchronizer::Config::from_toml(&host_config(&nova, &TYPES)).unwrap())
+            .await
+            .unwrap();
+    ready(&sync).await;
+    assert_eq!(sync.current(&["nova.instance"]).len(), 5);
+    assert_eq!(sync.current(&["nova.host"]).len(), 2);
+    assert_eq!(sync.current(&["nova.zone"]).len(), 2);
+    let mut sub = sync.subscribe(&SubscribeOptions::types(&TYPES));
+
+    // Nothing changed: a poll reports nothing, and the token is reused.
+    let instances = sync.get_all(&["nova.instance"]).await.unwrap();
+    assert_eq!(instances.len(), 5);
+    assert_eq!(drain(&mut sub), vec![]);
+    assert_eq!(nova.server.count("POST", "/identity/v3/auth/tokens"), 1);
+
+    // vm-a3 is started (SHUTOFF -> ACTIVE) and vm-b1 is deleted.
+    {
+        let mut cloud = nova.cloud();
+        let a3 = cloud.server_mut(VM_A3);
+        a3["status"] = json!("ACTIVE");
+        a3["OS-EXT-STS:vm_state"] = json!("active");
+        a3["OS-EXT-STS:power_state"] = json!(1);
+        a3["updated"] = json!(format_timestamp(now_micros()));
+        cloud.remove_server(VM_B1);
+    }
+    let instances = sync.get_all(&["nova.instance"]).await.unwrap();
+    assert_eq!(instances.len(), 4);
+    assert_eq!(
+        drain(&mut sub),
+        vec![
+            (
+                Action::Deleted,
+                format!("nova.instance:{VM_B1}"),
+                Some("ACTIVE".into())
+            ),
+            (
+                Action::Updated,
+                format!("nova.instance:{VM_A3}"),
+                Some("ACTIVE".into())
+            ),
+        ]
+    );
+
+    // A 500 on page 2 while vm-a2 is gone: hosts and zones are listed whole, instances
+    // are incomplete, so nothing is deleted.
+    {
+        let mut cloud = nova.cloud();
+        cloud.fault = Some((1, Fault::Status(500)));
+        cloud.remove_server(VM_A2);
+    }
+    sync.get_all(&["nova.instance"]).await.unwrap();
+    assert_eq!(drain(&mut sub), vec![]);
+    assert_eq!(sync.current(&["nova.instance"]).len(), 4);
+    let status = &sync.status()[0].status;
+    assert!(
+        status
+            .incomplete
+            .iter()
+            .any(|i| i.starts_with("nova.instance: GET ") && i.contains("HTTP 500")),
+        "{status:?}"
+    );
+
+    // The fault clears: now vm-a2's deletion is reported, once.
+    nova.cloud().fault = None;
+    sync.get_all(&["nova.instance"]).await.unwrap();
+    assert_eq!(
+        drain(&mut sub),
+        vec![(
+            Action::Deleted,
+            format!("nova.instance:{VM_A2}"),
+            Some("ACTIVE".into())
+        )]
+    );
+
+    // os-services fails: instances and zones are complete, hosts incomplete (none deleted
+    // although compute2 is gone from the answer that failed).
+    nova.cloud().services_status = Some(503);
+    sync.get_all(&["nova.host"]).await.unwrap();
+    assert_eq!(drain(&mut sub), vec![]);
+    assert_eq!(sync.current(&["nova.host"]).len(), 2);
+    let status = &sync.status()[0].status;
+    assert!(
+        status
+            .incomplete
+            .iter()
+            .any(|i| i.starts_with("nova.host: GET ") && i.contains("HTTP 503")),
+        "{status:?}"
+    );
+
+    // A compute host goes down and a zone loses its last host.
+    {
+        let mut cloud = nova.cloud();
+        cloud.services_status = None;
+        cloud.services["services"][0]["state"] = json!("down");
+        cloud.services["services"][0]["updated_at"] = json!("2026-11-25T08:39:00.000000");
+        cloud.zones["availabilityZoneInfo"][1]["zoneState"]["available"] = json!(false);
+    }
+    sync.get_all(&["nova.host"]).await.unwrap();
+    assert_eq!(
+        drain(&mut sub),
+        vec![
+            (
+                Action::Updated,
+                "nova.host:compute2".into(),
+                Some("down".into())
+            ),
+            (
+                Action::Updated,
+                "nova.zone:az2".into(),
+                Some("unavailable".into())
+            ),
+        ]
+    );
+    sync.shutdown().await;
+}
+
+/// With only `nova.instance` active, a 500 mid-pagination fails the whole snapshot: the
+/// host's get-all fails, nothing is deleted, and the next good poll reports the deletion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_poll_deletes_nothing() {
+    let nova = Nova::start(Cloud::captured()).await;
+    let sync = Synchronizer::start(
+        synchronizer::Config::from_toml(&host_config(&nova, &["nova.instance"])).unwrap(),
+    )
+    .await
+    .unwrap();
+    ready(&sync).await;
+    assert_eq!(sync.current(&TYPES).len(), 5);
+    let mut sub = sync.subscribe(&SubscribeOptions::types(&TYPES));
+    {
+        let mut cloud = nova.cloud();
+        cloud.fault = Some((1, Fault::Status(500)));
+        cloud.remove_server(VM_A1);
+    }
+    let err = sync.get_all(&["nova.instance"]).await.unwrap_err();
+    assert!(
+        err.to_string().contains("HTTP 500 Internal Server Error"),
+        "{err}"
+    );
+    assert_eq!(drain(&mut sub), vec![]);
+    assert_eq!(sync.current(&["nova.instance"]).len(), 5);
+    let status = &sync.status()[0].status;
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("marker=")),
+        "{status:?}"
+    );
+
+    nova.cloud().fault = None;
+    assert_eq!(sync.get_all(&["nova.instance"]).await.unwrap().len(), 4);
+    assert_eq!(
+        drain(&mut sub),
+        vec![(
+            Action::Deleted,
+            format!("nova.instance:{VM_A1}"),
+            Some("ACTIVE".into())
+        )]
+    );
+    sync.shutdown().await;
+}

@@ -1,0 +1,184 @@
+//! Timestamps as OpenStack APIs write them, without a date library.
+//!
+//! Nova, Heat and Keystone write ISO 8601 in a few shapes: `2026-11-25T08:37:40Z`,
+//! `2026-11-25T08:37:49.124930` (no zone: UTC), `2026-11-25T09:58:35.000000Z`,
+//! `2026-11-25 08:37:40+00:00`. [`parse_timestamp`] reads all of them.
+
+use std::time::SystemTime;
+
+/// Microseconds since the Unix epoch of an OpenStack timestamp, or `None` when the text
+/// is not one. A timestamp without a zone is UTC (what OpenStack services mean by it).
+pub fn parse_timestamp(text: &str) -> Option<i64> {
+    let b = text.trim().as_bytes();
+    if b.len() < 19 {
+        return None;
+    }
+    let num = |from: usize, len: usize| -> Option<i64> {
+        let mut v: i64 = 0;
+        for &c in b.get(from..from + len)? {
+            if !c.is_ascii_digit() {
+                return None;
+            }
+            v = v * 10 + i64::from(c - b'0');
+        }
+        Some(v)
+    };
+    if b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let (year, month, day) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
+    let (hour, minute, second) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    let mut i = 19;
+    let mut micros: i64 = 0;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            if i - start < 6 {
+                micros = micros * 10 + i64::from(b[i] - b'0');
+            }
+            i += 1;
+        }
+        let digits = i - start;
+        if digits == 0 {
+            return None;
+        }
+        for _ in digits..6 {
+            micros *= 10;
+        }
+    }
+    let offset_secs: i64 = match b.get(i) {
+        None => 0,
+        Some(b'Z' | b'z') if i + 1 == b.len() => 0,
+        Some(&sign @ (b'+' | b'-')) => {
+            let rest = &b[i + 1..];
+            let (h, m) = match rest.len() {
+                5 if rest[2] == b':' => (num(i + 1, 2)?, num(i + 4, 2)?),
+                4 => (num(i + 1, 2)?, num(i + 3, 2)?),
+                2 => (num(i + 1, 2)?, 0),
+                _ => return None,
+            };
+            let off = h * 3600 + m * 60;
+            if sign == b'+' { off } else { -off }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(year, month, day);
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs;
+    Some(secs * 1_000_000 + micros)
+}
+
+/// Formats microseconds since the Unix epoch the way Keystone writes `expires_at`:
+/// `2026-11-25T09:58:35.000000Z`.
+pub fn format_timestamp(micros: i64) -> String {
+    let secs = micros.div_euclid(1_000_000);
+    let frac = micros.rem_euclid(1_000_000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:06}Z",
+        sod / 3600,
+        (sod / 60) % 60,
+        sod % 60
+    )
+}
+
+/// Now, in microseconds since the Unix epoch.
+pub fn now_micros() -> i64 {
+    match SystemTime::now().duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
+        Err(_) => 0,
+    }
+}
+
+// Howard Hinnant's algorithms (public domain), proleptic Gregorian calendar.
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_every_shape_openstack_writes() {
+        // date -u -d 2026-11-25T08:37:40Z +%s → 1795595860
+        let base = 1_795_595_860_i64 * 1_000_000;
+        assert_eq!(parse_timestamp("2026-11-25T08:37:40Z"), Some(base));
+        assert_eq!(parse_timestamp("2026-11-25T08:37:40"), Some(base));
+        assert_eq!(parse_timestamp("2026-11-25 08:37:40+00:00"), Some(base));
+        assert_eq!(parse_timestamp("2026-11-25T09:37:40+01:00"), Some(base));
+        assert_eq!(
+            parse_timestamp("2026-11-25T08:37:40.124930"),
+            Some(base + 124_930)
+        );
+        assert_eq!(parse_timestamp("2026-11-25T08:37:40.000000Z"), Some(base));
+        assert_eq!(
+            parse_timestamp("2026-11-25T08:37:40.5Z"),
+            Some(base + 500_000)
+        );
+        assert_eq!(parse_timestamp("1970-01-01T00:00:00Z"), Some(0));
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_timestamp() {
+        for bad in [
+            "",
+            "null",
+            "2026-11-25",
+            "2026-13-25T08:37:40Z",
+            "2026-11-25T08:37:40Q",
+            "2026-11-25T08:37:40.",
+        ] {
+            assert_eq!(parse_timestamp(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn formats_and_parses_back() {
+        for t in [
+            0_i64,
+            1_795_595_860_123_456,
+            951_782_400_000_000, /* 2000-02-29 */
+        ] {
+            assert_eq!(parse_timestamp(&format_timestamp(t)), Some(t));
+        }
+        assert_eq!(
+            format_timestamp(1_795_595_860_000_000),
+            "2026-11-25T08:37:40.000000Z"
+        );
+    }
+}
