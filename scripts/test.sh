@@ -1,20 +1,37 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it (.ci/run calls exactly this).
+# The whole test suite, as CI runs it (.ci/run calls exactly this). Debian 12, as root.
 #
-# 1. Starts the real components the tests talk to, installing them when missing
-#    (Debian packages; needs root): a Nagios 4 on loopback.
-# 2. Builds every plugin .so once into target/debug, plus a plugin built against an
-#    incompatible plugin-api (scripts/build-test-plugins.sh).
-# 3. cargo fmt --check, cargo clippy -D warnings, cargo test for the whole workspace.
+# 1. Real components, installed when missing and started when down, each waiting on a
+#    readiness check: a Nagios 4 on loopback, RabbitMQ on 127.0.0.1:5672, a Python venv
+#    with oslo.messaging (the real publisher), and — in the background while the Rust code
+#    builds — real Keystone + Heat and Nova from PyPI on loopback.
+# 2. cargo fmt --check; every plugin .so built once into target/debug, plus a plugin built
+#    against an incompatible plugin-api (scripts/build-test-plugins.sh); clippy -D warnings.
+# 3. cargo test for the whole workspace, then the tests against the real OpenStack
+#    services (marked #[ignore] in a plain `cargo test`, run here with --ignored).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+mkdir -p "$CARGO_TARGET_DIR"
 
-step() { printf '\n== %s\n' "$*"; }
+step() { printf '\n== %s (%ss)\n' "$*" "$SECONDS"; }
 
-step "real components"
+step "real components: Nagios 4, RabbitMQ, oslo.messaging"
 bash scripts/nagios/setup.sh
+bash scripts/rabbitmq/ensure.sh
+OSLO_PYTHON="$(bash scripts/oslo/setup-venv.sh)"
+export OSLO_PYTHON
+
+step "real components: Keystone + Heat and Nova (background)"
+os_log="$CARGO_TARGET_DIR/openstack-setup.log"
+os_env="$CARGO_TARGET_DIR/openstack-setup.env"
+(
+    bash scripts/openstack/keystone-heat.sh > "$os_env.kh"
+    bash scripts/openstack/nova.sh > "$os_env.nova"
+    cat "$os_env.kh" "$os_env.nova" > "$os_env"
+) > "$os_log" 2>&1 &
+os_pid=$!
 
 step "formatting"
 cargo fmt --all -- --check
@@ -27,3 +44,15 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "tests"
 cargo test --workspace
+
+step "tests against real Keystone, Heat and Nova"
+if ! wait "$os_pid"; then
+    tail -n 60 "$os_log"
+    echo "the OpenStack services did not start; the log above says why" >&2
+    exit 1
+fi
+# shellcheck disable=SC1090
+source "$os_env"
+cargo test -p synchronizer-heat --test real -- --ignored
+cargo test -p synchronizer-nova --test real -- --ignored
+step "all passed"
