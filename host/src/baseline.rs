@@ -600,7 +600,9 @@ impl Baseline {
         let key_hash = synchronizer_plugin_api::entity::key_hash(entity_type, id);
         let table = self.table(entity_type);
         table.tombstones.insert(key_hash, Tombstone { deleted_us });
-        table.expiry.push_back((key_hash, now_us.saturating_add(ttl)));
+        table
+            .expiry
+            .push_back((key_hash, now_us.saturating_add(ttl)));
     }
 
     /// Forgets tombstones whose time is up.

@@ -113,10 +113,33 @@ pub struct InstanceConfig {
     /// See [`Timing::backoff_max`].
     #[serde(default, with = "humantime_serde")]
     pub backoff_max: Option<Duration>,
+    /// Where the instance runs: in the host's process (the default) or in a supervised
+    /// child process of its own (see [`crate::isolation`]).
+    #[serde(default)]
+    pub isolation: Isolation,
+    /// Process mode only: the child is killed (and restarted) when its resident memory
+    /// passes this size (`"512MiB"`, `"2GiB"`, `"300MB"` or a number of bytes).
+    #[serde(default)]
+    pub memory_limit: Option<ByteSize>,
+    /// Process mode only: how often the host checks that the child answers (default 1s).
+    #[serde(default, with = "humantime_serde")]
+    pub heartbeat_interval: Option<Duration>,
+    /// Process mode only: a child that has not answered a heartbeat for this long is
+    /// killed and restarted (default 5s).
+    #[serde(default, with = "humantime_serde")]
+    pub heartbeat_timeout: Option<Duration>,
+    /// Process mode only: the program that hosts the plugin (run as `PROGRAM plugin-child`).
+    /// Default: the running executable, which is right for the `synchronizer` binary; a
+    /// program that embeds the library sets it to the `synchronizer` binary, or serves
+    /// the subcommand itself with [`crate::isolation::child::main`].
+    #[serde(default)]
+    pub child_program: Option<PathBuf>,
     /// The plugin's own configuration, passed to it as it is.
     #[serde(default = "empty_table")]
     pub config: serde_json::Value,
 }
+
+pub use crate::isolation::{ByteSize, Isolation};
 
 impl InstanceConfig {
     /// This instance's timing overrides.
@@ -294,6 +317,37 @@ impl Config {
             let s = inst
                 .timing()
                 .over(&self.defaults.over(&Schedule::default()));
+            if inst.isolation == Isolation::InProcess
+                && (inst.memory_limit.is_some()
+                    || inst.heartbeat_interval.is_some()
+                    || inst.heartbeat_timeout.is_some()
+                    || inst.child_program.is_some())
+            {
+                return Err(ConfigError::Semantic(format!(
+                    "instance `{}`: `memory_limit`, `heartbeat_interval`, `heartbeat_timeout` and `child_program` apply only to `isolation = \"process\"`",
+                    inst.name
+                )));
+            }
+            if inst.heartbeat_interval.is_some_and(|d| d.is_zero())
+                || inst.heartbeat_timeout.is_some_and(|d| d.is_zero())
+            {
+                return Err(ConfigError::Semantic(format!(
+                    "instance `{}`: `heartbeat_interval` and `heartbeat_timeout` must be more than zero",
+                    inst.name
+                )));
+            }
+            let beat = inst
+                .heartbeat_interval
+                .unwrap_or(crate::isolation::DEFAULT_HEARTBEAT_INTERVAL);
+            let silence = inst
+                .heartbeat_timeout
+                .unwrap_or(crate::isolation::DEFAULT_HEARTBEAT_TIMEOUT);
+            if silence <= beat {
+                return Err(ConfigError::Semantic(format!(
+                    "instance `{}`: `heartbeat_timeout` ({silence:?}) must be longer than `heartbeat_interval` ({beat:?})",
+                    inst.name
+                )));
+            }
             if s.interval.is_zero() || s.timeout.is_zero() {
                 return Err(ConfigError::Semantic(format!(
                     "instance `{}`: `interval` and `timeout` must be more than zero",
@@ -389,6 +443,46 @@ mod tests {
             );
             Ok(())
         });
+    }
+
+    #[test]
+    fn isolation_defaults_to_in_process_and_process_options_need_process_mode() {
+        let c = Config::from_toml(
+            "[[instances]]\nname = \"a\"\nlibrary = \"x\"\n[[instances]]\nname = \"b\"\nlibrary = \"x\"\nisolation = \"process\"\nmemory_limit = \"512MiB\"\nheartbeat_timeout = \"2s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.instances[0].isolation, Isolation::InProcess);
+        assert_eq!(c.instances[1].isolation, Isolation::Process);
+        assert_eq!(c.instances[1].memory_limit, Some(ByteSize(512 << 20)));
+        assert_eq!(
+            c.instances[1].heartbeat_timeout,
+            Some(Duration::from_secs(2))
+        );
+        let err = Config::from_toml(
+            "[[instances]]\nname = \"a\"\nlibrary = \"x\"\nmemory_limit = \"1GiB\"\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("only to `isolation"), "{err}");
+        let err = Config::from_toml(
+            "[[instances]]\nname = \"a\"\nlibrary = \"x\"\nisolation = \"sandbox\"\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("isolation"), "{err}");
+        let err = Config::from_toml(
+            "[[instances]]\nname = \"a\"\nlibrary = \"x\"\nisolation = \"process\"\nmemory_limit = \"lots\"\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("memory_limit"), "{err}");
+    }
+
+    #[test]
+    fn the_example_file_parses() {
+        let c = Config::from_toml(include_str!("../../examples/synchronizer.toml")).unwrap();
+        assert!(
+            c.instances
+                .iter()
+                .any(|i| i.isolation == Isolation::Process)
+        );
     }
 
     #[test]

@@ -232,6 +232,15 @@ impl PluginInstance {
     /// Runs the push loop, handing changes to `hub` as `origin`.
     pub fn run(&self, hub: Arc<Hub>, origin: Origin) -> BoxFuture<Result<(), CallError>> {
         let sink = HostSink_TO::from_value(HubSink { hub, origin }, TD_Opaque);
+        self.run_with_sink(sink)
+    }
+
+    /// Runs the push loop with another sink (a plugin child process forwards the
+    /// batches to its host: see [`crate::isolation`]).
+    pub fn run_with_sink(
+        &self,
+        sink: synchronizer_plugin_api::abi::HostSinkBox,
+    ) -> BoxFuture<Result<(), CallError>> {
         let fut = self.inner.run(sink);
         Box::pin(guard_ffi(fut))
     }

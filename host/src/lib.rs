@@ -33,6 +33,7 @@ pub mod config;
 pub mod http;
 pub mod hub;
 pub mod instance;
+pub mod isolation;
 pub mod loader;
 pub mod metrics;
 pub mod output;

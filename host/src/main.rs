@@ -7,6 +7,8 @@
 //! - `snapshot --config FILE --types T,...`: one fresh get-all, as JSON lines.
 //! - `check-config FILE`: validates the file and every instance's own configuration
 //!   without running anything.
+//! - `plugin-child` (hidden, internal): serves one plugin instance for a host over
+//!   stdin/stdout; the host starts it for `isolation = "process"` instances.
 //!
 //! Exit codes: 0 success, 1 runtime failure, 2 invalid configuration or plugins.
 
@@ -80,6 +82,13 @@ enum Command {
         /// The configuration file.
         file: PathBuf,
     },
+    /// Internal: serve one plugin instance for a host over stdin/stdout (process mode).
+    #[command(hide = true)]
+    PluginChild {
+        /// The host's pid: the child exits at once if its parent is another process.
+        #[arg(long)]
+        parent_pid: Option<u32>,
+    },
 }
 
 /// An error that means "the configuration or plugins are wrong" (exit code 2).
@@ -89,6 +98,16 @@ struct Invalid(String);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::PluginChild { parent_pid } = cli.command {
+        // Its own logging (JSON lines on stderr) and runtime; exits by itself.
+        return match synchronizer::isolation::child::main(parent_pid) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: plugin child: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     init_logging(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -143,6 +162,7 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Plugins { config } => plugins(&config),
         Command::Snapshot { config, types } => snapshot(&config, types).await,
         Command::CheckConfig { file } => check_config(&file),
+        Command::PluginChild { .. } => Ok(()),
     }
 }
 
@@ -346,11 +366,11 @@ fn plugins(path: &Path) -> Result<()> {
     println!("plugins directory {}", config.plugins_dir.display());
     let mut bad = 0;
     for file in &files {
-        let users: Vec<&str> = config
+        let users: Vec<String> = config
             .instances
             .iter()
             .filter(|i| &config.library_path(i) == file)
-            .map(|i| i.name.as_str())
+            .map(describe_instance)
             .collect();
         match load(file) {
             Ok(lib) => {
@@ -392,10 +412,32 @@ fn plugins(path: &Path) -> Result<()> {
             }
         }
     }
+    if config
+        .instances
+        .iter()
+        .any(|i| i.isolation == synchronizer::config::Isolation::Process)
+    {
+        println!(
+            "\nprocess-mode instances run in a child process each; a running host reports each child's pid, restarts and last exit cause in GET /v1/plugins (status.pid, status.restarts, status.last_exit)"
+        );
+    }
     if bad > 0 {
         return Err(Invalid(format!("{bad} configured plugin file(s) cannot be loaded")).into());
     }
     Ok(())
+}
+
+/// `name (in-process)`, `name (process, memory limit 512MiB)`, `name (disabled, ...)`.
+fn describe_instance(i: &synchronizer::config::InstanceConfig) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    if !i.enabled {
+        parts.push("disabled".into());
+    }
+    parts.push(i.isolation.as_str().into());
+    if let Some(limit) = i.memory_limit {
+        parts.push(format!("memory limit {limit}"));
+    }
+    format!("{} ({})", i.name, parts.join(", "))
 }
 
 fn check_config(path: &Path) -> Result<()> {

@@ -28,7 +28,7 @@ use serde_json::value::RawValue;
 use synchronizer_plugin_api::Entity;
 use synchronizer_plugin_api::entity::micros_to_system_time;
 
-use crate::change::{Change, Event};
+use crate::change::{Change, Event, ResyncReason};
 
 #[derive(Serialize)]
 struct RelationJson<'a> {
@@ -109,34 +109,41 @@ pub fn entity_to_json(entity: &Entity) -> String {
     serde_json::to_string(&entity_json(entity)).unwrap_or_default()
 }
 
+/// A resync marker as one JSON object: `{"action":"resync","reason":"lagged"}`.
+pub fn resync_to_json(reason: ResyncReason) -> String {
+    serde_json::json!({"action": "resync", "reason": reason.as_str()}).to_string()
+}
+
+/// One entity of a snapshot as one JSON object: `{"action":"snapshot", ...entity fields...}`.
+pub fn snapshot_entity_to_json(entity: &Entity) -> String {
+    #[derive(Serialize)]
+    struct SnapshotLine<'a> {
+        action: &'static str,
+        #[serde(flatten)]
+        entity: EntityJson<'a>,
+    }
+    let line = SnapshotLine {
+        action: "snapshot",
+        entity: entity_json(entity),
+    };
+    serde_json::to_string(&line).unwrap_or_default()
+}
+
+/// The end of a snapshot of `count` entities: `{"action":"snapshot_end","count":N}`.
+pub fn snapshot_end_to_json(count: usize) -> String {
+    serde_json::json!({"action": "snapshot_end", "count": count}).to_string()
+}
+
 /// Writes an event as JSON lines.
 pub fn write_event(out: &mut impl Write, event: &Event) -> std::io::Result<()> {
     match event {
         Event::Change(c) => writeln!(out, "{}", change_to_json(c)),
-        Event::Resync(reason) => writeln!(
-            out,
-            "{}",
-            serde_json::json!({"action": "resync", "reason": reason.as_str()})
-        ),
+        Event::Resync(reason) => writeln!(out, "{}", resync_to_json(*reason)),
         Event::Snapshot(entities) => {
-            #[derive(Serialize)]
-            struct SnapshotLine<'a> {
-                action: &'static str,
-                #[serde(flatten)]
-                entity: EntityJson<'a>,
-            }
             for e in entities {
-                let line = SnapshotLine {
-                    action: "snapshot",
-                    entity: entity_json(e),
-                };
-                writeln!(out, "{}", serde_json::to_string(&line).unwrap_or_default())?;
+                writeln!(out, "{}", snapshot_entity_to_json(e))?;
             }
-            writeln!(
-                out,
-                "{}",
-                serde_json::json!({"action": "snapshot_end", "count": entities.len()})
-            )
+            writeln!(out, "{}", snapshot_end_to_json(entities.len()))
         }
     }
 }

@@ -215,7 +215,9 @@ impl Store {
                         .map_err(|e| io(&e))?
                         .any(|t| t.name() != "meta");
                     if other_tables {
-                        return Err(foreign("tables of another program, no format marker".into()));
+                        return Err(foreign(
+                            "tables of another program, no format marker".into(),
+                        ));
                     }
                     meta.insert("format", FORMAT).map_err(|e| io(&e))?;
                 }
@@ -331,7 +333,10 @@ mod tests {
         store
             .write(&[
                 Op::Upsert(e.clone()),
-                Op::Upsert(StoredEntity { id: "gone".into(), ..e.clone() }),
+                Op::Upsert(StoredEntity {
+                    id: "gone".into(),
+                    ..e.clone()
+                }),
                 Op::Delete {
                     entity_type: "nova.instance".into(),
                     id: "gone".into(),
@@ -342,7 +347,10 @@ mod tests {
         drop(store);
         let (_, restored) = Store::open(&path).unwrap();
         assert_eq!(restored.entities, vec![e]);
-        assert_eq!(restored.tombstones, vec![("nova.instance".into(), "gone".into(), 11)]);
+        assert_eq!(
+            restored.tombstones,
+            vec![("nova.instance".into(), "gone".into(), 11)]
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -183,6 +183,8 @@ impl Collector {
                 );
                 self.status
                     .success(elapsed, entities.len(), &applied, incomplete);
+                self.metrics()
+                    .collection(&self.origin.instance, "success", elapsed.as_secs_f64());
                 Ok(Arc::new(entities))
             }
             Ok(Err(error)) => {

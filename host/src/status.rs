@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::hub::Applied;
+use crate::isolation::Isolation;
 
 /// The state of one instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -52,6 +53,15 @@ pub struct InstanceStatus {
     pub entities: usize,
     /// Types reported incomplete in the last snapshot.
     pub incomplete: Vec<String>,
+    /// Where the instance runs: `in-process` or `process`.
+    pub isolation: Isolation,
+    /// Process mode: the child's process id while one runs.
+    pub pid: Option<u32>,
+    /// Process mode: how many times the child was restarted.
+    pub restarts: u64,
+    /// Process mode: why the last child ended (`killed by signal 11 (SIGSEGV)`,
+    /// `killed by the host: memory limit exceeded ...`).
+    pub last_exit: Option<String>,
 }
 
 fn opt_time<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
@@ -85,6 +95,10 @@ impl Default for StatusCell {
             failures: 0,
             entities: 0,
             incomplete: Vec::new(),
+            isolation: Isolation::InProcess,
+            pid: None,
+            restarts: 0,
+            last_exit: None,
         }))
     }
 }
@@ -155,6 +169,27 @@ impl StatusCell {
             s.health = Health::Healthy;
             s.last_error = None;
             s.consecutive_failures = 0;
+        })
+    }
+
+    /// Records where the instance runs.
+    pub fn set_isolation(&self, isolation: Isolation) {
+        self.with(|s| s.isolation = isolation)
+    }
+
+    /// A child process started (process mode).
+    pub fn child_started(&self, pid: u32) {
+        self.with(|s| s.pid = Some(pid))
+    }
+
+    /// A child process ended (process mode); `restarting` when another will replace it.
+    pub fn child_exited(&self, cause: &str, restarting: bool) {
+        self.with(|s| {
+            s.pid = None;
+            s.last_exit = Some(cause.to_owned());
+            if restarting {
+                s.restarts += 1;
+            }
         })
     }
 

@@ -14,6 +14,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, OnPluginError, parse_level};
 use crate::hub::{Hub, Origin, TypeFilter};
 use crate::instance::{CreateError, PluginInstance, log_level};
+use crate::isolation::{
+    Backend, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT, Isolation, ProcessError,
+    ProcessInstance, ProcessOptions,
+};
 use crate::loader::{LoadError, PluginLibrary, PluginMeta, load};
 use crate::scheduler::{CollectError, Collector, backoff};
 use crate::status::{InstanceStatus, StatusCell};
@@ -47,6 +51,9 @@ pub enum InstanceFailure {
     /// The instance could not be created.
     #[error("{0}")]
     Create(#[from] CreateError),
+    /// Process mode: the child could not be started or could not create the instance.
+    #[error("{0}")]
+    Process(#[from] ProcessError),
 }
 
 /// What `get_all` could not do.
@@ -71,7 +78,7 @@ pub struct InstanceHandle {
     pub meta: PluginMeta,
     /// The types this instance collects (empty: open-ended).
     pub types: Vec<String>,
-    plugin: Arc<PluginInstance>,
+    plugin: Arc<Backend>,
     status: Arc<StatusCell>,
     collector: Option<Arc<Collector>>,
 }
@@ -106,6 +113,17 @@ pub struct Synchronizer {
     bus_stop_timeout: Duration,
 }
 
+/// An instance created, not yet scheduled.
+struct Started {
+    name: String,
+    library: PathBuf,
+    meta: PluginMeta,
+    plugin: Arc<Backend>,
+    schedule: crate::config::Schedule,
+    types: Vec<String>,
+    status: Arc<StatusCell>,
+}
+
 fn origin(owner: usize, name: &str) -> Origin {
     Origin {
         owner: u16::try_from(owner).unwrap_or(u16::MAX),
@@ -125,6 +143,52 @@ impl Synchronizer {
         let mut failures = Vec::new();
         for inst in config.instances.iter().filter(|i| i.enabled) {
             let path = config.library_path(inst);
+            let schedule = config.schedule(inst);
+            let status = Arc::new(StatusCell::default());
+            if inst.isolation == Isolation::Process {
+                // The plugin's code runs only in the child: the host does not load it.
+                let options = ProcessOptions {
+                    program: match &inst.child_program {
+                        Some(p) => p.clone(),
+                        None => std::env::current_exe().map_err(|e| {
+                            StartError::Config(format!(
+                                "instance `{}`: cannot find the running executable to start its plugin child: {e}",
+                                inst.name
+                            ))
+                        })?,
+                    },
+                    library: path.clone(),
+                    config: inst.config.clone(),
+                    max_level: log_level(level),
+                    create_timeout: schedule.timeout,
+                    heartbeat_interval: inst
+                        .heartbeat_interval
+                        .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL),
+                    heartbeat_timeout: inst.heartbeat_timeout.unwrap_or(DEFAULT_HEARTBEAT_TIMEOUT),
+                    memory_limit: inst.memory_limit.map(|m| m.0),
+                    backoff_initial: schedule.backoff_initial,
+                    backoff_max: schedule.backoff_max,
+                };
+                match ProcessInstance::start(&inst.name, options, status.clone()).await {
+                    Ok((plugin, meta)) => {
+                        let types = active_types(&meta.entity_types, &config.types);
+                        instances.push(Started {
+                            name: inst.name.clone(),
+                            library: path,
+                            meta,
+                            plugin: Arc::new(Backend::Process(plugin)),
+                            schedule,
+                            types,
+                            status,
+                        });
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "plugin instance did not start");
+                        failures.push(e.into());
+                    }
+                }
+                continue;
+            }
             let library = match libraries.get(&path) {
                 Some(Ok(lib)) => lib.clone(),
                 _ => match load(&path) {
@@ -142,7 +206,6 @@ impl Synchronizer {
                     }
                 },
             };
-            let schedule = config.schedule(inst);
             let created = PluginInstance::create(
                 &library,
                 &inst.name,
@@ -154,13 +217,15 @@ impl Synchronizer {
             match created {
                 Ok(plugin) => {
                     let types = active_types(&library.meta.entity_types, &config.types);
-                    instances.push((
-                        inst.name.clone(),
-                        library,
-                        Arc::new(plugin),
+                    instances.push(Started {
+                        name: inst.name.clone(),
+                        library: library.path.clone(),
+                        meta: library.meta.clone(),
+                        plugin: Arc::new(Backend::InProcess(plugin)),
                         schedule,
                         types,
-                    ));
+                        status,
+                    });
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "plugin instance did not start");
@@ -169,8 +234,8 @@ impl Synchronizer {
             }
         }
         if !failures.is_empty() && config.on_plugin_error == OnPluginError::Fail {
-            for (_, _, plugin, _, _) in &instances {
-                plugin.shutdown(Duration::from_secs(1));
+            for started in &instances {
+                started.plugin.shutdown(Duration::from_secs(1)).await;
             }
             return Err(StartError::Plugins(failures));
         }
@@ -186,7 +251,7 @@ impl Synchronizer {
                     Ok(r) => r?,
                     Err(e) => return Err(StartError::Config(format!("baseline store: {e}"))),
                 };
-                let names: Vec<String> = instances.iter().map(|i| i.0.clone()).collect();
+                let names: Vec<String> = instances.iter().map(|i| i.name.clone()).collect();
                 let mut strangers: Vec<String> = Vec::new();
                 let entities = restored.entities.len();
                 for e in &restored.entities {
@@ -201,7 +266,12 @@ impl Synchronizer {
                     let i = names
                         .iter()
                         .position(|n| n == name)
-                        .or_else(|| strangers.iter().position(|n| n == name).map(|p| names.len() + p))
+                        .or_else(|| {
+                            strangers
+                                .iter()
+                                .position(|n| n == name)
+                                .map(|p| names.len() + p)
+                        })
                         .unwrap_or(usize::from(u16::MAX));
                     u16::try_from(i).unwrap_or(u16::MAX)
                 };
@@ -218,10 +288,19 @@ impl Synchronizer {
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let mut handles = Vec::new();
-        for (owner, (name, library, plugin, schedule, types)) in instances.into_iter().enumerate() {
-            let status = Arc::new(StatusCell::default());
+        for (owner, started) in instances.into_iter().enumerate() {
+            let Started {
+                name,
+                library,
+                meta,
+                plugin,
+                schedule,
+                types,
+                status,
+            } = started;
+            status.set_isolation(plugin.isolation());
             let origin = origin(owner, &name);
-            let collector = library.meta.kind.collects().then(|| {
+            let collector = meta.kind.collects().then(|| {
                 Collector::new(
                     origin.clone(),
                     plugin.clone(),
@@ -234,7 +313,7 @@ impl Synchronizer {
             if let Some(c) = &collector {
                 tasks.spawn(c.clone().run(shutdown.child_token()));
             }
-            if library.meta.kind.pushes() {
+            if meta.kind.pushes() {
                 tasks.spawn(run_bus(
                     plugin.clone(),
                     hub.clone(),
@@ -246,15 +325,16 @@ impl Synchronizer {
             }
             tracing::info!(
                 instance = %name,
-                plugin = %library.meta.name,
-                version = %library.meta.version,
-                kind = library.meta.kind.as_str(),
+                plugin = %meta.name,
+                version = %meta.version,
+                kind = meta.kind.as_str(),
+                isolation = plugin.isolation().as_str(),
                 "plugin instance started"
             );
             handles.push(InstanceHandle {
                 name,
-                library: library.path.clone(),
-                meta: library.meta.clone(),
+                library,
+                meta,
                 types,
                 plugin,
                 status,
@@ -366,7 +446,13 @@ impl Synchronizer {
                 library: i.library.clone(),
                 kind: i.meta.kind.as_str(),
                 types: i.types.clone(),
-                status: i.status.get(),
+                status: {
+                    let mut s = i.status.get();
+                    if let Backend::Process(p) = &*i.plugin {
+                        s.pid = p.pid();
+                    }
+                    s
+                },
             })
             .collect()
     }
@@ -445,11 +531,14 @@ impl Synchronizer {
         }
         for i in &self.instances {
             i.status.stopped();
-            let plugin = i.plugin.clone();
-            // Off the async workers: shutting a runtime down blocks for up to a second.
-            let _ =
-                tokio::task::spawn_blocking(move || plugin.shutdown(Duration::from_secs(1))).await;
         }
+        // Every instance at once: each may take up to a second (and a child a second more).
+        futures::future::join_all(
+            self.instances
+                .iter()
+                .map(|i| i.plugin.shutdown(Duration::from_secs(1))),
+        )
+        .await;
         // Last: every change decided so far reaches the durable store.
         self.hub.stop_persisting();
         let writer = self.store_writer.lock().ok().and_then(|mut w| w.take());
@@ -478,7 +567,7 @@ fn active_types(provided: &[String], active: &[String]) -> Vec<String> {
 
 /// Runs a bus plugin's push loop, restarting it with backoff when it fails.
 async fn run_bus(
-    plugin: Arc<PluginInstance>,
+    plugin: Arc<Backend>,
     hub: Arc<Hub>,
     origin: Origin,
     status: Arc<StatusCell>,

@@ -192,6 +192,21 @@ impl Entity {
         self
     }
 
+    /// Sets the properties from JSON object text, kept as it is: no tree is built and
+    /// nothing is serialized again, which matters when a plugin already holds the JSON
+    /// (a page fragment, a decoded frame). The text is checked to be one JSON object.
+    pub fn with_properties_json(mut self, json: String) -> Result<Self, PropertiesError> {
+        let trimmed = json.trim_start();
+        if !trimmed.starts_with('{') {
+            return Err(PropertiesError("properties must be a JSON object".into()));
+        }
+        let raw = serde_json::value::RawValue::from_string(json)
+            .map_err(|e| PropertiesError(format!("properties are not valid JSON: {e}")))?;
+        let text: Box<str> = raw.into();
+        self.properties = RString::from(String::from(text));
+        Ok(self)
+    }
+
     /// The entity type, e.g. `nova.instance`.
     pub fn entity_type(&self) -> &str {
         &self.entity_type
@@ -294,6 +309,18 @@ fn write_opt(h: &mut seahash::SeaHasher, s: Option<&str>) {
     }
 }
 
+/// Properties text that is not one JSON object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PropertiesError(String);
+
+impl std::fmt::Display for PropertiesError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for PropertiesError {}
+
 /// The key of an entity of type `entity_type` with native id `id`: `<type>:<id>`.
 pub fn entity_key(entity_type: &str, id: &str) -> String {
     let mut key = String::with_capacity(entity_type.len() + 1 + id.len());
@@ -375,6 +402,17 @@ mod tests {
         let e = Entity::resource("t", "i").with_properties(serde_json::json!(3));
         assert_eq!(e.properties(), serde_json::json!({"value": 3}));
         assert_eq!(Entity::resource("t", "i").properties_json(), "{}");
+    }
+
+    #[test]
+    fn properties_json_is_kept_as_it_is_and_checked() {
+        let e = Entity::resource("t", "i")
+            .with_properties_json(r#"{"b": 1, "a": [true]}"#.to_owned())
+            .unwrap();
+        assert_eq!(e.properties_json(), r#"{"b": 1, "a": [true]}"#);
+        assert_eq!(e.properties()["a"][0], true);
+        assert!(Entity::resource("t", "i").with_properties_json("[1]".into()).is_err());
+        assert!(Entity::resource("t", "i").with_properties_json("{\"a\":".into()).is_err());
     }
 
     #[test]

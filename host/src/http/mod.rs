@@ -1,12 +1,52 @@
-//! The HTTP API (being written): entities, snapshots, the change stream as Server-Sent
-//! Events, plugin status, health, readiness and metrics.
+//! The HTTP API (axum): the current view, fresh snapshots, the change stream as
+//! Server-Sent Events, plugin status, liveness, readiness and metrics.
+//!
+//! | method and path | answer |
+//! |---|---|
+//! | `GET /v1/entities?types=a,b` | the current view: a JSON array of entity objects ([`crate::output`]) |
+//! | `POST /v1/snapshot?types=a,b` | a fresh get-all, same array; 502/503/504 with a JSON error naming the instance |
+//! | `GET /v1/changes?types=a,b[&snapshot=true]` | change notifications as SSE; `id:` is `<seq>@<epoch>`; resumes with `Last-Event-ID` |
+//! | `GET /v1/plugins[?health=true]` | every instance's status (and, asked, the plugins' own health reports) |
+//! | `GET /healthz` | 200 while the process serves |
+//! | `GET /readyz` | 200 once every collector finished its first snapshot, 503 before |
+//! | `GET /metrics` | [`crate::metrics`] in the OpenMetrics text format |
+//!
+//! With `token_file` or `token_env` set, every request except `/healthz` and `/readyz`
+//! must carry `Authorization: Bearer <token>` (compared in constant time) or gets 401.
+//! The token is never logged.
+//!
+//! The change stream never holds the host back: each SSE client has its own bounded
+//! subscription, and a client that falls behind gets the hub's resync marker and a
+//! snapshot. One internal subscription keeps the most recent changes ([`replay`]), from
+//! which a reconnecting client is served the changes it missed (by `Last-Event-ID`), and
+//! whose JSON is shared by every client instead of being serialised once per client.
 
+mod auth;
+mod error;
+mod handlers;
+mod query;
+mod replay;
+mod sse;
+
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use axum::Router;
+use axum::extract::{ConnectInfo, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::serve::ListenerExt as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::Synchronizer;
 use crate::config::HttpConfig;
+
+pub use error::ApiError;
+
+/// How long open requests and streams get to finish after shutdown is asked for.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Why the HTTP API could not run.
 #[derive(Debug, thiserror::Error)]
@@ -22,15 +62,157 @@ pub enum HttpError {
     /// The token could not be read.
     #[error("http token: {0}")]
     Token(String),
+    /// The server failed while running.
+    #[error("http server: {0}")]
+    Serve(#[source] std::io::Error),
 }
 
+/// What every handler shares.
+struct Shared {
+    sync: Arc<Synchronizer>,
+    window: Arc<replay::Window>,
+    token: Option<auth::Token>,
+    shutdown: CancellationToken,
+}
+
+type AppState = Arc<Shared>;
+
 /// Serves the API until `shutdown`.
+///
+/// The token is read and the address bound before anything is served; either failing is
+/// returned (and logged) at once.
 pub async fn serve(
     sync: Arc<Synchronizer>,
     config: HttpConfig,
     shutdown: CancellationToken,
 ) -> Result<(), HttpError> {
-    let _ = (sync, config);
-    shutdown.cancelled().await;
-    Ok(())
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(source) => {
+            let e = HttpError::Bind {
+                addr: config.listen,
+                source,
+            };
+            tracing::error!(error = %e, "HTTP API not started");
+            return Err(e);
+        }
+    };
+    serve_on(listener, sync, config, shutdown).await
+}
+
+/// Serves the API on an already bound `listener` (`config.listen` is not used) until
+/// `shutdown`: for embedding programs, tests and benchmarks that bind port 0.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    sync: Arc<Synchronizer>,
+    config: HttpConfig,
+    shutdown: CancellationToken,
+) -> Result<(), HttpError> {
+    let result = run(listener, sync, config, shutdown).await;
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "HTTP API stopped");
+    }
+    result
+}
+
+async fn run(
+    listener: tokio::net::TcpListener,
+    sync: Arc<Synchronizer>,
+    config: HttpConfig,
+    shutdown: CancellationToken,
+) -> Result<(), HttpError> {
+    let token = auth::Token::load(&config)?;
+    let local = listener.local_addr().unwrap_or(config.listen);
+    if token.is_none() && !local.ip().is_loopback() {
+        tracing::warn!(listen = %local, "HTTP API reachable beyond loopback without a token");
+    }
+    let (router, stop_feed) = build(sync, &config, token.clone(), shutdown.clone());
+    tracing::info!(
+        listen = %local,
+        auth = if token.is_some() { "bearer token" } else { "none" },
+        replay = config.replay,
+        "HTTP API listening"
+    );
+    // Change streams write as soon as they have something (coalescing is theirs): no
+    // Nagle delay on top.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
+    let server = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let grace = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    let result = tokio::select! {
+        r = server => r.map_err(HttpError::Serve),
+        () = grace => {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "HTTP requests still open after shutdown; closing them");
+            Ok(())
+        }
+    };
+    stop_feed.cancel();
+    tracing::info!("HTTP API stopped");
+    result
+}
+
+/// The router, and the token that stops its replay feed. Serving stops the feed itself;
+/// this is for callers (tests, benchmarks) that serve the router their own way.
+fn build(
+    sync: Arc<Synchronizer>,
+    config: &HttpConfig,
+    token: Option<auth::Token>,
+    shutdown: CancellationToken,
+) -> (Router, CancellationToken) {
+    let stop_feed = shutdown.child_token();
+    let window = replay::Window::start(&sync, config.replay, stop_feed.clone());
+    let state: AppState = Arc::new(Shared {
+        sync,
+        window,
+        token,
+        shutdown,
+    });
+    let api = Router::new()
+        .route("/v1/entities", get(handlers::entities))
+        .route("/v1/snapshot", post(handlers::snapshot))
+        .route("/v1/changes", get(sse::changes))
+        .route("/v1/plugins", get(handlers::plugins))
+        .route("/metrics", get(handlers::metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
+    let router = Router::new()
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
+        .merge(api)
+        .fallback(handlers::not_found)
+        .layer(axum::middleware::from_fn(log_request))
+        .with_state(state);
+    (router, stop_feed)
+}
+
+/// Logs every request at debug level (method, path, status, duration, peer). Headers —
+/// and so the token — are never logged; neither is the query.
+async fn log_request(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    match peer {
+        Some(peer) => tracing::debug!(%method, %path, status, elapsed_ms, %peer, "http request"),
+        None => tracing::debug!(%method, %path, status, elapsed_ms, "http request"),
+    }
+    response
 }

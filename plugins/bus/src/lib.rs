@@ -1,0 +1,107 @@
+//! The synchronizer's message-bus plugin: OpenStack notifications (oslo.messaging over
+//! AMQP 0-9-1, RabbitMQ) turned into entity changes pushed to the host.
+//!
+//! A `PluginKind::Bus` plugin: the host starts [`BusPlugin`]'s push loop once; it
+//! connects to the broker (one or more URLs, `amqps://` with a custom CA, a vhost),
+//! declares and consumes one queue per configured topic and priority on each service's
+//! topic exchange (`nova`, `heat`), and pushes the changes the notifications describe:
+//! upserts and deletions of `nova.instance` and `heat.stack` entities, each stamped with
+//! the notification's own timestamp so that the host drops what is older than what it
+//! knows (messages on the `info` and `error` queues are not ordered with respect to each
+//! other).
+//!
+//! - [`mapping`]: from message body to change, pure functions (wire format, event
+//!   families, timestamps).
+//! - [`consumer`]: connection, failover and backoff, declarations, batching,
+//!   acknowledgements, dead-lettering, shutdown.
+//! - [`dedup`]: the bounded set of recent message ids that drops duplicate deliveries.
+//! - [`config`]: the configuration (see README.md for every option), URL redaction.
+//!
+//! The crate is also an rlib: [`consumer::Bus`] can be run in-process against any
+//! [`consumer::ChangeSink`], which is how its tests drive it besides loading the `.so`.
+
+pub mod config;
+pub mod consumer;
+pub mod dedup;
+pub mod error;
+pub mod mapping;
+pub mod stats;
+
+use std::sync::Arc;
+
+use synchronizer_plugin_api::{
+    Context, Error, Health, Plugin, PluginInfo, PluginKind, Shutdown, Sink,
+};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+
+pub use config::Config;
+pub use consumer::{Bus, ChangeSink};
+pub use error::{BusError, ConfigError};
+pub use stats::StatsSnapshot;
+
+/// The plugin as the host sees it.
+pub struct BusPlugin {
+    bus: Arc<Bus>,
+}
+
+impl BusPlugin {
+    /// The consumer inside (for its counters).
+    pub fn bus(&self) -> &Arc<Bus> {
+        &self.bus
+    }
+}
+
+impl Plugin for BusPlugin {
+    type Config = Config;
+
+    fn info() -> PluginInfo {
+        PluginInfo {
+            name: "bus",
+            version: env!("CARGO_PKG_VERSION"),
+            description: "OpenStack notifications (oslo.messaging over AMQP): Nova instances and Heat stacks as they change",
+            entity_types: &[mapping::NOVA_INSTANCE, mapping::HEAT_STACK],
+            kind: PluginKind::Bus,
+        }
+    }
+
+    fn new(config: Config, ctx: &Context) -> Result<Self, Error> {
+        let bus = Bus::new(config, &ctx.instance)
+            .map_err(|e| Error::config(format!("instance `{}`: {e}", ctx.instance)))?;
+        tracing::info!(
+            instance = %ctx.instance,
+            queues = %bus.queues().iter().map(|q| q.name.as_str()).collect::<Vec<_>>().join(","),
+            "bus plugin ready"
+        );
+        Ok(BusPlugin { bus: Arc::new(bus) })
+    }
+
+    async fn run(&self, sink: Sink, shutdown: Shutdown) -> Result<(), Error> {
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let _watch = AbortOnDropHandle::new(tokio::spawn(async move {
+            shutdown.requested().await;
+            token.cancel();
+        }));
+        self.bus
+            .run(sink, stop)
+            .await
+            .map_err(|e| Error::failed(e.to_string()))
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.bus.stats().counters()
+    }
+
+    async fn health(&self) -> Health {
+        match self.bus.health() {
+            (true, message) => Health {
+                healthy: true,
+                message,
+            },
+            (false, message) => Health::unhealthy(message),
+        }
+    }
+}
+
+synchronizer_plugin_api::export_plugin!(BusPlugin);

@@ -1,0 +1,171 @@
+//! The request/response endpoints: entities, snapshot, plugins, health, readiness and
+//! metrics. (The change stream is in `sse`.)
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use synchronizer_plugin_api::Entity;
+
+use super::AppState;
+use super::error::ApiError;
+use super::query::Params;
+use crate::output;
+
+/// Entities per chunk of a streamed JSON array.
+const ARRAY_CHUNK: usize = 512;
+/// How long each plugin gets for its own health report (`/v1/plugins?health=true`).
+const PLUGIN_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+/// The metrics' content type (prometheus-client writes OpenMetrics text).
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The parsed query, or a 400 naming what is wrong.
+pub(super) fn params(
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    flags: &[&str],
+) -> Result<Params, ApiError> {
+    let Query(pairs) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    Params::parse(pairs, flags)
+}
+
+/// `GET /v1/entities?types=a,b`: the current view.
+pub(super) async fn entities(
+    State(state): State<AppState>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let params = params(query, &[])?;
+    Ok(json_array(state.sync.current(&params.types)))
+}
+
+/// `POST /v1/snapshot?types=a,b`: a fresh get-all (shared with any collection in flight).
+pub(super) async fn snapshot(
+    State(state): State<AppState>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let params = params(query, &[])?;
+    if state.shutdown.is_cancelled() {
+        return Err(ApiError::ShuttingDown);
+    }
+    match state.sync.get_all(&params.types).await {
+        Ok(entities) => Ok(json_array(entities)),
+        Err(e) => {
+            let e = ApiError::from(e);
+            tracing::warn!(
+                error = %e,
+                instance = e.instance().unwrap_or(""),
+                types = %params.types.join(","),
+                "snapshot request failed"
+            );
+            Err(e)
+        }
+    }
+}
+
+/// Entities as a JSON array of [`output::entity_to_json`] objects, streamed in chunks
+/// so that a large view is never held twice in memory as text.
+fn json_array(entities: Vec<Arc<Entity>>) -> Response {
+    let entities = Arc::new(entities);
+    let chunks = entities.len().div_ceil(ARRAY_CHUNK).max(1);
+    let stream = futures::stream::iter((0..=chunks).map(move |i| {
+        let mut out = String::new();
+        if i == chunks {
+            out.push(']');
+        } else {
+            out.push(if i == 0 { '[' } else { ',' });
+            let from = i * ARRAY_CHUNK;
+            let to = (from + ARRAY_CHUNK).min(entities.len());
+            for (n, e) in entities[from..to].iter().enumerate() {
+                if n > 0 {
+                    out.push(',');
+                }
+                out.push_str(&output::entity_to_json(e));
+            }
+        }
+        Ok::<Bytes, std::convert::Infallible>(Bytes::from(out))
+    }));
+    let mut response = Body::from_stream(stream).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// `GET /v1/plugins[?health=true]`: every instance, the instances that did not start,
+/// and the entities the host holds per type.
+pub(super) async fn plugins(
+    State(state): State<AppState>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let params = params(query, &["health"])?;
+    let mut instances: Vec<Value> = state
+        .sync
+        .status()
+        .iter()
+        .map(|r| serde_json::to_value(r).unwrap_or(Value::Null))
+        .collect();
+    if params.flag("health") {
+        let reports = state.sync.plugin_health(PLUGIN_HEALTH_TIMEOUT).await;
+        for (name, healthy, message) in reports {
+            if let Some(inst) = instances
+                .iter_mut()
+                .find(|i| i.get("name").and_then(Value::as_str) == Some(name.as_str()))
+            {
+                inst["plugin_health"] = json!({ "healthy": healthy, "message": message });
+            }
+        }
+    }
+    let failed: Vec<Value> = state
+        .sync
+        .failures()
+        .iter()
+        .map(|f| json!({ "error": f.to_string() }))
+        .collect();
+    let entities: serde_json::Map<String, Value> = state
+        .sync
+        .hub()
+        .counts()
+        .into_iter()
+        .map(|(t, n)| (t, json!(n)))
+        .collect();
+    Ok(axum::Json(json!({
+        "instances": instances,
+        "failed": failed,
+        "entities": entities,
+    }))
+    .into_response())
+}
+
+/// `GET /healthz`: the process is alive and serving.
+pub(super) async fn healthz() -> Response {
+    axum::Json(json!({ "status": "ok" })).into_response()
+}
+
+/// `GET /readyz`: 200 once every enabled collector finished its first snapshot.
+pub(super) async fn readyz(State(state): State<AppState>) -> Response {
+    if state.sync.ready() && !state.shutdown.is_cancelled() {
+        axum::Json(json!({ "ready": true })).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "ready": false })),
+        )
+            .into_response()
+    }
+}
+
+/// `GET /metrics`: every metric, OpenMetrics text.
+pub(super) async fn metrics(State(state): State<AppState>) -> Response {
+    let text = state.sync.metrics_text();
+    ([(header::CONTENT_TYPE, OPENMETRICS)], text).into_response()
+}
+
+/// Any other path: 404 with a JSON error.
+pub(super) async fn not_found(uri: Uri) -> ApiError {
+    ApiError::NotFound(uri.path().to_owned())
+}

@@ -1,0 +1,89 @@
+//! The plugin's errors. Their messages never contain a broker password: URLs appear
+//! redacted and AMQP client messages are scrubbed before they get here.
+
+use crate::config::redact_url;
+
+/// An unusable configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A field has an invalid value.
+    #[error("config field `{field}`: {message}")]
+    Invalid {
+        /// The field (`urls`, `subscriptions.queue`...).
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// A file named by the configuration cannot be read.
+    #[error("config field `{field}`: cannot read {path}: {source}")]
+    File {
+        /// The field.
+        field: &'static str,
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl ConfigError {
+    pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// Why the consumer stopped working.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// Connecting to a broker failed.
+    #[error("cannot connect to {url}: {message}")]
+    Connect {
+        /// The broker, redacted.
+        url: String,
+        /// What the AMQP client said, scrubbed.
+        message: String,
+    },
+    /// Declaring or binding the exchanges and queues failed (the broker refused a
+    /// declaration: an existing queue with other arguments or durability, say).
+    #[error("cannot set up {what}: {message}")]
+    Setup {
+        /// Which exchange, queue or binding.
+        what: String,
+        /// What the broker said.
+        message: String,
+    },
+    /// The connection or a channel failed while consuming.
+    #[error("lost the broker connection while {doing}: {message}")]
+    Lost {
+        /// What the consumer was doing.
+        doing: &'static str,
+        /// What the AMQP client said.
+        message: String,
+    },
+    /// The host refused a batch of changes: the messages are not acknowledged and will be
+    /// delivered again.
+    #[error("the host did not accept a batch of {changes} change(s): {message}")]
+    Sink {
+        /// Changes in the batch.
+        changes: usize,
+        /// The host's message.
+        message: String,
+    },
+}
+
+impl BusError {
+    pub(crate) fn connect(url: &str, message: String) -> Self {
+        BusError::Connect {
+            url: redact_url(url),
+            message,
+        }
+    }
+
+    /// Whether reconnecting may help (everything but a host that refuses changes).
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, BusError::Sink { .. })
+    }
+}

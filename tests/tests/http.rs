@@ -1,0 +1,997 @@
+//! The HTTP API end to end: the real `synchronizer` binary, run with the real static
+//! plugin .so (or the faulty test plugin) and an `[http]` section on a free loopback
+//! port, asked with a real HTTP client (reqwest). The change stream is read as SSE text
+//! and parsed here; `/metrics` is parsed by a Prometheus text-format parser.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use synchronizer_tests::{binary, plugins_dir};
+
+const RACK: &str = "entities:\n  - type: rack\n    id: r1\n    name: rack one\n    state: available\n  - type: switch\n    id: s1\n    state: available\nrelationships:\n  - source: rack:r1\n    target: switch:s1\n    type: contains\n";
+
+/// YAML for the rack in `rack_state` and the switch in `switch_state` (none: absent).
+fn yaml(rack_state: &str, switch_state: Option<&str>) -> String {
+    match switch_state {
+        Some(s) => RACK
+            .replacen("state: available", &format!("state: {rack_state}"), 1)
+            .replace(
+                "    id: s1\n    state: available",
+                &format!("    id: s1\n    state: {s}"),
+            ),
+        None => format!(
+            "entities:\n  - type: rack\n    id: r1\n    name: rack one\n    state: {rack_state}\n"
+        ),
+    }
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A running `synchronizer run` with the HTTP API.
+struct Host {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    base: String,
+    stderr: Arc<Mutex<String>>,
+    http: reqwest::Client,
+}
+
+/// What a host runs.
+struct Setup<'a> {
+    /// `[[instances]]` tables (with `{data}` standing for the YAML directory).
+    instances: &'a str,
+    /// Extra lines of the `[http]` table.
+    http: &'a str,
+    /// Extra environment.
+    env: &'a [(&'a str, &'a str)],
+    /// Extra arguments before `run`.
+    args: &'a [&'a str],
+}
+
+const STATIC: &str = "[[instances]]\nname = \"static-test\"\nlibrary = \"libsynchronizer_static.so\"\ninterval = \"200ms\"\njitter = \"0s\"\n[instances.config]\ndirectory = {data}\n";
+
+impl Host {
+    fn start(setup: Setup<'_>) -> Host {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).expect("data dir");
+        std::fs::write(data.join("rack.yaml"), RACK).expect("write yaml");
+        let port = free_port();
+        let instances = setup
+            .instances
+            .replace("{data}", &format!("{:?}", data.display().to_string()));
+        let config = format!(
+            "plugins_dir = {:?}\n\n{instances}\n[http]\nlisten = \"127.0.0.1:{port}\"\n{}\n",
+            plugins_dir().display().to_string(),
+            setup.http,
+        );
+        let file = dir.path().join("sync.toml");
+        std::fs::write(&file, config).expect("write config");
+        let mut cmd = Command::new(binary());
+        cmd.args(setup.args)
+            .args(["run", "--config"])
+            .arg(&file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env_remove("RUST_LOG");
+        for (k, v) in setup.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn synchronizer");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().expect("stderr");
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Host {
+            child: Some(child),
+            dir,
+            base: format!("http://127.0.0.1:{port}"),
+            stderr,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits until `/healthz` answers.
+    async fn alive(&self) {
+        let end = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(r) = self.http.get(self.url("/healthz")).send().await {
+                assert_eq!(r.status(), 200);
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "the HTTP API never answered; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Waits until `/readyz` says ready.
+    async fn ready(&self) {
+        self.alive().await;
+        let end = Instant::now() + Duration::from_secs(15);
+        loop {
+            let r = self.http.get(self.url("/readyz")).send().await.unwrap();
+            if r.status() == 200 {
+                return;
+            }
+            assert!(Instant::now() < end, "never ready; log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn get_json(&self, path: &str) -> (u16, Value) {
+        let r = self.http.get(self.url(path)).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.expect("a JSON body"))
+    }
+
+    /// Replaces the YAML file atomically (the plugin never reads half a file).
+    fn write_yaml(&self, text: &str) {
+        let tmp = self.dir.path().join("rack.yaml.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.dir.path().join("data/rack.yaml")).unwrap();
+    }
+
+    /// Waits until the current view shows `key` with `state` (`None`: absent).
+    async fn view_shows(&self, key: &str, state: Option<&str>) {
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, v) = self.get_json("/v1/entities").await;
+            let found = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["key"] == key)
+                .map(|e| e["state"].as_str().unwrap_or("").to_owned());
+            if found.as_deref() == state {
+                return;
+            }
+            assert!(Instant::now() < end, "{key} never became {state:?}: {v}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// SIGTERM, wait, and the whole log.
+    fn stop(mut self) -> String {
+        let mut child = self.child.take().unwrap();
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let end = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                assert!(status.success(), "exit after SIGTERM: {status:?}");
+                break;
+            }
+            if Instant::now() > end {
+                let _ = child.kill();
+                panic!("did not stop within 15 s of SIGTERM; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Let the stderr reader reach the end.
+        std::thread::sleep(Duration::from_millis(100));
+        self.log()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone)]
+struct Sse {
+    id: Option<String>,
+    data: Value,
+}
+
+/// A change stream, parsed by hand from the response's bytes.
+struct SseClient {
+    response: reqwest::Response,
+    buf: String,
+}
+
+impl SseClient {
+    async fn open(host: &Host, query: &str, last_id: Option<&str>, token: Option<&str>) -> Self {
+        let mut req = host
+            .http
+            .get(host.url(&format!("/v1/changes{query}")))
+            .header("accept", "text/event-stream");
+        if let Some(id) = last_id {
+            req = req.header("last-event-id", id);
+        }
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let response = req.send().await.expect("connects");
+        assert_eq!(response.status(), 200, "opening the change stream");
+        assert_eq!(
+            response.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream"
+        );
+        SseClient {
+            response,
+            buf: String::new(),
+        }
+    }
+
+    /// The next event with data, within `within`.
+    async fn next(&mut self, within: Duration) -> Option<Sse> {
+        let end = Instant::now() + within;
+        loop {
+            while let Some(at) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..at + 2).collect();
+                let mut id = None;
+                let mut data = Vec::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = Some(v.trim().to_owned());
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push(v.strip_prefix(' ').unwrap_or(v).to_owned());
+                    }
+                    // `retry:` and `:` comments carry no event.
+                }
+                if !data.is_empty() {
+                    let data = serde_json::from_str(&data.join("\n")).expect("data is JSON");
+                    return Some(Sse { id, data });
+                }
+            }
+            let left = end.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.response.chunk()).await {
+                Ok(Ok(Some(bytes))) => self.buf.push_str(std::str::from_utf8(&bytes).unwrap()),
+                Ok(Ok(None)) => panic!("the stream ended"),
+                Ok(Err(e)) => panic!("the stream failed: {e}"),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    async fn expect(&mut self, what: &str) -> Sse {
+        match self.next(Duration::from_secs(10)).await {
+            Some(e) => e,
+            None => panic!("no event within 10 s while waiting for {what}"),
+        }
+    }
+
+    /// No event within `within`.
+    async fn quiet(&mut self, within: Duration) {
+        if let Some(e) = self.next(within).await {
+            panic!("unexpected event: {e:?}");
+        }
+    }
+}
+
+/// The id of change `seq` in the stream whose ids look like `e`'s.
+fn id_of(e: &Sse, seq: u64) -> String {
+    let epoch =
+        e.id.as_deref()
+            .and_then(|i| i.split_once('@'))
+            .map(|(_, ep)| ep)
+            .unwrap();
+    format!("{seq}@{epoch}")
+}
+
+/// A change event: its id must be `<seq>@<epoch>`.
+fn change(e: &Sse) -> (u64, String, String) {
+    let seq = e.data["seq"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("not a change: {e:?}"));
+    let id =
+        e.id.as_deref()
+            .unwrap_or_else(|| panic!("a change without id: {e:?}"));
+    let (id_seq, epoch) = id.split_once('@').unwrap_or_else(|| panic!("id {id:?}"));
+    assert_eq!(
+        id_seq,
+        seq.to_string(),
+        "the id's seq is the change's: {e:?}"
+    );
+    assert!(!epoch.is_empty(), "{e:?}");
+    (
+        seq,
+        e.data["action"].as_str().unwrap().to_owned(),
+        e.data["key"].as_str().unwrap().to_owned(),
+    )
+}
+
+fn static_host(http: &str) -> Host {
+    Host::start(Setup {
+        instances: STATIC,
+        http,
+        env: &[],
+        args: &[],
+    })
+}
+
+const ENTITY_FIELDS: [&str; 10] = [
+    "type",
+    "key",
+    "id",
+    "category",
+    "name",
+    "state",
+    "project",
+    "relations",
+    "source_updated",
+    "properties",
+];
+
+#[tokio::test]
+async fn every_endpoint_answers() {
+    let host = static_host("");
+    host.ready().await;
+    let c = &host.http;
+
+    let (status, v) = host.get_json("/healthz").await;
+    assert_eq!((status, v), (200, serde_json::json!({"status": "ok"})));
+    let (status, v) = host.get_json("/readyz").await;
+    assert_eq!((status, v), (200, serde_json::json!({"ready": true})));
+
+    // The current view: output.rs's entity objects.
+    let r = c.get(host.url("/v1/entities")).send().await.unwrap();
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let all: Value = r.json().await.unwrap();
+    let all = all.as_array().unwrap();
+    let mut keys: Vec<&str> = all.iter().map(|e| e["key"].as_str().unwrap()).collect();
+    keys.sort();
+    assert_eq!(keys, ["rack:r1", "switch:s1"]);
+    let rack = all.iter().find(|e| e["key"] == "rack:r1").unwrap();
+    let mut fields: Vec<&str> = rack
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    fields.sort();
+    let mut expected = ENTITY_FIELDS.to_vec();
+    expected.sort();
+    assert_eq!(fields, expected, "{rack}");
+    assert_eq!(rack["relations"][0]["key"], "switch:s1");
+    assert_eq!(rack["relations"][0]["direction"], "out");
+    assert_eq!(rack["state"], "available");
+
+    let (status, v) = host.get_json("/v1/entities?types=rack").await;
+    assert_eq!(status, 200);
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    let (_, v) = host.get_json("/v1/entities?types=nothing").await;
+    assert_eq!(v, serde_json::json!([]));
+    let (status, v) = host.get_json("/v1/entities?type=rack").await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"], "bad_request");
+
+    // A fresh snapshot.
+    let r = c
+        .post(host.url("/v1/snapshot?types=switch"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v[0]["key"], "switch:s1");
+    let r = c.post(host.url("/v1/snapshot")).send().await.unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2, "{v}");
+    // The static plugin's types are open-ended: it is asked, and has none.
+    let r = c
+        .post(host.url("/v1/snapshot?types=nothing"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap(), serde_json::json!([]));
+    let r = c.get(host.url("/v1/snapshot")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+
+    // Plugins.
+    let (status, v) = host.get_json("/v1/plugins").await;
+    assert_eq!(status, 200);
+    let inst = &v["instances"][0];
+    assert_eq!(inst["name"], "static-test", "{v}");
+    assert_eq!(inst["plugin"], "static");
+    assert_eq!(inst["kind"], "collector");
+    assert_eq!(inst["status"]["health"], "healthy", "{v}");
+    assert!(inst["status"]["collections"].as_u64().unwrap() >= 1, "{v}");
+    assert!(inst["status"]["last_success"].is_string(), "{v}");
+    assert!(inst["status"]["last_duration"].is_f64(), "{v}");
+    assert_eq!(inst["status"]["last_error"], Value::Null);
+    assert_eq!(inst["status"]["entities"], 2);
+    assert!(inst.get("plugin_health").is_none());
+    assert_eq!(v["entities"], serde_json::json!({"rack": 1, "switch": 1}));
+    assert_eq!(v["failed"], serde_json::json!([]));
+    let (_, v) = host.get_json("/v1/plugins?health=true").await;
+    assert_eq!(v["instances"][0]["plugin_health"]["healthy"], true, "{v}");
+
+    // Metrics.
+    let r = c.get(host.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    let text = r.text().await.unwrap();
+    assert!(text.contains("synchronizer_changes_total"), "{text}");
+
+    // Anything else.
+    let (status, v) = host.get_json("/v2/nothing").await;
+    assert_eq!(status, 404);
+    assert_eq!(v["error"], "not_found");
+    host.stop();
+}
+
+#[tokio::test]
+async fn snapshot_errors_name_the_instance() {
+    let host = Host::start(Setup {
+        instances: "[[instances]]\nname = \"broken\"\nlibrary = \"libsynchronizer_test_faulty.so\"\ninterval = \"1h\"\njitter = \"0s\"\n[instances.config]\nmode = \"fail\"\n",
+        http: "",
+        env: &[],
+        args: &[],
+    });
+    host.alive().await;
+    let r = host
+        .http
+        .post(host.url("/v1/snapshot?types=faulty.item"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "snapshot_failed", "{v}");
+    assert_eq!(v["instance"], "broken", "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("asked to fail"),
+        "{v}"
+    );
+    // No collector provides the type.
+    let r = host
+        .http
+        .post(host.url("/v1/snapshot?types=nothing"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "no_collector", "{v}");
+    assert_eq!(v["types"], serde_json::json!(["nothing"]));
+    let (_, v) = host.get_json("/v1/plugins").await;
+    assert_eq!(v["instances"][0]["status"]["health"], "failing", "{v}");
+    assert!(
+        v["instances"][0]["status"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("asked to fail"),
+        "{v}"
+    );
+    host.stop();
+
+    let host = Host::start(Setup {
+        instances: "[[instances]]\nname = \"hung\"\nlibrary = \"libsynchronizer_test_faulty.so\"\ninterval = \"1h\"\njitter = \"0s\"\ntimeout = \"300ms\"\n[instances.config]\nmode = \"hang\"\n",
+        http: "",
+        env: &[],
+        args: &[],
+    });
+    host.alive().await;
+    let r = host
+        .http
+        .post(host.url("/v1/snapshot"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "snapshot_timeout", "{v}");
+    assert_eq!(v["instance"], "hung", "{v}");
+    host.stop();
+}
+
+#[tokio::test]
+async fn readyz_is_503_until_the_first_snapshot() {
+    let started = Instant::now();
+    let host = Host::start(Setup {
+        instances: "[[instances]]\nname = \"slow\"\nlibrary = \"libsynchronizer_test_faulty.so\"\ninterval = \"1h\"\njitter = \"0s\"\n[instances.config]\nmode = \"slow\"\nblock_ms = 2500\n",
+        http: "",
+        env: &[],
+        args: &[],
+    });
+    host.alive().await;
+    let (status, v) = host.get_json("/readyz").await;
+    assert_eq!((status, &v), (503, &serde_json::json!({"ready": false})));
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "the check came too late to mean anything: {:?}",
+        started.elapsed()
+    );
+    let (status, _) = host.get_json("/healthz").await;
+    assert_eq!(status, 200, "alive while not ready");
+    host.ready().await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(2400),
+        "ready before the first snapshot could finish: {:?}",
+        started.elapsed()
+    );
+    let (_, v) = host.get_json("/v1/entities?types=faulty.tick").await;
+    assert_eq!(v[0]["key"], "faulty.tick:slow", "{v}");
+    host.stop();
+}
+
+#[tokio::test]
+async fn the_change_stream_sees_yaml_edits() {
+    let host = static_host("");
+    host.ready().await;
+    let mut all = SseClient::open(&host, "", None, None).await;
+    let mut switches = SseClient::open(&host, "?types=switch", None, None).await;
+    let mut initial = SseClient::open(&host, "?snapshot=true", None, None).await;
+
+    // snapshot=true: a resync marker, the current view, its end; no ids.
+    let e = initial.expect("resync").await;
+    assert_eq!(
+        e.data,
+        serde_json::json!({"action": "resync", "reason": "initial"})
+    );
+    assert_eq!(e.id, None);
+    let mut keys = Vec::new();
+    for _ in 0..2 {
+        let e = initial.expect("snapshot").await;
+        assert_eq!(e.data["action"], "snapshot", "{e:?}");
+        assert_eq!(e.id, None);
+        keys.push(e.data["key"].as_str().unwrap().to_owned());
+    }
+    keys.sort();
+    assert_eq!(keys, ["rack:r1", "switch:s1"]);
+    let e = initial.expect("snapshot_end").await;
+    assert_eq!(
+        e.data,
+        serde_json::json!({"action": "snapshot_end", "count": 2})
+    );
+
+    host.write_yaml(&yaml("maintenance", Some("available")));
+    let e = all.expect("updated").await;
+    let (seq, action, key) = change(&e);
+    assert_eq!((action.as_str(), key.as_str()), ("updated", "rack:r1"));
+    assert_eq!(e.data["state"], "maintenance");
+    assert_eq!(e.data["instance"], "static-test");
+    assert_eq!(e.data["initial"], false);
+    assert_eq!(e.data["type"], "rack");
+    assert!(e.data["sampled_at"].is_string());
+    let e = initial.expect("updated").await;
+    assert_eq!(change(&e).0, seq);
+
+    // Remove the switch: deleted, and the rack loses its relation.
+    host.write_yaml(&yaml("maintenance", None));
+    let mut got = vec![
+        change(&all.expect("change").await),
+        change(&all.expect("change").await),
+    ];
+    got.sort();
+    assert_eq!(got[0].0 + 1, got[1].0, "consecutive seqs: {got:?}");
+    assert!(got[0].0 > seq);
+    let mut what: Vec<(String, String)> = got.into_iter().map(|(_, a, k)| (a, k)).collect();
+    what.sort();
+    assert_eq!(
+        what,
+        [
+            ("deleted".to_owned(), "switch:s1".to_owned()),
+            ("updated".to_owned(), "rack:r1".to_owned())
+        ]
+    );
+    // The switch-only stream saw the deletion only.
+    let e = switches.expect("deleted").await;
+    assert_eq!(change(&e).1, "deleted");
+    assert_eq!(change(&e).2, "switch:s1");
+    switches.quiet(Duration::from_millis(500)).await;
+    host.stop();
+}
+
+#[tokio::test]
+async fn a_reconnecting_client_gets_exactly_what_it_missed() {
+    let host = static_host("replay = 6");
+    host.ready().await;
+    let mut client = SseClient::open(&host, "", None, None).await;
+    host.write_yaml(&yaml("maintenance", Some("available")));
+    let first = client.expect("updated").await;
+    let (last, action, key) = change(&first);
+    assert_eq!((action.as_str(), key.as_str()), ("updated", "rack:r1"));
+    let id = |seq: u64| id_of(&first, seq);
+    assert_eq!(first.id.as_deref(), Some(id(last).as_str()));
+    drop(client); // the connection is gone
+
+    // Two changes while away.
+    host.write_yaml(&yaml("available", Some("available")));
+    host.view_shows("rack:r1", Some("available")).await;
+    host.write_yaml(&yaml("available", Some("degraded")));
+    host.view_shows("switch:s1", Some("degraded")).await;
+
+    let mut client = SseClient::open(&host, "", Some(&id(last)), None).await;
+    let a = client.expect("replayed").await;
+    let b = client.expect("replayed").await;
+    assert_eq!(change(&a), (last + 1, "updated".into(), "rack:r1".into()));
+    assert_eq!(a.data["state"], "available");
+    assert_eq!(change(&b), (last + 2, "updated".into(), "switch:s1".into()));
+    assert_eq!(b.data["state"], "degraded");
+    // Then live, with no repeat and no gap.
+    host.write_yaml(&yaml("maintenance", Some("degraded")));
+    let c = client.expect("live").await;
+    assert_eq!(change(&c), (last + 3, "updated".into(), "rack:r1".into()));
+    client.quiet(Duration::from_millis(700)).await;
+    drop(client);
+
+    // A bare seq (from the JSON) resumes too; a filtered client gets only its types.
+    let mut switches = SseClient::open(&host, "?types=switch", Some(&last.to_string()), None).await;
+    assert_eq!(change(&switches.expect("replayed").await).0, last + 2);
+    switches.quiet(Duration::from_millis(300)).await;
+    drop(switches);
+
+    // A client that is up to date gets nothing but live changes.
+    let mut current = SseClient::open(&host, "", Some(&id(last + 3)), None).await;
+    current.quiet(Duration::from_millis(300)).await;
+
+    // Push `last + 1` out of the 6-change window: seven more changes.
+    for i in 0..7 {
+        let state = if i % 2 == 0 {
+            "available"
+        } else {
+            "maintenance"
+        };
+        host.write_yaml(&yaml(state, Some("degraded")));
+        host.view_shows("rack:r1", Some(state)).await;
+    }
+    let newest = last + 10;
+    for seq in last + 4..=newest {
+        assert_eq!(change(&current.expect("live").await).0, seq);
+    }
+    drop(current);
+
+    // Too old: a resync marker and a snapshot, then live changes.
+    let mut client = SseClient::open(&host, "", Some(&id(last)), None).await;
+    let e = client.expect("resync").await;
+    assert_eq!(
+        e.data,
+        serde_json::json!({"action": "resync", "reason": "lagged"})
+    );
+    assert_eq!(e.id, None);
+    let mut snap = Vec::new();
+    for _ in 0..2 {
+        let e = client.expect("snapshot").await;
+        assert_eq!(e.data["action"], "snapshot");
+        assert_eq!(e.id, None);
+        snap.push(format!(
+            "{} {}",
+            e.data["key"].as_str().unwrap(),
+            e.data["state"].as_str().unwrap()
+        ));
+    }
+    snap.sort();
+    assert_eq!(snap, ["rack:r1 available", "switch:s1 degraded"]);
+    let e = client.expect("snapshot_end").await;
+    assert_eq!(
+        e.data,
+        serde_json::json!({"action": "snapshot_end", "count": 2})
+    );
+    host.write_yaml(&yaml("maintenance", Some("degraded")));
+    assert_eq!(
+        change(&client.expect("live after resync").await).0,
+        newest + 1
+    );
+    client.quiet(Duration::from_millis(300)).await;
+    drop(client);
+
+    // The oldest id still in the window replays the whole window.
+    let mut client = SseClient::open(&host, "", Some(&id(newest + 1 - 6)), None).await;
+    for seq in newest + 2 - 6..=newest + 1 {
+        assert_eq!(change(&client.expect("replayed").await).0, seq);
+    }
+    client.quiet(Duration::from_millis(300)).await;
+    drop(client);
+
+    // An id of another run (the host restarted since), even a recent seq: a resync.
+    let other_run = format!("{}@0other", newest);
+    let mut client = SseClient::open(&host, "", Some(&other_run), None).await;
+    assert_eq!(
+        client.expect("resync").await.data,
+        serde_json::json!({"action": "resync", "reason": "lagged"})
+    );
+    drop(client);
+    // So does a seq this run never reached.
+    let mut client = SseClient::open(&host, "", Some(&id(1_000_000)), None).await;
+    assert_eq!(client.expect("resync").await.data["action"], "resync");
+    drop(client);
+
+    // A malformed id is refused.
+    let r = host
+        .http
+        .get(host.url("/v1/changes"))
+        .header("last-event-id", "yesterday")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "bad_request", "{v}");
+    host.stop();
+}
+
+fn write_token(dir: &Path, token: &str) -> PathBuf {
+    let file = dir.join("token");
+    std::fs::write(&file, format!("{token}\n")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    file
+}
+
+async fn check_token_required(host: &Host, token: &str) {
+    let c = &host.http;
+    for path in ["/v1/entities", "/v1/plugins", "/metrics", "/v1/changes"] {
+        let r = c.get(host.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{path} without a token");
+        assert_eq!(
+            r.headers()["www-authenticate"],
+            "Bearer realm=\"synchronizer\""
+        );
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"], "unauthorized");
+        let r = c
+            .get(host.url(path))
+            .bearer_auth(format!("{token}x"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{path} with a wrong token");
+        let r = c
+            .get(host.url(path))
+            .header("authorization", format!("Basic {token}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{path} with another scheme");
+    }
+    let r = c.post(host.url("/v1/snapshot")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    for path in ["/v1/entities", "/v1/plugins", "/metrics"] {
+        let r = c
+            .get(host.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path} with the token");
+    }
+    let r = c
+        .post(host.url("/v1/snapshot"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut stream = SseClient::open(host, "", None, Some(token)).await;
+    host.write_yaml(&yaml("maintenance", Some("available")));
+    assert_eq!(change(&stream.expect("updated").await).1, "updated");
+    // Probes need no token.
+    for path in ["/healthz", "/readyz"] {
+        let r = c.get(host.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn the_token_is_required_and_never_logged() {
+    // From a file, with debug logs.
+    let token = format!("tok-{}-{}", std::process::id(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_token(dir.path(), &token);
+    let http = format!("token_file = {:?}", file.display().to_string());
+    let host = Host::start(Setup {
+        instances: STATIC,
+        http: &http,
+        env: &[],
+        args: &["--log", "debug"],
+    });
+    host.ready().await;
+    check_token_required(&host, &token).await;
+    let log = host.stop();
+    assert!(log.contains("HTTP request refused"), "{log}");
+    assert!(log.contains("auth=\"bearer token\""), "{log}");
+    assert!(!log.contains(&token), "the token is in the log:\n{log}");
+
+    // From the environment, with JSON logs.
+    let token = format!("env-{}-{}", std::process::id(), free_port());
+    let host = Host::start(Setup {
+        instances: STATIC,
+        http: "token_env = \"SYNC_TEST_HTTP_TOKEN\"",
+        env: &[("SYNC_TEST_HTTP_TOKEN", &token)],
+        args: &["--log", "debug", "--log-format", "json"],
+    });
+    host.ready().await;
+    check_token_required(&host, &token).await;
+    let log = host.stop();
+    assert!(log.contains("HTTP request refused"), "{log}");
+    assert!(!log.contains(&token), "the token is in the log:\n{log}");
+}
+
+#[tokio::test]
+async fn a_missing_token_keeps_the_api_closed() {
+    // token_env names an unset variable: the API must not come up open.
+    let host = Host::start(Setup {
+        instances: STATIC,
+        http: "token_env = \"SYNC_TEST_HTTP_TOKEN_UNSET\"",
+        env: &[],
+        args: &[],
+    });
+    let end = Instant::now() + Duration::from_secs(10);
+    while !host.log().contains("HTTP API not started") && !host.log().contains("HTTP API stopped") {
+        assert!(Instant::now() < end, "no error logged:\n{}", host.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        host.log().contains("SYNC_TEST_HTTP_TOKEN_UNSET is not set"),
+        "{}",
+        host.log()
+    );
+    assert!(host.http.get(host.url("/healthz")).send().await.is_err());
+    host.stop();
+}
+
+/// The samples of `text` (OpenMetrics, as Prometheus reads it) named `name` whose labels
+/// include `labels`, summed.
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => panic!("{name} is not a number"),
+        })
+        .sum()
+}
+
+async fn scrape(host: &Host) -> prometheus_parse::Scrape {
+    let text = host
+        .http
+        .get(host.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("parses")
+}
+
+#[tokio::test]
+async fn metrics_count_what_happened() {
+    let host = static_host("");
+    host.ready().await;
+    let m = scrape(&host).await;
+    assert_eq!(
+        sample(&m, "synchronizer_changes_total", &[("action", "created")]),
+        2.0
+    );
+    assert_eq!(
+        sample(&m, "synchronizer_changes_total", &[("action", "updated")]),
+        0.0
+    );
+    assert_eq!(
+        sample(&m, "synchronizer_entities", &[("type", "rack")]),
+        1.0
+    );
+    assert_eq!(
+        sample(&m, "synchronizer_entities", &[("type", "switch")]),
+        1.0
+    );
+    // stdout and the replay window.
+    let base_subscribers = sample(&m, "synchronizer_subscribers", &[]);
+    assert!(base_subscribers >= 2.0, "{base_subscribers}");
+
+    let mut stream = SseClient::open(&host, "", None, None).await;
+    host.write_yaml(&yaml("maintenance", Some("available")));
+    stream.expect("updated").await;
+    host.write_yaml(&yaml("maintenance", None));
+    stream.expect("change").await;
+    stream.expect("change").await;
+
+    let m = scrape(&host).await;
+    assert_eq!(
+        sample(&m, "synchronizer_changes_total", &[("action", "created")]),
+        2.0
+    );
+    assert_eq!(
+        sample(&m, "synchronizer_changes_total", &[("action", "updated")]),
+        2.0
+    );
+    assert_eq!(
+        sample(&m, "synchronizer_changes_total", &[("action", "deleted")]),
+        1.0
+    );
+    assert_eq!(
+        sample(&m, "synchronizer_subscribers", &[]),
+        base_subscribers + 1.0
+    );
+    // A client that goes away takes its subscription with it.
+    drop(stream);
+    let end = Instant::now() + Duration::from_secs(10);
+    while sample(&scrape(&host).await, "synchronizer_subscribers", &[]) != base_subscribers {
+        assert!(
+            Instant::now() < end,
+            "the closed stream's subscription stayed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        sample(&m, "synchronizer_entities", &[("type", "rack")]),
+        1.0
+    );
+    let success = sample(
+        &m,
+        "synchronizer_collections_total",
+        &[("instance", "static-test"), ("outcome", "success")],
+    );
+    let (_, plugins) = host.get_json("/v1/plugins").await;
+    let collections = plugins["instances"][0]["status"]["collections"]
+        .as_u64()
+        .unwrap() as f64;
+    // Three snapshots at least (start, two edits); the status, read later, has as many or more.
+    assert!(
+        success >= 3.0 && success <= collections,
+        "{success} vs {collections}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "synchronizer_collections_total",
+            &[("outcome", "failed")]
+        ),
+        0.0
+    );
+    // The histogram counted every collection.
+    let histogram = m
+        .samples
+        .iter()
+        .find(|s| s.metric == "synchronizer_collection_duration_seconds")
+        .expect("the duration histogram");
+    let prometheus_parse::Value::Histogram(buckets) = &histogram.value else {
+        panic!("not a histogram: {histogram:?}");
+    };
+    let total = buckets.iter().map(|b| b.count).fold(0.0, f64::max);
+    assert!(total >= success, "{total} vs {success}");
+    host.stop();
+}
