@@ -411,8 +411,16 @@ mod tests {
             .unwrap();
         assert_eq!(e.properties_json(), r#"{"b": 1, "a": [true]}"#);
         assert_eq!(e.properties()["a"][0], true);
-        assert!(Entity::resource("t", "i").with_properties_json("[1]".into()).is_err());
-        assert!(Entity::resource("t", "i").with_properties_json("{\"a\":".into()).is_err());
+        assert!(
+            Entity::resource("t", "i")
+                .with_properties_json("[1]".into())
+                .is_err()
+        );
+        assert!(
+            Entity::resource("t", "i")
+                .with_properties_json("{\"a\":".into())
+                .is_err()
+        );
     }
 
     #[test]
