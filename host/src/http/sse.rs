@@ -128,10 +128,15 @@ pub(super) async fn changes(
             }
         }
     };
+    let resume_after = match &last_id {
+        None => String::new(),
+        Some(LastId::Seq(seq)) => seq.to_string(),
+        Some(LastId::OtherRun) => "another run".to_owned(),
+    };
     tracing::info!(
         %peer,
         types = %params.types.join(","),
-        last_event_id = ?last_id,
+        %resume_after,
         mode,
         "change stream opened"
     );
