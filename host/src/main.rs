@@ -173,12 +173,16 @@ fn load_config(path: &Path) -> Result<Config> {
     })
 }
 
-async fn start(config: Config) -> Result<Synchronizer> {
-    Synchronizer::start(config).await.map_err(|e| match e {
+fn start_error(e: synchronizer::StartError) -> anyhow::Error {
+    match e {
         synchronizer::StartError::Plugins(_)
         | synchronizer::StartError::Config(_)
         | synchronizer::StartError::Store(_) => anyhow::Error::new(Invalid(e.to_string())),
-    })
+    }
+}
+
+async fn start(config: Config) -> Result<Synchronizer> {
+    Synchronizer::start(config).await.map_err(start_error)
 }
 
 async fn run(
@@ -189,12 +193,32 @@ async fn run(
     let config = load_config(path)?;
     let queue = config.subscriber_queue;
     let http = config.http.clone();
-    let sync = Arc::new(start(config).await?);
+    // Subscribed before any instance runs: stdout sees the first snapshots too.
+    let options = SubscribeOptions {
+        types,
+        queue,
+        initial_snapshot: false,
+        resync_every,
+    };
+    let (sync, mut sub) = Synchronizer::start_subscribed(config, &options)
+        .await
+        .map_err(start_error)?;
+    let sync = Arc::new(sync);
     let stop_http = CancellationToken::new();
     let http_task = match http {
         Some(http) => {
+            // Bound before READY=1: a port that is taken stops the start, loudly.
             let listen = http.listen;
-            let task = tokio::spawn(synchronizer::http::serve(
+            let listener = match tokio::net::TcpListener::bind(listen).await {
+                Ok(l) => l,
+                Err(e) => {
+                    sync.shutdown().await;
+                    return Err(anyhow::Error::new(e)
+                        .context(format!("HTTP API: cannot listen on {listen}")));
+                }
+            };
+            let task = tokio::spawn(synchronizer::http::serve_on(
+                listener,
                 sync.clone(),
                 http,
                 stop_http.clone(),
@@ -208,13 +232,6 @@ async fn run(
     for f in sync.failures() {
         tracing::error!(error = %f, "instance skipped");
     }
-    let options = SubscribeOptions {
-        types,
-        queue,
-        initial_snapshot: false,
-        resync_every,
-    };
-    let mut sub = sync.subscribe(&options);
     // stdout is written on a thread of its own: a slow pipe delays only this subscriber.
     let (tx, rx) = std::sync::mpsc::sync_channel::<Event>(1024);
     let writer = std::thread::Builder::new()

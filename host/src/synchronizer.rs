@@ -136,8 +136,30 @@ impl Synchronizer {
     /// schedules and push loops. With `on_plugin_error = "skip"` the instances that fail
     /// are reported by [`Synchronizer::failures`] and the rest run.
     pub async fn start(config: Config) -> Result<Synchronizer, StartError> {
+        Self::start_inner(config, None).await.map(|(sync, _)| sync)
+    }
+
+    /// Like [`Synchronizer::start`], with a subscription made before any instance runs,
+    /// so that it sees every change from the very first snapshots (what `synchronizer
+    /// run` prints).
+    pub async fn start_subscribed(
+        config: Config,
+        options: &SubscribeOptions,
+    ) -> Result<(Synchronizer, Subscription), StartError> {
+        let (sync, sub) = Self::start_inner(config, Some(options)).await?;
+        match sub {
+            Some(sub) => Ok((sync, sub)),
+            None => Err(StartError::Config("no subscription was made".into())),
+        }
+    }
+
+    async fn start_inner(
+        config: Config,
+        early: Option<&SubscribeOptions>,
+    ) -> Result<(Synchronizer, Option<Subscription>), StartError> {
         let level = parse_level(&config.plugin_log_level).map_err(StartError::Config)?;
         let hub = Arc::new(Hub::new(config.tombstone_ttl));
+        let early = early.map(|options| Subscription::for_hub(&hub, options));
         let mut libraries: HashMap<PathBuf, Result<PluginLibrary, String>> = HashMap::new();
         let mut instances = Vec::new();
         let mut failures = Vec::new();
@@ -356,7 +378,7 @@ impl Synchronizer {
                 }
             }
         });
-        Ok(Synchronizer {
+        let sync = Synchronizer {
             hub,
             instances: handles,
             failures,
@@ -364,7 +386,8 @@ impl Synchronizer {
             tasks: tokio::sync::Mutex::new(tasks),
             store_writer: std::sync::Mutex::new(store_writer),
             bus_stop_timeout: Duration::from_secs(10),
-        })
+        };
+        Ok((sync, early))
     }
 
     /// The instances that failed to start (with `on_plugin_error = "skip"`).

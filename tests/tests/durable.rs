@@ -73,10 +73,10 @@ impl Host {
     fn changes(&self, n: usize) -> Vec<String> {
         let mut out: Vec<String> = (0..n)
             .map(|_| {
-                let v = self
-                    .changes
-                    .recv_timeout(Duration::from_secs(10))
-                    .expect("a change");
+                let Ok(v) = self.changes.recv_timeout(Duration::from_secs(10)) else {
+                    let log: Vec<String> = self.log.try_iter().collect();
+                    panic!("no change within 10 s; the host's log:\n{}", log.join("\n"));
+                };
                 format!(
                     "{} {} {}",
                     v["action"].as_str().unwrap(),
