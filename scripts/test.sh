@@ -3,8 +3,8 @@
 #
 # 1. Real components, installed when missing and started when down, each waiting on a
 #    readiness check: a Nagios 4 on loopback, RabbitMQ on 127.0.0.1:5672, a Python venv
-#    with oslo.messaging (the real publisher), and — in the background while the Rust code
-#    builds — real Keystone + Heat and Nova from PyPI on loopback.
+#    with oslo.messaging (the real publisher), and — in the background while the tests
+#    run — real Keystone + Heat and Nova from PyPI on loopback.
 # 2. cargo fmt --check; every plugin .so built once into target/debug, plus a plugin built
 #    against an incompatible plugin-api (scripts/build-test-plugins.sh); clippy -D warnings.
 # 3. cargo test for the whole workspace, then the tests against the real OpenStack
@@ -23,16 +23,6 @@ bash scripts/rabbitmq/ensure.sh
 OSLO_PYTHON="$(bash scripts/oslo/setup-venv.sh)"
 export OSLO_PYTHON
 
-step "real components: Keystone + Heat and Nova (background)"
-os_log="$CARGO_TARGET_DIR/openstack-setup.log"
-os_env="$CARGO_TARGET_DIR/openstack-setup.env"
-(
-    bash scripts/openstack/keystone-heat.sh > "$os_env.kh"
-    bash scripts/openstack/nova.sh > "$os_env.nova"
-    cat "$os_env.kh" "$os_env.nova" > "$os_env"
-) > "$os_log" 2>&1 &
-os_pid=$!
-
 step "formatting"
 cargo fmt --all -- --check
 
@@ -41,6 +31,18 @@ bash scripts/build-test-plugins.sh
 
 step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+
+# The OpenStack services start only now: while the Rust code compiles they would compete
+# for the same two cores, and nova-compute misses its readiness deadline.
+step "real components: Keystone + Heat and Nova (background, while the tests run)"
+os_log="$CARGO_TARGET_DIR/openstack-setup.log"
+os_env="$CARGO_TARGET_DIR/openstack-setup.env"
+(
+    bash scripts/openstack/keystone-heat.sh > "$os_env.kh"
+    bash scripts/openstack/nova.sh > "$os_env.nova"
+    cat "$os_env.kh" "$os_env.nova" > "$os_env"
+) > "$os_log" 2>&1 &
+os_pid=$!
 
 step "tests"
 cargo test --workspace
