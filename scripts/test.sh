@@ -45,7 +45,7 @@ os_env="$CARGO_TARGET_DIR/openstack-setup.env"
 os_pid=$!
 # However the run ends, the OpenStack services stop again (their state stays in
 # target/openstack, so the next run starts them quickly).
-trap 'wait "$os_pid" 2>/dev/null; bash scripts/openstack/stop.sh >/dev/null 2>&1 || true' EXIT
+trap 'wait "$os_pid" 2>/dev/null || true; bash scripts/openstack/stop.sh >/dev/null 2>&1 || true' EXIT
 
 step "tests"
 cargo test --workspace
