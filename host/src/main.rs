@@ -437,11 +437,78 @@ fn plugins(path: &Path) -> Result<()> {
         println!(
             "\nprocess-mode instances run in a child process each; a running host reports each child's pid, restarts and last exit cause in GET /v1/plugins (status.pid, status.restarts, status.last_exit)"
         );
+        match &config.http {
+            Some(http) => match running_children(http) {
+                Ok(lines) => {
+                    println!("running host on {}:", http.listen);
+                    for line in lines {
+                        println!("  {line}");
+                    }
+                }
+                Err(e) => println!("no running host answers on {}: {e}", http.listen),
+            },
+            None => println!("(configure [http] to see a running host's children here)"),
+        }
     }
     if bad > 0 {
         return Err(Invalid(format!("{bad} configured plugin file(s) cannot be loaded")).into());
     }
     Ok(())
+}
+
+/// Asks a running host (its HTTP API) for its process-mode children: one line each with
+/// pid, restarts and last exit cause.
+fn running_children(http: &synchronizer::config::HttpConfig) -> Result<Vec<String>> {
+    use std::io::Read as _;
+    let token = match (&http.token_file, &http.token_env) {
+        (Some(file), _) => std::fs::read_to_string(file)
+            .ok()
+            .and_then(|t| t.lines().next().map(|l| l.trim().to_owned())),
+        (None, Some(var)) => std::env::var(var).ok().map(|t| t.trim().to_owned()),
+        (None, None) => None,
+    };
+    let timeout = std::time::Duration::from_secs(2);
+    let mut conn = std::net::TcpStream::connect_timeout(&http.listen, timeout)?;
+    conn.set_read_timeout(Some(timeout))?;
+    conn.set_write_timeout(Some(timeout))?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        conn,
+        "GET /v1/plugins HTTP/1.0\r\nHost: {}\r\n{auth}\r\n",
+        http.listen
+    )?;
+    let mut response = Vec::new();
+    conn.read_to_end(&mut response)?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("the answer is not HTTP")?;
+    let ok = head.starts_with("HTTP/1.") && head.split_whitespace().nth(1) == Some("200");
+    if !ok {
+        anyhow::bail!("{}", head.lines().next().unwrap_or("no status line"));
+    }
+    let doc: serde_json::Value = serde_json::from_str(body).context("the answer is not JSON")?;
+    let mut lines = Vec::new();
+    for inst in doc["instances"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+    {
+        let status = &inst["status"];
+        if status["isolation"] != "process" {
+            continue;
+        }
+        lines.push(format!(
+            "{}: pid {}, restarts {}, last exit {}",
+            inst["name"].as_str().unwrap_or("?"),
+            status["pid"]
+                .as_u64()
+                .map_or("-".to_owned(), |p| p.to_string()),
+            status["restarts"].as_u64().unwrap_or(0),
+            status["last_exit"].as_str().unwrap_or("-"),
+        ));
+    }
+    Ok(lines)
 }
 
 /// `name (in-process)`, `name (process, memory limit 512MiB)`, `name (disabled, ...)`.

@@ -274,3 +274,51 @@ mode = "ok"
     assert!(text.contains("plain (in-process)"), "{text}");
     assert!(text.contains("/v1/plugins"), "{text}");
 }
+
+#[test]
+fn the_plugins_command_shows_a_running_hosts_children() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let instances = format!(
+        "[http]\nlisten = \"127.0.0.1:{port}\"\n{}",
+        crashy("boxed", "ok", "process")
+    );
+    let config = write_config(dir.path(), &instances);
+    let mut host = start(&config);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let (text, pid) = loop {
+        let out = Command::new(binary())
+            .args(["plugins", "--config"])
+            .arg(&config)
+            .output()
+            .expect("runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let pid = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("boxed: pid "))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            break (text, pid);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no child reported: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        text.contains(&format!("running host on 127.0.0.1:{port}")),
+        "{text}"
+    );
+    assert!(text.contains("restarts 0, last exit -"), "{text}");
+    assert!(
+        children_of(host.id()).contains(&pid),
+        "pid {pid} is not the host's child: {text}"
+    );
+    let _ = host.kill();
+    let _ = host.wait();
+}
