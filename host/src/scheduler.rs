@@ -190,13 +190,7 @@ impl Collector {
             Ok(Err(error)) => {
                 let err = CollectError::Failed { instance, error };
                 tracing::warn!(error = %err, "snapshot failed; nothing is deleted");
-                self.status.failure(t0.elapsed(), &err.to_string());
-                self.metrics().collection(
-                    &self.origin.instance,
-                    "failed",
-                    t0.elapsed().as_secs_f64(),
-                );
-                Err(err)
+                Err(self.failed(err, "failed", t0))
             }
             Err(_) => {
                 // The call future is dropped: the plugin's task is aborted. If the count
@@ -209,26 +203,31 @@ impl Collector {
                 if self.source.calls_in_flight() > 0 {
                     let err = CollectError::Stuck { instance };
                     tracing::error!(error = %err, "snapshot timed out and the plugin did not stop");
-                    self.status.stuck(&err.to_string());
-                    self.metrics().collection(
-                        &self.origin.instance,
-                        "stuck",
-                        t0.elapsed().as_secs_f64(),
-                    );
-                    Err(err)
+                    Err(self.failed(err, "stuck", t0))
                 } else {
                     let err = CollectError::Timeout { instance, timeout };
                     tracing::warn!(error = %err, "snapshot timed out; nothing is deleted");
-                    self.status.failure(t0.elapsed(), &err.to_string());
-                    self.metrics().collection(
-                        &self.origin.instance,
-                        "timeout",
-                        t0.elapsed().as_secs_f64(),
-                    );
-                    Err(err)
+                    Err(self.failed(err, "timeout", t0))
                 }
             }
         }
+    }
+
+    /// Records a failed collection in the status and the metrics.
+    fn failed(
+        &self,
+        err: CollectError,
+        outcome: &'static str,
+        t0: tokio::time::Instant,
+    ) -> CollectError {
+        let elapsed = t0.elapsed();
+        match outcome {
+            "stuck" => self.status.stuck(&err.to_string()),
+            _ => self.status.failure(elapsed, &err.to_string()),
+        }
+        self.metrics()
+            .collection(&self.origin.instance, outcome, elapsed.as_secs_f64());
+        err
     }
 
     fn metrics(&self) -> &crate::metrics::Metrics {
