@@ -195,12 +195,24 @@ pub struct Config {
     /// The HTTP API (absent: no HTTP server).
     #[serde(default)]
     pub http: Option<HttpConfig>,
+    /// Outputs for remote consumers besides the HTTP API.
+    #[serde(default)]
+    pub outputs: Outputs,
     /// Timing defaults for every instance.
     #[serde(default)]
     pub defaults: Timing,
     /// The plugin instances.
     #[serde(default)]
     pub instances: Vec<InstanceConfig>,
+}
+
+/// Outputs for remote consumers (`[outputs]`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Outputs {
+    /// AMQP exchanges every change is published to (`[[outputs.amqp]]`).
+    #[serde(default)]
+    pub amqp: Vec<crate::amqp::AmqpOutputConfig>,
 }
 
 /// The HTTP API's settings.
@@ -289,12 +301,31 @@ impl Config {
             {
                 config.baseline_file = Some(base.join(file));
             }
+            for output in &mut config.outputs.amqp {
+                if let Some(file) = &output.ca_file
+                    && file.is_relative()
+                {
+                    output.ca_file = Some(base.join(file));
+                }
+            }
         }
         config.validate()?;
         Ok(config)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        let mut outputs = HashSet::new();
+        for output in &self.outputs.amqp {
+            output
+                .check()
+                .map_err(|e| ConfigError::Semantic(e.to_string()))?;
+            if !outputs.insert(output.name.as_str()) {
+                return Err(ConfigError::Semantic(format!(
+                    "outputs.amqp: the name `{}` is used twice; output names must be unique",
+                    output.name
+                )));
+            }
+        }
         let mut names = HashSet::new();
         for inst in &self.instances {
             if inst.name.is_empty() {

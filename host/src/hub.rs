@@ -6,6 +6,10 @@
 //! `try_send`. A subscriber whose queue is full is marked lagged and skipped; as soon as
 //! its queue has room again it gets [`Event::Resync`] followed by [`Event::Snapshot`] of
 //! its types, instead of silently missing changes.
+//!
+//! Reliable outputs ([`Hub::subscribe_reliable`]) are the exception: they get every
+//! change through an unbounded queue and confirm it, and producers wait for those
+//! confirmations (see [`crate::delivery`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -18,6 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::baseline::{Baseline, HashIndex, Observation, Owner, Verdict, hash_snapshot};
 use crate::change::{Action, Change, Event, ResyncReason};
+use crate::delivery::{Confirmer, Deliveries};
 use crate::metrics::{ActionLabels, Metrics, TypeLabels};
 use crate::persist::{Op, Restored, StoredEntity};
 
@@ -69,12 +74,16 @@ pub struct Applied {
     pub deleted: usize,
     /// Entities dropped as older than what the baseline holds, or as repeats.
     pub dropped: usize,
+    /// The `seq` of the last change emitted, if any.
+    pub last_seq: Option<u64>,
 }
 
 struct State {
     baseline: Baseline,
     view: HashMap<String, HashIndex<Arc<Entity>>>,
     subscribers: Vec<Subscriber>,
+    /// Reliable outputs: every change, never dropped (their producers wait instead).
+    reliable: Vec<mpsc::UnboundedSender<Arc<Change>>>,
     next_seq: u64,
     next_subscriber: u64,
     lagged_total: u64,
@@ -91,6 +100,8 @@ struct State {
 pub struct Hub {
     state: Mutex<State>,
     metrics: Arc<Metrics>,
+    deliveries: Arc<Deliveries>,
+    epoch: Arc<str>,
 }
 
 /// Pending changes for one key within a batch, collapsed to one notification.
@@ -98,6 +109,23 @@ struct Pending {
     first: Verdict,
     last: Verdict,
     entity: Arc<Entity>,
+}
+
+/// A new epoch: the time in microseconds, in base 36 (`mgk3q9x2a` or so), with the
+/// process id, so that two runs never share one.
+fn new_epoch() -> Arc<str> {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    let mut n = micros ^ (u128::from(std::process::id()) << 64);
+    let mut digits = Vec::new();
+    while n > 0 {
+        let d = (n % 36) as u8;
+        digits.push(if d < 10 { b'0' + d } else { b'a' + d - 10 });
+        n /= 36;
+    }
+    digits.reverse();
+    Arc::from(String::from_utf8(digits).unwrap_or_default())
 }
 
 fn now_us() -> i64 {
@@ -112,6 +140,7 @@ impl Hub {
                 baseline: Baseline::new(tombstone_ttl),
                 view: HashMap::new(),
                 subscribers: Vec::new(),
+                reliable: Vec::new(),
                 next_seq: 1,
                 next_subscriber: 1,
                 lagged_total: 0,
@@ -120,6 +149,8 @@ impl Hub {
                 restored_types: Default::default(),
             }),
             metrics: Arc::new(Metrics::default()),
+            deliveries: Arc::new(Deliveries::default()),
+            epoch: new_epoch(),
         }
     }
 
@@ -377,6 +408,32 @@ impl Hub {
         (id, rx)
     }
 
+    /// Adds a reliable output named `name`: it receives every change from now on (it
+    /// filters by type itself), never dropped, and confirms each with the returned
+    /// [`Confirmer`] once it is safe. Producers wait for its confirmations
+    /// ([`Hub::deliveries`]).
+    pub fn subscribe_reliable(
+        &self,
+        name: &str,
+    ) -> (mpsc::UnboundedReceiver<Arc<Change>>, Confirmer) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut state = self.lock();
+        let confirmer = self.deliveries.register(name, state.next_seq - 1);
+        state.reliable.push(tx);
+        (rx, confirmer)
+    }
+
+    /// This run's id. `<seq>@<epoch>` names a change uniquely across restarts (SSE ids,
+    /// AMQP message ids).
+    pub fn epoch(&self) -> &Arc<str> {
+        &self.epoch
+    }
+
+    /// What producers wait on before they let go of their source.
+    pub fn deliveries(&self) -> &Arc<Deliveries> {
+        &self.deliveries
+    }
+
     /// Removes a subscriber.
     pub fn unsubscribe(&self, id: u64) {
         self.lock().subscribers.retain(|s| s.id != id);
@@ -561,6 +618,7 @@ impl State {
                 sampled_us,
                 initial,
             }));
+            applied.last_seq = Some(seq);
         }
         if !ops.is_empty() {
             self.pending_ops = ops;
@@ -574,6 +632,10 @@ impl State {
         let before = self.lagged_total;
         let ops = std::mem::take(&mut self.pending_ops);
         if !changes.is_empty() {
+            // An output whose receiver is gone is dropped; its confirmer went with it,
+            // so producers waiting on it fail rather than wait forever.
+            self.reliable
+                .retain(|tx| changes.iter().all(|c| tx.send(c.clone()).is_ok()));
             for sub in &mut self.subscribers {
                 if sub.lagged {
                     continue;

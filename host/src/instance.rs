@@ -102,7 +102,8 @@ pub fn log_level(filter: tracing::level_filters::LevelFilter) -> LogLevel {
 }
 
 /// Where a bus plugin's pushes go: straight into the hub. The future completes when the
-/// hub has applied the batch and queued its changes to every subscriber.
+/// hub has applied the batch, queued its changes to every subscriber, and every reliable
+/// output confirmed them ([`accept_push`]).
 struct HubSink {
     hub: Arc<Hub>,
     origin: Origin,
@@ -112,19 +113,47 @@ impl HostSink for HubSink {
     fn push(&self, batch: RVec<FfiPushed>) -> FfiFuture<RResult<(), FfiError>> {
         let hub = self.hub.clone();
         let origin = self.origin.clone();
-        async move {
-            let batch: Vec<FfiPushed> = batch.into_vec();
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                hub.apply_push(&origin, batch)
-            })) {
-                Ok(_) => RResult::ROk(()),
-                Err(_) => RResult::RErr(FfiError {
-                    kind: ErrorKind::Failed,
-                    message: RString::from("the host failed to apply the batch"),
-                }),
-            }
-        }
-        .into_ffi()
+        async move { accept_push(&hub, &origin, batch.into_vec()).await.into() }.into_ffi()
+    }
+}
+
+/// Applies a pushed batch and waits until every reliable output confirmed its changes:
+/// only then may the plugin acknowledge the messages upstream.
+pub async fn accept_push(
+    hub: &Hub,
+    origin: &Origin,
+    batch: Vec<FfiPushed>,
+) -> Result<(), FfiError> {
+    let last_seq = apply_pushed(hub, origin, batch)?;
+    delivered(hub, last_seq).await
+}
+
+/// Applies a pushed batch (the first half of [`accept_push`]); returns the `seq` of its
+/// last change. Process isolation applies in arrival order and waits elsewhere.
+pub fn apply_pushed(
+    hub: &Hub,
+    origin: &Origin,
+    batch: Vec<FfiPushed>,
+) -> Result<Option<u64>, FfiError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        hub.apply_push(origin, batch)
+    }))
+    .map(|applied| applied.last_seq)
+    .map_err(|_| FfiError {
+        kind: ErrorKind::Failed,
+        message: RString::from("the host failed to apply the batch"),
+    })
+}
+
+/// Waits until every reliable output confirmed the changes up to `last_seq` (the second
+/// half of [`accept_push`]).
+pub async fn delivered(hub: &Hub, last_seq: Option<u64>) -> Result<(), FfiError> {
+    match last_seq {
+        Some(seq) => hub.deliveries().delivered(seq).await.map_err(|e| FfiError {
+            kind: ErrorKind::Failed,
+            message: RString::from(e.to_string()),
+        }),
+        None => Ok(()),
     }
 }
 

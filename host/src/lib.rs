@@ -9,7 +9,9 @@
 //!   detection); bus plugins push through a sink.
 //! - [`hub`] turns snapshots and pushed changes into [`Change`]s with the [`baseline`]
 //!   store, keeps the current view, and feeds subscribers without ever blocking.
-//! - [`subscription`] is what consumers hold; [`output`] is the JSON form of changes.
+//! - [`subscription`] is what consumers hold; [`output`] is the JSON form of changes;
+//!   [`http`] serves them to remote consumers and [`amqp`] publishes them to a broker,
+//!   with end-to-end confirmation ([`delivery`]).
 //! - [`Synchronizer`] ties it together: embed it, or run the `synchronizer` binary.
 //!
 //! ```no_run
@@ -27,9 +29,11 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod amqp;
 pub mod baseline;
 pub mod change;
 pub mod config;
+pub mod delivery;
 pub mod http;
 pub mod hub;
 pub mod instance;

@@ -10,6 +10,10 @@
 //! | `synchronizer_subscribers` | gauge | | live subscribers |
 //! | `synchronizer_subscriber_queue_max` | gauge | | the deepest subscriber queue right now (lag, in events) |
 //! | `synchronizer_subscriber_resyncs_total` | counter | | times a subscriber fell behind and was resynced |
+//! | `synchronizer_output_published_total` | counter | output | changes an AMQP output published and its broker confirmed |
+//! | `synchronizer_output_unconfirmed` | gauge | output | changes waiting for an AMQP output: queued or published and not confirmed yet (producers are held back while its broker is away) |
+//! | `synchronizer_output_connected` | gauge | output | 1 while an AMQP output is connected to its broker |
+//! | `synchronizer_output_failures_total` | counter | output | times an AMQP output lost or could not open its connection |
 //!
 //! Counters and the histogram are updated where things happen; gauges are refreshed when
 //! the registry is encoded.
@@ -53,6 +57,13 @@ pub struct ActionLabels {
     pub action: &'static str,
 }
 
+/// Labels: an output.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutputLabels {
+    /// The output's name.
+    pub output: String,
+}
+
 /// Labels: a plugin counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PluginCounterLabels {
@@ -86,6 +97,14 @@ pub struct Metrics {
     pub subscriber_queue_max: Gauge,
     /// Resyncs after lag.
     pub subscriber_resyncs: Counter,
+    /// Changes an output published, confirmed.
+    pub output_published: Family<OutputLabels, Counter>,
+    /// Changes waiting for an output.
+    pub output_unconfirmed: Family<OutputLabels, Gauge>,
+    /// Whether an output is connected.
+    pub output_connected: Family<OutputLabels, Gauge>,
+    /// Connection failures of an output.
+    pub output_failures: Family<OutputLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -130,8 +149,36 @@ impl Default for Metrics {
             "Times a subscriber fell behind and was resynced",
             subscriber_resyncs.clone(),
         );
+        let output_published = Family::<OutputLabels, Counter>::default();
+        registry.register(
+            "output_published",
+            "Changes an output published and its broker confirmed",
+            output_published.clone(),
+        );
+        let output_unconfirmed = Family::<OutputLabels, Gauge>::default();
+        registry.register(
+            "output_unconfirmed",
+            "Changes waiting for an output's broker to confirm them",
+            output_unconfirmed.clone(),
+        );
+        let output_connected = Family::<OutputLabels, Gauge>::default();
+        registry.register(
+            "output_connected",
+            "1 while an output is connected to its broker",
+            output_connected.clone(),
+        );
+        let output_failures = Family::<OutputLabels, Counter>::default();
+        registry.register(
+            "output_failures",
+            "Times an output lost or could not open its connection",
+            output_failures.clone(),
+        );
         Metrics {
             registry,
+            output_published,
+            output_unconfirmed,
+            output_connected,
+            output_failures,
             collections,
             durations,
             entities,

@@ -8,7 +8,7 @@
 //! the counter drops (DESIGN.md §2). Other instances run on their own tasks and never
 //! wait for it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -75,6 +75,8 @@ pub struct Collector {
     status: Arc<StatusCell>,
     in_flight: Mutex<Option<Shared<BoxFuture<'static, CollectResult>>>>,
     initial_done: AtomicBool,
+    /// The `seq` of the last change a collection of this instance emitted.
+    last_emitted: AtomicU64,
 }
 
 fn now_us() -> i64 {
@@ -101,6 +103,7 @@ impl Collector {
             status,
             in_flight: Mutex::new(None),
             initial_done: AtomicBool::new(false),
+            last_emitted: AtomicU64::new(0),
         })
     }
 
@@ -168,6 +171,9 @@ impl Collector {
                     initial,
                 );
                 self.initial_done.store(true, Ordering::SeqCst);
+                if let Some(seq) = applied.last_seq {
+                    self.last_emitted.fetch_max(seq, Ordering::SeqCst);
+                }
                 let elapsed = t0.elapsed();
                 for reason in &incomplete {
                     tracing::warn!(instance = %instance, %reason, "incomplete snapshot: nothing of this type is deleted");
@@ -265,6 +271,17 @@ impl Collector {
                 Ok(_) => 0,
                 Err(_) => failures.saturating_add(1),
             };
+            // Back-pressure from reliable outputs: no new poll before they confirmed
+            // what the last one changed.
+            let emitted = self.last_emitted.load(Ordering::SeqCst);
+            if emitted > 0 {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    r = self.hub.deliveries().delivered(emitted) => if let Err(e) = r {
+                        tracing::error!(instance = %self.origin.instance, error = %e, "changes not delivered to an output");
+                    },
+                }
+            }
             let delay = self.next_delay(failures);
             self.status
                 .scheduled(SystemTime::now() + delay, failures > 0);

@@ -11,6 +11,7 @@ use synchronizer_plugin_api::Entity;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::amqp::AmqpOutput;
 use crate::config::{Config, OnPluginError, parse_level};
 use crate::hub::{Hub, Origin, TypeFilter};
 use crate::instance::{CreateError, PluginInstance, log_level};
@@ -110,6 +111,7 @@ pub struct Synchronizer {
     shutdown: CancellationToken,
     tasks: tokio::sync::Mutex<JoinSet<()>>,
     store_writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    outputs: tokio::sync::Mutex<Vec<AmqpOutput>>,
     bus_stop_timeout: Duration,
 }
 
@@ -160,6 +162,17 @@ impl Synchronizer {
         let level = parse_level(&config.plugin_log_level).map_err(StartError::Config)?;
         let hub = Arc::new(Hub::new(config.tombstone_ttl));
         let early = early.map(|options| Subscription::for_hub(&hub, options));
+        // Outputs first: they must see every change, from the first snapshot on.
+        let mut outputs = Vec::new();
+        for output in &config.outputs.amqp {
+            match AmqpOutput::start(output.clone(), &hub) {
+                Ok(o) => outputs.push(o),
+                Err(e) => {
+                    finish_outputs(outputs).await;
+                    return Err(StartError::Config(e.to_string()));
+                }
+            }
+        }
         let mut libraries: HashMap<PathBuf, Result<PluginLibrary, String>> = HashMap::new();
         let mut instances = Vec::new();
         let mut failures = Vec::new();
@@ -259,6 +272,7 @@ impl Synchronizer {
             for started in &instances {
                 started.plugin.shutdown(Duration::from_secs(1)).await;
             }
+            finish_outputs(outputs).await;
             return Err(StartError::Plugins(failures));
         }
 
@@ -385,6 +399,7 @@ impl Synchronizer {
             shutdown,
             tasks: tokio::sync::Mutex::new(tasks),
             store_writer: std::sync::Mutex::new(store_writer),
+            outputs: tokio::sync::Mutex::new(outputs),
             bus_stop_timeout: Duration::from_secs(10),
         };
         Ok((sync, early))
@@ -562,6 +577,8 @@ impl Synchronizer {
                 .map(|i| i.plugin.shutdown(Duration::from_secs(1))),
         )
         .await;
+        // Nothing produces changes any more: outputs publish what is left.
+        finish_outputs(std::mem::take(&mut *self.outputs.lock().await)).await;
         // Last: every change decided so far reaches the durable store.
         self.hub.stop_persisting();
         let writer = self.store_writer.lock().ok().and_then(|mut w| w.take());
@@ -570,6 +587,11 @@ impl Synchronizer {
         }
         tracing::info!("synchronizer stopped");
     }
+}
+
+/// Drains and closes every output, all at once.
+async fn finish_outputs(outputs: Vec<AmqpOutput>) {
+    futures::future::join_all(outputs.into_iter().map(AmqpOutput::finish)).await;
 }
 
 /// The types an instance collects: what the plugin provides, narrowed to the configured

@@ -65,8 +65,9 @@ pub(super) struct Window {
     replay: usize,
     /// How many are kept.
     capacity: usize,
-    /// Identifies this window (this run of the host's stream): the second half of every
-    /// SSE id, so that an id from before a restart is never taken for one of this run.
+    /// Identifies this run of the host ([`crate::hub::Hub::epoch`]): the second half of
+    /// every SSE id, so that an id from before a restart is never taken for one of this
+    /// run.
     epoch: Arc<str>,
 }
 
@@ -91,7 +92,7 @@ impl Window {
             seen: watch::Sender::new(start),
             replay,
             capacity,
-            epoch: new_epoch(),
+            epoch: sync.hub().epoch().clone(),
         });
         let w = window.clone();
         tokio::spawn(async move {
@@ -254,23 +255,6 @@ impl Json<'_> {
             .filter(|e| e.change.seq == seq)
             .map(|e| &*e.json)
     }
-}
-
-/// A new epoch: the time in microseconds, in base 36 (`mgk3q9x2a` or so), with the
-/// process id, so that two runs never share one.
-fn new_epoch() -> Arc<str> {
-    let micros = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros());
-    let mut n = micros ^ (u128::from(std::process::id()) << 64);
-    let mut digits = Vec::new();
-    while n > 0 {
-        let d = (n % 36) as u8;
-        digits.push(if d < 10 { b'0' + d } else { b'a' + d - 10 });
-        n /= 36;
-    }
-    digits.reverse();
-    Arc::from(String::from_utf8(digits).unwrap_or_default())
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::wire::{self, FromChild, ToChild, WireMeta};
 use crate::hub::{Hub, Origin};
-use crate::instance::{BoxFuture, CallError};
+use crate::instance::{BoxFuture, CallError, apply_pushed, delivered};
 use crate::loader::PluginMeta;
 use crate::scheduler::backoff;
 use crate::status::StatusCell;
@@ -961,24 +961,34 @@ async fn read_frames(shared: Arc<Shared>, conn: Arc<Conn>, mut stdout: BufReader
             }
             FromChild::Push { id, batch } => {
                 let bus = lock(&shared.bus).clone();
-                let result = match bus {
-                    Some((hub, origin)) => {
-                        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            hub.apply_push(&origin, batch)
-                        })) {
-                            Ok(_) => Ok(()),
-                            Err(_) => Err(FfiError {
-                                kind: ErrorKind::Failed,
-                                message: RString::from("the host failed to apply the batch"),
-                            }),
+                // Applied here, in arrival order; the wait for reliable outputs (and so
+                // the child's upstream acknowledgement) runs beside the reader.
+                match bus {
+                    Some((hub, origin)) => match apply_pushed(&hub, &origin, batch) {
+                        Ok(Some(seq)) if hub.deliveries().any() => {
+                            let conn = conn.clone();
+                            tokio::spawn(async move {
+                                let result = delivered(&hub, Some(seq)).await;
+                                conn.send(&ToChild::PushAck { id, result });
+                            });
                         }
+                        result => {
+                            conn.send(&ToChild::PushAck {
+                                id,
+                                result: result.map(|_| ()),
+                            });
+                        }
+                    },
+                    None => {
+                        conn.send(&ToChild::PushAck {
+                            id,
+                            result: Err(FfiError {
+                                kind: ErrorKind::Failed,
+                                message: RString::from("no push loop is running"),
+                            }),
+                        });
                     }
-                    None => Err(FfiError {
-                        kind: ErrorKind::Failed,
-                        message: RString::from("no push loop is running"),
-                    }),
-                };
-                conn.send(&ToChild::PushAck { id, result });
+                }
             }
             FromChild::Ready { .. } | FromChild::CreateFailed { .. } => {
                 conn.kill(format!("protocol error: unexpected {}", name_of(&msg)));

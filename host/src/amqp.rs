@@ -1,0 +1,564 @@
+//! The AMQP output: every change, published to a topic exchange for remote consumers.
+//!
+//! - One message per change: the JSON object of [`crate::output::change_to_json`] (the
+//!   same as stdout and the SSE stream), `content_type = application/json`, persistent
+//!   (`delivery_mode = 2`), `message_id = <seq>@<epoch>` (the SSE stream's id: unique
+//!   across restarts, for consumers that deduplicate), `timestamp` = when the host sampled the data.
+//! - Routing key `<entity type>.<action>`, e.g. `nova.instance.deleted`: a consumer binds
+//!   its own queue with `nova.instance.*`, `#.deleted` or `#` to get what it wants.
+//! - Publisher confirms. A change counts as delivered when the broker confirmed it; only
+//!   then do producers let go of their source ([`crate::delivery`]): a bus plugin
+//!   acknowledges the upstream notification, a collector polls again. When the broker
+//!   goes away, unconfirmed changes are kept and published again after reconnecting
+//!   (at least once), and producers wait: back-pressure, not loss.
+//! - At shutdown the output publishes what is left and waits for its confirmations, up
+//!   to `drain_timeout`.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::publisher_confirm::Confirmation;
+use lapin::tcp::OwnedTLSConfig;
+use lapin::types::{FieldTable, ShortString};
+use lapin::uri::AMQPUri;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::change::Change;
+use crate::delivery::Confirmer;
+use crate::hub::{Hub, TypeFilter};
+use crate::metrics::{Metrics, OutputLabels};
+
+/// One AMQP output (`[[outputs.amqp]]`). Its `Debug` form hides the URL's password.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpOutputConfig {
+    /// A name for logs and metrics (default `amqp`).
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// The broker: `amqp://user:password@host:5672/vhost` or `amqps://...`.
+    pub url: String,
+    /// A PEM file of CA certificates to verify an `amqps://` broker with (default: the
+    /// system's roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The topic exchange changes are published to; declared durable when missing.
+    #[serde(default = "default_exchange")]
+    pub exchange: String,
+    /// Entity types to publish (empty: every type).
+    #[serde(default)]
+    pub types: Vec<String>,
+    /// Changes published and not yet confirmed, at most.
+    #[serde(default = "default_max_unconfirmed")]
+    pub max_unconfirmed: usize,
+    /// How long a confirmation may take before the connection counts as broken.
+    #[serde(default = "default_confirm_timeout", with = "humantime_serde")]
+    pub confirm_timeout: Duration,
+    /// How long a connection attempt may take.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// First wait after a failed connection; doubles up to `reconnect_max`.
+    #[serde(default = "default_reconnect_initial", with = "humantime_serde")]
+    pub reconnect_initial: Duration,
+    /// Longest wait between connection attempts.
+    #[serde(default = "default_reconnect_max", with = "humantime_serde")]
+    pub reconnect_max: Duration,
+    /// At shutdown, how long to keep publishing what is left.
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+fn default_name() -> String {
+    "amqp".into()
+}
+fn default_exchange() -> String {
+    "synchronizer".into()
+}
+fn default_max_unconfirmed() -> usize {
+    1024
+}
+fn default_confirm_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_reconnect_initial() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_reconnect_max() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl std::fmt::Debug for AmqpOutputConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpOutputConfig")
+            .field("name", &self.name)
+            .field("url", &redact_url(&self.url))
+            .field("ca_file", &self.ca_file)
+            .field("exchange", &self.exchange)
+            .field("types", &self.types)
+            .field("max_unconfirmed", &self.max_unconfirmed)
+            .field("confirm_timeout", &self.confirm_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("reconnect_initial", &self.reconnect_initial)
+            .field("reconnect_max", &self.reconnect_max)
+            .field("drain_timeout", &self.drain_timeout)
+            .finish()
+    }
+}
+
+impl AmqpOutputConfig {
+    /// Checks the settings that can be checked without a broker; returns the parsed URL.
+    pub fn check(&self) -> Result<AMQPUri, AmqpOutputError> {
+        let uri: AMQPUri = self.url.parse().map_err(|e: String| AmqpOutputError::Url {
+            name: self.name.clone(),
+            url: redact_url(&self.url),
+            reason: scrub(&e, &self.url),
+        })?;
+        if self.max_unconfirmed == 0 {
+            return Err(AmqpOutputError::Invalid {
+                name: self.name.clone(),
+                field: "max_unconfirmed",
+                reason: "must be at least 1",
+            });
+        }
+        if self.exchange.is_empty() {
+            return Err(AmqpOutputError::Invalid {
+                name: self.name.clone(),
+                field: "exchange",
+                reason: "must not be empty (the default exchange cannot route by topic)",
+            });
+        }
+        Ok(uri)
+    }
+}
+
+/// `scheme://user:***@host...`: a URL with its password hidden.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// Why an AMQP output cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum AmqpOutputError {
+    /// The URL does not parse.
+    #[error("output `{name}`: url {url}: {reason}")]
+    Url {
+        /// The output.
+        name: String,
+        /// The URL, password hidden.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The CA file cannot be read.
+    #[error("output `{name}`: ca_file {}: {source}", .path.display())]
+    CaFile {
+        /// The output.
+        name: String,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A setting is out of range.
+    #[error("output `{name}`: {field}: {reason}")]
+    Invalid {
+        /// The output.
+        name: String,
+        /// The setting.
+        field: &'static str,
+        /// What is wrong.
+        reason: &'static str,
+    },
+}
+
+/// A running AMQP output: drain it with [`AmqpOutput::finish`] after the producers have
+/// stopped.
+pub struct AmqpOutput {
+    name: String,
+    drain: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AmqpOutput {
+    /// Checks the configuration, registers the output with the hub (every change from now
+    /// on is published) and starts it.
+    pub fn start(config: AmqpOutputConfig, hub: &Hub) -> Result<AmqpOutput, AmqpOutputError> {
+        let uri = config.check()?;
+        let ca_pem =
+            match &config.ca_file {
+                Some(path) => Some(std::fs::read_to_string(path).map_err(|source| {
+                    AmqpOutputError::CaFile {
+                        name: config.name.clone(),
+                        path: path.clone(),
+                        source,
+                    }
+                })?),
+                None => None,
+            };
+        let (rx, confirmer) = hub.subscribe_reliable(&config.name);
+        let drain = CancellationToken::new();
+        let name = config.name.clone();
+        let publisher = Publisher {
+            filter: TypeFilter::new(&config.types),
+            run: hub.epoch().clone(),
+            config,
+            uri,
+            ca_pem,
+            rx,
+            confirmer,
+            metrics: hub.metrics().clone(),
+            unconfirmed: VecDeque::new(),
+        };
+        let task = tokio::spawn(publisher.run(drain.clone()));
+        Ok(AmqpOutput { name, drain, task })
+    }
+
+    /// Publishes what is left (the producers have stopped), waits for its confirmations
+    /// up to the output's `drain_timeout`, and closes the connection.
+    pub async fn finish(self) {
+        self.drain.cancel();
+        if let Err(e) = self.task.await {
+            tracing::error!(output = %self.name, error = %e, "the output's task failed");
+        }
+    }
+}
+
+/// Removes the URL's password from a message that may quote it.
+fn scrub(message: &str, url: &str) -> String {
+    let password = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split('/').next())
+        .and_then(|authority| authority.rsplit_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, p)| p)
+        .filter(|p| !p.is_empty());
+    match password {
+        Some(p) => message.replace(p, "***"),
+        None => message.to_owned(),
+    }
+}
+
+/// A change taken from the hub and not yet confirmed; `None` for a change of a type this
+/// output does not publish (it is confirmed when its turn comes).
+struct Unconfirmed {
+    seq: u64,
+    change: Option<Arc<Change>>,
+}
+
+type ConfirmFuture = BoxFuture<'static, Result<(), String>>;
+
+struct Publisher {
+    config: AmqpOutputConfig,
+    uri: AMQPUri,
+    ca_pem: Option<String>,
+    filter: TypeFilter,
+    run: Arc<str>,
+    rx: mpsc::UnboundedReceiver<Arc<Change>>,
+    confirmer: Confirmer,
+    metrics: Arc<Metrics>,
+    /// In `seq` order; kept until confirmed, published again after a reconnection.
+    unconfirmed: VecDeque<Unconfirmed>,
+}
+
+/// How a session with the broker ended.
+enum Ended {
+    /// Everything was published and confirmed after the drain began.
+    Drained,
+    /// The drain deadline passed.
+    DeadlinePassed,
+}
+
+impl Publisher {
+    fn labels(&self) -> OutputLabels {
+        OutputLabels {
+            output: self.config.name.clone(),
+        }
+    }
+
+    async fn run(mut self, drain: CancellationToken) {
+        let labels = self.labels();
+        let mut failures = 0u32;
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            if drain.is_cancelled() && deadline.is_none() {
+                deadline = Some(tokio::time::Instant::now() + self.config.drain_timeout);
+            }
+            if deadline.is_some() && self.unconfirmed.is_empty() && self.rx.is_empty() {
+                break;
+            }
+            let result = match self.connect().await {
+                Ok(conn) => {
+                    let r = self
+                        .session(&conn, &drain, &mut deadline, &mut failures)
+                        .await;
+                    self.metrics.output_connected.get_or_create(&labels).set(0);
+                    let _ = conn.close(200, "synchronizer output closing").await;
+                    r
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(Ended::Drained) => break,
+                Ok(Ended::DeadlinePassed) => {
+                    self.give_up();
+                    return;
+                }
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    self.metrics.output_failures.get_or_create(&labels).inc();
+                    let delay = crate::scheduler::backoff(
+                        self.config.reconnect_initial,
+                        self.config.reconnect_max,
+                        failures,
+                    );
+                    tracing::warn!(
+                        output = %self.config.name,
+                        url = %redact_url(&self.config.url),
+                        %error,
+                        unconfirmed = self.unconfirmed.len(),
+                        retry_in_ms = delay.as_millis() as u64,
+                        "output broker unavailable; changes wait (producers are held back)"
+                    );
+                    let until = tokio::time::Instant::now() + delay;
+                    let until = deadline.map_or(until, |d| d.min(until));
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(until) => {}
+                        _ = drain.cancelled(), if deadline.is_none() => {}
+                    }
+                    if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                        self.give_up();
+                        return;
+                    }
+                }
+            }
+        }
+        tracing::info!(output = %self.config.name, "output drained and closed");
+    }
+
+    fn give_up(&self) {
+        let left = self.unconfirmed.len() + self.rx.len();
+        if left > 0 {
+            tracing::error!(
+                output = %self.config.name,
+                unconfirmed = left,
+                "output stopped with changes its broker never confirmed"
+            );
+        }
+    }
+
+    async fn connect(&self) -> Result<Connection, String> {
+        let props = ConnectionProperties::default()
+            .with_executor(tokio_executor_trait::Tokio::current())
+            .with_reactor(tokio_reactor_trait::Tokio)
+            .with_connection_name(format!("synchronizer output {}", self.config.name).into());
+        let tls = OwnedTLSConfig {
+            identity: None,
+            cert_chain: self.ca_pem.clone(),
+        };
+        let attempt = Connection::connect_uri_with_config(self.uri.clone(), props, tls);
+        match tokio::time::timeout(self.config.connect_timeout, attempt).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(scrub(&format!("cannot connect: {e}"), &self.config.url)),
+            Err(_) => Err(format!(
+                "cannot connect: no answer within {:?}",
+                self.config.connect_timeout
+            )),
+        }
+    }
+
+    /// Publishes on one connection until the drain is done or the connection breaks.
+    async fn session(
+        &mut self,
+        conn: &Connection,
+        drain: &CancellationToken,
+        deadline: &mut Option<tokio::time::Instant>,
+        failures: &mut u32,
+    ) -> Result<Ended, String> {
+        let broken = |what: &'static str| move |e: lapin::Error| format!("{what}: {e}");
+        let channel = conn
+            .create_channel()
+            .await
+            .map_err(broken("opening a channel"))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(broken("enabling publisher confirms"))?;
+        channel
+            .exchange_declare(
+                &self.config.exchange,
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| format!("declaring exchange `{}`: {e}", self.config.exchange))?;
+        let labels = self.labels();
+        self.metrics.output_connected.get_or_create(&labels).set(1);
+        tracing::info!(
+            output = %self.config.name,
+            url = %redact_url(&self.config.url),
+            exchange = %self.config.exchange,
+            republishing = self.unconfirmed.len(),
+            "output connected"
+        );
+        // What the last connection left unconfirmed goes out again first, in order.
+        let mut confirms: FuturesOrdered<ConfirmFuture> = FuturesOrdered::new();
+        for u in &self.unconfirmed {
+            confirms.push_back(self.publish(&channel, u.change.as_ref()).await?);
+        }
+        *failures = 0;
+        loop {
+            if drain.is_cancelled() && deadline.is_none() {
+                *deadline = Some(tokio::time::Instant::now() + self.config.drain_timeout);
+            }
+            if deadline.is_some() && self.unconfirmed.is_empty() && self.rx.is_empty() {
+                return Ok(Ended::Drained);
+            }
+            let room = self.unconfirmed.len() < self.config.max_unconfirmed;
+            let until = deadline.unwrap_or_else(far_future);
+            tokio::select! {
+                biased;
+                Some(result) = confirms.next() => {
+                    result?;
+                    if let Some(done) = self.unconfirmed.pop_front() {
+                        if done.change.is_some() {
+                            self.metrics.output_published.get_or_create(&labels).inc();
+                        }
+                        self.confirmer.confirm(done.seq);
+                    }
+                }
+                Some(change) = self.rx.recv(), if room => {
+                    let seq = change.seq;
+                    let change = self
+                        .filter
+                        .matches(change.entity.entity_type())
+                        .then_some(change);
+                    confirms.push_back(self.publish(&channel, change.as_ref()).await?);
+                    self.unconfirmed.push_back(Unconfirmed { seq, change });
+                }
+                _ = drain.cancelled(), if deadline.is_none() => {}
+                _ = tokio::time::sleep_until(until) => return Ok(Ended::DeadlinePassed),
+            }
+            self.metrics
+                .output_unconfirmed
+                .get_or_create(&labels)
+                .set(i64::try_from(self.unconfirmed.len() + self.rx.len()).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Publishes one change (or, for `None`, nothing) and returns the future of its
+    /// confirmation.
+    async fn publish(
+        &self,
+        channel: &Channel,
+        change: Option<&Arc<Change>>,
+    ) -> Result<ConfirmFuture, String> {
+        let Some(change) = change else {
+            return Ok(Box::pin(async { Ok(()) }));
+        };
+        let routing_key = format!("{}.{}", change.entity.entity_type(), change.action.as_str());
+        let body = crate::output::change_to_json(change);
+        let props = BasicProperties::default()
+            .with_content_type(ShortString::from("application/json"))
+            .with_delivery_mode(2)
+            .with_message_id(ShortString::from(format!("{}@{}", change.seq, self.run)))
+            .with_timestamp(u64::try_from(change.sampled_us / 1_000_000).unwrap_or(0))
+            .with_app_id(ShortString::from("synchronizer"));
+        let confirm = channel
+            .basic_publish(
+                &self.config.exchange,
+                &routing_key,
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                props,
+            )
+            .await
+            .map_err(|e| format!("publishing: {e}"))?;
+        let timeout = self.config.confirm_timeout;
+        Ok(Box::pin(async move {
+            match tokio::time::timeout(timeout, confirm).await {
+                Ok(Ok(Confirmation::Ack(_))) => Ok(()),
+                Ok(Ok(Confirmation::Nack(_))) => Err("the broker refused a change (nack)".into()),
+                Ok(Ok(Confirmation::NotRequested)) => Ok(()),
+                Ok(Err(e)) => Err(format!("waiting for a confirmation: {e}")),
+                Err(_) => Err(format!("no confirmation within {timeout:?}")),
+            }
+        }))
+    }
+}
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_redacted_and_messages_scrubbed() {
+        let url = "amqp://sync:s3cret@rabbit:5672/%2f";
+        assert_eq!(redact_url(url), "amqp://sync:***@rabbit:5672/%2f");
+        assert_eq!(redact_url("amqp://rabbit/"), "amqp://rabbit/");
+        assert_eq!(
+            scrub("auth failed for sync:s3cret", url),
+            "auth failed for sync:***"
+        );
+        let cfg: AmqpOutputConfig =
+            serde_json::from_value(serde_json::json!({ "url": url })).expect("config");
+        assert!(!format!("{cfg:?}").contains("s3cret"));
+        assert_eq!(cfg.exchange, "synchronizer");
+        assert_eq!(cfg.max_unconfirmed, 1024);
+    }
+
+    #[tokio::test]
+    async fn a_bad_url_or_setting_is_refused_naming_the_output() {
+        let hub = Hub::new(Duration::from_secs(1));
+        let mut cfg: AmqpOutputConfig =
+            serde_json::from_value(serde_json::json!({ "url": "http://x:pw@host/" }))
+                .expect("config");
+        let err = AmqpOutput::start(cfg.clone(), &hub)
+            .err()
+            .expect("not an AMQP URL");
+        let text = err.to_string();
+        assert!(text.starts_with("output `amqp`: url "), "{text}");
+        assert!(!text.contains("pw@"), "{text}");
+        cfg.url = "amqp://127.0.0.1:1/".into();
+        cfg.max_unconfirmed = 0;
+        let err = AmqpOutput::start(cfg, &hub).err().expect("zero window");
+        assert_eq!(
+            err.to_string(),
+            "output `amqp`: max_unconfirmed: must be at least 1"
+        );
+    }
+}
