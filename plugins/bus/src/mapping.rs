@@ -22,11 +22,19 @@
 //! what it holds (and a late message about a deleted entity cannot resurrect it).
 //!
 //! What an entity holds:
-//! - `nova.instance`: id = instance uuid, name = `display_name`, state = the vm state as
-//!   Nova reports it (`active`, `building`, `stopped`, `error`, `deleted`...), project =
-//!   `tenant_id`, relation `nova.host:<host> --contains--> this` when the instance has a
-//!   host, properties `availability_zone`, `power_state` (versioned only), `task_state`,
-//!   `flavor`, `image_id`, `user_id`, `node`, `created_at`, `launched_at` (those present).
+//! - `nova.instance`: the shared model of `synchronizer_openstack::nova_instance`, the
+//!   same entity the Nova collector builds from `GET /servers/detail`, so that a poll of
+//!   the state a notification reported changes nothing. Id = instance uuid (`uuid` /
+//!   `instance_id`), name = `display_name`, state = the status Nova's API shows for the
+//!   payload's vm state and task state (`ACTIVE`, `BUILD`, `SHUTOFF`, `REBOOT`,
+//!   `DELETED`...; `status_from_state` there), project = `tenant_id`, relation
+//!   `nova.host:<host> --contains--> this` when the instance has a host, and always the
+//!   properties `vm_state`, `task_state` (legacy: `state_description`),
+//!   `availability_zone`, `host`, `node`, `flavor` (the flavor's name; legacy:
+//!   `instance_type`), `image_id` (versioned `image_uuid`, legacy
+//!   `image_meta.base_image_ref`), `user_id`, `created_at` (`2026-11-25T08:37:35Z`) and
+//!   `metadata`, `null` when the payload has none. `power_state` is not kept: the legacy
+//!   form has none and the API gives it as a number.
 //! - `heat.stack`: id = `stack_identity` (its last path segment when Heat sends an ARN),
 //!   name = `stack_name`, state = `state` (`CREATE_COMPLETE`...), project = `tenant_id`,
 //!   properties `state_reason`, `user_id` (from `user_identity`), `user_name`,
@@ -43,14 +51,15 @@ use std::fmt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
-use synchronizer_plugin_api::{Change, Entity, Relation};
+use synchronizer_openstack::nova_instance::{NovaInstance, status_from_state};
+use synchronizer_plugin_api::{Change, Entity};
 
 /// The entity type of Nova instances.
-pub const NOVA_INSTANCE: &str = "nova.instance";
+pub const NOVA_INSTANCE: &str = synchronizer_openstack::nova_instance::INSTANCE;
 /// The entity type of Heat stacks.
 pub const HEAT_STACK: &str = "heat.stack";
 /// The entity type of Nova compute hosts (the other end of an instance's relation).
-pub const NOVA_HOST: &str = "nova.host";
+pub const NOVA_HOST: &str = synchronizer_openstack::nova_instance::HOST;
 
 /// A family of notifications that can be switched on or off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
@@ -321,7 +330,7 @@ struct FlavorData<'a> {
 }
 
 /// The fields of Nova's versioned instance payloads (`InstancePayload` and its
-/// subclasses) this plugin reads.
+/// subclasses) this plugin reads: those of the shared `nova.instance` model.
 #[derive(Deserialize)]
 struct VersionedInstance<'a> {
     #[serde(borrow, default)]
@@ -335,8 +344,6 @@ struct VersionedInstance<'a> {
     #[serde(borrow, default)]
     state: Str<'a>,
     #[serde(borrow, default)]
-    power_state: Str<'a>,
-    #[serde(borrow, default)]
     task_state: Str<'a>,
     #[serde(borrow, default)]
     tenant_id: Str<'a>,
@@ -349,9 +356,9 @@ struct VersionedInstance<'a> {
     #[serde(borrow, default)]
     created_at: Str<'a>,
     #[serde(borrow, default)]
-    launched_at: Str<'a>,
-    #[serde(borrow, default)]
     flavor: Option<NovaObject<FlavorData<'a>>>,
+    #[serde(default)]
+    metadata: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -360,7 +367,8 @@ struct ImageMeta<'a> {
     base_image_ref: Str<'a>,
 }
 
-/// The fields of Nova's legacy `compute.instance.*` payloads this plugin reads.
+/// The fields of Nova's legacy `compute.instance.*` payloads this plugin reads: those of
+/// the shared `nova.instance` model.
 #[derive(Deserialize)]
 struct LegacyInstance<'a> {
     #[serde(borrow, default)]
@@ -373,6 +381,7 @@ struct LegacyInstance<'a> {
     node: Str<'a>,
     #[serde(borrow, default)]
     state: Str<'a>,
+    /// The task state (`scheduling`...), `""` when there is none.
     #[serde(borrow, default)]
     state_description: Str<'a>,
     #[serde(borrow, default)]
@@ -387,8 +396,8 @@ struct LegacyInstance<'a> {
     image_meta: Option<ImageMeta<'a>>,
     #[serde(borrow, default)]
     created_at: Str<'a>,
-    #[serde(borrow, default)]
-    launched_at: Str<'a>,
+    #[serde(default)]
+    metadata: Option<Value>,
 }
 
 /// The fields of Heat's stack notification payloads this plugin reads.
@@ -428,30 +437,13 @@ fn parse_payload<'a, T: Deserialize<'a>>(payload: &'a RawValue, what: &str) -> R
     serde_json::from_str(payload.get()).map_err(|e| format!("{what} payload does not parse: {e}"))
 }
 
-/// Everything a `nova.instance` change needs, from either payload form.
-struct InstanceFields<'p> {
-    id: &'p str,
-    name: Option<&'p str>,
-    state: Option<&'p str>,
-    project: Option<&'p str>,
-    host: Option<&'p str>,
-    properties: Map<String, Value>,
-}
-
-fn instance_change(delete: bool, f: InstanceFields<'_>, at_us: i64) -> Change {
-    let mut e = Entity::resource(NOVA_INSTANCE, f.id)
-        .with_name(f.name.unwrap_or_default())
-        .with_source_updated_micros(at_us)
-        .with_properties(Value::Object(f.properties));
-    if let Some(state) = f.state {
-        e = e.with_state(state);
-    }
-    if let Some(project) = f.project {
-        e = e.with_project(project);
-    }
-    if let Some(host) = f.host {
-        e = e.with_relation(Relation::from("contains", format!("{NOVA_HOST}:{host}")));
-    }
+/// A `nova.instance` change: the shared model's entity, stamped with the message's time.
+fn instance_change(delete: bool, mut instance: NovaInstance<'_>, at_us: i64) -> Change {
+    // A notification carries the vm and task states; the API's status is made of them.
+    let status = status_from_state(instance.vm_state, instance.task_state);
+    instance.status = Some(status);
+    instance.updated_us = Some(at_us);
+    let e = instance.into_entity();
     if delete {
         Change::Delete(e)
     } else {
@@ -467,29 +459,30 @@ fn nova_versioned(event_type: &str, payload: &RawValue, at_us: i64) -> Result<Ch
     let Some(id) = non_empty(&p.uuid) else {
         return Err("payload has no instance `uuid`".into());
     };
-    let mut props = Map::new();
-    put(&mut props, "availability_zone", &p.availability_zone);
-    put(&mut props, "power_state", &p.power_state);
-    put(&mut props, "task_state", &p.task_state);
-    if let Some(flavor) = p.flavor.as_ref().and_then(|f| f.data.as_ref()) {
-        put(&mut props, "flavor", &flavor.name);
-    }
-    put(&mut props, "image_id", &p.image_uuid);
-    put(&mut props, "user_id", &p.user_id);
-    put(&mut props, "node", &p.node);
-    put(&mut props, "created_at", &p.created_at);
-    put(&mut props, "launched_at", &p.launched_at);
-    let fields = InstanceFields {
+    let flavor = p
+        .flavor
+        .as_ref()
+        .and_then(|f| f.data.as_ref())
+        .and_then(|f| text(&f.name));
+    let instance = NovaInstance {
         id,
-        name: non_empty(&p.display_name),
-        state: non_empty(&p.state),
-        project: non_empty(&p.tenant_id),
-        host: non_empty(&p.host),
-        properties: props,
+        name: text(&p.display_name),
+        vm_state: text(&p.state),
+        task_state: text(&p.task_state),
+        project: text(&p.tenant_id),
+        user_id: text(&p.user_id),
+        host: text(&p.host),
+        node: text(&p.node),
+        availability_zone: text(&p.availability_zone),
+        flavor,
+        image_id: text(&p.image_uuid),
+        created_at: text(&p.created_at),
+        metadata: p.metadata,
+        ..Default::default()
     };
     Ok(instance_change(
         event_type == "instance.delete.end",
-        fields,
+        instance,
         at_us,
     ))
 }
@@ -499,28 +492,25 @@ fn nova_legacy(event_type: &str, payload: &RawValue, at_us: i64) -> Result<Chang
     let Some(id) = non_empty(&p.instance_id) else {
         return Err("payload has no `instance_id`".into());
     };
-    let mut props = Map::new();
-    put(&mut props, "availability_zone", &p.availability_zone);
-    put(&mut props, "task_state", &p.state_description);
-    put(&mut props, "flavor", &p.instance_type);
-    if let Some(meta) = &p.image_meta {
-        put(&mut props, "image_id", &meta.base_image_ref);
-    }
-    put(&mut props, "user_id", &p.user_id);
-    put(&mut props, "node", &p.node);
-    put(&mut props, "created_at", &p.created_at);
-    put(&mut props, "launched_at", &p.launched_at);
-    let fields = InstanceFields {
+    let instance = NovaInstance {
         id,
-        name: non_empty(&p.display_name),
-        state: non_empty(&p.state),
-        project: non_empty(&p.tenant_id),
-        host: non_empty(&p.host),
-        properties: props,
+        name: text(&p.display_name),
+        vm_state: text(&p.state),
+        task_state: text(&p.state_description),
+        project: text(&p.tenant_id),
+        user_id: text(&p.user_id),
+        host: text(&p.host),
+        node: text(&p.node),
+        availability_zone: text(&p.availability_zone),
+        flavor: text(&p.instance_type),
+        image_id: p.image_meta.as_ref().and_then(|m| text(&m.base_image_ref)),
+        created_at: text(&p.created_at),
+        metadata: p.metadata,
+        ..Default::default()
     };
     Ok(instance_change(
         event_type == "compute.instance.delete.end",
-        fields,
+        instance,
         at_us,
     ))
 }
@@ -728,7 +718,7 @@ mod tests {
             "nova.instance:21531c76-f1e4-41a9-ac03-54c2993a7c4c"
         );
         assert_eq!(e.name(), "vm-a1");
-        assert_eq!(e.state(), Some("active"));
+        assert_eq!(e.state(), Some("ACTIVE"));
         assert_eq!(e.project(), Some("projA"));
         assert_eq!(e.source_updated_micros(), Some(1_795_595_861_358_157));
         assert_eq!(e.relations().len(), 1);
@@ -738,16 +728,42 @@ mod tests {
         assert_eq!(
             props(&e),
             serde_json::json!({
+                "vm_state": "active",
+                "task_state": null,
                 "availability_zone": "az1",
-                "power_state": "running",
+                "host": "compute1",
+                "node": "compute1",
                 "flavor": "m1.tiny",
                 "image_id": "659ab5c8-bf73-4ea1-a020-37a3ce6d81bc",
                 "user_id": "alice",
-                "node": "compute1",
                 "created_at": "2026-11-25T08:37:35Z",
-                "launched_at": "2026-11-25T08:37:40Z"
+                "metadata": {"role": "test"}
             })
         );
+    }
+
+    #[test]
+    fn both_notification_forms_give_the_same_entity() {
+        for (versioned, legacy) in [
+            (V_CREATE, L_CREATE),
+            (V_UPDATE, L_UPDATE),
+            (V_POWER_OFF, L_POWER_OFF),
+            (V_DELETE, L_DELETE),
+        ] {
+            let (v, _) = change(versioned, Families::all());
+            let (l, _) = change(legacy, Families::all());
+            let (v, l) = match (v, l) {
+                (Change::Upsert(v), Change::Upsert(l)) | (Change::Delete(v), Change::Delete(l)) => {
+                    (v, l)
+                }
+                other => panic!("not the same kind of change: {other:?}"),
+            };
+            assert_eq!(v.key(), l.key());
+            assert_eq!(v.state(), l.state());
+            assert_eq!(v.relations(), l.relations());
+            assert_eq!(props(&v), props(&l), "{}", v.key());
+            assert_eq!(v.content_hash(), l.content_hash(), "{}", v.key());
+        }
     }
 
     #[test]
@@ -758,7 +774,8 @@ mod tests {
             "nova.instance:6903453d-4734-4f60-878f-496d6db23c56"
         );
         assert_eq!(e.name(), "vm-b2");
-        assert_eq!(e.state(), Some("deleted"));
+        assert_eq!(e.state(), Some("DELETED"));
+        assert_eq!(props(&e)["vm_state"], "deleted");
         assert_eq!(e.source_updated_micros(), Some(1_795_595_872_092_080));
     }
 
@@ -766,14 +783,16 @@ mod tests {
     fn versioned_update_without_host_has_no_relation() {
         let e = upsert(V_UPDATE, Families::all());
         assert_eq!(e.id(), "21531c76-f1e4-41a9-ac03-54c2993a7c4c");
-        assert_eq!(e.state(), Some("building"));
+        assert_eq!(e.state(), Some("BUILD"));
         assert!(e.relations().is_empty());
+        assert_eq!(props(&e)["vm_state"], "building");
         assert_eq!(props(&e)["task_state"], "scheduling");
-        assert_eq!(props(&e)["power_state"], "pending");
+        assert_eq!(props(&e)["host"], Value::Null);
+        assert!(props(&e).get("power_state").is_none());
         let off = upsert(V_POWER_OFF, Families::all());
         assert_eq!(off.name(), "vm-a3");
-        assert_eq!(off.state(), Some("stopped"));
-        assert_eq!(props(&off)["power_state"], "shutdown");
+        assert_eq!(off.state(), Some("SHUTOFF"));
+        assert_eq!(props(&off)["vm_state"], "stopped");
     }
 
     #[test]
@@ -784,7 +803,7 @@ mod tests {
             "nova.instance:21531c76-f1e4-41a9-ac03-54c2993a7c4c"
         );
         assert_eq!(created.name(), "vm-a1");
-        assert_eq!(created.state(), Some("active"));
+        assert_eq!(created.state(), Some("ACTIVE"));
         assert_eq!(created.project(), Some("projA"));
         assert_eq!(created.relations()[0].other(), "nova.host:compute1");
         assert_eq!(props(&created)["flavor"], "m1.tiny");
@@ -798,12 +817,12 @@ mod tests {
             "nova.instance:6903453d-4734-4f60-878f-496d6db23c56"
         );
         let update = upsert(L_UPDATE, Families::all());
-        assert_eq!(update.state(), Some("building"));
+        assert_eq!(update.state(), Some("BUILD"));
         assert_eq!(props(&update)["task_state"], "scheduling");
         assert!(update.relations().is_empty());
         assert_eq!(
             upsert(L_POWER_OFF, Families::all()).state(),
-            Some("stopped")
+            Some("SHUTOFF")
         );
     }
 

@@ -3,19 +3,22 @@
 //!
 //! What it asks Nova (each request with `OpenStack-API-Version: compute <microversion>`):
 //! - `nova.instance`: `GET /servers/detail?all_tenants=1[&limit=N]`, following
-//!   `servers_links` (marker pagination) to the last page. Key `nova.instance:<uuid>`;
-//!   name, state = `status` as Nova reports it (`ACTIVE`, `SHUTOFF`, `ERROR`, ...),
-//!   project = `tenant_id`, source timestamp = `updated`; the relation `contains` from
-//!   its host `nova.host:<OS-EXT-SRV-ATTR:host>` (none while it has no host); the
-//!   properties are the server's state and placement under their API names
-//!   ([`INSTANCE_PROPERTIES`]: `OS-EXT-STS:vm_state`, `OS-EXT-STS:task_state`,
-//!   `OS-EXT-STS:power_state`, `OS-EXT-AZ:availability_zone`, `OS-EXT-SRV-ATTR:host`,
-//!   `flavor`, `image`, `addresses`, `fault`, ...), each present when Nova sends it (`null`
-//!   included). Left out on purpose: `OS-EXT-SRV-ATTR:user_data` (often holds secrets, and
-//!   can be 64 KiB), `links` and the `links` of `image` / `flavor` (URLs), `updated` (the
-//!   source timestamp: it would make every change twice) and the boot details that never
-//!   change (`kernel_id`, `reservation_id`, `launch_index`, ...). An allow-list also keeps
-//!   a new microversion's fields from turning into an update of every instance.
+//!   `servers_links` (marker pagination) to the last page. The entity is the shared model
+//!   of [`synchronizer_openstack::nova_instance`], which the bus plugin builds from Nova's
+//!   notifications too, so that a poll and a notification of the same state hash alike.
+//!   Key `nova.instance:<uuid>`; name, state = `status` as Nova reports it (`ACTIVE`,
+//!   `SHUTOFF`, `ERROR`, ...), project = `tenant_id`, source timestamp = `updated`; the
+//!   relation `contains` from its host `nova.host:<OS-EXT-SRV-ATTR:host>` (none while it
+//!   has no host); the properties [`INSTANCE_PROPERTIES`], always all of them (`null` when
+//!   Nova sends none or an empty string): `vm_state` (`OS-EXT-STS:vm_state`),
+//!   `task_state` (`OS-EXT-STS:task_state`), `availability_zone`
+//!   (`OS-EXT-AZ:availability_zone`), `host` (`OS-EXT-SRV-ATTR:host`), `node`
+//!   (`OS-EXT-SRV-ATTR:hypervisor_hostname`), `flavor` (`flavor.original_name`, from
+//!   microversion 2.47 on), `image_id` (`image.id`), `user_id`, `created_at` (`created`)
+//!   and `metadata`. Everything else is left out: what the notifications do not carry
+//!   (`OS-EXT-STS:power_state`, `addresses`, `fault`, `tags`, `locked`, `host_status`,
+//!   volumes, ...) would make every poll after a notification an update; `user_data` can
+//!   hold secrets; `updated` is the source timestamp.
 //! - `nova.host`: `GET /os-services?binary=nova-compute`. Key `nova.host:<host>`; state =
 //!   the service's `state` (`up` / `down`); `status`, `disabled_reason`, `forced_down`,
 //!   `zone` and the service `id` in the properties; source timestamp = `updated_at`; the
@@ -38,7 +41,8 @@ use std::time::Instant;
 use reqwest::Url;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
+use synchronizer_openstack::nova_instance::ApiServer;
 use synchronizer_openstack::time::parse_timestamp;
 use synchronizer_openstack::{CloudConfig, Link, Pager, Session, display_url, join_path};
 use synchronizer_plugin_api::{
@@ -46,9 +50,9 @@ use synchronizer_plugin_api::{
 };
 
 /// Entity type of a Nova server.
-pub const INSTANCE: &str = "nova.instance";
+pub const INSTANCE: &str = synchronizer_openstack::nova_instance::INSTANCE;
 /// Entity type of a compute host.
-pub const HOST: &str = "nova.host";
+pub const HOST: &str = synchronizer_openstack::nova_instance::HOST;
 /// Entity type of an availability zone.
 pub const ZONE: &str = "nova.zone";
 
@@ -99,78 +103,14 @@ pub struct NovaPlugin {
 /// One page of `GET /servers/detail`.
 #[derive(Deserialize)]
 struct ServersPage {
-    servers: Vec<Server>,
+    servers: Vec<ApiServer>,
     #[serde(default)]
     servers_links: Vec<Link>,
 }
 
-/// A field that is `Some` whenever the key is present, `null` included.
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
-    Value::deserialize(d).map(Some)
-}
-
-/// The properties kept from a server, in the order they are written, with the struct
-/// field that holds each.
-macro_rules! server {
-    ($($field:ident = $key:literal),* $(,)?) => {
-        /// One server of `servers/detail`: the entity's own fields, and the properties kept.
-        /// Other fields are skipped while parsing.
-        #[derive(Deserialize)]
-        struct Server {
-            id: String,
-            #[serde(default)]
-            name: Option<String>,
-            #[serde(default)]
-            status: Option<String>,
-            #[serde(default)]
-            tenant_id: Option<String>,
-            #[serde(default)]
-            updated: Option<String>,
-            $(
-                #[serde(rename = $key, default, deserialize_with = "present")]
-                $field: Option<Value>,
-            )*
-        }
-
-        /// The keys of the server properties, as Nova names them.
-        pub const INSTANCE_PROPERTIES: &[&str] = &[$($key),*];
-
-        impl Server {
-            fn properties(self) -> Map<String, Value> {
-                let mut map = Map::new();
-                $(
-                    if let Some(v) = self.$field {
-                        map.insert($key.to_owned(), v);
-                    }
-                )*
-                map
-            }
-        }
-    };
-}
-
-server! {
-    vm_state = "OS-EXT-STS:vm_state",
-    task_state = "OS-EXT-STS:task_state",
-    power_state = "OS-EXT-STS:power_state",
-    availability_zone = "OS-EXT-AZ:availability_zone",
-    host = "OS-EXT-SRV-ATTR:host",
-    hypervisor_hostname = "OS-EXT-SRV-ATTR:hypervisor_hostname",
-    instance_name = "OS-EXT-SRV-ATTR:instance_name",
-    launched_at = "OS-SRV-USG:launched_at",
-    terminated_at = "OS-SRV-USG:terminated_at",
-    host_status = "host_status",
-    locked = "locked",
-    user_id = "user_id",
-    created = "created",
-    flavor = "flavor",
-    image = "image",
-    addresses = "addresses",
-    metadata = "metadata",
-    tags = "tags",
-    volumes_attached = "os-extended-volumes:volumes_attached",
-    fault = "fault",
-}
+/// The properties of an instance: the shared model's (Nova's API names in the crate
+/// docs).
+pub use synchronizer_openstack::nova_instance::PROPERTIES as INSTANCE_PROPERTIES;
 
 #[derive(Deserialize)]
 struct Services {
@@ -305,7 +245,7 @@ impl NovaPlugin {
             conversions.push(tokio::task::spawn_blocking(move || {
                 page.servers
                     .into_iter()
-                    .map(instance_entity)
+                    .map(ApiServer::into_entity)
                     .collect::<Vec<Entity>>()
             }));
             match next {
@@ -496,34 +436,16 @@ impl NovaPlugin {
     }
 }
 
-/// Drops the `links` of a nested resource (`image`, pre-2.47 `flavor`): bookmark URLs.
-fn without_links(v: &mut Option<Value>) {
-    if let Some(Value::Object(map)) = v {
-        map.remove("links");
+/// Whether servers carry their flavor's name (`flavor.original_name`, microversion 2.47).
+fn flavor_has_name(microversion: &str) -> bool {
+    let parse = |s: &str| s.parse::<u32>().ok();
+    match microversion.split_once('.') {
+        Some((major, minor)) => match (parse(major), parse(minor)) {
+            (Some(major), Some(minor)) => (major, minor) >= (2, 47),
+            _ => false,
+        },
+        None => false,
     }
-}
-
-/// One server of `servers/detail` as an entity.
-fn instance_entity(mut server: Server) -> Entity {
-    let mut e =
-        Entity::resource(INSTANCE, &server.id).with_name(server.name.take().unwrap_or_default());
-    if let Some(status) = server.status.take() {
-        e = e.with_state(status);
-    }
-    if let Some(project) = server.tenant_id.take() {
-        e = e.with_project(project);
-    }
-    if let Some(ts) = server.updated.as_deref().and_then(parse_timestamp) {
-        e = e.with_source_updated_micros(ts);
-    }
-    if let Some(Value::String(host)) = &server.host
-        && !host.is_empty()
-    {
-        e = e.with_relation(Relation::from("contains", format!("{HOST}:{host}")));
-    }
-    without_links(&mut server.image);
-    without_links(&mut server.flavor);
-    e.with_properties(Value::Object(server.properties()))
 }
 
 impl Plugin for NovaPlugin {
@@ -541,6 +463,13 @@ impl Plugin for NovaPlugin {
 
     fn new(config: Config, ctx: &Context) -> Result<Self, Error> {
         let plugin = NovaPlugin::from_config(config, &ctx.instance)?;
+        if !flavor_has_name(&plugin.config.microversion) {
+            tracing::warn!(
+                instance = %ctx.instance,
+                microversion = %plugin.config.microversion,
+                "before compute microversion 2.47 servers carry no flavor name: the `flavor` property of instances stays null, and differs from what Nova's notifications say"
+            );
+        }
         tracing::info!(
             instance = %ctx.instance,
             session = ?plugin.session,

@@ -222,11 +222,8 @@ async fn a_real_nova() {
         let e = find(&format!("nova.instance:{id}")).unwrap_or_else(|| panic!("{name} missing"));
         assert_eq!(e.name(), name);
         assert_eq!(e.state(), Some("ACTIVE"));
-        assert_eq!(e.properties()["OS-EXT-STS:vm_state"], "active");
-        let host = e.properties()["OS-EXT-SRV-ATTR:host"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        assert_eq!(e.properties()["vm_state"], "active");
+        let host = e.properties()["host"].as_str().unwrap().to_owned();
         assert_eq!(e.relations()[0].other(), format!("nova.host:{host}"));
         assert_eq!(
             e.project(),

@@ -8,6 +8,9 @@
 //! - [`paging`]: following marker pagination safely.
 //! - [`error`]: errors that name the URL (without credentials) and the HTTP status.
 //! - [`time`]: OpenStack timestamps.
+//! - [`nova_instance`]: the one `nova.instance` entity model that the Nova collector and
+//!   the bus plugin (Nova's notifications) both build, and Nova's vm/task state → API
+//!   status table.
 //! - `testing` (feature `test-server`): a loopback HTTP server for tests and benchmarks.
 //!
 //! Nothing here logs a secret: passwords, application credential secrets and tokens are
@@ -18,6 +21,7 @@
 pub mod catalog;
 pub mod config;
 pub mod error;
+pub mod nova_instance;
 pub mod paging;
 pub mod session;
 #[cfg(any(test, feature = "test-server"))]

@@ -97,6 +97,18 @@ pub fn format_timestamp(micros: i64) -> String {
     )
 }
 
+/// Formats microseconds since the Unix epoch in whole seconds, the way Nova's
+/// `utils.isotime` writes `created` in the API and timestamps in versioned notifications:
+/// `2026-11-25T08:37:35Z` (the fraction is dropped, not rounded).
+pub fn format_isotime(micros: i64) -> String {
+    let full = format_timestamp(micros.div_euclid(1_000_000) * 1_000_000);
+    // `...T08:37:35.000000Z` without `.000000`.
+    match full.split_once('.') {
+        Some((seconds, _)) => format!("{seconds}Z"),
+        None => full,
+    }
+}
+
 /// Now, in microseconds since the Unix epoch.
 pub fn now_micros() -> i64 {
     match SystemTime::now().duration_since(SystemTime::UNIX_EPOCH) {
@@ -180,5 +192,18 @@ mod tests {
             format_timestamp(1_795_595_860_000_000),
             "2026-11-25T08:37:40.000000Z"
         );
+    }
+
+    #[test]
+    fn isotime_is_whole_seconds_like_novas() {
+        assert_eq!(
+            format_isotime(1_795_595_860_999_999),
+            "2026-11-25T08:37:40Z"
+        );
+        assert_eq!(
+            parse_timestamp("2026-11-25 08:37:40+00:00").map(format_isotime),
+            Some("2026-11-25T08:37:40Z".to_owned())
+        );
+        assert_eq!(format_isotime(-1), "1969-12-31T23:59:59Z");
     }
 }
