@@ -517,6 +517,47 @@ mod tests {
     }
 
     #[test]
+    fn the_example_files_commented_output_parses_as_documented() {
+        // The example keeps its AMQP output commented out (it needs a broker): the same
+        // lines, uncommented, are a valid output with the documented defaults.
+        let example = include_str!("../../examples/synchronizer.toml");
+        let start = example
+            .find("# [[outputs.amqp]]")
+            .expect("the example documents [[outputs.amqp]]");
+        let table: String = example[start..]
+            .lines()
+            .take_while(|l| l.starts_with("# "))
+            .map(|l| format!("{}\n", &l[2..]))
+            .collect();
+        let c = Config::from_toml(&table).unwrap();
+        let o = &c.outputs.amqp[0];
+        assert_eq!(o.name, "amqp");
+        assert_eq!(o.exchange, "synchronizer");
+        assert_eq!(o.max_unconfirmed, 1024);
+        assert_eq!(o.drain_timeout, Duration::from_secs(10));
+        assert!(!format!("{c:?}").contains("PASSWORD"), "{c:?}");
+    }
+
+    #[test]
+    fn an_output_with_a_bad_url_or_a_repeated_name_is_refused() {
+        let err = Config::from_toml("[[outputs.amqp]]\nurl = \"rabbit://u:secret@h/\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("output `amqp`: url"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
+        let err = Config::from_toml(
+            "[[outputs.amqp]]\nurl = \"amqp://h/\"\n[[outputs.amqp]]\nurl = \"amqp://g/\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("used twice"), "{err}");
+        let err = Config::from_toml("[[outputs.amqp]]\nurl = \"amqp://h/\"\nexchnage = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exchnage"), "{err}");
+    }
+
+    #[test]
     fn duplicate_names_are_refused() {
         let err = Config::from_toml(
             "[[instances]]\nname = \"a\"\nlibrary = \"x\"\n[[instances]]\nname = \"a\"\nlibrary = \"y\"\n",
