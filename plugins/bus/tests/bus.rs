@@ -31,21 +31,6 @@ const HEAT_ERROR: &str = "heat-24/notifications-vitrage_notifications.error.json
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// The plugin library cargo built beside this test binary.
-fn plugin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let deps = exe.parent().expect("deps directory").to_path_buf();
-    for dir in [deps.clone(), deps.join("..")] {
-        if dir.join("libsynchronizer_bus.so").exists() {
-            return dir;
-        }
-    }
-    panic!(
-        "libsynchronizer_bus.so not found beside {}: build it with `cargo build -p synchronizer-bus`",
-        exe.display()
-    );
-}
-
 fn micros(ts: &str) -> i64 {
     parse_timestamp(ts).expect("test timestamp")
 }

@@ -11,7 +11,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,20 +29,6 @@ use tokio::net::{TcpListener, TcpStream};
 const V_CREATE: &str = "nova-30/versioned_notifications.info__instance.create.end.raw.json";
 const V_DELETE: &str = "nova-30/versioned_notifications.info__instance.delete.end.raw.json";
 const WAIT: Duration = Duration::from_secs(30);
-
-fn plugin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let deps = exe.parent().expect("deps directory").to_path_buf();
-    for dir in [deps.clone(), deps.join("..")] {
-        if dir.join("libsynchronizer_bus.so").exists() {
-            return dir;
-        }
-    }
-    panic!(
-        "libsynchronizer_bus.so not found beside {}: build it with `cargo build -p synchronizer-bus`",
-        exe.display()
-    );
-}
 
 /// A TCP relay to the broker that can be cut (every connection closed, new ones closed
 /// at once) and restored.

@@ -34,6 +34,21 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The directory of the plugin library cargo built beside this test binary.
+pub fn plugin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let deps = exe.parent().expect("deps directory").to_path_buf();
+    for dir in [deps.clone(), deps.join("..")] {
+        if dir.join("libsynchronizer_bus.so").exists() {
+            return dir;
+        }
+    }
+    panic!(
+        "libsynchronizer_bus.so not found beside {}: build it with `cargo build -p synchronizer-bus`",
+        exe.display()
+    );
+}
+
 /// A name unique to this test run: `<prefix>-<pid>-<n>`.
 pub fn unique(prefix: &str) -> String {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
