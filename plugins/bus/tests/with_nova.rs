@@ -1,0 +1,186 @@
+//! Both sources of `nova.instance` at once, as deployed: the Nova collector `.so` polling
+//! a loopback Nova that serves the responses captured from a real Nova 30.3, and the bus
+//! `.so` consuming the notifications the same Nova sent, published by the real
+//! oslo.messaging on the real broker; both loaded by the real host, one shared baseline.
+//!
+//! A notification's change is not undone by a poll taken before it, and a later poll of
+//! the same state emits nothing: the two plugins build the same entity.
+
+mod common;
+#[path = "../../nova/tests/common/mod.rs"]
+mod nova;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use synchronizer::{Action, Event, SubscribeOptions, Synchronizer};
+
+const V_POWER_OFF: &str = "nova-30/versioned_notifications.info__instance.power_off.end.raw.json";
+const WAIT: Duration = Duration::from_secs(30);
+
+fn host_toml(tag: &str, exchange: &str, topic: &str, cloud: &nova::Nova) -> String {
+    let config = cloud.config(json!({}));
+    let auth = &config["cloud"]["auth"];
+    format!(
+        r#"
+plugin_log_level = "warn"
+types = ["nova.instance"]
+
+[[instances]]
+name = "nova"
+library = "{nova_so}"
+interval = "1h"
+jitter = "0s"
+timeout = "20s"
+[instances.config]
+page_size = 2
+microversion = "2.53"
+[instances.config.cloud]
+region = "RegionOne"
+timeout = "5s"
+[instances.config.cloud.auth]
+auth_url = "{auth_url}"
+username = "admin"
+password = "{password}"
+project_name = "admin"
+user_domain_name = "Default"
+project_domain_name = "Default"
+
+[[instances]]
+name = "bus"
+library = "{bus_so}"
+[instances.config]
+urls = ["{BROKER}"]
+families = ["nova-versioned"]
+connection_name = "{tag}"
+[instances.config.dead_letter]
+exchange = "{tag}.dlx"
+queue = "{tag}.dlq"
+durable = false
+[[instances.config.subscriptions]]
+exchange = "{exchange}"
+topics = ["{topic}"]
+"#,
+        nova_so = nova::plugin_library("synchronizer_nova").display(),
+        bus_so = nova::plugin_library("synchronizer_bus").display(),
+        auth_url = auth["auth_url"].as_str().expect("auth_url"),
+        password = auth["password"].as_str().expect("password"),
+    )
+}
+
+/// Every change queued for `sub` now: (action, key, state).
+fn queued(sub: &mut synchronizer::Subscription) -> Vec<(Action, String, Option<String>)> {
+    let mut out = Vec::new();
+    while let Some(event) = sub.try_recv() {
+        if let Event::Change(c) = event {
+            out.push((
+                c.action,
+                c.entity.key(),
+                c.entity.state().map(str::to_owned),
+            ));
+        }
+    }
+    out
+}
+
+fn state_of(sync: &Synchronizer, id: &str) -> Option<String> {
+    sync.current(&["nova.instance"])
+        .iter()
+        .find(|e| e.id() == id)
+        .and_then(|e| e.state().map(str::to_owned))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_and_the_polls_around_it_agree() {
+    logs();
+    require_broker().await;
+    let tag = unique("with-nova");
+    let exchange = format!("nova-{tag}");
+    let topic = format!("t-{tag}");
+    let a3_key = format!("nova.instance:{}", nova::VM_A3);
+
+    // The cloud before vm-a3 was powered off: ACTIVE, last updated at its launch.
+    let cloud = nova::Nova::start(nova::Cloud::captured()).await;
+    {
+        let mut c = cloud.cloud();
+        let a3 = c.server_mut(nova::VM_A3);
+        a3["status"] = json!("ACTIVE");
+        a3["OS-EXT-STS:vm_state"] = json!("active");
+        a3["OS-EXT-STS:power_state"] = json!(1);
+        a3["updated"] = json!("2026-11-25T08:37:42Z");
+    }
+    let config = synchronizer::Config::from_toml(&host_toml(&tag, &exchange, &topic, &cloud))
+        .expect("host config");
+    let (sync, mut sub) =
+        Synchronizer::start_subscribed(config, &SubscribeOptions::types(&["nova.instance"]))
+            .await
+            .expect("host starts with both plugins");
+    wait_until(WAIT, "the first poll", || sync.ready()).await;
+    let first = queued(&mut sub);
+    assert_eq!(first.len(), 5, "every captured server: {first:?}");
+    assert!(first.contains(&(Action::Created, a3_key.clone(), Some("ACTIVE".into()))));
+
+    // Nova's power-off notification, as the real Nova sent it (08:37:47.268865).
+    publish(&[Spec::new(V_POWER_OFF, &exchange, &topic)]);
+    let change = tokio::time::timeout(WAIT, sub.recv())
+        .await
+        .expect("the notification's change arrives");
+    match change {
+        Some(Event::Change(c)) => {
+            assert_eq!(
+                (c.action, c.entity.key(), c.entity.state(), &*c.instance),
+                (Action::Updated, a3_key.clone(), Some("SHUTOFF"), "bus")
+            );
+        }
+        other => panic!("expected vm-a3's update, got {other:?}"),
+    }
+
+    // A poll that still shows vm-a3 ACTIVE (sampled before the notification): nothing.
+    let polled = sync.get_all(&["nova.instance"]).await.expect("poll");
+    assert_eq!(polled.len(), 5);
+    assert_eq!(queued(&mut sub), vec![], "an older poll cannot undo it");
+    assert_eq!(state_of(&sync, nova::VM_A3).as_deref(), Some("SHUTOFF"));
+
+    // The API catches up: the captured SHUTOFF server, updated after the notification.
+    // Same state, built by the other plugin: nothing.
+    {
+        let captured = nova::Cloud::captured();
+        let mut a3 = captured
+            .servers
+            .iter()
+            .find(|s| s["id"] == nova::VM_A3)
+            .expect("vm-a3 captured")
+            .clone();
+        a3["updated"] = json!("2026-11-25T08:37:50Z");
+        *cloud.cloud().server_mut(nova::VM_A3) = a3;
+    }
+    sync.get_all(&["nova.instance"]).await.expect("poll");
+    assert_eq!(queued(&mut sub), vec![], "the same state from the API");
+
+    // And a real change in a poll still shows (the polls above were not ignored).
+    {
+        let mut c = cloud.cloud();
+        let a1 = c.server_mut(nova::VM_A1);
+        a1["status"] = json!("ERROR");
+        a1["OS-EXT-STS:vm_state"] = json!("error");
+        a1["updated"] = json!("2026-11-25T08:38:00Z");
+    }
+    sync.get_all(&["nova.instance"]).await.expect("poll");
+    assert_eq!(
+        queued(&mut sub),
+        vec![(
+            Action::Updated,
+            format!("nova.instance:{}", nova::VM_A1),
+            Some("ERROR".into())
+        )]
+    );
+
+    sync.shutdown().await;
+    cleanup(
+        connect().await,
+        &[format!("{topic}.info"), format!("{tag}.dlq")],
+        &[exchange, format!("{tag}.dlx")],
+    )
+    .await;
+}
