@@ -37,6 +37,14 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 READY_TIMEOUT="${OPENSTACK_READY_TIMEOUT:-240}"
 VENV="$STATE/nova-venv"
 NV="$STATE/nova"
+# Nova's fake driver keeps its instances in memory: servers in the database of an earlier
+# run are unknown to a restarted compute (every action on them fails with
+# InstanceNotFound), and it draws new node uuids at every start. So when no Nova service
+# is running, the lab starts from empty databases (about 30 s); when they run, it is left
+# as it is.
+if ! running nova-api && ! running nova-compute1 && ! running nova-compute2; then
+    rm -rf "$NV"
+fi
 mkdir -p "$NV/glance-images" "$NV/locks" "$NV/compute1" "$NV/compute2"
 command -v curl >/dev/null || { apt-get update >&2; apt-get install -y curl >&2; }
 command -v jq >/dev/null || { apt-get update >&2; apt-get install -y jq >&2; }

@@ -18,8 +18,10 @@
 //!    `BENCH_LATENCY_SECS` (10 s); the time from each publish to the subscriber callback
 //!    that sees its change is recorded. The target is p99 ≤ 5 ms.
 //!
-//! Other knobs: `BENCH_SKIP_DRAIN=1` (latency only). Exits 1 when a target is missed. Without `--bench` (as `cargo test --benches` runs
-//! it) it does nothing.
+//! Other knobs: `BENCH_SKIP_DRAIN=1` (latency only); `BENCH_OUTPUT=1` (every change also
+//! published by an AMQP output, upstream acks waiting for its confirmations). Exits 1
+//! when a target is missed. Without `--bench` (as `cargo test --benches` runs it) it
+//! does nothing.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -205,11 +207,19 @@ async fn bare_drain(conn: &Connection, queue: &str, n: u64) -> Duration {
 }
 
 fn host_config(exchange: &str, topic: &str, tag: &str) -> synchronizer::Config {
+    // BENCH_OUTPUT=1: every change also goes to an AMQP output on the same broker, and
+    // each batch is acknowledged upstream only once the broker confirmed its changes.
+    let output = if std::env::var_os("BENCH_OUTPUT").is_some() {
+        format!("[[outputs.amqp]]\nurl = \"{BROKER}\"\nexchange = \"{tag}.changes\"\n")
+    } else {
+        String::new()
+    };
     let toml = format!(
         r#"
 plugins_dir = "{dir}"
 plugin_log_level = "warn"
 subscriber_queue = 1000000
+{output}
 [[instances]]
 name = "bus"
 library = "libsynchronizer_bus.so"
@@ -478,9 +488,11 @@ async fn run() -> bool {
     let _ = ch
         .exchange_delete(&exchange, ExchangeDeleteOptions::default())
         .await;
-    let _ = ch
-        .exchange_delete(&format!("{tag}.dlx"), ExchangeDeleteOptions::default())
-        .await;
+    for name in [format!("{tag}.dlx"), format!("{tag}.changes")] {
+        let _ = ch
+            .exchange_delete(&name, ExchangeDeleteOptions::default())
+            .await;
+    }
     let _ = conn.close(200, "done").await;
     let _ = tokio::task::spawn_blocking(move || conn.run()).await;
 
