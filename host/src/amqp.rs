@@ -333,6 +333,9 @@ impl Publisher {
                 Err(error) => {
                     failures = failures.saturating_add(1);
                     self.metrics.output_failures.get_or_create(&labels).inc();
+                    self.metrics.output_unconfirmed.get_or_create(&labels).set(
+                        i64::try_from(self.unconfirmed.len() + self.rx.len()).unwrap_or(i64::MAX),
+                    );
                     let delay = crate::scheduler::backoff(
                         self.config.reconnect_initial,
                         self.config.reconnect_max,
@@ -451,6 +454,7 @@ impl Publisher {
                 Some(result) = confirms.next() => {
                     result?;
                     if let Some(done) = self.unconfirmed.pop_front() {
+                        tracing::trace!(output = %self.config.name, seq = done.seq, "confirmed");
                         if done.change.is_some() {
                             self.metrics.output_published.get_or_create(&labels).inc();
                         }
@@ -464,6 +468,7 @@ impl Publisher {
                         .matches(change.entity.entity_type())
                         .then_some(change);
                     confirms.push_back(self.publish(&channel, change.as_ref()).await?);
+                    tracing::trace!(output = %self.config.name, seq, "published");
                     self.unconfirmed.push_back(Unconfirmed { seq, change });
                 }
                 _ = drain.cancelled(), if deadline.is_none() => {}

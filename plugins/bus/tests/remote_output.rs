@@ -205,6 +205,9 @@ library = "libsynchronizer_bus.so"
 [instances.config]
 urls = ["{BROKER}"]
 families = ["nova-versioned"]
+# One notification per batch: the host collapses the changes of one key within a batch
+# (a creation and a deletion in one batch are nothing), and the assertions count them.
+batch_size = 1
 connection_name = "{tag}"
 reconnect_initial = "50ms"
 reconnect_max = "500ms"
