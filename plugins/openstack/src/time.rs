@@ -34,7 +34,8 @@ pub fn parse_timestamp(text: &str) -> Option<i64> {
     let (year, month, day) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
     let (hour, minute, second) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
     if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
+        || day < 1
+        || day > days_in_month(year, month)
         || hour > 23
         || minute > 59
         || second > 60
@@ -114,6 +115,15 @@ pub fn now_micros() -> i64 {
     match SystemTime::now().duration_since(SystemTime::UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
         Err(_) => 0,
+    }
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        _ if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        _ => 28,
     }
 }
 
@@ -205,5 +215,43 @@ mod tests {
             Some("2026-11-25T08:37:40Z".to_owned())
         );
         assert_eq!(format_isotime(-1), "1969-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn reads_oslos_naive_utc_and_checks_the_calendar() {
+        assert_eq!(
+            parse_timestamp("2026-11-25 02:26:16.207914"),
+            Some(1_795_573_576_207_914)
+        );
+        assert_eq!(
+            parse_timestamp("2026-11-25T02:26:16.207914Z"),
+            Some(1_795_573_576_207_914)
+        );
+        assert_eq!(
+            parse_timestamp("2026-11-25 02:26:16.2"),
+            Some(1_795_573_576_200_000)
+        );
+        assert_eq!(
+            parse_timestamp("2026-11-25 02:26:16.207914123"),
+            Some(1_795_573_576_207_914)
+        );
+        assert_eq!(
+            parse_timestamp("2000-02-29 23:59:59"),
+            Some(951_868_799_000_000)
+        );
+        assert_eq!(parse_timestamp("1970-01-01 00:00:00+00:00"), Some(0));
+        for bad in [
+            "",
+            "2026-11-25",
+            "2026-13-01 00:00:00",
+            "2026-02-30 00:00:00",
+            "2026-11-25 24:00:00",
+            "2026-11-25 02:26:16.",
+            "2026-11-25 02:26:16,5",
+            "2026/11/25 02:26:16",
+            "2026-11-25 02:2a:16",
+        ] {
+            assert_eq!(parse_timestamp(bad), None, "{bad:?}");
+        }
     }
 }
