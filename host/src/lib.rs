@@ -49,8 +49,9 @@ mod synchronizer;
 
 pub use change::{Action, Change, Event, ResyncReason};
 pub use config::Config;
+pub use scheduler::Incomplete;
 pub use subscription::{CallbackSubscription, SubscribeOptions, Subscription};
 pub use synchronizer::{
-    GetAllError, InstanceFailure, InstanceHandle, InstanceReport, StartError, Synchronizer,
+    GetAll, GetAllError, InstanceFailure, InstanceHandle, InstanceReport, StartError, Synchronizer,
 };
 pub use synchronizer_plugin_api::{Category, Direction, Entity, Relation};

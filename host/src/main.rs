@@ -96,6 +96,11 @@ enum Command {
 #[error("{0}")]
 struct Invalid(String);
 
+/// `snapshot` printed what it got, but some types came back incomplete (exit status 3).
+#[derive(Debug, thiserror::Error)]
+#[error("the snapshot is incomplete (the entities printed are partial): {0}")]
+struct Partial(String);
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::PluginChild { parent_pid } = cli.command {
@@ -128,6 +133,8 @@ fn main() -> ExitCode {
         Err(e) => {
             let code = if e.downcast_ref::<Invalid>().is_some() {
                 2
+            } else if e.downcast_ref::<Partial>().is_some() {
+                3
             } else {
                 1
             };
@@ -349,16 +356,24 @@ async fn shutdown_signal() -> &'static str {
 async fn snapshot(path: &Path, types: Vec<String>) -> Result<()> {
     let config = load_config(path)?;
     let sync = start(config).await?;
-    let result = sync.get_all(&types).await;
+    let result = sync.get_all_report(&types).await;
     sync.shutdown().await;
-    let entities = result.context("snapshot failed")?;
+    let report = result.context("snapshot failed")?;
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
-    for e in entities {
-        writeln!(out, "{}", output::entity_to_json(&e))?;
+    for e in &report.entities {
+        writeln!(out, "{}", output::entity_to_json(e))?;
     }
     out.flush()?;
-    Ok(())
+    if report.incomplete.is_empty() {
+        return Ok(());
+    }
+    let what: Vec<String> = report
+        .incomplete
+        .iter()
+        .map(|i| format!("{} from `{}`: {}", i.entity_type, i.instance, i.reason))
+        .collect();
+    Err(Partial(what.join("; ")).into())
 }
 
 fn plugins(path: &Path) -> Result<()> {

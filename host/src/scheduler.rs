@@ -59,7 +59,27 @@ pub enum CollectError {
 }
 
 /// The result of one collection, shared between everyone who waited for it.
-pub type CollectResult = Result<Arc<Vec<Arc<Entity>>>, CollectError>;
+pub type CollectResult = Result<Arc<Collected>, CollectError>;
+
+/// What one successful collection returned.
+#[derive(Debug, Default)]
+pub struct Collected {
+    /// The entities of the instance's active types.
+    pub entities: Vec<Arc<Entity>>,
+    /// The types the plugin could not report completely (their entities may be missing).
+    pub incomplete: Vec<Incomplete>,
+}
+
+/// A type a snapshot could not report completely, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Incomplete {
+    /// The instance.
+    pub instance: Arc<str>,
+    /// The entity type.
+    pub entity_type: String,
+    /// The plugin's reason.
+    pub reason: String,
+}
 
 /// How long the scheduler waits for an abandoned call to leave the plugin before it
 /// reports the instance stuck.
@@ -158,10 +178,14 @@ impl Collector {
         match tokio::time::timeout(self.schedule.timeout, call).await {
             Ok(Ok(snapshot)) => {
                 let initial = !self.initial_done.load(Ordering::SeqCst);
-                let incomplete: Vec<String> = snapshot
+                let incomplete: Vec<Incomplete> = snapshot
                     .incomplete
                     .iter()
-                    .map(|i| format!("{}: {}", i.entity_type, i.reason))
+                    .map(|i| Incomplete {
+                        instance: self.origin.instance.clone(),
+                        entity_type: i.entity_type.to_string(),
+                        reason: i.reason.to_string(),
+                    })
                     .collect();
                 let (entities, applied) = self.hub.apply_snapshot(
                     &self.origin,
@@ -175,8 +199,8 @@ impl Collector {
                     self.last_emitted.fetch_max(seq, Ordering::SeqCst);
                 }
                 let elapsed = t0.elapsed();
-                for reason in &incomplete {
-                    tracing::warn!(instance = %instance, %reason, "incomplete snapshot: nothing of this type is deleted");
+                for i in &incomplete {
+                    tracing::warn!(instance = %instance, entity_type = %i.entity_type, reason = %i.reason, "incomplete snapshot: nothing of this type is deleted");
                 }
                 tracing::debug!(
                     instance = %instance,
@@ -187,11 +211,21 @@ impl Collector {
                     elapsed_ms = elapsed.as_millis() as u64,
                     "snapshot applied"
                 );
-                self.status
-                    .success(elapsed, entities.len(), &applied, incomplete);
+                self.status.success(
+                    elapsed,
+                    entities.len(),
+                    &applied,
+                    incomplete
+                        .iter()
+                        .map(|i| format!("{}: {}", i.entity_type, i.reason))
+                        .collect(),
+                );
                 self.metrics()
                     .collection(&self.origin.instance, "success", elapsed.as_secs_f64());
-                Ok(Arc::new(entities))
+                Ok(Arc::new(Collected {
+                    entities,
+                    incomplete,
+                }))
             }
             Ok(Err(error)) => {
                 let err = CollectError::Failed { instance, error };

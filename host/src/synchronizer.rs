@@ -20,7 +20,7 @@ use crate::isolation::{
     ProcessInstance, ProcessOptions,
 };
 use crate::loader::{LoadError, PluginLibrary, PluginMeta, load};
-use crate::scheduler::{CollectError, Collector, backoff};
+use crate::scheduler::{CollectError, Collector, Incomplete, backoff};
 use crate::status::{InstanceStatus, StatusCell};
 use crate::subscription::{CallbackSubscription, SubscribeOptions, Subscription};
 
@@ -416,11 +416,18 @@ impl Synchronizer {
     }
 
     /// Entities of the given types (empty: all), fresh from their collectors. Concurrent
-    /// callers share one collection per instance.
+    /// callers share one collection per instance. A type a plugin could report only in
+    /// part is included as far as it came; [`Synchronizer::get_all_report`] says which.
     pub async fn get_all<S: AsRef<str>>(
         &self,
         types: &[S],
     ) -> Result<Vec<Arc<Entity>>, GetAllError> {
+        self.get_all_report(types).await.map(|r| r.entities)
+    }
+
+    /// Like [`Synchronizer::get_all`], with the types that came back incomplete (a page
+    /// that failed, a project that could not be listed): their entities may be missing.
+    pub async fn get_all_report<S: AsRef<str>>(&self, types: &[S]) -> Result<GetAll, GetAllError> {
         let filter = TypeFilter::new(types);
         let wanted: Vec<&Arc<Collector>> = self
             .instances
@@ -438,13 +445,21 @@ impl Synchronizer {
             ));
         }
         let results = futures::future::join_all(wanted.iter().map(|c| c.collect())).await;
-        let mut out = Vec::new();
+        let mut out = GetAll::default();
         for r in results {
-            let entities = r?;
-            out.extend(
-                entities
+            let collected = r?;
+            out.entities.extend(
+                collected
+                    .entities
                     .iter()
                     .filter(|e| filter.matches(e.entity_type()))
+                    .cloned(),
+            );
+            out.incomplete.extend(
+                collected
+                    .incomplete
+                    .iter()
+                    .filter(|i| filter.matches(&i.entity_type))
                     .cloned(),
             );
         }
@@ -587,6 +602,15 @@ impl Synchronizer {
         }
         tracing::info!("synchronizer stopped");
     }
+}
+
+/// A fresh get-all: the entities, and the types that came back incomplete.
+#[derive(Debug, Default)]
+pub struct GetAll {
+    /// The entities of the requested types.
+    pub entities: Vec<Arc<Entity>>,
+    /// The requested types some instance could report only in part.
+    pub incomplete: Vec<Incomplete>,
 }
 
 /// Drains and closes every output, all at once.

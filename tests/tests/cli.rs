@@ -10,6 +10,10 @@ use std::time::Duration;
 
 use synchronizer_tests::{binary, plugins_dir};
 
+/// The loopback Nova of the nova plugin's tests (captured Nova 30.3 responses).
+#[path = "../../plugins/nova/tests/common/mod.rs"]
+mod nova;
+
 const RACK: &str = "entities:\n  - type: rack\n    id: r1\n    name: rack one\n    state: available\n  - type: switch\n    id: s1\n    state: available\nrelationships:\n  - source: rack:r1\n    target: switch:s1\n    type: contains\n";
 
 /// A directory with YAML data and a config that runs the static plugin over it.
@@ -251,4 +255,57 @@ fn a_plugin_panic_reaches_the_host_log_and_the_host_lives_on() {
             .success()
     );
     assert!(child.wait().unwrap().success());
+}
+
+/// `snapshot` prints what it got and exits with status 3 when a type came back
+/// incomplete, naming it, the instance and the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_exits_3_naming_an_incomplete_type() {
+    let cloud = nova::Nova::start(nova::Cloud::captured()).await;
+    cloud.cloud().services_status = Some(500);
+    let plugin_config = cloud.config(serde_json::json!({}));
+    let dir = tempfile::tempdir().unwrap();
+    let mut toml = format!(
+        "plugins_dir = {:?}\n\n[[instances]]\nname = \"nova-cli\"\nlibrary = \"libsynchronizer_nova.so\"\n\n",
+        plugins_dir().display().to_string()
+    );
+    // The plugin's own table, as TOML.
+    toml.push_str("[instances.config]\n");
+    toml.push_str(&format!("page_size = {}\n", plugin_config["page_size"]));
+    toml.push_str("[instances.config.cloud]\nregion = \"RegionOne\"\ntimeout = \"2s\"\n");
+    toml.push_str("[instances.config.cloud.auth]\n");
+    if let Some(auth) = plugin_config["cloud"]["auth"].as_object() {
+        for (k, v) in auth {
+            toml.push_str(&format!("{k} = {v}\n"));
+        }
+    }
+    let config = dir.path().join("sync.toml");
+    std::fs::write(&config, toml).unwrap();
+    let config = config.display().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        synchronizer(&[
+            "snapshot",
+            "--config",
+            &config,
+            "--types",
+            "nova.host,nova.instance",
+        ])
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("the snapshot is incomplete")
+            && stderr.contains("nova.host from `nova-cli`")
+            && stderr.contains("HTTP 500"),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let types: Vec<String> = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["type"].to_string())
+        .collect();
+    assert_eq!(types.len(), 5, "the instances were printed: {stdout}");
+    assert!(types.iter().all(|t| t == "\"nova.instance\""), "{stdout}");
 }

@@ -42,6 +42,10 @@ pub(super) async fn entities(
     Ok(json_array(state.sync.current(&params.types)))
 }
 
+/// The header of a `POST /v1/snapshot` answer that lists, comma-separated, the types
+/// some instance could report only in part.
+pub const INCOMPLETE_HEADER: &str = "synchronizer-incomplete";
+
 /// `POST /v1/snapshot?types=a,b`: a fresh get-all (shared with any collection in flight).
 pub(super) async fn snapshot(
     State(state): State<AppState>,
@@ -51,8 +55,28 @@ pub(super) async fn snapshot(
     if state.shutdown.is_cancelled() {
         return Err(ApiError::ShuttingDown);
     }
-    match state.sync.get_all(&params.types).await {
-        Ok(entities) => Ok(json_array(entities)),
+    match state.sync.get_all_report(&params.types).await {
+        Ok(report) if report.incomplete.is_empty() => Ok(json_array(report.entities)),
+        Ok(report) => {
+            // Partial data is still data: the body is what came, and a header names the
+            // types that may be missing entities.
+            let mut types: Vec<&str> = report
+                .incomplete
+                .iter()
+                .map(|i| i.entity_type.as_str())
+                .collect();
+            types.sort_unstable();
+            types.dedup();
+            for i in &report.incomplete {
+                tracing::warn!(instance = %i.instance, entity_type = %i.entity_type, reason = %i.reason, "snapshot request answered with an incomplete type");
+            }
+            let types = types.join(",");
+            let mut response = json_array(report.entities);
+            if let Ok(value) = axum::http::HeaderValue::from_str(&types) {
+                response.headers_mut().insert(INCOMPLETE_HEADER, value);
+            }
+            Ok(response)
+        }
         Err(e) => {
             let e = ApiError::from(e);
             tracing::warn!(

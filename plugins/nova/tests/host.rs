@@ -155,7 +155,20 @@ async fn the_host_reports_exactly_what_changed_between_polls() {
     // os-services fails: instances and zones are complete, hosts incomplete (none deleted
     // although compute2 is gone from the answer that failed).
     nova.cloud().services_status = Some(503);
-    sync.get_all(&["nova.host"]).await.unwrap();
+    let report = sync.get_all_report(&["nova.host"]).await.unwrap();
+    assert_eq!(report.incomplete.len(), 1, "{report:?}");
+    assert_eq!(
+        (
+            &*report.incomplete[0].instance,
+            &*report.incomplete[0].entity_type
+        ),
+        ("nova-test", "nova.host")
+    );
+    assert!(
+        report.incomplete[0].reason.contains("HTTP 503"),
+        "{report:?}"
+    );
+    assert!(report.entities.is_empty(), "no host could be listed");
     assert_eq!(drain(&mut sub), vec![]);
     assert_eq!(sync.current(&["nova.host"]).len(), 2);
     let status = &sync.status()[0].status;
@@ -238,5 +251,53 @@ async fn a_failed_poll_deletes_nothing() {
             Some("ACTIVE".into())
         )]
     );
+    sync.shutdown().await;
+}
+
+/// `POST /v1/snapshot` answers with what came and names the incomplete types in the
+/// `synchronizer-incomplete` header; a complete answer has no such header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_snapshot_names_incomplete_types() {
+    let nova = Nova::start(Cloud::captured()).await;
+    nova.cloud().services_status = Some(500);
+    let config = synchronizer::Config::from_toml(&host_config(&nova, &TYPES)).unwrap();
+    let sync = std::sync::Arc::new(Synchronizer::start(config).await.unwrap());
+    ready(&sync).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let http_config: synchronizer::config::HttpConfig = serde_json::from_value(json!({})).unwrap();
+    let server = tokio::spawn(synchronizer::http::serve_on(
+        listener,
+        sync.clone(),
+        http_config,
+        stop.clone(),
+    ));
+    let client = reqwest::Client::new();
+    let url = |types: &str| format!("http://{addr}/v1/snapshot?types={types}");
+
+    let partial = client
+        .post(url("nova.host,nova.instance"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(partial.status(), 200);
+    assert_eq!(
+        partial
+            .headers()
+            .get("synchronizer-incomplete")
+            .and_then(|v| v.to_str().ok()),
+        Some("nova.host")
+    );
+    let body: Vec<serde_json::Value> = partial.json().await.unwrap();
+    assert_eq!(body.len(), 5, "the instances came: {body:?}");
+    assert!(body.iter().all(|e| e["type"] == "nova.instance"));
+
+    let complete = client.post(url("nova.instance")).send().await.unwrap();
+    assert_eq!(complete.status(), 200);
+    assert!(complete.headers().get("synchronizer-incomplete").is_none());
+
+    stop.cancel();
+    server.await.unwrap().unwrap();
     sync.shutdown().await;
 }
