@@ -496,6 +496,13 @@ async fn run() -> bool {
     let _ = conn.close(200, "done").await;
     let _ = tokio::task::spawn_blocking(move || conn.run()).await;
 
+    // The targets are for the plugin alone; with an output the figures are for scale.
+    if std::env::var_os("BENCH_OUTPUT").is_some() {
+        println!(
+            "result (with an AMQP output, no target): throughput ratio {ratio:.2}, latency p99 {p99:.3} ms"
+        );
+        return true;
+    }
     let throughput_ok = ratio >= 0.8;
     let latency_ok = p99 <= 5.0;
     println!(
