@@ -24,7 +24,7 @@ use crate::baseline::{Baseline, HashIndex, Observation, Owner, Verdict, hash_sna
 use crate::change::{Action, Change, Event, ResyncReason};
 use crate::delivery::{Confirmer, Deliveries};
 use crate::metrics::{ActionLabels, Metrics, TypeLabels};
-use crate::persist::{Op, Restored, StoredEntity};
+use crate::persist::{Op, Restored, StoredEntity, Writes};
 
 /// Which entity types a subscriber wants; empty means all.
 #[derive(Clone, Debug, Default)]
@@ -88,7 +88,7 @@ struct State {
     next_subscriber: u64,
     lagged_total: u64,
     /// Where changes go to be made durable (the store's writer thread), when there is one.
-    persist: Option<std::sync::mpsc::Sender<Vec<Op>>>,
+    persist: Option<std::sync::mpsc::Sender<Writes>>,
     /// Writes decided by the last batch, sent once its changes reached the subscribers.
     pending_ops: Vec<Op>,
     /// Types restored from the durable store whose view is not yet filled by a complete
@@ -160,7 +160,7 @@ impl Hub {
         &self,
         restored: Restored,
         owner_of: impl Fn(&str) -> Owner,
-        persist: std::sync::mpsc::Sender<Vec<Op>>,
+        persist: std::sync::mpsc::Sender<Writes>,
     ) {
         let now = now_us();
         let mut state = self.lock();
@@ -663,7 +663,12 @@ impl State {
         self.recover_lagged();
         if !ops.is_empty()
             && let Some(tx) = &self.persist
-            && tx.send(ops).is_err()
+            && tx
+                .send(Writes {
+                    through_seq: self.next_seq - 1,
+                    ops,
+                })
+                .is_err()
         {
             tracing::error!(
                 "the baseline store's writer has stopped; changes are no longer made durable"

@@ -12,15 +12,20 @@
 //! a kill -9 at any moment leaves the last committed state intact. A change is queued
 //! for writing only after it was handed to the subscribers, so a crash between the two
 //! makes the host announce it again after the restart (at least once, never lost).
+//! With reliable outputs (the AMQP output), a change is written only once they confirmed
+//! it; what they never confirm is not made durable, and is reported (and published)
+//! again after a restart.
 //!
 //! The file carries a format marker; a file from another format or another program is
 //! refused with a message that says what was found.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
 use redb::{Database, ReadableTable, TableDefinition, TableHandle};
+
+use crate::delivery::Deliveries;
 
 const FORMAT: &str = "synchronizer-baseline/1";
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
@@ -84,6 +89,16 @@ pub struct Restored {
     pub entities: Vec<StoredEntity>,
     /// Tombstones: type, id, delete time.
     pub tombstones: Vec<(String, String, i64)>,
+}
+
+/// Writes decided by one batch of the hub, and the `seq` of the last change decided by
+/// then (what reliable outputs must have confirmed before the writes are made).
+#[derive(Clone, Debug)]
+pub struct Writes {
+    /// The last change `seq` when these writes were decided.
+    pub through_seq: u64,
+    /// The writes, in order.
+    pub ops: Vec<Op>,
 }
 
 /// One write, in the order the hub decided it.
@@ -293,15 +308,28 @@ impl Store {
     }
 
     /// Starts the writer thread; send batches to the returned sender, drop it to stop.
-    pub fn spawn_writer(self) -> std::io::Result<(mpsc::Sender<Vec<Op>>, JoinHandle<()>)> {
-        let (tx, rx) = mpsc::channel::<Vec<Op>>();
+    /// With `gate`, each batch waits until the reliable outputs confirmed its changes; a
+    /// batch they never confirm (their broker stayed away until shutdown) is not written.
+    pub fn spawn_writer(
+        self,
+        gate: Option<Arc<Deliveries>>,
+    ) -> std::io::Result<(mpsc::Sender<Writes>, JoinHandle<()>)> {
+        let (tx, rx) = mpsc::channel::<Writes>();
         let handle = std::thread::Builder::new()
             .name("baseline-store".into())
             .spawn(move || {
-                while let Ok(mut ops) = rx.recv() {
+                while let Ok(first) = rx.recv() {
+                    let (mut through, mut ops) = (first.through_seq, first.ops);
                     // Everything already queued goes into the same transaction.
                     while let Ok(more) = rx.try_recv() {
-                        ops.extend(more);
+                        through = through.max(more.through_seq);
+                        ops.extend(more.ops);
+                    }
+                    if let Some(gate) = gate.as_ref().filter(|g| g.any())
+                        && let Err(e) = futures::executor::block_on(gate.delivered(through))
+                    {
+                        tracing::warn!(error = %e, ops = ops.len(), "changes an output never confirmed are not made durable: after a restart they are reported, and published, again");
+                        continue;
                     }
                     match self.write(&ops) {
                         Ok(()) => tracing::debug!(ops = ops.len(), "baseline store committed"),

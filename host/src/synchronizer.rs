@@ -312,7 +312,7 @@ impl Synchronizer {
                     u16::try_from(i).unwrap_or(u16::MAX)
                 };
                 let (tx, writer) = store
-                    .spawn_writer()
+                    .spawn_writer(Some(hub.deliveries().clone()))
                     .map_err(|e| StartError::Config(format!("baseline store writer: {e}")))?;
                 hub.restore(restored, owner_of, tx);
                 tracing::info!(file = %path.display(), entities, "baseline restored");
