@@ -185,6 +185,17 @@ impl Remote {
 }
 
 fn host_toml(tag: &str, exchange: &str, topic: &str, output_url: &str) -> String {
+    host_toml_with(tag, exchange, topic, output_url, "")
+}
+
+/// `host_toml` with extra settings for the bus instance (`isolation`, ...).
+fn host_toml_with(
+    tag: &str,
+    exchange: &str,
+    topic: &str,
+    output_url: &str,
+    instance_extra: &str,
+) -> String {
     format!(
         r#"
 plugins_dir = "{dir}"
@@ -202,6 +213,7 @@ drain_timeout = "1s"
 [[instances]]
 name = "bus"
 library = "libsynchronizer_bus.so"
+{instance_extra}
 [instances.config]
 urls = ["{BROKER}"]
 families = ["nova-versioned"]
@@ -445,6 +457,75 @@ async fn an_output_broker_that_goes_away_holds_notifications_upstream() {
         .collect();
     assert_eq!(keys_got, want);
     assert!(got.iter().all(|r| r.body["action"] == "created"), "{got:?}");
+    wait_until(WAIT, "upstream acknowledged", || {
+        queue_counts(&queue) == (0, 0)
+    })
+    .await;
+    sync.shutdown().await;
+    drop(relay);
+    cleanup(
+        conn,
+        &[queue, format!("{tag}.dlq")],
+        &[exchange, format!("{tag}.dlx"), changes_exchange],
+    )
+    .await;
+}
+
+/// The same hold in process isolation: the bus plugin runs in a child, and the parent
+/// answers its push only once the output's broker confirmed the changes, so the child
+/// acknowledges nothing upstream while that broker is away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bus_plugin_in_a_child_process_is_held_back_too() {
+    logs();
+    require_broker().await;
+    let tag = unique("child");
+    let exchange = format!("nova-{tag}");
+    let topic = format!("t-{tag}");
+    let queue = format!("{topic}.info");
+    let conn = connect().await;
+    let changes_exchange = format!("{tag}.changes");
+    let mut remote = Remote::bind(&conn, &changes_exchange, &["#"]).await;
+    let relay = Relay::start().await;
+    let output_url = format!("amqp://guest:guest@{}/%2f", relay.addr);
+    // The child is the `synchronizer` binary cargo built (the test binary is not it).
+    let dir = plugin_dir();
+    let program = [dir.join("synchronizer"), dir.join("../synchronizer")]
+        .into_iter()
+        .find(|p| p.exists())
+        .expect("the synchronizer binary is built: cargo build -p synchronizer");
+    let child = format!(
+        "isolation = \"process\"\nchild_program = {:?}",
+        program.display().to_string()
+    );
+    let toml = host_toml_with(&tag, &exchange, &topic, &output_url, &child);
+    let keys: Vec<String> = (1..=2).map(|n| uuid(0xc41d, n)).collect();
+
+    relay.cut();
+    let (sync, mut local) = start_host(&toml).await;
+    assert_eq!(sync.status()[0].status.isolation.as_str(), "process");
+    publish(&[
+        Spec::new(V_CREATE, &exchange, &topic)
+            .uuid(&keys[0])
+            .at("2026-11-25 09:10:00"),
+        Spec::new(V_CREATE, &exchange, &topic)
+            .uuid(&keys[1])
+            .at("2026-11-25 09:10:01"),
+    ]);
+    assert_eq!(
+        local_changes(&mut local, 1).await,
+        vec![(Action::Created, format!("nova.instance:{}", keys[0]))]
+    );
+    wait_until(WAIT, "2 unacknowledged upstream", || {
+        queue_counts(&queue) == (0, 2)
+    })
+    .await;
+    remote.expect_nothing(Duration::from_millis(300)).await;
+
+    relay.restore();
+    let got = remote.take(2).await;
+    let keys_got: Vec<String> = summary(&got).into_iter().map(|(_, _, k)| k).collect();
+    let want: Vec<String> = keys.iter().map(|u| format!("nova.instance:{u}")).collect();
+    assert_eq!(keys_got, want);
     wait_until(WAIT, "upstream acknowledged", || {
         queue_counts(&queue) == (0, 0)
     })
