@@ -145,20 +145,22 @@ impl AmqpOutputConfig {
     }
 }
 
+/// The parts of a URL with credentials: (scheme, user, password, what follows the
+/// last `@`). Lenient on purpose (a malformed URL, an unencoded `/` or `@` in the
+/// password): everything between the first `:` of the user info and the last `@` counts
+/// as the password, so that it is never shown.
+fn credentials(url: &str) -> Option<(&str, &str, &str, &str)> {
+    let (before, host) = url.rsplit_once('@')?;
+    let (scheme, userinfo) = before.split_once("://").unwrap_or(("", before));
+    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    Some((scheme, user, password, host))
+}
+
 /// `scheme://user:***@host...`: a URL with its password hidden.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            format!("{scheme}://{user}:***@{host}{path}")
-        }
+    match credentials(url) {
+        Some(("", user, _, host)) => format!("{user}:***@{host}"),
+        Some((scheme, user, _, host)) => format!("{scheme}://{user}:***@{host}"),
         None => url.to_owned(),
     }
 }
@@ -204,13 +206,27 @@ pub struct AmqpOutput {
     name: String,
     drain: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    /// The longest a drain may take.
+    limit: Duration,
+}
+
+/// The longest [`AmqpOutput::finish`] waits: the drain, plus one connection attempt and
+/// one confirmation that may be under way when it ends, plus a margin.
+fn config_limit(config: &AmqpOutputConfig) -> Duration {
+    config.drain_timeout + config.connect_timeout + config.confirm_timeout + Duration::from_secs(1)
 }
 
 impl AmqpOutput {
     /// Checks the configuration, registers the output with the hub (every change from now
     /// on is published) and starts it.
     pub fn start(config: AmqpOutputConfig, hub: &Hub) -> Result<AmqpOutput, AmqpOutputError> {
-        let uri = config.check()?;
+        let mut uri = config.check()?;
+        // The TCP connect itself gives up in time too (lapin's own timeout): a connection
+        // attempt abandoned by our timeout would leave lapin's I/O thread behind.
+        if uri.query.connection_timeout.is_none() {
+            uri.query.connection_timeout =
+                Some(u64::try_from(config.connect_timeout.as_millis()).unwrap_or(u64::MAX));
+        }
         let ca_pem =
             match &config.ca_file {
                 Some(path) => Some(std::fs::read_to_string(path).map_err(|source| {
@@ -236,30 +252,52 @@ impl AmqpOutput {
             metrics: hub.metrics().clone(),
             unconfirmed: VecDeque::new(),
         };
-        let task = tokio::spawn(publisher.run(drain.clone()));
-        Ok(AmqpOutput { name, drain, task })
+        let limit = config_limit(&publisher.config);
+        let task = tokio::spawn({
+            let (drain, name) = (drain.clone(), name.clone());
+            async move {
+                let run = std::panic::AssertUnwindSafe(publisher.run(drain));
+                if futures::FutureExt::catch_unwind(run).await.is_err() {
+                    // Its confirmer is gone with it: every producer waiting on it now
+                    // fails (bus pushes are refused, nothing is made durable) until a
+                    // restart. Say so loudly, once.
+                    tracing::error!(output = %name, "the output stopped after a panic: changes are no longer confirmed; restart the synchronizer");
+                }
+            }
+        });
+        Ok(AmqpOutput {
+            name,
+            drain,
+            task,
+            limit,
+        })
     }
 
     /// Publishes what is left (the producers have stopped), waits for its confirmations
-    /// up to the output's `drain_timeout`, and closes the connection.
+    /// up to the output's `drain_timeout`, and closes the connection. Returns within
+    /// `drain_timeout` plus the connect and confirm timeouts, whatever the broker does.
     pub async fn finish(self) {
         self.drain.cancel();
-        if let Err(e) = self.task.await {
-            tracing::error!(output = %self.name, error = %e, "the output's task failed");
+        let abort = self.task.abort_handle();
+        match tokio::time::timeout(self.limit, self.task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(output = %self.name, error = %e, "the output's task failed")
+            }
+            Err(_) => {
+                abort.abort();
+                tracing::error!(output = %self.name, "the output did not stop in time; abandoned");
+            }
         }
     }
 }
 
 /// Removes the URL's password from a message that may quote it.
 fn scrub(message: &str, url: &str) -> String {
-    let password = url
-        .split_once("://")
-        .and_then(|(_, rest)| rest.split('/').next())
-        .and_then(|authority| authority.rsplit_once('@'))
-        .and_then(|(userinfo, _)| userinfo.split_once(':'))
-        .map(|(_, p)| p)
-        .filter(|p| !p.is_empty());
-    match password {
+    match credentials(url)
+        .map(|(_, _, p, _)| p)
+        .filter(|p| !p.is_empty())
+    {
         Some(p) => message.replace(p, "***"),
         None => message.to_owned(),
     }
@@ -319,7 +357,8 @@ impl Publisher {
                         .session(&conn, &drain, &mut deadline, &mut failures)
                         .await;
                     self.metrics.output_connected.get_or_create(&labels).set(0);
-                    let _ = conn.close(200, "synchronizer output closing").await;
+                    let close = conn.close(200, "synchronizer output closing");
+                    let _ = tokio::time::timeout(self.config.confirm_timeout, close).await;
                     r
                 }
                 Err(e) => Err(e),
@@ -347,13 +386,21 @@ impl Publisher {
                         %error,
                         unconfirmed = self.unconfirmed.len(),
                         retry_in_ms = delay.as_millis() as u64,
-                        "output broker unavailable; changes wait (producers are held back)"
+                        "output cannot publish; changes wait (producers are held back)"
                     );
                     let until = tokio::time::Instant::now() + delay;
                     let until = deadline.map_or(until, |d| d.min(until));
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(until) => {}
-                        _ = drain.cancelled(), if deadline.is_none() => {}
+                    // While waiting, changes this output does not publish still count as
+                    // delivered as long as none it publishes waits before them.
+                    self.settle_unpublished();
+                    loop {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(until) => break,
+                            _ = drain.cancelled(), if deadline.is_none() => break,
+                            Some(change) = self.rx.recv(), if self.unconfirmed.is_empty() => {
+                                self.take(change);
+                            }
+                        }
                     }
                     if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                         self.give_up();
@@ -363,6 +410,36 @@ impl Publisher {
             }
         }
         tracing::info!(output = %self.config.name, "output drained and closed");
+    }
+
+    /// Takes a change from the hub while there is no connection: one this output does not
+    /// publish, with nothing unconfirmed before it, is confirmed at once.
+    fn take(&mut self, change: Arc<Change>) {
+        if self.unconfirmed.is_empty() && !self.filter.matches(change.entity.entity_type()) {
+            self.confirmer.confirm(change.seq);
+        } else {
+            let publish = self.filter.matches(change.entity.entity_type());
+            self.unconfirmed.push_back(Unconfirmed {
+                seq: change.seq,
+                change: publish.then_some(change),
+            });
+        }
+    }
+
+    /// Confirms the changes at the front that this output does not publish, and takes
+    /// what is queued up to the first change it does publish.
+    fn settle_unpublished(&mut self) {
+        while self.unconfirmed.front().is_some_and(|u| u.change.is_none()) {
+            if let Some(u) = self.unconfirmed.pop_front() {
+                self.confirmer.confirm(u.seq);
+            }
+        }
+        while self.unconfirmed.is_empty() {
+            match self.rx.try_recv() {
+                Ok(change) => self.take(change),
+                Err(_) => break,
+            }
+        }
     }
 
     fn give_up(&self) {
@@ -439,7 +516,6 @@ impl Publisher {
         for u in &self.unconfirmed {
             confirms.push_back(self.publish(&channel, u.change.as_ref()).await?);
         }
-        *failures = 0;
         loop {
             if drain.is_cancelled() && deadline.is_none() {
                 *deadline = Some(tokio::time::Instant::now() + self.config.drain_timeout);
@@ -453,6 +529,9 @@ impl Publisher {
                 biased;
                 Some(result) = confirms.next() => {
                     result?;
+                    // Only a confirmation proves the connection works: a broker that
+                    // accepts connections and then refuses every change keeps backing off.
+                    *failures = 0;
                     if let Some(done) = self.unconfirmed.pop_front() {
                         tracing::trace!(output = %self.config.name, seq = done.seq, "confirmed");
                         if done.change.is_some() {
@@ -467,9 +546,14 @@ impl Publisher {
                         .filter
                         .matches(change.entity.entity_type())
                         .then_some(change);
+                    // Kept before publishing: when the publish fails, the next
+                    // connection publishes it again with the rest.
+                    self.unconfirmed.push_back(Unconfirmed {
+                        seq,
+                        change: change.clone(),
+                    });
                     confirms.push_back(self.publish(&channel, change.as_ref()).await?);
                     tracing::trace!(output = %self.config.name, seq, "published");
-                    self.unconfirmed.push_back(Unconfirmed { seq, change });
                 }
                 _ = drain.cancelled(), if deadline.is_none() => {}
                 _ = tokio::time::sleep_until(until) => return Ok(Ended::DeadlinePassed),
@@ -499,21 +583,26 @@ impl Publisher {
             .with_message_id(ShortString::from(format!("{}@{}", change.seq, self.run)))
             .with_timestamp(u64::try_from(change.sampled_us / 1_000_000).unwrap_or(0))
             .with_app_id(ShortString::from("synchronizer"));
-        let confirm = channel
-            .basic_publish(
-                &self.config.exchange,
-                &routing_key,
-                BasicPublishOptions::default(),
-                body.as_bytes(),
-                props,
-            )
-            .await
-            .map_err(|e| format!("publishing: {e}"))?;
         let timeout = self.config.confirm_timeout;
+        // Bounded: a broker that blocks publishers (a memory or disk alarm) stops reading.
+        let publish = channel.basic_publish(
+            &self.config.exchange,
+            &routing_key,
+            BasicPublishOptions::default(),
+            body.as_bytes(),
+            props,
+        );
+        let confirm = match tokio::time::timeout(timeout, publish).await {
+            Ok(Ok(confirm)) => confirm,
+            Ok(Err(e)) => return Err(format!("publishing: {e}")),
+            Err(_) => return Err(format!("publishing: not sent within {timeout:?}")),
+        };
         Ok(Box::pin(async move {
             match tokio::time::timeout(timeout, confirm).await {
                 Ok(Ok(Confirmation::Ack(_))) => Ok(()),
-                Ok(Ok(Confirmation::Nack(_))) => Err("the broker refused a change (nack)".into()),
+                Ok(Ok(Confirmation::Nack(_))) => Err(
+                    "the broker refused a change (nack: a queue bound to the exchange rejects publishes, or the broker failed to store it)".into(),
+                ),
                 Ok(Ok(Confirmation::NotRequested)) => Ok(()),
                 Ok(Err(e)) => Err(format!("waiting for a confirmation: {e}")),
                 Err(_) => Err(format!("no confirmation within {timeout:?}")),
@@ -535,6 +624,16 @@ mod tests {
         let url = "amqp://sync:s3cret@rabbit:5672/%2f";
         assert_eq!(redact_url(url), "amqp://sync:***@rabbit:5672/%2f");
         assert_eq!(redact_url("amqp://rabbit/"), "amqp://rabbit/");
+        // Malformed: a missing slash, an unencoded `/` or `@` in the password.
+        for (bad, password) in [
+            ("amqp:/sync:pw1@rabbit/", "pw1"),
+            ("amqp://sync:p/w2@rabbit:5672/%2f", "p/w2"),
+            ("amqp://sync:p@w3@rabbit/", "p@w3"),
+        ] {
+            let shown = redact_url(bad);
+            assert!(!shown.contains(password), "{bad} -> {shown}");
+            assert!(!scrub(&format!("bad url {bad}"), bad).contains(password));
+        }
         assert_eq!(
             scrub("auth failed for sync:s3cret", url),
             "auth failed for sync:***"

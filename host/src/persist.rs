@@ -319,16 +319,33 @@ impl Store {
             .name("baseline-store".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
-                    let (mut through, mut ops) = (first.through_seq, first.ops);
-                    // Everything already queued goes into the same transaction.
-                    while let Ok(more) = rx.try_recv() {
-                        through = through.max(more.through_seq);
-                        ops.extend(more.ops);
+                    // Everything already queued goes into the same transaction, up to the
+                    // first batch the outputs never confirmed: that one and every later
+                    // one are not written (their confirmations would come in order).
+                    let mut ops = Vec::new();
+                    let mut skipped = 0usize;
+                    let mut next = Some(first);
+                    while let Some(batch) = next.take() {
+                        if skipped == 0 {
+                            match gate.as_ref().filter(|g| g.any()) {
+                                Some(g) => match futures::executor::block_on(g.delivered(batch.through_seq)) {
+                                    Ok(()) => ops.extend(batch.ops),
+                                    Err(e) => {
+                                        tracing::warn!(error = %e, "changes an output never confirmed are not made durable: after a restart they are reported, and published, again");
+                                        skipped += batch.ops.len();
+                                    }
+                                },
+                                None => ops.extend(batch.ops),
+                            }
+                        } else {
+                            skipped += batch.ops.len();
+                        }
+                        next = rx.try_recv().ok();
                     }
-                    if let Some(gate) = gate.as_ref().filter(|g| g.any())
-                        && let Err(e) = futures::executor::block_on(gate.delivered(through))
-                    {
-                        tracing::warn!(error = %e, ops = ops.len(), "changes an output never confirmed are not made durable: after a restart they are reported, and published, again");
+                    if skipped > 0 {
+                        tracing::warn!(ops = skipped, "baseline writes dropped: not confirmed by an output");
+                    }
+                    if ops.is_empty() {
                         continue;
                     }
                     match self.write(&ops) {

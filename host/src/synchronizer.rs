@@ -162,17 +162,6 @@ impl Synchronizer {
         let level = parse_level(&config.plugin_log_level).map_err(StartError::Config)?;
         let hub = Arc::new(Hub::new(config.tombstone_ttl));
         let early = early.map(|options| Subscription::for_hub(&hub, options));
-        // Outputs first: they must see every change, from the first snapshot on.
-        let mut outputs = Vec::new();
-        for output in &config.outputs.amqp {
-            match AmqpOutput::start(output.clone(), &hub) {
-                Ok(o) => outputs.push(o),
-                Err(e) => {
-                    finish_outputs(outputs).await;
-                    return Err(StartError::Config(e.to_string()));
-                }
-            }
-        }
         let mut libraries: HashMap<PathBuf, Result<PluginLibrary, String>> = HashMap::new();
         let mut instances = Vec::new();
         let mut failures = Vec::new();
@@ -272,7 +261,6 @@ impl Synchronizer {
             for started in &instances {
                 started.plugin.shutdown(Duration::from_secs(1)).await;
             }
-            finish_outputs(outputs).await;
             return Err(StartError::Plugins(failures));
         }
 
@@ -320,6 +308,22 @@ impl Synchronizer {
             }
             None => None,
         };
+
+        // The outputs, before anything runs: they must see every change, from the first
+        // snapshot on. (Nothing has emitted a change yet: instances are created, not run.)
+        let mut outputs = Vec::new();
+        for output in &config.outputs.amqp {
+            match AmqpOutput::start(output.clone(), &hub) {
+                Ok(o) => outputs.push(o),
+                Err(e) => {
+                    finish_outputs(outputs).await;
+                    for i in &instances {
+                        i.plugin.shutdown(Duration::from_secs(1)).await;
+                    }
+                    return Err(StartError::Config(e.to_string()));
+                }
+            }
+        }
 
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();

@@ -394,7 +394,7 @@ async fn an_output_broker_that_goes_away_holds_notifications_upstream() {
     let relay = Relay::start().await;
     let output_url = format!("amqp://guest:guest@{}/%2f", relay.addr);
     let toml = host_toml(&tag, &exchange, &topic, &output_url);
-    let keys: Vec<String> = (1..=5).map(|n| uuid(0xa3a, n)).collect();
+    let keys: Vec<String> = (1..=6).map(|n| uuid(0xa3a, n)).collect();
     let create = |i: usize| {
         Spec::new(V_CREATE, &exchange, &topic)
             .uuid(&keys[i])
@@ -433,6 +433,26 @@ async fn an_output_broker_that_goes_away_holds_notifications_upstream() {
     })
     .await;
 
+    // Away while the output sits idle on a connection it has not yet seen die: the next
+    // change fails to publish on it, is kept, and goes out after the reconnection.
+    relay.cut();
+    publish(&[create(5)]);
+    wait_until(WAIT, "1 unacknowledged upstream", || {
+        queue_counts(&queue) == (0, 1)
+    })
+    .await;
+    relay.restore();
+    let got = remote.take(1).await;
+    assert_eq!(
+        summary(&got)[0].2,
+        format!("nova.instance:{}", keys[5]),
+        "the change whose publish failed arrives"
+    );
+    wait_until(WAIT, "upstream acknowledged", || {
+        queue_counts(&queue) == (0, 0)
+    })
+    .await;
+
     // Away again, then SIGTERM's path: nothing acknowledged that was not delivered.
     relay.cut();
     publish(&[create(3), create(4)]);
@@ -451,7 +471,7 @@ async fn an_output_broker_that_goes_away_holds_notifications_upstream() {
     let (sync, _local) = start_host(&toml).await;
     let got = remote.take(2).await;
     let keys_got: Vec<String> = summary(&got).into_iter().map(|(_, _, k)| k).collect();
-    let want: Vec<String> = keys[3..]
+    let want: Vec<String> = keys[3..5]
         .iter()
         .map(|u| format!("nova.instance:{u}"))
         .collect();
