@@ -3,7 +3,8 @@
 //! - One message per change: the JSON object of [`crate::output::change_to_json`] (the
 //!   same as stdout and the SSE stream), `content_type = application/json`, persistent
 //!   (`delivery_mode = 2`), `message_id = <seq>@<epoch>` (the SSE stream's id: unique
-//!   across restarts, for consumers that deduplicate), `timestamp` = when the host sampled the data.
+//!   across restarts, for consumers that deduplicate), `timestamp` = when the host
+//!   sampled the data.
 //! - Routing key `<entity type>.<action>`, e.g. `nova.instance.deleted`: a consumer binds
 //!   its own queue with `nova.instance.*`, `#.deleted` or `#` to get what it wants.
 //! - Publisher confirms. A change counts as delivered when the broker confirmed it; only
@@ -11,8 +12,11 @@
 //!   acknowledges the upstream notification, a collector polls again. When the broker
 //!   goes away, unconfirmed changes are kept and published again after reconnecting
 //!   (at least once), and producers wait: back-pressure, not loss.
+//!   With a durable baseline, a change is made durable only once confirmed
+//!   ([`crate::persist`]), so one never confirmed is published again after a restart.
 //! - At shutdown the output publishes what is left and waits for its confirmations, up
-//!   to `drain_timeout`.
+//!   to `drain_timeout`; [`AmqpOutput::finish`] returns in bounded time whatever the
+//!   broker does.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
