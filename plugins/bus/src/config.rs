@@ -13,6 +13,7 @@ use lapin::uri::AMQPUri;
 use serde::Deserialize;
 
 use crate::error::ConfigError;
+use crate::heat::HeatConfig;
 use crate::mapping::Family;
 
 /// The plugin's configuration. Its `Debug` form redacts the URLs' passwords and the
@@ -86,6 +87,11 @@ pub struct Config {
     /// the connection is closed (what is not acknowledged by then is redelivered later).
     #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// With it, the resources of each stack a Heat notification names are read from
+    /// Heat's API so that `heat.stack` agrees with the Heat collector's (see
+    /// [`crate::heat`]). Without it stacks carry no relations.
+    #[serde(default)]
+    pub heat: Option<HeatConfig>,
 }
 
 impl std::fmt::Debug for Config {
@@ -117,6 +123,7 @@ impl std::fmt::Debug for Config {
             .field("dead_letter", &self.dead_letter)
             .field("dedup_capacity", &self.dedup_capacity)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("heat", &self.heat)
             .finish()
     }
 }
@@ -257,6 +264,7 @@ impl Config {
             dead_letter: DeadLetter::default(),
             dedup_capacity: default_dedup_capacity(),
             shutdown_grace: default_shutdown_grace(),
+            heat: None,
         }
     }
 

@@ -14,6 +14,10 @@
 //!   from the queue oslo's publisher declares itself (which must keep oslo's arguments,
 //!   see [`QueuePlan::publisher_declared`]), published to the dead-letter exchange with
 //!   publisher confirms and then acknowledged.
+//! - With the `heat` table, a batch with Heat stack upserts is pushed only once the
+//!   stacks' resources are read from Heat (see [`crate::heat`]); when that fails the
+//!   session ends with [`BusError::Heat`] (transient): nothing of the batch is
+//!   acknowledged, the consumer reconnects with backoff and the broker redelivers it.
 //! - On shutdown the consumers are cancelled, the messages already received are handed
 //!   to the host and acknowledged (within `shutdown_grace`), and the connection is
 //!   closed; anything still unacknowledged is redelivered to the next consumer.
@@ -43,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{ArgValue, Config, QueuePlan, Secrets, redact_url};
 use crate::dedup::{RecentIds, id_hash};
 use crate::error::{BusError, ConfigError};
+use crate::heat::Enricher;
 use crate::mapping::{Families, Ignored, Interpretation, Malformed, interpret};
 use crate::stats::{Stats, StatsSnapshot};
 
@@ -97,6 +102,8 @@ pub struct Bus {
     dedup: Arc<Mutex<RecentIds>>,
     last_good: AtomicUsize,
     last_error: Mutex<Option<String>>,
+    /// With the `heat` table: reads notified stacks' resources.
+    heat: Option<Enricher>,
 }
 
 impl std::fmt::Debug for Bus {
@@ -164,7 +171,9 @@ impl Bus {
             tls.identity = Some((der, client_password));
         }
         let queues = config.queues()?;
+        let heat = config.heat.as_ref().map(Enricher::new).transpose()?;
         Ok(Bus {
+            heat,
             families: Families::of(&config.families),
             dedup: Arc::new(Mutex::new(RecentIds::new(config.dedup_capacity))),
             instance: instance.to_owned(),
@@ -657,6 +666,12 @@ impl Bus {
             self.dead_letter(ctx, control, &deliveries[*i], m).await?;
         }
 
+        // The resources of the stacks named (only with the `heat` table). On failure
+        // nothing of the batch is pushed or acknowledged: the error ends the session and
+        // the broker redelivers the messages after the reconnection's backoff.
+        if let Some(heat) = &self.heat {
+            changes = heat.enrich(changes).await?;
+        }
         if !changes.is_empty() {
             let n = changes.len();
             sink.push(changes).await.map_err(|e| BusError::Sink {

@@ -63,6 +63,15 @@ pub enum BusError {
         /// What the AMQP client said.
         message: String,
     },
+    /// Heat's resources of a stack a notification names could not be read (see
+    /// [`crate::heat`]): the batch is not pushed and its messages are redelivered.
+    #[error("cannot read the resources of heat stack {stack} from Heat: {message}")]
+    Heat {
+        /// The stack's id (empty when Heat's endpoint itself could not be found).
+        stack: String,
+        /// What the OpenStack client said (URLs without credentials).
+        message: String,
+    },
     /// The host refused a batch of changes: the messages are not acknowledged and will be
     /// delivered again.
     #[error("the host did not accept a batch of {changes} change(s): {message}")]

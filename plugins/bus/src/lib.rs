@@ -14,6 +14,8 @@
 //!   families, timestamps).
 //! - [`consumer`]: connection, failover and backoff, declarations, batching,
 //!   acknowledgements, dead-lettering, shutdown.
+//! - [`heat`]: with the optional `heat` table, the resources of a notified stack from
+//!   Heat's API, so that `heat.stack` agrees with the Heat collector's.
 //! - [`dedup`]: the bounded set of recent message ids that drops duplicate deliveries.
 //! - [`config`]: the configuration (see README.md for every option), URL redaction.
 //!
@@ -24,6 +26,7 @@ pub mod config;
 pub mod consumer;
 pub mod dedup;
 pub mod error;
+pub mod heat;
 pub mod mapping;
 pub mod stats;
 

@@ -35,10 +35,16 @@
 //!   `image_meta.base_image_ref`), `user_id`, `created_at` (`2026-11-25T08:37:35Z`) and
 //!   `metadata`, `null` when the payload has none. `power_state` is not kept: the legacy
 //!   form has none and the API gives it as a number.
-//! - `heat.stack`: id = `stack_identity` (its last path segment when Heat sends an ARN),
-//!   name = `stack_name`, state = `state` (`CREATE_COMPLETE`...), project = `tenant_id`,
-//!   properties `state_reason`, `user_id` (from `user_identity`), `user_name`,
-//!   `created_at`, `updated_at` (those present).
+//! - `heat.stack`: the shared model of `synchronizer_openstack::heat_stack`, the same
+//!   entity the Heat collector builds. Id = `stack_identity` (its last path segment when
+//!   Heat sends an ARN), name = `stack_name`, state = `state` (`CREATE_COMPLETE`...),
+//!   project = `tenant_id`, and always the properties `stack_status_reason` (from
+//!   `state_reason`), `creation_time` (`create_at`), `updated_time` (`updated_at`),
+//!   `stack_owner` (`username`) and `tags`. The payload names no resources: the
+//!   entity made here has no `comprises` relations. With a `heat` table in the
+//!   configuration the consumer adds them from Heat's API before pushing (see
+//!   [`crate::heat`]); without it the entity keeps none, and agrees with the collector's
+//!   only for stacks without mapped resources.
 //!
 //! Anything else (`compute.exception`, `scheduler.*`, `compute_task.*`, other services)
 //! is [`Interpretation::Ignored`]. A body that is not JSON, lacks `event_type`,
@@ -49,15 +55,16 @@ use std::borrow::Cow;
 use std::fmt;
 
 use serde::Deserialize;
+use serde_json::Value;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
+use synchronizer_openstack::heat_stack::HeatStack as StackModel;
 use synchronizer_openstack::nova_instance::{NovaInstance, status_from_state};
-use synchronizer_plugin_api::{Change, Entity};
+use synchronizer_plugin_api::Change;
 
 /// The entity type of Nova instances.
 pub const NOVA_INSTANCE: &str = synchronizer_openstack::nova_instance::INSTANCE;
 /// The entity type of Heat stacks.
-pub const HEAT_STACK: &str = "heat.stack";
+pub const HEAT_STACK: &str = synchronizer_openstack::heat_stack::STACK;
 /// The entity type of Nova compute hosts (the other end of an instance's relation).
 pub const NOVA_HOST: &str = synchronizer_openstack::nova_instance::HOST;
 
@@ -414,23 +421,17 @@ struct HeatStack<'a> {
     #[serde(borrow, default)]
     tenant_id: Str<'a>,
     #[serde(borrow, default)]
-    user_identity: Str<'a>,
-    #[serde(borrow, default)]
     username: Str<'a>,
     #[serde(borrow, default)]
     create_at: Str<'a>,
     #[serde(borrow, default)]
     updated_at: Str<'a>,
+    #[serde(default)]
+    tags: Option<Value>,
 }
 
 fn non_empty<'a>(s: &'a Str<'_>) -> Option<&'a str> {
     text(s).filter(|s| !s.is_empty())
-}
-
-fn put(props: &mut Map<String, Value>, key: &str, value: &Str<'_>) {
-    if let Some(v) = non_empty(value) {
-        props.insert(key.to_owned(), Value::String(v.to_owned()));
-    }
 }
 
 fn parse_payload<'a, T: Deserialize<'a>>(payload: &'a RawValue, what: &str) -> Result<T, String> {
@@ -525,22 +526,20 @@ fn heat(event_type: &str, payload: &RawValue, at_us: i64) -> Result<Change, Stri
     if id.is_empty() {
         return Err(format!("`stack_identity` {identity:?} names no stack id"));
     }
-    let mut props = Map::new();
-    put(&mut props, "state_reason", &p.state_reason);
-    put(&mut props, "user_id", &p.user_identity);
-    put(&mut props, "user_name", &p.username);
-    put(&mut props, "created_at", &p.create_at);
-    put(&mut props, "updated_at", &p.updated_at);
-    let mut e = Entity::resource(HEAT_STACK, id)
-        .with_name(non_empty(&p.stack_name).unwrap_or_default())
-        .with_source_updated_micros(at_us)
-        .with_properties(Value::Object(props));
-    if let Some(state) = non_empty(&p.state) {
-        e = e.with_state(state);
+    let e = StackModel {
+        id,
+        name: text(&p.stack_name),
+        status: text(&p.state),
+        status_reason: text(&p.state_reason),
+        project: text(&p.tenant_id),
+        owner: text(&p.username),
+        creation_time: text(&p.create_at),
+        updated_time: text(&p.updated_at),
+        tags: p.tags.as_ref(),
+        comprises: Vec::new(),
+        updated_us: Some(at_us),
     }
-    if let Some(project) = non_empty(&p.tenant_id) {
-        e = e.with_project(project);
-    }
+    .into_entity();
     if event_type == "orchestration.stack.delete.end" {
         Ok(Change::Delete(e))
     } else {
@@ -556,7 +555,7 @@ pub use synchronizer_openstack::time::parse_timestamp;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use synchronizer_plugin_api::Direction;
+    use synchronizer_plugin_api::{Direction, Entity};
 
     const V_CREATE: &str = include_str!(
         "../tests/fixtures/nova-30/versioned_notifications.info__instance.create.end.raw.json"
@@ -821,10 +820,11 @@ mod tests {
         assert_eq!(
             props(&first),
             serde_json::json!({
-                "state_reason": "Stack CREATE started",
-                "user_id": "49a70e33015f4fff93f0e265ab3936a6",
-                "user_name": "demo",
-                "created_at": "2026-11-25T08:56:57Z"
+                "stack_status_reason": "Stack CREATE started",
+                "creation_time": "2026-11-25T08:56:57Z",
+                "updated_time": null,
+                "stack_owner": "demo",
+                "tags": []
             })
         );
         let errors = heat_bodies(HEAT_ERROR);

@@ -9,10 +9,14 @@
 //!   (one flat list that includes the resources of nested stacks down to `nested_depth`),
 //!   several stacks at a time (`concurrency`).
 //!
-//! `heat.stack:<id>`: name = `stack_name`, state = `stack_status` as Heat reports it
+//! `heat.stack:<id>` is the shared model of `synchronizer_openstack::heat_stack`, the
+//! same entity the bus plugin builds from Heat's notifications (enriched with the
+//! stack's resources), so that a poll of the state a notification reported changes
+//! nothing: name = `stack_name`, state = `stack_status` as Heat reports it
 //! (`CREATE_COMPLETE`, `UPDATE_FAILED`, ...), project = `project`, source timestamp =
-//! `updated_time` (or `creation_time` for a stack never updated); `stack_status_reason`,
-//! the times, `description`, `stack_owner`, `parent`, `tags` in the properties. Each
+//! `updated_time` (or `creation_time` for a stack never updated); the properties
+//! `stack_status_reason`, `creation_time`, `updated_time`, `stack_owner` and `tags`
+//! (`description` and `parent` are not kept: notifications cannot fill them alike). Each
 //! resource whose type maps to an entity type (`OS::Nova::Server` → `nova.instance`,
 //! `OS::Cinder::Volume` → `cinder.volume`, `OS::Neutron::Net` → `neutron.network`,
 //! `OS::Neutron::Port` → `neutron.port`, plus `resource_types` from the configuration)
@@ -43,23 +47,11 @@ use futures::{StreamExt, TryStreamExt};
 use reqwest::Url;
 use reqwest::header::HeaderMap;
 use serde::Deserialize;
-use serde_json::Value;
-use synchronizer_openstack::time::parse_timestamp;
+use synchronizer_openstack::heat_stack::{self, ApiResources, ApiStack, heat_root};
 use synchronizer_openstack::{CloudConfig, Link, Pager, Session, join_path};
-use synchronizer_plugin_api::{
-    Context, Entity, Error, Plugin, PluginInfo, PluginKind, Relation, Snapshot,
-};
+use synchronizer_plugin_api::{Context, Entity, Error, Plugin, PluginInfo, PluginKind, Snapshot};
 
-/// Entity type of a Heat stack.
-pub const STACK: &str = "heat.stack";
-
-/// The resource types mapped by default, and the entity types they become.
-pub const DEFAULT_RESOURCE_TYPES: [(&str, &str); 4] = [
-    ("OS::Nova::Server", "nova.instance"),
-    ("OS::Cinder::Volume", "cinder.volume"),
-    ("OS::Neutron::Net", "neutron.network"),
-    ("OS::Neutron::Port", "neutron.port"),
-];
+pub use synchronizer_openstack::heat_stack::{DEFAULT_RESOURCE_TYPES, STACK};
 
 /// How the stacks of every project are listed.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -128,46 +120,9 @@ pub struct HeatPlugin {
 
 #[derive(Deserialize)]
 struct StacksPage {
-    stacks: Vec<StackRow>,
+    stacks: Vec<ApiStack>,
     #[serde(default)]
     links: Vec<Link>,
-}
-
-#[derive(Clone, Deserialize)]
-struct StackRow {
-    id: String,
-    stack_name: String,
-    #[serde(default)]
-    stack_status: Option<String>,
-    #[serde(default)]
-    stack_status_reason: Option<String>,
-    #[serde(default)]
-    project: Option<String>,
-    #[serde(default)]
-    creation_time: Option<String>,
-    #[serde(default)]
-    updated_time: Option<String>,
-    #[serde(default)]
-    description: Option<String>,
-    #[serde(default)]
-    stack_owner: Option<String>,
-    #[serde(default)]
-    parent: Option<String>,
-    #[serde(default)]
-    tags: Option<Value>,
-}
-
-#[derive(Deserialize)]
-struct Resources {
-    resources: Vec<ResourceRow>,
-}
-
-#[derive(Deserialize)]
-struct ResourceRow {
-    #[serde(default)]
-    resource_type: String,
-    #[serde(default)]
-    physical_resource_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -216,11 +171,7 @@ impl HeatPlugin {
                 "stack_listing = per_project / auto needs Keystone (GET /v3/projects): not available with a static token",
             ));
         }
-        let mut resource_types: HashMap<String, String> = DEFAULT_RESOURCE_TYPES
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        resource_types.extend(config.resource_types.clone());
+        let resource_types = heat_stack::resource_types(&config.resource_types);
         Ok(HeatPlugin {
             session,
             config,
@@ -257,7 +208,7 @@ impl HeatPlugin {
         &self,
         project_base: &Url,
         global: bool,
-    ) -> Result<Vec<StackRow>, OsError> {
+    ) -> Result<Vec<ApiStack>, OsError> {
         let mut out = Vec::new();
         let mut pager = Pager::new();
         let mut url = self.stacks_url(project_base, global, None);
@@ -296,10 +247,10 @@ impl HeatPlugin {
     /// admin token with every project's stacks under any project's URL: when the token's
     /// own project's listing holds another project's stack, that one listing is complete.
     /// Otherwise each project (from Keystone) is listed; stacks are deduplicated by id.
-    async fn stacks_per_project(&self, root: &Url) -> Result<Vec<StackRow>, OsError> {
+    async fn stacks_per_project(&self, root: &Url) -> Result<Vec<ApiStack>, OsError> {
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
-        let mut add = |stacks: Vec<StackRow>, project: &str| {
+        let mut add = |stacks: Vec<ApiStack>, project: &str| {
             for mut s in stacks {
                 s.project.get_or_insert_with(|| project.to_owned());
                 if seen.insert(s.id.clone()) {
@@ -334,7 +285,7 @@ impl HeatPlugin {
             projects = projects.len(),
             "listing stacks project by project"
         );
-        let lists: Vec<(String, Vec<StackRow>)> = futures::stream::iter(projects)
+        let lists: Vec<(String, Vec<ApiStack>)> = futures::stream::iter(projects)
             .map(|p| async move {
                 let stacks = self
                     .list_stacks(&join_path(root, &[p.as_str()]), false)
@@ -350,7 +301,7 @@ impl HeatPlugin {
         Ok(out)
     }
 
-    async fn stacks(&self, endpoint: &Url, root: &Url) -> Result<Vec<StackRow>, Error> {
+    async fn stacks(&self, endpoint: &Url, root: &Url) -> Result<Vec<ApiStack>, Error> {
         let fail = |e: String| Error::failed(format!("instance `{}`: {e}", self.instance));
         let per_project = match self.config.stack_listing {
             StackListing::PerProject => true,
@@ -390,7 +341,7 @@ impl HeatPlugin {
         &self,
         root: &Url,
         endpoint: &Url,
-        stack: &StackRow,
+        stack: &ApiStack,
     ) -> Result<Option<Vec<String>>, OsError> {
         let base = match &stack.project {
             Some(p) => join_path(root, &[p.as_str()]),
@@ -407,7 +358,7 @@ impl HeatPlugin {
         );
         url.query_pairs_mut()
             .append_pair("nested_depth", &self.config.nested_depth.to_string());
-        let resources: Resources = match self.session.get_json(&url, &HeaderMap::new()).await {
+        let resources: ApiResources = match self.session.get_json(&url, &HeaderMap::new()).await {
             Ok(r) => r,
             Err(e) if e.status() == Some(404) => {
                 tracing::debug!(stack = %stack.id, "stack gone while listing its resources");
@@ -415,18 +366,10 @@ impl HeatPlugin {
             }
             Err(e) => return Err(e),
         };
-        let mut keys: Vec<String> = resources
-            .resources
-            .into_iter()
-            .filter_map(|r| {
-                let entity_type = self.resource_types.get(&r.resource_type)?;
-                let id = r.physical_resource_id.filter(|id| !id.is_empty())?;
-                Some(format!("{entity_type}:{id}"))
-            })
-            .collect();
-        keys.sort_unstable();
-        keys.dedup();
-        Ok(Some(keys))
+        Ok(Some(heat_stack::comprises(
+            &resources.resources,
+            &self.resource_types,
+        )))
     }
 
     /// Collects a snapshot of the stacks (of nothing when `types` names other types only).
@@ -449,7 +392,7 @@ impl HeatPlugin {
                 let (root, endpoint) = (&root, &endpoint);
                 async move {
                     let relations = self.relations(root, endpoint, &stack).await?;
-                    Ok::<_, OsError>(relations.map(|r| stack_entity(stack, r)))
+                    Ok::<_, OsError>(relations.map(|r| stack.to_entity(r)))
                 }
             })
             .buffered(self.config.concurrency)
@@ -467,51 +410,6 @@ impl HeatPlugin {
         );
         Ok(Snapshot::complete(entities))
     }
-}
-
-/// `https://heat:8004/v1` from the catalog's `https://heat:8004/v1/<project>`: the base
-/// under which each project's URL is `<root>/<project id>`.
-fn heat_root(endpoint: &Url) -> Url {
-    let mut root = endpoint.clone();
-    let last = endpoint
-        .path_segments()
-        .and_then(|mut s| s.rfind(|p| !p.is_empty()));
-    if last.is_some_and(|l| l != "v1")
-        && let Ok(mut p) = root.path_segments_mut()
-    {
-        p.pop_if_empty().pop();
-    }
-    root
-}
-
-fn stack_entity(s: StackRow, relations: Vec<String>) -> Entity {
-    let mut e = Entity::resource(STACK, &s.id).with_name(s.stack_name.as_str());
-    if let Some(status) = &s.stack_status {
-        e = e.with_state(status.as_str());
-    }
-    if let Some(project) = &s.project {
-        e = e.with_project(project.as_str());
-    }
-    let ts = s
-        .updated_time
-        .as_deref()
-        .or(s.creation_time.as_deref())
-        .and_then(parse_timestamp);
-    if let Some(ts) = ts {
-        e = e.with_source_updated_micros(ts);
-    }
-    for key in relations {
-        e = e.with_relation(Relation::to("comprises", key));
-    }
-    e.with_properties(serde_json::json!({
-        "stack_status_reason": s.stack_status_reason,
-        "creation_time": s.creation_time,
-        "updated_time": s.updated_time,
-        "description": s.description,
-        "stack_owner": s.stack_owner,
-        "parent": s.parent,
-        "tags": s.tags,
-    }))
 }
 
 impl Plugin for HeatPlugin {
@@ -545,20 +443,3 @@ impl Plugin for HeatPlugin {
 }
 
 synchronizer_plugin_api::export_plugin!(HeatPlugin);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn heat_root_strips_the_project() {
-        let root = |u: &str| heat_root(&Url::parse(u).unwrap()).to_string();
-        assert_eq!(root("http://h:8004/v1/abc"), "http://h:8004/v1");
-        assert_eq!(root("http://h:8004/v1/abc/"), "http://h:8004/v1");
-        assert_eq!(root("http://h:8004/v1"), "http://h:8004/v1");
-        assert_eq!(
-            root("https://cloud/orchestration/v1/abc"),
-            "https://cloud/orchestration/v1"
-        );
-    }
-}

@@ -1,4 +1,4 @@
-//! The OpenStack client layer shared by the synchronizer's Nova and Heat plugins.
+//! The OpenStack client layer shared by the synchronizer's Nova, Heat and bus plugins.
 //!
 //! - [`config`]: the `cloud` table of a plugin instance (credentials, region, interface,
 //!   endpoint override, TLS, timeouts), secrets redacted in `Debug`.
@@ -11,6 +11,9 @@
 //! - [`nova_instance`]: the one `nova.instance` entity model that the Nova collector and
 //!   the bus plugin (Nova's notifications) both build, and Nova's vm/task state → API
 //!   status table.
+//! - [`heat_stack`]: the one `heat.stack` entity model that the Heat collector and the
+//!   bus plugin (Heat's notifications, enriched with the stack's resources) both build,
+//!   and Heat's resource type → entity type mapping.
 //! - `testing` (feature `test-server`): a loopback HTTP server for tests and benchmarks.
 //!
 //! Nothing here logs a secret: passwords, application credential secrets and tokens are
@@ -21,6 +24,7 @@
 pub mod catalog;
 pub mod config;
 pub mod error;
+pub mod heat_stack;
 pub mod nova_instance;
 pub mod paging;
 pub mod session;
