@@ -419,10 +419,10 @@ impl Publisher {
     /// Takes a change from the hub while there is no connection: one this output does not
     /// publish, with nothing unconfirmed before it, is confirmed at once.
     fn take(&mut self, change: Arc<Change>) {
-        if self.unconfirmed.is_empty() && !self.filter.matches(change.entity.entity_type()) {
+        let publish = self.filter.matches(change.entity.entity_type());
+        if !publish && self.unconfirmed.is_empty() {
             self.confirmer.confirm(change.seq);
         } else {
-            let publish = self.filter.matches(change.entity.entity_type());
             self.unconfirmed.push_back(Unconfirmed {
                 seq: change.seq,
                 change: publish.then_some(change),

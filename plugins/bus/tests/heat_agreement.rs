@@ -12,21 +12,23 @@
 //! *derived* file of that directory (the captured cloud had no Nova, Cinder or Neutron;
 //! see its PROVENANCE.md). A loopback server replays them over real HTTP. No broker.
 
+mod through_hub;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use synchronizer::Action;
 use synchronizer::hub::{Applied, Hub, Origin, TypeFilter};
-use synchronizer::{Action, Event};
 use synchronizer_bus::BusError;
 use synchronizer_bus::heat::{Enricher, HeatConfig};
 use synchronizer_bus::mapping::{Families, Interpretation, interpret, parse_timestamp};
 use synchronizer_openstack::heat_stack::{ApiResources, ApiStack, comprises, resource_types};
 use synchronizer_openstack::testing::{Reply, Server, keystone_token_reply};
-use synchronizer_plugin_api::abi::{FfiPushed, FfiSnapshot, PushAction};
 use synchronizer_plugin_api::{Change, Entity};
+use through_hub::{counts, drain, snapshot, upsert};
 
 const TOKEN: &str = include_str!("../../heat/tests/fixtures/keystone-auth-tokens.json");
 const STACKS: &str = include_str!("../../heat/tests/fixtures/stacks-global.json");
@@ -274,37 +276,6 @@ async fn heat_failing_fails_the_batch_and_a_gone_stack_is_dropped() {
     assert!(matches!(out.as_slice(), [Change::Delete(e)] if e.id() == BASIC_A));
 }
 
-fn snapshot(entities: Vec<Entity>) -> FfiSnapshot {
-    FfiSnapshot {
-        entities: entities.into(),
-        incomplete: Vec::new().into(),
-    }
-}
-
-fn upsert(e: Entity) -> Vec<FfiPushed> {
-    vec![FfiPushed {
-        action: PushAction::Upsert,
-        entity: e,
-    }]
-}
-
-/// The changes the subscriber got since the last call, as `(action, id, state)`.
-fn drain(rx: &mut tokio::sync::mpsc::Receiver<Event>) -> Vec<(Action, String, Option<String>)> {
-    let mut out = Vec::new();
-    while let Ok(event) = rx.try_recv() {
-        match event {
-            Event::Change(c) => out.push((
-                c.action,
-                c.entity.id().to_owned(),
-                c.entity.state().map(str::to_owned),
-            )),
-            other => panic!("unexpected event {other:?}"),
-        }
-    }
-    out.sort_by(|a, b| a.1.cmp(&b.1));
-    out
-}
-
 /// The collector's poll of the stacks with captured resources, sampled at `sampled`.
 fn poll(hub: &Hub, collector: &Origin, listing: &Value, sampled: &str) -> Applied {
     let types = ["heat.stack".to_owned()];
@@ -315,10 +286,6 @@ fn poll(hub: &Hub, collector: &Origin, listing: &Value, sampled: &str) -> Applie
         .collect();
     let (_, applied) = hub.apply_snapshot(collector, snapshot(entities), &types, sampled, false);
     applied
-}
-
-fn counts(a: &Applied) -> (usize, usize, usize) {
-    (a.created, a.updated, a.deleted)
 }
 
 #[tokio::test]

@@ -9,16 +9,18 @@
 //! All captured from the same Nova 30.3 run (plugins/nova/tests/fixtures and
 //! tests/fixtures/nova-30; see their PROVENANCE.md). No broker needed.
 
+mod through_hub;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use synchronizer::Action;
 use synchronizer::hub::{Applied, Hub, Origin, TypeFilter};
-use synchronizer::{Action, Event};
 use synchronizer_bus::mapping::{Families, Interpretation, interpret, parse_timestamp};
 use synchronizer_openstack::nova_instance::{ApiServer, status_from_state};
-use synchronizer_plugin_api::abi::{FfiPushed, FfiSnapshot, PushAction};
 use synchronizer_plugin_api::{Change, Entity};
+use through_hub::{counts, drain, snapshot, upsert};
 
 /// `GET /servers/detail?all_tenants=1` (microversion 2.53) from the Nova collector's
 /// fixtures.
@@ -113,37 +115,6 @@ fn the_state_table_gives_the_status_the_api_shows() {
     }
 }
 
-fn snapshot(entities: Vec<Entity>) -> FfiSnapshot {
-    FfiSnapshot {
-        entities: entities.into(),
-        incomplete: Vec::new().into(),
-    }
-}
-
-fn upsert(e: Entity) -> Vec<FfiPushed> {
-    vec![FfiPushed {
-        action: PushAction::Upsert,
-        entity: e,
-    }]
-}
-
-/// The changes the subscriber got since the last call, as `(action, id, state)`.
-fn drain(rx: &mut tokio::sync::mpsc::Receiver<Event>) -> Vec<(Action, String, Option<String>)> {
-    let mut out = Vec::new();
-    while let Ok(event) = rx.try_recv() {
-        match event {
-            Event::Change(c) => out.push((
-                c.action,
-                c.entity.id().to_owned(),
-                c.entity.state().map(str::to_owned),
-            )),
-            other => panic!("unexpected event {other:?}"),
-        }
-    }
-    out.sort_by(|a, b| a.1.cmp(&b.1));
-    out
-}
-
 /// The collector's poll of `body`, sampled at `sampled` (naive UTC), through the hub.
 fn poll(hub: &Hub, collector: &Origin, body: &[u8], sampled: &str) -> Applied {
     let types = ["nova.instance".to_owned()];
@@ -151,10 +122,6 @@ fn poll(hub: &Hub, collector: &Origin, body: &[u8], sampled: &str) -> Applied {
     let (_, applied) =
         hub.apply_snapshot(collector, snapshot(polled(body)), &types, sampled, false);
     applied
-}
-
-fn counts(a: &Applied) -> (usize, usize, usize) {
-    (a.created, a.updated, a.deleted)
 }
 
 /// The captured listing with vm-a3 as it was before it was powered off: ACTIVE, last

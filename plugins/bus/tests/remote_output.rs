@@ -291,6 +291,22 @@ fn queue_counts(queue: &str) -> (u64, u64) {
     panic!("queue {queue} not listed by rabbitmqctl: {out}");
 }
 
+/// Waits until the broker counts (ready, unacknowledged) messages in `queue`.
+async fn wait_upstream(queue: &str, ready: u64, unacked: u64) {
+    let what = format!("{queue}: {ready} ready, {unacked} unacknowledged");
+    wait_until(WAIT, &what, || queue_counts(queue) == (ready, unacked)).await;
+}
+
+/// The entity keys of what a remote consumer got, in order.
+fn keys_of(got: &[Received]) -> Vec<String> {
+    summary(got).into_iter().map(|(_, _, k)| k).collect()
+}
+
+/// `nova.instance:<uuid>` of each uuid.
+fn instance_keys(uuids: &[String]) -> Vec<String> {
+    uuids.iter().map(|u| format!("nova.instance:{u}")).collect()
+}
+
 /// Changes reach plain AMQP consumers by type and action: each consumer binds its own
 /// queue and gets exactly the changes its patterns select, as persistent JSON messages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -412,35 +428,22 @@ async fn an_output_broker_that_goes_away_holds_notifications_upstream() {
         first,
         vec![(Action::Created, format!("nova.instance:{}", keys[0]))]
     );
-    wait_until(WAIT, "3 unacknowledged upstream", || {
-        queue_counts(&queue) == (0, 3)
-    })
-    .await;
+    wait_upstream(&queue, 0, 3).await;
     remote.expect_nothing(Duration::from_millis(500)).await;
 
     // Back: every change arrives, then the upstream messages are acknowledged.
     relay.restore();
     let got = remote.take(3).await;
-    let mut keys_got: Vec<String> = summary(&got).into_iter().map(|(_, _, k)| k).collect();
+    let mut keys_got = keys_of(&got);
     keys_got.dedup();
-    let want: Vec<String> = keys[..3]
-        .iter()
-        .map(|u| format!("nova.instance:{u}"))
-        .collect();
-    assert_eq!(keys_got, want);
-    wait_until(WAIT, "upstream acknowledged", || {
-        queue_counts(&queue) == (0, 0)
-    })
-    .await;
+    assert_eq!(keys_got, instance_keys(&keys[..3]));
+    wait_upstream(&queue, 0, 0).await;
 
     // Away while the output sits idle on a connection it has not yet seen die: the next
     // change fails to publish on it, is kept, and goes out after the reconnection.
     relay.cut();
     publish(&[create(5)]);
-    wait_until(WAIT, "1 unacknowledged upstream", || {
-        queue_counts(&queue) == (0, 1)
-    })
-    .await;
+    wait_upstream(&queue, 0, 1).await;
     relay.restore();
     let got = remote.take(1).await;
     assert_eq!(
@@ -448,18 +451,12 @@ async fn an_output_broker_that_goes_away_holds_notifications_upstream() {
         format!("nova.instance:{}", keys[5]),
         "the change whose publish failed arrives"
     );
-    wait_until(WAIT, "upstream acknowledged", || {
-        queue_counts(&queue) == (0, 0)
-    })
-    .await;
+    wait_upstream(&queue, 0, 0).await;
 
     // Away again, then SIGTERM's path: nothing acknowledged that was not delivered.
     relay.cut();
     publish(&[create(3), create(4)]);
-    wait_until(WAIT, "2 unacknowledged upstream", || {
-        queue_counts(&queue) == (0, 2)
-    })
-    .await;
+    wait_upstream(&queue, 0, 2).await;
     sync.shutdown().await;
     wait_for(WAIT, "2 messages back in their queue", || async {
         ready(&conn, &queue).await == Some(2)
@@ -470,17 +467,10 @@ async fn an_output_broker_that_goes_away_holds_notifications_upstream() {
     relay.restore();
     let (sync, _local) = start_host(&toml).await;
     let got = remote.take(2).await;
-    let keys_got: Vec<String> = summary(&got).into_iter().map(|(_, _, k)| k).collect();
-    let want: Vec<String> = keys[3..5]
-        .iter()
-        .map(|u| format!("nova.instance:{u}"))
-        .collect();
-    assert_eq!(keys_got, want);
+    let keys_got = keys_of(&got);
+    assert_eq!(keys_got, instance_keys(&keys[3..5]));
     assert!(got.iter().all(|r| r.body["action"] == "created"), "{got:?}");
-    wait_until(WAIT, "upstream acknowledged", || {
-        queue_counts(&queue) == (0, 0)
-    })
-    .await;
+    wait_upstream(&queue, 0, 0).await;
     sync.shutdown().await;
     drop(relay);
     cleanup(
@@ -535,21 +525,14 @@ async fn a_bus_plugin_in_a_child_process_is_held_back_too() {
         local_changes(&mut local, 1).await,
         vec![(Action::Created, format!("nova.instance:{}", keys[0]))]
     );
-    wait_until(WAIT, "2 unacknowledged upstream", || {
-        queue_counts(&queue) == (0, 2)
-    })
-    .await;
+    wait_upstream(&queue, 0, 2).await;
     remote.expect_nothing(Duration::from_millis(300)).await;
 
     relay.restore();
     let got = remote.take(2).await;
-    let keys_got: Vec<String> = summary(&got).into_iter().map(|(_, _, k)| k).collect();
-    let want: Vec<String> = keys.iter().map(|u| format!("nova.instance:{u}")).collect();
-    assert_eq!(keys_got, want);
-    wait_until(WAIT, "upstream acknowledged", || {
-        queue_counts(&queue) == (0, 0)
-    })
-    .await;
+    let keys_got = keys_of(&got);
+    assert_eq!(keys_got, instance_keys(&keys));
+    wait_upstream(&queue, 0, 0).await;
     sync.shutdown().await;
     drop(relay);
     cleanup(
