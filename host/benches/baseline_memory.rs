@@ -61,7 +61,7 @@ fn main() {
                 content_hash: i as u64,
                 updated_us: 0,
             };
-            baseline.observe("nova.instance", obs, 0, g);
+            baseline.observe("nova.instance", obs, 0, g, 0);
         }
         let after = LIVE.load(Ordering::SeqCst);
         let per = (after - before) as f64 / n as f64;

@@ -1,23 +1,41 @@
 //! The baseline store: what the host last reported for every entity, kept small, and the
-//! rules that turn snapshots and pushed changes into created / updated / deleted
-//! (DESIGN.md §5).
+//! rules that turn snapshots and pushed changes into created / updated / deleted.
 //!
-//! Per entity the store keeps a 32-byte slot in a table of its type, indexed by the 64-bit
+//! Per entity the store keeps a 24-byte slot in a table of its type, indexed by the 64-bit
 //! seahash of its key: the content hash, the source timestamp, the owning plugin instance
 //! with the generation of its last snapshot that saw the entity, and a reference into a
 //! key arena. The arena keeps the native id compactly (16 bytes for a UUID), because a
-//! deletion must name what it deletes. Deleted keys leave a tombstone (their delete time)
-//! for a configurable while, so that a late, older message cannot bring them back.
+//! deletion must name what it deletes. Deleted keys leave a tombstone for a configurable
+//! while, so that a late pushed message cannot bring them back.
 //!
-//! Rules:
-//! - A complete snapshot from instance *I* for type *T*: unknown key → created; known key
-//!   with another content hash and a source timestamp not older than the stored one →
-//!   updated; a key of *T* owned by *I*, absent from the snapshot and not touched since
-//!   the snapshot started → deleted. An incomplete snapshot deletes nothing.
-//! - A pushed upsert or delete is applied the same way, so a later poll of the same state
-//!   reports nothing; anything older than what the store holds (by source timestamp) or
-//!   older than a tombstone is dropped; an identical repeat is dropped.
-//! - Where the source gives no timestamp, the time the host sampled the data stands in.
+//! # The ordering rule: which clock orders what
+//!
+//! Two clocks meet here, the source's and the host's, and they are never compared with
+//! each other, so skew between them (an hour either way) changes nothing:
+//!
+//! - **A complete snapshot describes the source as of the moment it was taken** (the host
+//!   time its call started). Nothing it says is refused as "stale" because a timestamp
+//!   inside it is older than what the baseline holds: a Nagios passive result checked
+//!   two minutes ago is still the current state. The only thing that beats a snapshot is
+//!   what happened after its call started, on the host's clock: a push applied to the key
+//!   while the call ran (the key is then kept, not overwritten, and not swept), or a
+//!   deletion applied while it ran (the key is not re-created). A snapshot taken after a
+//!   deletion re-creates the entity.
+//! - **Source timestamps order pushed messages from the same source against each other
+//!   and against what the baseline holds**: a pushed upsert or deletion older than the
+//!   stored state is dropped, an identical repeat is dropped. A message without a source
+//!   timestamp cannot be ordered and is applied as it arrives.
+//! - **Tombstones protect against late pushed messages only**: a deletion (pushed, or a
+//!   sweep) keeps the source time of the deletion — for a sweep, the last source time
+//!   known for the entity — and a pushed upsert not newer than it does not re-create the
+//!   key. A deletion also records the host time it was applied, for the snapshot rule.
+//! - **Ownership**: a complete snapshot from instance *I* for type *T* deletes every key
+//!   of *T* owned by *I* that it did not see. A pushed change never takes ownership from
+//!   the collector that lists the entity; a key the baseline does not know is owned by
+//!   the collector of its type when exactly one instance collects that type (so that its
+//!   next snapshot decides whether it exists), else by its tombstone's owner, else by the
+//!   pusher.
+//! - An incomplete snapshot deletes nothing.
 //!
 //! Two different keys whose 64-bit hashes collide would be treated as one; with seahash
 //! that takes about 2^32 keys in one type to become likely.
@@ -70,9 +88,19 @@ struct Slot {
     generation: u16,
 }
 
+/// The source timestamp of an entity whose source gives none: it orders before every
+/// real time, and a message without a time is never refused for its time.
+pub const UNTIMED: i64 = i64::MIN;
+
 #[derive(Clone, Copy, Debug)]
 struct Tombstone {
+    /// Source time of the deletion: a pushed deletion's own time, or for a sweep the last
+    /// source time known for the entity ([`UNTIMED`] when unknown).
     deleted_us: i64,
+    /// Host time the deletion was applied.
+    made_us: i64,
+    /// Who owned the entity.
+    owner: Owner,
 }
 
 /// The native ids of one table, packed: a tag byte, then 16 bytes for a canonical
@@ -181,27 +209,31 @@ struct Table {
     slots: HashIndex<Slot>,
     arena: KeyArena,
     tombstones: HashIndex<Tombstone>,
-    /// Tombstones in the order they were made, with the host time they expire.
-    expiry: VecDeque<(u64, i64)>,
+    /// Tombstones in the order they were made: key, host time made, host time it expires.
+    expiry: VecDeque<(u64, i64, i64)>,
 }
 
 impl Table {
-    fn observe(&mut self, obs: Observation<'_>, owner: Owner, generation: u16) -> Option<Verdict> {
-        self.observe_with(obs, owner, generation, || obs.id)
-    }
-
-    fn observe_with<'a>(
+    /// One entity of a snapshot from `owner` whose call started at host time
+    /// `started_us`, in `generation`.
+    fn observe_snapshot<'a>(
         &mut self,
         obs: Observation<'_>,
         owner: Owner,
         generation: u16,
+        started_us: i64,
         id: impl FnOnce() -> &'a str,
     ) -> Option<Verdict> {
         match self.slots.get_mut(&obs.key_hash) {
             Some(slot) => {
+                if slot.owner == owner && slot.generation == generation {
+                    // Pushed while the call ran (or listed twice): what is held is newer.
+                    return None;
+                }
                 slot.owner = owner;
                 slot.generation = generation;
-                if obs.updated_us < slot.updated_us || obs.content_hash == slot.content {
+                if obs.content_hash == slot.content {
+                    slot.updated_us = obs.updated_us;
                     return None;
                 }
                 slot.content = obs.content_hash;
@@ -210,25 +242,74 @@ impl Table {
             }
             None => {
                 if let Some(t) = self.tombstones.get(&obs.key_hash) {
-                    if obs.updated_us <= t.deleted_us {
+                    if t.made_us >= started_us {
+                        // Deleted while the call ran: the snapshot predates the deletion.
                         return None;
                     }
                     self.tombstones.remove(&obs.key_hash);
                 }
-                let key_ref = self.arena.push(id());
-                self.slots.insert(
-                    obs.key_hash,
-                    Slot {
-                        content: obs.content_hash,
-                        updated_us: obs.updated_us,
-                        key_ref,
-                        owner,
-                        generation,
-                    },
-                );
+                self.insert(obs, id(), owner, generation);
                 Some(Verdict::Created)
             }
         }
+    }
+
+    /// A pushed upsert. `owner_of_new` owns the key if it is new and has no tombstone;
+    /// `generation_of(owner)` is that owner's current snapshot generation.
+    fn observe_push(
+        &mut self,
+        obs: Observation<'_>,
+        owner_of_new: Owner,
+        generation_of: impl Fn(Owner) -> u16,
+    ) -> Option<Verdict> {
+        match self.slots.get_mut(&obs.key_hash) {
+            Some(slot) => {
+                if obs.updated_us != UNTIMED && obs.updated_us < slot.updated_us {
+                    return None;
+                }
+                // Touched now: a snapshot of the owner in flight neither overwrites nor
+                // sweeps it.
+                slot.generation = generation_of(slot.owner);
+                if obs.content_hash == slot.content {
+                    return None;
+                }
+                slot.content = obs.content_hash;
+                slot.updated_us = obs.updated_us;
+                Some(Verdict::Updated)
+            }
+            None => {
+                let owner = match self.tombstones.get(&obs.key_hash) {
+                    Some(t) if obs.updated_us != UNTIMED && obs.updated_us <= t.deleted_us => {
+                        return None;
+                    }
+                    Some(t) => t.owner,
+                    None => owner_of_new,
+                };
+                self.tombstones.remove(&obs.key_hash);
+                self.insert(obs, obs.id, owner, generation_of(owner));
+                Some(Verdict::Created)
+            }
+        }
+    }
+
+    fn insert(&mut self, obs: Observation<'_>, id: &str, owner: Owner, generation: u16) {
+        let key_ref = self.arena.push(id);
+        self.slots.insert(
+            obs.key_hash,
+            Slot {
+                content: obs.content_hash,
+                updated_us: obs.updated_us,
+                key_ref,
+                owner,
+                generation,
+            },
+        );
+    }
+
+    fn bury(&mut self, key_hash: u64, tomb: Tombstone, ttl_us: i64) {
+        self.tombstones.insert(key_hash, tomb);
+        self.expiry
+            .push_back((key_hash, tomb.made_us, tomb.made_us.saturating_add(ttl_us)));
     }
 
     fn compact_if_needed(&mut self) {
@@ -261,7 +342,7 @@ pub struct Observation<'a> {
     pub key_hash: u64,
     /// Hash of the content.
     pub content_hash: u64,
-    /// Source update timestamp, or the sample time where the source gives none.
+    /// Source update timestamp, [`UNTIMED`] where the source gives none.
     pub updated_us: i64,
 }
 
@@ -272,7 +353,7 @@ pub struct Hashed {
     pub key_hash: u64,
     /// Hash of the content.
     pub content_hash: u64,
-    /// Source update timestamp, or the sample time.
+    /// Source update timestamp, or [`UNTIMED`].
     pub updated_us: i64,
     /// Where the entity is in its snapshot.
     pub index: u32,
@@ -281,14 +362,10 @@ pub struct Hashed {
 /// Hashes every entity of a snapshot (key and content) and groups them by type. Large
 /// snapshots are hashed on several threads: reading a million entities' scattered strings
 /// is bound by memory latency, which more cores hide.
-pub fn hash_snapshot(
-    entities: &[synchronizer_plugin_api::Entity],
-    sampled_us: i64,
-) -> Vec<(String, Vec<Hashed>)> {
+pub fn hash_snapshot(entities: &[synchronizer_plugin_api::Entity]) -> Vec<(String, Vec<Hashed>)> {
     fn run(
         entities: &[synchronizer_plugin_api::Entity],
         first: usize,
-        sampled_us: i64,
     ) -> Vec<(String, Vec<Hashed>)> {
         let mut groups: Vec<(String, Vec<Hashed>)> = Vec::new();
         let mut current = usize::MAX;
@@ -306,7 +383,7 @@ pub fn hash_snapshot(
             groups[current].1.push(Hashed {
                 key_hash: e.key_hash(),
                 content_hash: e.content_hash(),
-                updated_us: e.source_updated_micros().unwrap_or(sampled_us),
+                updated_us: e.source_updated_micros().unwrap_or(UNTIMED),
                 index: u32::try_from(first + i).unwrap_or(u32::MAX),
             });
         }
@@ -316,14 +393,14 @@ pub fn hash_snapshot(
         .map_or(1, |n| n.get())
         .min(4);
     if entities.len() < 32_768 || threads < 2 {
-        return run(entities, 0, sampled_us);
+        return run(entities, 0);
     }
     let chunk = entities.len().div_ceil(threads);
     let parts: Vec<Vec<(String, Vec<Hashed>)>> = std::thread::scope(|scope| {
         let handles: Vec<_> = entities
             .chunks(chunk)
             .enumerate()
-            .map(|(n, part)| scope.spawn(move || run(part, n * chunk, sampled_us)))
+            .map(|(n, part)| scope.spawn(move || run(part, n * chunk)))
             .collect();
         handles
             .into_iter()
@@ -421,16 +498,24 @@ impl Baseline {
         self.generations[i]
     }
 
-    /// Judges one entity of a snapshot from `owner` taken in `generation`. Returns
-    /// `Some(Created | Updated)` or `None` (unchanged, or older than what is known).
+    /// The generation `owner`'s snapshots are in now (0 before its first).
+    pub fn generation(&self, owner: Owner) -> u16 {
+        self.generations.get(owner as usize).copied().unwrap_or(0)
+    }
+
+    /// Judges one entity of a snapshot from `owner` in `generation`, whose call started at
+    /// host time `started_us`. Returns `Some(Created | Updated)` or `None` (unchanged, or
+    /// superseded by what happened after the call started).
     pub fn observe(
         &mut self,
         entity_type: &str,
         obs: Observation<'_>,
         owner: Owner,
         generation: u16,
+        started_us: i64,
     ) -> Option<Verdict> {
-        self.table(entity_type).observe(obs, owner, generation)
+        self.table(entity_type)
+            .observe_snapshot(obs, owner, generation, started_us, || obs.id)
     }
 
     /// Judges many entities of one type at once, as [`Baseline::observe`] does each.
@@ -444,6 +529,7 @@ impl Baseline {
         batch: &mut [Hashed],
         owner: Owner,
         generation: u16,
+        started_us: i64,
         id: impl Fn(u32) -> &'a str,
     ) -> Vec<(u32, Verdict)> {
         let table = self.table(entity_type);
@@ -459,7 +545,9 @@ impl Baseline {
                 content_hash: h.content_hash,
                 updated_us: h.updated_us,
             };
-            if let Some(v) = table.observe_with(obs, owner, generation, || id(h.index)) {
+            if let Some(v) =
+                table.observe_snapshot(obs, owner, generation, started_us, || id(h.index))
+            {
                 out.push((h.index, v));
             }
         }
@@ -467,14 +555,14 @@ impl Baseline {
         out
     }
 
-    /// Ends a complete snapshot of `entity_type` from `owner`: every key it owns that the
-    /// snapshot did not see, and that nothing touched after `started_us`, is deleted.
+    /// Ends a complete snapshot of `entity_type` from `owner` in `generation`: every key
+    /// it owns that the snapshot did not see, and that no push touched while the call
+    /// ran, is deleted.
     pub fn sweep(
         &mut self,
         entity_type: &str,
         owner: Owner,
         generation: u16,
-        started_us: i64,
         now_us: i64,
     ) -> Vec<Deletion> {
         let ttl = self.tombstone_ttl_us;
@@ -483,28 +571,23 @@ impl Baseline {
         };
         let mut gone = Vec::new();
         table.slots.retain(|&key_hash, slot| {
-            let keep = slot.owner != owner
-                || slot.generation == generation
-                || slot.updated_us > started_us;
+            let keep = slot.owner != owner || slot.generation == generation;
             if !keep {
-                gone.push((key_hash, slot.key_ref));
+                gone.push((key_hash, slot.key_ref, slot.updated_us));
             }
             keep
         });
         let deletions = gone
             .into_iter()
-            .map(|(key_hash, key_ref)| {
+            .map(|(key_hash, key_ref, updated_us)| {
                 let id = table.arena.get(key_ref);
                 table.arena.release(key_ref);
-                table.tombstones.insert(
-                    key_hash,
-                    Tombstone {
-                        deleted_us: started_us,
-                    },
-                );
-                table
-                    .expiry
-                    .push_back((key_hash, now_us.saturating_add(ttl)));
+                let tomb = Tombstone {
+                    deleted_us: updated_us,
+                    made_us: now_us,
+                    owner,
+                };
+                table.bury(key_hash, tomb, ttl);
                 Deletion { id, key_hash }
             })
             .collect();
@@ -512,56 +595,69 @@ impl Baseline {
         deletions
     }
 
-    /// Applies a pushed upsert. Returns the verdict, or `None` when it is a repeat or
+    /// Applies a pushed upsert. A key the baseline does not know (and no tombstone names)
+    /// is owned by `owner_of_new`. Returns the verdict, or `None` when it is a repeat or
     /// older than what is known.
     pub fn push_upsert(
         &mut self,
         entity_type: &str,
         obs: Observation<'_>,
-        owner: Owner,
+        owner_of_new: Owner,
     ) -> Option<Verdict> {
-        let generation = self.generations.get(owner as usize).copied().unwrap_or(0);
-        let known = self
-            .table(entity_type)
-            .slots
-            .get(&obs.key_hash)
-            .map(|slot| (slot.owner, slot.generation));
-        // A pushed change does not take ownership from the collector that lists the
-        // entity: that collector's next complete snapshot is still the authority.
-        let (owner, generation) = known.unwrap_or((owner, generation));
-        self.observe(entity_type, obs, owner, generation)
+        let generations = &self.generations;
+        let generation_of = |o: Owner| generations.get(o as usize).copied().unwrap_or(0);
+        let table = match self.tables.get_mut(entity_type) {
+            Some(t) => t,
+            None => {
+                self.tables.insert(entity_type.to_owned(), Table::default());
+                self.tables
+                    .get_mut(entity_type)
+                    .unwrap_or_else(|| unreachable!("inserted above"))
+            }
+        };
+        table.observe_push(obs, owner_of_new, generation_of)
     }
 
-    /// Applies a pushed deletion at source time `deleted_us`. Returns the deletion when
-    /// the key was known and the deletion is not older than its content.
+    /// Applies a pushed deletion at source time `deleted_us` ([`UNTIMED`] when the message
+    /// has none), at host time `now_us`. Returns the deletion when the key was known and
+    /// the deletion is not older than its content. A deletion of an unknown key still
+    /// leaves a tombstone (owned by `owner_of_new`), so a late create cannot follow it.
     pub fn push_delete(
         &mut self,
         entity_type: &str,
         key_hash: u64,
         deleted_us: i64,
+        owner_of_new: Owner,
         now_us: i64,
     ) -> Option<Deletion> {
         let ttl = self.tombstone_ttl_us;
         let table = self.table(entity_type);
-        let result = match table.slots.get(&key_hash) {
-            Some(slot) if slot.updated_us > deleted_us => return None,
-            Some(_) => table.slots.remove(&key_hash).map(|slot| {
-                let id = table.arena.get(slot.key_ref);
-                table.arena.release(slot.key_ref);
-                Deletion { id, key_hash }
-            }),
-            None => None,
+        let (result, tomb) = match table.slots.get(&key_hash) {
+            Some(slot) if deleted_us != UNTIMED && slot.updated_us > deleted_us => return None,
+            Some(_) => match table.slots.remove(&key_hash) {
+                Some(slot) => {
+                    let id = table.arena.get(slot.key_ref);
+                    table.arena.release(slot.key_ref);
+                    let tomb = Tombstone {
+                        deleted_us: deleted_us.max(slot.updated_us),
+                        made_us: now_us,
+                        owner: slot.owner,
+                    };
+                    (Some(Deletion { id, key_hash }), tomb)
+                }
+                None => return None,
+            },
+            None => {
+                let before = table.tombstones.get(&key_hash).copied();
+                let tomb = Tombstone {
+                    deleted_us: before.map_or(deleted_us, |t| t.deleted_us.max(deleted_us)),
+                    made_us: now_us,
+                    owner: before.map_or(owner_of_new, |t| t.owner),
+                };
+                (None, tomb)
+            }
         };
-        let newer = table
-            .tombstones
-            .get(&key_hash)
-            .is_none_or(|t| t.deleted_us < deleted_us);
-        if newer {
-            table.tombstones.insert(key_hash, Tombstone { deleted_us });
-            table
-                .expiry
-                .push_back((key_hash, now_us.saturating_add(ttl)));
-        }
+        table.bury(key_hash, tomb, ttl);
         table.compact_if_needed();
         result
     }
@@ -581,44 +677,76 @@ impl Baseline {
         if table.slots.contains_key(&key_hash) {
             return;
         }
-        let key_ref = table.arena.push(id);
-        table.slots.insert(
+        let obs = Observation {
+            id,
             key_hash,
-            Slot {
-                content,
-                updated_us,
-                key_ref,
-                owner,
-                generation: 0,
-            },
-        );
+            content_hash: content,
+            updated_us,
+        };
+        table.insert(obs, id, owner, 0);
     }
 
-    /// Puts back a tombstone read from the durable store; it expires `ttl` after `now_us`.
-    pub fn restore_tombstone(&mut self, entity_type: &str, id: &str, deleted_us: i64, now_us: i64) {
+    /// Puts back a tombstone read from the durable store, as made at `now_us` (so that it
+    /// blocks no snapshot taken after the restart); it expires the TTL after `now_us`.
+    pub fn restore_tombstone(
+        &mut self,
+        entity_type: &str,
+        id: &str,
+        deleted_us: i64,
+        owner: Owner,
+        now_us: i64,
+    ) {
         let ttl = self.tombstone_ttl_us;
         let key_hash = synchronizer_plugin_api::entity::key_hash(entity_type, id);
-        let table = self.table(entity_type);
-        table.tombstones.insert(key_hash, Tombstone { deleted_us });
-        table
-            .expiry
-            .push_back((key_hash, now_us.saturating_add(ttl)));
+        let tomb = Tombstone {
+            deleted_us,
+            made_us: now_us,
+            owner,
+        };
+        self.table(entity_type).bury(key_hash, tomb, ttl);
     }
 
     /// Forgets tombstones whose time is up.
     pub fn expire_tombstones(&mut self, now_us: i64) {
         for table in self.tables.values_mut() {
-            while let Some(&(key_hash, expires)) = table.expiry.front() {
+            while let Some(&(key_hash, made_us, expires)) = table.expiry.front() {
                 if expires > now_us {
                     break;
                 }
                 table.expiry.pop_front();
                 // A later tombstone for the same key has its own queue entry.
-                if table.expiry.iter().all(|&(k, _)| k != key_hash) {
+                if table
+                    .tombstones
+                    .get(&key_hash)
+                    .is_some_and(|t| t.made_us == made_us)
+                {
                     table.tombstones.remove(&key_hash);
                 }
             }
         }
+    }
+
+    /// The owner of a known key.
+    pub fn owner_of(&self, entity_type: &str, key_hash: u64) -> Option<Owner> {
+        self.tables
+            .get(entity_type)
+            .and_then(|t| t.slots.get(&key_hash))
+            .map(|s| s.owner)
+    }
+
+    /// A deleted key's tombstone: the source time of the deletion and the owner.
+    pub fn tombstone(&self, entity_type: &str, key_hash: u64) -> Option<(i64, Owner)> {
+        self.tables
+            .get(entity_type)
+            .and_then(|t| t.tombstones.get(&key_hash))
+            .map(|t| (t.deleted_us, t.owner))
+    }
+
+    /// Whether `entity_type` holds a tombstone for `key_hash`.
+    pub fn is_buried(&self, entity_type: &str, key_hash: u64) -> bool {
+        self.tables
+            .get(entity_type)
+            .is_some_and(|t| t.tombstones.contains_key(&key_hash))
     }
 
     /// How many entities of `entity_type` the baseline holds.
@@ -690,13 +818,13 @@ mod tests {
         let ids: Vec<String> = (0..2000).map(|i| format!("entity-{i:05}")).collect();
         let g = b.begin_snapshot(0);
         for id in &ids {
-            b.observe("t", obs(id, 1, 0), 0, g);
+            b.observe("t", obs(id, 1, 0), 0, g, 0);
         }
         let g = b.begin_snapshot(0);
         for id in ids.iter().step_by(10) {
-            b.observe("t", obs(id, 1, 0), 0, g);
+            b.observe("t", obs(id, 1, 0), 0, g, 10);
         }
-        let gone = b.sweep("t", 0, g, 10, 10);
+        let gone = b.sweep("t", 0, g, 10);
         assert_eq!(gone.len(), 1800);
         let table = &b.tables["t"];
         assert_eq!(table.arena.garbage, 0, "compacted");
@@ -707,22 +835,142 @@ mod tests {
     }
 
     #[test]
-    fn tombstones_expire() {
+    fn tombstones_block_older_pushes_until_they_expire() {
         let mut b = Baseline::new(std::time::Duration::from_micros(100));
         let g = b.begin_snapshot(0);
-        b.observe("t", obs("a", 1, 0), 0, g);
+        b.observe("t", obs("a", 1, 0), 0, g, 0);
         assert!(
-            b.push_delete("t", obs("a", 0, 0).key_hash, 50, 1000)
+            b.push_delete("t", obs("a", 0, 0).key_hash, 50, 1, 1000)
                 .is_some()
         );
         assert_eq!(
-            b.observe("t", obs("a", 1, 40), 0, g),
+            b.push_upsert("t", obs("a", 1, 40), 1),
             None,
             "older than the delete"
         );
-        b.expire_tombstones(1101);
         assert_eq!(
-            b.observe("t", obs("a", 1, 40), 0, g),
+            b.push_upsert("t", obs("a", 1, 50), 1),
+            None,
+            "as old as the delete"
+        );
+        b.expire_tombstones(1101);
+        assert!(!b.is_buried("t", obs("a", 0, 0).key_hash));
+        assert_eq!(
+            b.push_upsert("t", obs("a", 1, 40), 1),
+            Some(Verdict::Created)
+        );
+    }
+
+    #[test]
+    fn a_snapshot_is_never_stale_and_recreates_after_a_deletion() {
+        let mut b = Baseline::new(std::time::Duration::from_secs(600));
+        let g = b.begin_snapshot(0);
+        assert_eq!(
+            b.observe("t", obs("a", 1, 500), 0, g, 1_000),
+            Some(Verdict::Created)
+        );
+        // A back-dated result: older source time, new content, later snapshot.
+        let g = b.begin_snapshot(0);
+        assert_eq!(
+            b.observe("t", obs("a", 2, 380), 0, g, 2_000),
+            Some(Verdict::Updated)
+        );
+        // Cleared by a snapshot, then raised again by a back-dated result.
+        let g = b.begin_snapshot(0);
+        assert_eq!(b.sweep("t", 0, g, 3_000).len(), 1);
+        let g = b.begin_snapshot(0);
+        assert_eq!(
+            b.observe("t", obs("a", 3, 100), 0, g, 4_000),
+            Some(Verdict::Created)
+        );
+    }
+
+    #[test]
+    fn what_happens_while_a_snapshot_call_runs_wins_over_it() {
+        let mut b = Baseline::new(std::time::Duration::from_secs(600));
+        let g = b.begin_snapshot(0);
+        b.observe("t", obs("a", 1, 10), 0, g, 1_000);
+        b.observe("t", obs("b", 1, 10), 0, g, 1_000);
+        // The next call starts at 2_000; a push updates `a` and deletes `b` while it runs,
+        // and creates `c`.
+        let g = b.begin_snapshot(0);
+        assert_eq!(
+            b.push_upsert("t", obs("a", 2, 20), 1),
+            Some(Verdict::Updated)
+        );
+        assert!(
+            b.push_delete("t", obs("b", 0, 0).key_hash, 20, 1, 2_500)
+                .is_some()
+        );
+        assert_eq!(
+            b.push_upsert("t", obs("c", 1, 20), 0),
+            Some(Verdict::Created)
+        );
+        // The snapshot (taken before those) lists a and b as they were, and not c.
+        assert_eq!(b.observe("t", obs("a", 1, 10), 0, g, 2_000), None);
+        assert_eq!(b.observe("t", obs("b", 1, 10), 0, g, 2_000), None);
+        assert!(
+            b.sweep("t", 0, g, 3_000).is_empty(),
+            "c was pushed while the call ran"
+        );
+        // The next snapshot is the authority again.
+        let g = b.begin_snapshot(0);
+        assert_eq!(
+            b.observe("t", obs("a", 1, 10), 0, g, 4_000),
+            Some(Verdict::Updated)
+        );
+        assert_eq!(
+            b.observe("t", obs("b", 1, 10), 0, g, 4_000),
+            Some(Verdict::Created)
+        );
+        let gone = b.sweep("t", 0, g, 5_000);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].id, "c");
+    }
+
+    #[test]
+    fn a_pushed_entity_of_a_collected_type_is_owned_by_its_collector() {
+        let mut b = Baseline::new(std::time::Duration::from_secs(600));
+        let (collector, bus) = (0, 1);
+        let g = b.begin_snapshot(collector);
+        b.sweep("t", collector, g, 0);
+        // A late message re-creates a deleted server; the collector owns it.
+        assert_eq!(
+            b.push_upsert("t", obs("ghost", 1, 99), collector),
+            Some(Verdict::Created)
+        );
+        let g = b.begin_snapshot(collector);
+        let gone = b.sweep("t", collector, g, 10);
+        assert_eq!(gone.len(), 1, "the next poll sweeps it");
+        // A bus-only entity stays the bus's.
+        assert_eq!(
+            b.push_upsert("t", obs("x", 1, 5), bus),
+            Some(Verdict::Created)
+        );
+        let g = b.begin_snapshot(collector);
+        assert!(b.sweep("t", collector, g, 20).is_empty());
+    }
+
+    #[test]
+    fn untimed_pushes_apply_in_arrival_order() {
+        let mut b = Baseline::new(std::time::Duration::from_secs(600));
+        assert_eq!(
+            b.push_upsert("t", obs("a", 1, 1_000), 0),
+            Some(Verdict::Created)
+        );
+        assert_eq!(
+            b.push_upsert("t", obs("a", 2, UNTIMED), 0),
+            Some(Verdict::Updated)
+        );
+        let h = obs("a", 0, 0).key_hash;
+        assert!(b.push_delete("t", h, UNTIMED, 0, 5).is_some());
+        assert_eq!(
+            b.push_upsert("t", obs("a", 2, 1_000), 0),
+            None,
+            "not newer than the last known state"
+        );
+        assert_eq!(
+            b.push_upsert("t", obs("a", 2, 1_001), 0),
             Some(Verdict::Created)
         );
     }

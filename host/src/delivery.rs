@@ -82,6 +82,17 @@ impl Deliveries {
         self.marks.lock().map(|m| !m.is_empty()).unwrap_or(false)
     }
 
+    /// The lowest `seq` every reliable output but `name` confirmed; `None` when there
+    /// is no other.
+    pub fn confirmed_except(&self, name: &str) -> Option<u64> {
+        let marks = self.marks.lock().ok()?;
+        marks
+            .iter()
+            .filter(|m| &*m.name != name)
+            .map(|m| *m.confirmed.borrow())
+            .min()
+    }
+
     /// Completes when every reliable output confirmed every change up to `seq`.
     /// Fails when one of them stopped first.
     pub async fn delivered(&self, seq: u64) -> Result<(), Undelivered> {

@@ -2,6 +2,18 @@
 //! view of every entity and the subscribers, behind one lock, so that every subscriber
 //! sees the same changes in the same order as the view.
 //!
+//! A batch (a snapshot, or a batch of pushed changes) goes through three steps:
+//!
+//! 1. **apply**: the baseline judges it ([`crate::baseline`] says by which rules) and the
+//!    batch's changes get their `seq`;
+//! 2. **commit** (only with a durable store): the store writes the changes, and records
+//!    them as *in doubt* until every consumer that confirms (the reliable outputs) has
+//!    confirmed them; see [`crate::persist`];
+//! 3. **announce**: the view takes the changes and every subscriber gets them.
+//!
+//! So nothing is announced that the store does not know: a crash between commit and
+//! announce leaves the changes in doubt, and the next start announces them again.
+//!
 //! Delivery never blocks: each subscriber has a bounded queue that is filled with
 //! `try_send`. A subscriber whose queue is full is marked lagged and skipped; as soon as
 //! its queue has room again it gets [`Event::Resync`] followed by [`Event::Snapshot`] of
@@ -9,7 +21,8 @@
 //!
 //! Reliable outputs ([`Hub::subscribe_reliable`]) are the exception: they get every
 //! change through an unbounded queue and confirm it, and producers wait for those
-//! confirmations (see [`crate::delivery`]).
+//! confirmations (see [`crate::delivery`]). The durable store is one of them: producers
+//! wait until their changes are committed and announced.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -18,13 +31,13 @@ use std::time::{Duration, SystemTime};
 use synchronizer_plugin_api::Entity;
 use synchronizer_plugin_api::abi::{FfiPushed, FfiSnapshot, PushAction};
 use synchronizer_plugin_api::entity::system_time_to_micros;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
-use crate::baseline::{Baseline, HashIndex, Observation, Owner, Verdict, hash_snapshot};
+use crate::baseline::{Baseline, HashIndex, Observation, Owner, UNTIMED, Verdict, hash_snapshot};
 use crate::change::{Action, Change, Event, ResyncReason};
 use crate::delivery::{Confirmer, Deliveries};
 use crate::metrics::{ActionLabels, Metrics, TypeLabels};
-use crate::persist::{Op, Restored, StoredEntity, Writes};
+use crate::persist::{Commit, Op, Restored};
 
 /// Which entity types a subscriber wants; empty means all.
 #[derive(Clone, Debug, Default)]
@@ -87,13 +100,17 @@ struct State {
     next_seq: u64,
     next_subscriber: u64,
     lagged_total: u64,
-    /// Where changes go to be made durable (the store's writer thread), when there is one.
-    persist: Option<std::sync::mpsc::Sender<Writes>>,
-    /// Writes decided by the last batch, sent once its changes reached the subscribers.
-    pending_ops: Vec<Op>,
-    /// Types restored from the durable store whose view is not yet filled by a complete
-    /// snapshot: their entities enter the view even when unchanged.
-    restored_types: std::collections::HashSet<String>,
+    /// Where batches go to be committed before they are announced (the store's writer
+    /// thread), when there is a durable store.
+    persist: Option<std::sync::mpsc::Sender<Commit>>,
+    /// The collector of each type, where exactly one instance collects it: a pushed key
+    /// the baseline does not know is owned by it.
+    collectors: HashMap<String, Option<Owner>>,
+    /// The types each instance declared (`PluginInfo::entity_types`); an instance not
+    /// listed, or with none, has open-ended types.
+    declared: HashMap<Owner, Arc<[String]>>,
+    /// Instance names by owner index, as the durable store records owners.
+    names: HashMap<Owner, Arc<str>>,
 }
 
 /// The hub; cheap to share behind an `Arc`.
@@ -102,13 +119,17 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     deliveries: Arc<Deliveries>,
     epoch: Arc<str>,
+    /// The `seq` of the last change announced.
+    announced: watch::Sender<u64>,
 }
 
-/// Pending changes for one key within a batch, collapsed to one notification.
-struct Pending {
-    first: Verdict,
-    last: Verdict,
-    entity: Arc<Entity>,
+/// Where a snapshot call starts: taken just before the plugin is called, so that what
+/// happens while it runs wins over it ([`crate::baseline`]).
+#[derive(Clone, Copy, Debug)]
+pub struct SnapshotStart {
+    generation: u16,
+    /// Host time the call started, microseconds since the Unix epoch.
+    pub started_us: i64,
 }
 
 /// A new epoch: the time in microseconds, in base 36 (`mgk3q9x2a` or so), with the
@@ -145,44 +166,122 @@ impl Hub {
                 next_subscriber: 1,
                 lagged_total: 0,
                 persist: None,
-                pending_ops: Vec::new(),
-                restored_types: Default::default(),
+                collectors: HashMap::new(),
+                declared: HashMap::new(),
+                names: HashMap::new(),
             }),
             metrics: Arc::new(Metrics::default()),
             deliveries: Arc::new(Deliveries::default()),
             epoch: new_epoch(),
+            announced: watch::Sender::new(0),
         }
     }
 
-    /// Loads what the durable store held; `owner_of` maps an instance name to its owner
-    /// index. Changes are written to `persist` from now on.
+    /// Tells the hub about an instance: the types its plugin declares (empty:
+    /// open-ended) and the types it collects by snapshot (none for a bus-only instance).
+    /// A type collected by exactly one instance is owned by it when a push creates it.
+    pub fn register(&self, origin: &Origin, declared: &[String], collected: &[String]) {
+        let mut state = self.lock();
+        state.names.insert(origin.owner, origin.instance.clone());
+        if !declared.is_empty() {
+            state.declared.insert(origin.owner, declared.into());
+        }
+        for t in collected {
+            state
+                .collectors
+                .entry(t.clone())
+                .and_modify(|o| {
+                    if *o != Some(origin.owner) {
+                        *o = None;
+                    }
+                })
+                .or_insert(Some(origin.owner));
+        }
+    }
+
+    /// Loads what the durable store held (baseline and view); `owner_of` maps an instance
+    /// name to its owner index. From now on every batch is committed through `persist`
+    /// before it is announced. The changes the store held in doubt are announced again
+    /// by [`Hub::announce_in_doubt`].
     pub fn restore(
         &self,
-        restored: Restored,
+        restored: &mut Restored,
         owner_of: impl Fn(&str) -> Owner,
-        persist: std::sync::mpsc::Sender<Writes>,
+        persist: std::sync::mpsc::Sender<Commit>,
     ) {
         let now = now_us();
         let mut state = self.lock();
-        for e in &restored.entities {
+        let state = &mut *state;
+        let owner = |state: &mut State, name: &str| {
+            let o = owner_of(name);
+            state.names.entry(o).or_insert_with(|| Arc::from(name));
+            o
+        };
+        for e in restored.entities.drain(..) {
+            let entity = e.entity;
+            let o = owner(state, &e.owner);
             state.baseline.restore(
-                &e.entity_type,
-                &e.id,
+                entity.entity_type(),
+                entity.id(),
                 e.content,
                 e.updated_us,
-                owner_of(&e.owner),
+                o,
             );
-            state.restored_types.insert(e.entity_type.clone());
-        }
-        for (entity_type, id, deleted_us) in &restored.tombstones {
             state
-                .baseline
-                .restore_tombstone(entity_type, id, *deleted_us, now);
+                .view
+                .entry(entity.entity_type().to_owned())
+                .or_default()
+                .insert(entity.key_hash(), entity);
+        }
+        for t in restored.tombstones.drain(..) {
+            state.baseline.restore_tombstone(
+                &t.entity_type,
+                &t.id,
+                t.deleted_us,
+                owner_of(&t.owner),
+                now,
+            );
         }
         state.persist = Some(persist);
     }
 
-    /// Stops writing to the durable store (the writer finishes what is queued).
+    /// Announces again, as new changes, what the store held in doubt: changes committed
+    /// before a crash that some consumer may not have received. Call it once the
+    /// subscribers and outputs of this run exist. Returns how many there were.
+    pub fn announce_in_doubt(&self, restored: &mut Restored) -> usize {
+        let in_doubt = std::mem::take(&mut restored.in_doubt);
+        let n = in_doubt.len();
+        if n == 0 {
+            return 0;
+        }
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let sampled = now_us();
+        let changes: Vec<Arc<Change>> = in_doubt
+            .into_iter()
+            .map(|d| {
+                let seq = state.next_seq;
+                state.next_seq += 1;
+                Arc::new(Change {
+                    seq,
+                    action: d.action,
+                    entity: d.entity,
+                    instance: Arc::from(d.instance.as_str()),
+                    sampled_us: sampled,
+                    initial: false,
+                })
+            })
+            .collect();
+        tracing::info!(
+            changes = n,
+            "announcing again the changes a crash left in doubt"
+        );
+        self.commit(state, Vec::new(), changes);
+        n
+    }
+
+    /// Stops writing to the durable store (the writer finishes, and announces, what is
+    /// queued).
     pub fn stop_persisting(&self) {
         self.lock().persist = None;
     }
@@ -224,10 +323,19 @@ impl Hub {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Applies a snapshot from `origin` sampled at `started_us`. `covered` lists the
-    /// types the snapshot is complete for (absent keys of those types are deleted);
-    /// types in `snapshot.incomplete` are removed from it. Returns the entities of the
-    /// snapshot (for get-all) and what changed.
+    /// Marks the start of a snapshot call of `origin`: call it just before the plugin is
+    /// called, and pass the result to [`Hub::apply_snapshot_started`].
+    pub fn begin_snapshot(&self, origin: &Origin) -> SnapshotStart {
+        let started_us = now_us();
+        let generation = self.lock().baseline.begin_snapshot(origin.owner);
+        SnapshotStart {
+            generation,
+            started_us,
+        }
+    }
+
+    /// Applies a snapshot from `origin` whose call started at `started_us`, as
+    /// [`Hub::apply_snapshot_started`] does (for callers that did not mark the start).
     pub fn apply_snapshot(
         &self,
         origin: &Origin,
@@ -236,18 +344,46 @@ impl Hub {
         started_us: i64,
         initial: bool,
     ) -> (Vec<Arc<Entity>>, Applied) {
+        let mut start = self.begin_snapshot(origin);
+        start.started_us = started_us;
+        self.apply_snapshot_started(origin, snapshot, covered, start, initial)
+    }
+
+    /// Applies a snapshot from `origin` whose call started at `start`. `covered` lists
+    /// the types the snapshot is complete for (absent keys of those types are deleted);
+    /// types in `snapshot.incomplete` are removed from it. Returns the entities of the
+    /// snapshot (for get-all) and what changed.
+    pub fn apply_snapshot_started(
+        &self,
+        origin: &Origin,
+        snapshot: FfiSnapshot,
+        covered: &[String],
+        start: SnapshotStart,
+        initial: bool,
+    ) -> (Vec<Arc<Entity>>, Applied) {
         let FfiSnapshot {
             entities,
             incomplete,
         } = snapshot;
-        let hashed = hash_snapshot(&entities, started_us);
+        let mut entities = entities.into_vec();
+        self.sanitize(origin, &mut entities);
+        let hashed = hash_snapshot(&entities);
         let mut guard = self.lock();
         let state = &mut *guard;
-        let generation = state.baseline.begin_snapshot(origin.owner);
+        let generation = start.generation;
+        let declared = state.declared.get(&origin.owner).cloned();
         let mut verdicts: Vec<(u32, Verdict)> = Vec::new();
+        let mut refused: Vec<u32> = Vec::new();
         for (entity_type, mut batch) in hashed {
-            // A plugin that answers with more types than it was asked for (one with
-            // open-ended types, say) does not get the others into the baseline.
+            if let Some(declared) = &declared
+                && !declared.contains(&entity_type)
+            {
+                self.refuse_unlisted(origin, &entity_type, batch.len());
+                refused.extend(batch.iter().map(|h| h.index));
+                continue;
+            }
+            // A plugin that answers with more of its types than it was asked for does not
+            // get the others into the baseline.
             if !covered.is_empty() && !covered.contains(&entity_type) {
                 tracing::debug!(
                     instance = %origin.instance,
@@ -262,32 +398,17 @@ impl Hub {
                 &mut batch,
                 origin.owner,
                 generation,
+                start.started_us,
                 |i| entities.get(i as usize).map_or("", |e| e.id()),
             ));
         }
         // Indexed as the plugin sent them: verdicts refer to these positions.
         let mut entities: Vec<Arc<Entity>> = entities.into_iter().map(Arc::new).collect();
-        if !state.restored_types.is_empty() {
-            for e in &entities {
-                if state.restored_types.contains(e.entity_type())
-                    && (covered.is_empty() || covered.iter().any(|t| t == e.entity_type()))
-                {
-                    state
-                        .view
-                        .entry(e.entity_type().to_owned())
-                        .or_default()
-                        .insert(e.key_hash(), e.clone());
-                }
-            }
-        }
-        let mut batch: Vec<(u64, String, Pending)> = Vec::new();
-        let mut index: HashIndex<usize> = HashIndex::default();
-        let mut applied = Applied::default();
+        let mut batch = Collapser::default();
         verdicts.sort_unstable_by_key(|(i, _)| *i);
         for (i, v) in verdicts {
             if let Some(entity) = entities.get(i as usize) {
-                let key_hash = entity.key_hash();
-                record(&mut batch, &mut index, key_hash, entity.clone(), v);
+                batch.record(entity.key_hash(), entity.clone(), v);
             }
         }
         // Every type the snapshot is complete for: the covered types, or, for a plugin
@@ -311,24 +432,26 @@ impl Hub {
         for entity_type in &complete {
             for d in state
                 .baseline
-                .sweep(entity_type, origin.owner, generation, started_us, now)
+                .sweep(entity_type, origin.owner, generation, now)
             {
-                let last = state
-                    .view
-                    .get(entity_type.as_str())
-                    .and_then(|v| v.get(&d.key_hash).cloned())
-                    .unwrap_or_else(|| Arc::new(Entity::resource(entity_type, &d.id)));
-                record(&mut batch, &mut index, d.key_hash, last, Verdict::Deleted);
+                let last = state.last_known(entity_type, d.key_hash, &d.id);
+                batch.record(d.key_hash, last, Verdict::Deleted);
             }
         }
-        for entity_type in &complete {
-            state.restored_types.remove(entity_type);
-        }
         state.baseline.expire_tombstones(now);
-        let changes = state.emit(batch, origin, started_us, initial, &mut applied);
-        let lagged = state.fan_out(&changes);
-        self.count(&applied, lagged);
+        let mut applied = Applied::default();
+        let (changes, ops) = state.emit(batch, origin, start.started_us, initial, &mut applied);
+        self.commit(state, ops, changes);
+        self.count(&applied);
         drop(guard);
+        if !refused.is_empty() {
+            let refused: std::collections::HashSet<u32> = refused.into_iter().collect();
+            let mut i = 0u32;
+            entities.retain(|_| {
+                i += 1;
+                !refused.contains(&(i - 1))
+            });
+        }
         if !covered.is_empty() {
             entities.retain(|e| covered.iter().any(|t| t == e.entity_type()));
         }
@@ -338,48 +461,190 @@ impl Hub {
     /// Applies a batch of pushed changes from `origin`. Returns what changed.
     pub fn apply_push(&self, origin: &Origin, batch: Vec<FfiPushed>) -> Applied {
         let sampled = now_us();
+        let mut batch = batch;
+        let mut refused_types: Vec<(String, usize)> = Vec::new();
+        {
+            let state = self.lock();
+            if let Some(declared) = state.declared.get(&origin.owner) {
+                batch.retain(|p| {
+                    let t = p.entity.entity_type();
+                    let ok = declared.iter().any(|d| d == t);
+                    if !ok {
+                        match refused_types.iter_mut().find(|(r, _)| r == t) {
+                            Some((_, n)) => *n += 1,
+                            None => refused_types.push((t.to_owned(), 1)),
+                        }
+                    }
+                    ok
+                });
+            }
+        }
+        for (t, n) in &refused_types {
+            self.refuse_unlisted(origin, t, *n);
+        }
+        for p in &mut batch {
+            self.sanitize(origin, std::slice::from_mut(&mut p.entity));
+        }
         let mut guard = self.lock();
         let state = &mut *guard;
-        let mut pending: Vec<(u64, String, Pending)> = Vec::new();
-        let mut index: HashIndex<usize> = HashIndex::default();
+        let mut pending = Collapser::default();
         let mut applied = Applied::default();
         for pushed in batch {
             let entity = Arc::new(pushed.entity);
-            let obs = observation(&entity, sampled);
+            let obs = observation(&entity);
             let key_hash = obs.key_hash;
+            let owner_of_new = state.owner_of_new(entity.entity_type(), origin.owner);
             let verdict = match pushed.action {
                 PushAction::Upsert => {
                     state
                         .baseline
-                        .push_upsert(entity.entity_type(), obs, origin.owner)
+                        .push_upsert(entity.entity_type(), obs, owner_of_new)
                 }
                 PushAction::Delete => state
                     .baseline
-                    .push_delete(entity.entity_type(), obs.key_hash, obs.updated_us, sampled)
+                    .push_delete(
+                        entity.entity_type(),
+                        obs.key_hash,
+                        obs.updated_us,
+                        owner_of_new,
+                        sampled,
+                    )
                     .map(|_| Verdict::Deleted),
             };
             match verdict {
                 Some(v) => {
                     let entity = if v == Verdict::Deleted {
-                        // The richest last-known form: the view's.
-                        state
-                            .view
-                            .get(entity.entity_type())
-                            .and_then(|m| m.get(&key_hash).cloned())
+                        // The richest last-known form: the view's, or what is on its way
+                        // into it.
+                        pending
+                            .latest(key_hash)
+                            .or_else(|| state.view_entity(entity.entity_type(), key_hash))
                             .unwrap_or(entity)
                     } else {
                         entity
                     };
-                    record(&mut pending, &mut index, key_hash, entity, v)
+                    pending.record(key_hash, entity, v)
                 }
                 None => applied.dropped += 1,
             }
         }
         state.baseline.expire_tombstones(sampled);
-        let changes = state.emit(pending, origin, sampled, false, &mut applied);
-        let lagged = state.fan_out(&changes);
-        self.count(&applied, lagged);
+        let (changes, ops) = state.emit(pending, origin, sampled, false, &mut applied);
+        self.commit(state, ops, changes);
+        self.count(&applied);
         applied
+    }
+
+    /// Clears source timestamps outside the project's range (the host's sample time
+    /// stands in), counted and logged per batch.
+    fn sanitize(&self, origin: &Origin, entities: &mut [Entity]) {
+        let mut refused = 0u64;
+        let mut example: Option<(String, i64)> = None;
+        for e in entities.iter_mut() {
+            if let Some(bad) = crate::ingress::sanitize_times(e) {
+                refused += 1;
+                if example.is_none() {
+                    example = Some((e.key(), bad));
+                }
+            }
+        }
+        if let Some((key, micros)) = example {
+            self.metrics.invalid_timestamp(&origin.instance, refused);
+            tracing::warn!(
+                instance = %origin.instance,
+                entities = refused,
+                example = %key,
+                micros,
+                "source timestamps outside 0001-01-01..9999-12-31 were discarded; the sample time stands in"
+            );
+        }
+    }
+
+    fn refuse_unlisted(&self, origin: &Origin, entity_type: &str, n: usize) {
+        self.metrics
+            .refused_entities(&origin.instance, "unlisted_type", n as u64);
+        tracing::warn!(
+            instance = %origin.instance,
+            %entity_type,
+            entities = n,
+            "the plugin reported entities of a type it does not declare; they are refused: add the type to PluginInfo::entity_types"
+        );
+    }
+
+    /// Commits a batch (when there is a durable store) and announces it: with a store,
+    /// its writer announces once the batch is durable; without one, now.
+    fn commit(&self, state: &mut State, ops: Vec<Op>, changes: Vec<Arc<Change>>) {
+        if let Some(tx) = &state.persist {
+            if ops.is_empty() && changes.is_empty() {
+                return;
+            }
+            match tx.send(Commit { ops, changes }) {
+                Ok(()) => return,
+                Err(std::sync::mpsc::SendError(commit)) => {
+                    tracing::error!(
+                        "the baseline store's writer has stopped; changes are no longer made durable"
+                    );
+                    state.persist = None;
+                    self.announce_locked(state, commit.changes);
+                }
+            }
+        } else {
+            self.announce_locked(state, changes);
+        }
+    }
+
+    /// Announces committed changes: the view takes them and every subscriber gets them.
+    /// The store's writer calls it, in commit order.
+    pub(crate) fn announce(&self, changes: Vec<Arc<Change>>) {
+        let mut state = self.lock();
+        self.announce_locked(&mut state, changes);
+    }
+
+    fn announce_locked(&self, state: &mut State, changes: Vec<Arc<Change>>) {
+        let Some(last) = changes.last().map(|c| c.seq) else {
+            return;
+        };
+        for c in &changes {
+            let view = state
+                .view
+                .entry(c.entity.entity_type().to_owned())
+                .or_default();
+            match c.action {
+                Action::Deleted => {
+                    view.remove(&c.entity.key_hash());
+                }
+                Action::Created | Action::Updated => {
+                    view.insert(c.entity.key_hash(), c.entity.clone());
+                }
+            }
+        }
+        let lagged = state.fan_out(&changes);
+        if lagged > 0 {
+            self.metrics.subscriber_resyncs.inc_by(lagged);
+        }
+        self.announced.send_if_modified(|v| {
+            let newer = last > *v;
+            if newer {
+                *v = last;
+            }
+            newer
+        });
+    }
+
+    /// The `seq` of the last change announced to subscribers.
+    pub fn announced_seq(&self) -> u64 {
+        *self.announced.borrow()
+    }
+
+    /// Completes once every change decided so far has been announced (with a durable
+    /// store, once the writer has committed it), or after `timeout`. Returns whether it
+    /// got there.
+    pub async fn flush(&self, timeout: Duration) -> bool {
+        let target = self.last_seq();
+        let mut rx = self.announced.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|v| *v >= target))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Adds a subscriber with a queue of `capacity` events. With `initial`, the queue
@@ -497,7 +762,7 @@ impl Hub {
 }
 
 impl Hub {
-    fn count(&self, applied: &Applied, lagged: u64) {
+    fn count(&self, applied: &Applied) {
         for (action, n) in [
             ("created", applied.created),
             ("updated", applied.updated),
@@ -510,44 +775,55 @@ impl Hub {
                     .inc_by(n as u64);
             }
         }
-        if lagged > 0 {
-            self.metrics.subscriber_resyncs.inc_by(lagged);
-        }
     }
 }
 
-fn observation<'a>(entity: &'a Entity, sampled_us: i64) -> Observation<'a> {
+fn observation(entity: &Entity) -> Observation<'_> {
     Observation {
         id: entity.id(),
         key_hash: entity.key_hash(),
         content_hash: entity.content_hash(),
-        updated_us: entity.source_updated_micros().unwrap_or(sampled_us),
+        updated_us: entity.source_updated_micros().unwrap_or(UNTIMED),
     }
 }
 
-/// Collapses changes to one key within one batch into one notification.
-fn record(
-    batch: &mut Vec<(u64, String, Pending)>,
-    index: &mut HashIndex<usize>,
+/// Pending changes for one key within a batch, collapsed to one notification.
+struct Pending {
     key_hash: u64,
+    first: Verdict,
+    last: Verdict,
     entity: Arc<Entity>,
-    verdict: Verdict,
-) {
-    if let Some(&i) = index.get(&key_hash) {
-        let p = &mut batch[i].2;
-        p.last = verdict;
-        p.entity = entity;
-    } else {
-        index.insert(key_hash, batch.len());
-        batch.push((
-            key_hash,
-            entity.entity_type().to_owned(),
-            Pending {
+}
+
+/// A batch's verdicts, one entry per key in the order each key first changed.
+#[derive(Default)]
+struct Collapser {
+    pending: Vec<Pending>,
+    index: HashIndex<usize>,
+}
+
+impl Collapser {
+    fn record(&mut self, key_hash: u64, entity: Arc<Entity>, verdict: Verdict) {
+        if let Some(&i) = self.index.get(&key_hash) {
+            let p = &mut self.pending[i];
+            p.last = verdict;
+            p.entity = entity;
+        } else {
+            self.index.insert(key_hash, self.pending.len());
+            self.pending.push(Pending {
+                key_hash,
                 first: verdict,
                 last: verdict,
                 entity,
-            },
-        ));
+            });
+        }
+    }
+
+    /// The entity as this batch last recorded it.
+    fn latest(&self, key_hash: u64) -> Option<Arc<Entity>> {
+        self.index
+            .get(&key_hash)
+            .map(|&i| self.pending[i].entity.clone())
     }
 }
 
@@ -564,41 +840,71 @@ fn collapse(first: Verdict, last: Verdict) -> Option<Action> {
 }
 
 impl State {
+    /// The owner of a key a push creates: the single collector of its type, or the
+    /// pusher.
+    fn owner_of_new(&self, entity_type: &str, pusher: Owner) -> Owner {
+        match self.collectors.get(entity_type) {
+            Some(Some(collector)) => *collector,
+            _ => pusher,
+        }
+    }
+
+    fn instance_name(&self, owner: Owner, origin: &Origin) -> Arc<str> {
+        self.names
+            .get(&owner)
+            .cloned()
+            .unwrap_or_else(|| origin.instance.clone())
+    }
+
+    fn view_entity(&self, entity_type: &str, key_hash: u64) -> Option<Arc<Entity>> {
+        self.view
+            .get(entity_type)
+            .and_then(|v| v.get(&key_hash).cloned())
+    }
+
+    /// The richest last-known form of a deleted key.
+    fn last_known(&self, entity_type: &str, key_hash: u64, id: &str) -> Arc<Entity> {
+        self.view_entity(entity_type, key_hash)
+            .unwrap_or_else(|| Arc::new(Entity::resource(entity_type, id)))
+    }
+
+    /// Turns a batch's verdicts into changes (each with its `seq`) and, with a durable
+    /// store, the writes that make them durable.
     fn emit(
         &mut self,
-        batch: Vec<(u64, String, Pending)>,
+        batch: Collapser,
         origin: &Origin,
         sampled_us: i64,
         initial: bool,
         applied: &mut Applied,
-    ) -> Vec<Arc<Change>> {
-        let mut changes = Vec::with_capacity(batch.len());
+    ) -> (Vec<Arc<Change>>, Vec<Op>) {
+        let mut changes = Vec::with_capacity(batch.pending.len());
         let mut ops = Vec::new();
-        for (key_hash, entity_type, p) in batch {
+        for p in batch.pending {
             if self.persist.is_some() {
+                let entity_type = p.entity.entity_type();
                 ops.push(match p.last {
                     Verdict::Deleted => Op::Delete {
-                        entity_type: entity_type.clone(),
+                        entity_type: entity_type.to_owned(),
                         id: p.entity.id().to_owned(),
-                        deleted_us: sampled_us,
+                        deleted_us: self
+                            .baseline
+                            .tombstone(entity_type, p.key_hash)
+                            .map_or(UNTIMED, |(t, _)| t),
+                        owner: self
+                            .baseline
+                            .tombstone(entity_type, p.key_hash)
+                            .map_or_else(|| origin.instance.clone(), |(_, o)| self.instance_name(o, origin)),
                     },
-                    _ => Op::Upsert(StoredEntity {
-                        entity_type: entity_type.clone(),
-                        id: p.entity.id().to_owned(),
-                        content: p.entity.content_hash(),
-                        updated_us: p.entity.source_updated_micros().unwrap_or(sampled_us),
-                        owner: origin.instance.to_string(),
-                    }),
+                    _ => Op::Upsert {
+                        entity: p.entity.clone(),
+                        updated_us: p.entity.source_updated_micros().unwrap_or(UNTIMED),
+                        owner: self
+                            .baseline
+                            .owner_of(entity_type, p.key_hash)
+                            .map_or_else(|| origin.instance.clone(), |o| self.instance_name(o, origin)),
+                    },
                 });
-            }
-            let view = self.view.entry(entity_type).or_default();
-            match p.last {
-                Verdict::Deleted => {
-                    view.remove(&key_hash);
-                }
-                _ => {
-                    view.insert(key_hash, p.entity.clone());
-                }
             }
             let Some(action) = collapse(p.first, p.last) else {
                 continue;
@@ -620,17 +926,13 @@ impl State {
             }));
             applied.last_seq = Some(seq);
         }
-        if !ops.is_empty() {
-            self.pending_ops = ops;
-        }
-        changes
+        (changes, ops)
     }
 
-    /// Queues `changes` to every subscriber, then hands the batch's writes to the
-    /// durable store; returns how many subscribers fell behind just now.
+    /// Queues `changes` to every subscriber; returns how many subscribers fell behind
+    /// just now.
     fn fan_out(&mut self, changes: &[Arc<Change>]) -> u64 {
         let before = self.lagged_total;
-        let ops = std::mem::take(&mut self.pending_ops);
         if !changes.is_empty() {
             // An output whose receiver is gone is dropped; its confirmer went with it,
             // so producers waiting on it fail rather than wait forever.
@@ -661,23 +963,8 @@ impl State {
             }
         }
         self.recover_lagged();
-        if !ops.is_empty()
-            && let Some(tx) = &self.persist
-            && tx
-                .send(Writes {
-                    through_seq: self.next_seq - 1,
-                    ops,
-                })
-                .is_err()
-        {
-            tracing::error!(
-                "the baseline store's writer has stopped; changes are no longer made durable"
-            );
-            self.persist = None;
-        }
         self.lagged_total - before
     }
-
     fn recover_lagged(&mut self) {
         self.subscribers.retain(|s| !s.tx.is_closed());
         for i in 0..self.subscribers.len() {

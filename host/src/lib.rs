@@ -36,6 +36,7 @@ pub mod config;
 pub mod delivery;
 pub mod http;
 pub mod hub;
+mod ingress;
 pub mod instance;
 pub mod isolation;
 pub mod loader;

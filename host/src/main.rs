@@ -192,6 +192,14 @@ async fn start(config: Config) -> Result<Synchronizer> {
     Synchronizer::start(config).await.map_err(start_error)
 }
 
+/// Runs the service until SIGTERM or SIGINT, then stops without losing a change:
+///
+/// 1. the producers stop (bus plugins stop consuming and settle what they hold), while
+///    stdout and the HTTP API keep taking changes;
+/// 2. every change accepted before that reaches every consumer that was subscribed:
+///    `Synchronizer::shutdown` returns once callbacks and SSE streams took theirs, and
+///    stdout's subscription ends once every change queued for it is written;
+/// 3. the stdout writer flushes and ends, then the HTTP API closes.
 async fn run(
     path: &Path,
     types: Vec<String>,
@@ -200,6 +208,9 @@ async fn run(
     let config = load_config(path)?;
     let queue = config.subscriber_queue;
     let http = config.http.clone();
+    // Installed before anything runs: a signal during the start stops gracefully too.
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
     // Subscribed before any instance runs: stdout sees the first snapshots too.
     let options = SubscribeOptions {
         types,
@@ -239,7 +250,67 @@ async fn run(
     for f in sync.failures() {
         tracing::error!(error = %f, "instance skipped");
     }
-    // stdout is written on a thread of its own: a slow pipe delays only this subscriber.
+    let (tx, writer) = stdout_writer()?;
+    // The host's shutdown runs beside the loop below, which keeps writing what it
+    // delivers until the subscription ends after the drain.
+    let mut stopping: Option<tokio::task::JoinHandle<()>> = None;
+    loop {
+        tokio::select! {
+            s = &mut signal, if stopping.is_none() => {
+                tracing::info!(signal = s, "shutting down");
+                notify_systemd("STOPPING=1");
+                let sync = sync.clone();
+                stopping = Some(tokio::spawn(async move { sync.shutdown().await }));
+            }
+            event = sub.recv() => match event {
+                Some(event) => {
+                    if !forward(&tx, event).await {
+                        tracing::error!("stdout closed; stopping");
+                        break;
+                    }
+                }
+                None => break,
+            },
+        }
+    }
+    drop(sub);
+    match stopping {
+        Some(task) => {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "shutdown task failed");
+            }
+        }
+        None => {
+            notify_systemd("STOPPING=1");
+            sync.shutdown().await;
+        }
+    }
+    // Every change is with the writer: it writes and flushes them, then ends.
+    drop(tx);
+    let written = tokio::task::spawn_blocking(move || writer.join()).await;
+    // Last, the HTTP API (its change streams have ended after the drain).
+    stop_http.cancel();
+    if let Some(task) = http_task {
+        match task.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "HTTP API failed"),
+            Err(e) => tracing::error!(error = %e, "HTTP API task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
+    match written {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Ok(Ok(Err(e))) => Err(e).context("writing to stdout"),
+        Ok(Err(_)) | Err(_) => anyhow::bail!("the stdout writer panicked"),
+    }
+}
+
+type StdoutWriter = std::thread::JoinHandle<std::io::Result<()>>;
+
+/// The thread that writes events to stdout, so that a slow pipe delays only this
+/// subscriber. It writes until every sender is dropped, flushing whenever nothing else
+/// is waiting.
+fn stdout_writer() -> Result<(std::sync::mpsc::SyncSender<Event>, StdoutWriter)> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<Event>(1024);
     let writer = std::thread::Builder::new()
         .name("stdout".into())
@@ -256,56 +327,24 @@ async fn run(
                 }
                 out.flush()?;
             }
-            Ok(())
+            out.flush()
         })
         .context("cannot start the stdout writer")?;
-    let signal = shutdown_signal();
-    tokio::pin!(signal);
-    loop {
-        tokio::select! {
-            s = &mut signal => {
-                tracing::info!(signal = s, "shutting down");
-                break;
-            }
-            event = sub.recv() => match event {
-                Some(event) => match tx.try_send(event) {
-                    Ok(()) => {}
-                    Err(std::sync::mpsc::TrySendError::Full(event)) => {
-                        // stdout is slow: wait on a blocking thread, so that only this
-                        // subscriber is held back (and resynced if it falls too far).
-                        let tx = tx.clone();
-                        let sent = tokio::task::spawn_blocking(move || tx.send(event)).await;
-                        if !matches!(sent, Ok(Ok(()))) {
-                            tracing::error!("stdout closed; stopping");
-                            break;
-                        }
-                    }
-                    Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
-                        tracing::error!("stdout closed; stopping");
-                        break;
-                    }
-                },
-                None => break,
-            },
+    Ok((tx, writer))
+}
+
+/// Hands `event` to the stdout writer; false when stdout is closed.
+async fn forward(tx: &std::sync::mpsc::SyncSender<Event>, event: Event) -> bool {
+    match tx.try_send(event) {
+        Ok(()) => true,
+        Err(std::sync::mpsc::TrySendError::Full(event)) => {
+            // stdout is slow: wait on a blocking thread, so that only this subscriber is
+            // held back (and resynced if it falls too far).
+            let tx = tx.clone();
+            let sent = tokio::task::spawn_blocking(move || tx.send(event)).await;
+            matches!(sent, Ok(Ok(())))
         }
-    }
-    drop(sub);
-    notify_systemd("STOPPING=1");
-    stop_http.cancel();
-    if let Some(task) = http_task {
-        match task.await {
-            Ok(Err(e)) => tracing::error!(error = %e, "HTTP API failed"),
-            Err(e) => tracing::error!(error = %e, "HTTP API task failed"),
-            Ok(Ok(())) => {}
-        }
-    }
-    sync.shutdown().await;
-    drop(tx);
-    match writer.join() {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Ok(Err(e)) => Err(e).context("writing to stdout"),
-        Err(_) => anyhow::bail!("the stdout writer panicked"),
+        Err(std::sync::mpsc::TrySendError::Disconnected(_)) => false,
     }
 }
 
@@ -334,23 +373,45 @@ fn notify_systemd(state: &str) {
     }
 }
 
-async fn shutdown_signal() -> &'static str {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-        "SIGINT"
-    };
+/// Completes on the first SIGTERM or SIGINT. The handlers are installed when this is
+/// called, not when it is first polled.
+fn shutdown_signal() -> impl std::future::Future<Output = &'static str> {
     #[cfg(unix)]
     {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => tokio::select! {
-                s = ctrl_c => s,
-                _ = term.recv() => "SIGTERM",
-            },
-            Err(_) => ctrl_c.await,
+        use tokio::signal::unix::{SignalKind, signal};
+        let install = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, signal = name, "cannot handle the signal");
+                None
+            }
+        };
+        let mut term = install(SignalKind::terminate(), "SIGTERM");
+        let mut int = install(SignalKind::interrupt(), "SIGINT");
+        async move {
+            let term = async {
+                match &mut term {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let int = async {
+                match &mut int {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = term => "SIGTERM",
+                _ = int => "SIGINT",
+            }
         }
     }
     #[cfg(not(unix))]
-    ctrl_c.await
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
+    }
 }
 
 async fn snapshot(path: &Path, types: Vec<String>) -> Result<()> {

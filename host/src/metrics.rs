@@ -14,6 +14,8 @@
 //! | `synchronizer_output_unconfirmed` | gauge | output | changes waiting for an AMQP output: queued or published and not confirmed yet (producers are held back while its broker is away) |
 //! | `synchronizer_output_connected` | gauge | output | 1 while an AMQP output is connected to its broker |
 //! | `synchronizer_output_failures_total` | counter | output | times an AMQP output lost or could not open its connection |
+//! | `synchronizer_invalid_timestamps_total` | counter | instance | source timestamps outside 0001-01-01..9999-12-31 that were discarded (the entity is kept, untimed) |
+//! | `synchronizer_refused_entities_total` | counter | instance, reason | entities refused: `unlisted_type` (a type the plugin does not declare in `PluginInfo::entity_types`) |
 //!
 //! Counters and the histogram are updated where things happen; gauges are refreshed when
 //! the registry is encoded.
@@ -64,6 +66,15 @@ pub struct OutputLabels {
     pub output: String,
 }
 
+/// Labels: instance and why entities were refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// The instance.
+    pub instance: String,
+    /// Why.
+    pub reason: &'static str,
+}
+
 /// Labels: a plugin counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PluginCounterLabels {
@@ -105,6 +116,10 @@ pub struct Metrics {
     pub output_connected: Family<OutputLabels, Gauge>,
     /// Connection failures of an output.
     pub output_failures: Family<OutputLabels, Counter>,
+    /// Source timestamps out of range, discarded.
+    pub invalid_timestamps: Family<InstanceLabels, Counter>,
+    /// Entities refused, by reason.
+    pub refused_entities: Family<RefusedLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -173,7 +188,21 @@ impl Default for Metrics {
             "Times an output lost or could not open its connection",
             output_failures.clone(),
         );
+        let invalid_timestamps = Family::<InstanceLabels, Counter>::default();
+        registry.register(
+            "invalid_timestamps",
+            "Source timestamps outside 0001-01-01..9999-12-31, discarded",
+            invalid_timestamps.clone(),
+        );
+        let refused_entities = Family::<RefusedLabels, Counter>::default();
+        registry.register(
+            "refused_entities",
+            "Entities refused, by reason",
+            refused_entities.clone(),
+        );
         Metrics {
+            invalid_timestamps,
+            refused_entities,
             registry,
             output_published,
             output_unconfirmed,
@@ -205,6 +234,25 @@ impl Metrics {
                 instance: instance.to_owned(),
             })
             .observe(seconds);
+    }
+
+    /// Counts `n` source timestamps of `instance` discarded as out of range.
+    pub fn invalid_timestamp(&self, instance: &str, n: u64) {
+        self.invalid_timestamps
+            .get_or_create(&InstanceLabels {
+                instance: instance.to_owned(),
+            })
+            .inc_by(n);
+    }
+
+    /// Counts `n` entities of `instance` refused for `reason`.
+    pub fn refused_entities(&self, instance: &str, reason: &'static str, n: u64) {
+        self.refused_entities
+            .get_or_create(&RefusedLabels {
+                instance: instance.to_owned(),
+                reason,
+            })
+            .inc_by(n);
     }
 
     /// The registry in the text exposition format.

@@ -1,36 +1,55 @@
-//! The durable baseline: an optional redb file that keeps what the baseline knows across
-//! restarts, so that after a restart the host reports only what changed while it was
-//! down (deletions included) instead of announcing everything as created again.
+//! The durable baseline: an optional redb file that keeps, across restarts, the whole
+//! current view (every entity as last announced, with what the baseline compares), the
+//! recent tombstones, and the changes still *in doubt*.
 //!
-//! What is stored, per entity: its type and native id, the content hash, the source
-//! timestamp and the name of the instance that owns it; per recent deletion: the
-//! tombstone. Entity content itself is not stored: after a restart the current view fills
-//! again from the first snapshots, and a deletion names the entity by type and id.
+//! # Commit before announce
 //!
-//! Writes happen on a thread of their own, in the order the hub decided the changes, one
-//! redb transaction per batch of pending changes. redb commits are atomic and durable:
-//! a kill -9 at any moment leaves the last committed state intact. A change is queued
-//! for writing only after it was handed to the subscribers, so a crash between the two
-//! makes the host announce it again after the restart (at least once, never lost).
-//! With reliable outputs (the AMQP output), a change is written only once they confirmed
-//! it; what they never confirm is not made durable, and is reported (and published)
-//! again after a restart.
+//! The hub hands every batch of changes to this store's writer thread before anyone sees
+//! it ([`crate::hub`]). The writer puts everything already queued into one redb
+//! transaction (group commit): the entities' new state, the tombstones, and one
+//! *in-doubt* row per changed key, naming the change (its action, the entity, the
+//! instance). Only once the transaction is durable does the writer announce the batch to
+//! the subscribers and outputs, in commit order, and confirm it to the producers waiting
+//! to acknowledge their sources ([`crate::delivery`]).
 //!
-//! The file carries a format marker; a file from another format or another program is
-//! refused with a message that says what was found.
+//! An in-doubt row is cleared once every consumer that confirms has confirmed the change:
+//! every reliable output (the AMQP output, the `run` command's stdout), or, with none, once
+//! the change was announced. After a crash, [`Store::open`] returns the rows still in
+//! doubt and the host announces them again before anything else (at least once: a
+//! consumer may see one twice, none misses one). Consumers that reconnect (SSE) start
+//! from a snapshot of the restored view. So a kill -9 at any moment leaves every consumer
+//! that applies the stream, before and after the restart, with the source's state once
+//! the first snapshots after the restart are in.
+//!
+//! # Layout
+//!
+//! Keys are `<type> NUL <id>`. `entities` values: content hash (u64 LE), source
+//! timestamp (i64 LE), owner name (u16 LE length, bytes), then the entity in the
+//! isolation wire encoding ([`crate::isolation::wire`]). `tombstones`: source time of
+//! the deletion (i64 LE), owner name. `in_doubt`: action (u8), instance (u16 LE length,
+//! bytes), entity. The file carries a format marker; a file from another format or
+//! another program is refused with a message that says what was found.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use redb::{Database, ReadableTable, TableDefinition, TableHandle};
+use synchronizer_plugin_api::Entity;
 
-use crate::delivery::Deliveries;
+use crate::change::{Action, Change};
+use crate::delivery::{Confirmer, Deliveries};
+use crate::isolation::wire;
 
-const FORMAT: &str = "synchronizer-baseline/1";
+const FORMAT: &str = "synchronizer-baseline/2";
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const ENTITIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entities");
-const TOMBSTONES: TableDefinition<&[u8], i64> = TableDefinition::new("tombstones");
+const TOMBSTONES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tombstones");
+const IN_DOUBT: TableDefinition<&[u8], &[u8]> = TableDefinition::new("in_doubt");
+
+/// The name the store confirms under, among the reliable consumers.
+pub const STORE_OUTPUT: &str = "baseline store";
 
 /// Why the store cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -67,53 +86,92 @@ pub enum StoreError {
     },
 }
 
-/// One entity as stored.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// An open store.
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+/// One entity as restored.
+#[derive(Clone, Debug)]
 pub struct StoredEntity {
-    /// Its type.
-    pub entity_type: String,
-    /// Its native id.
-    pub id: String,
-    /// Its content hash.
+    /// The entity as last announced.
+    pub entity: Arc<Entity>,
+    /// Its content hash, as the baseline compares it.
     pub content: u64,
-    /// Its source timestamp (or sample time).
+    /// Its source timestamp ([`crate::baseline::UNTIMED`] when the source gives none).
     pub updated_us: i64,
     /// The instance that owns it.
     pub owner: String,
 }
 
+/// A tombstone as restored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredTombstone {
+    /// Type of the deleted entity.
+    pub entity_type: String,
+    /// Its native id.
+    pub id: String,
+    /// Source time of the deletion.
+    pub deleted_us: i64,
+    /// The instance that owned it.
+    pub owner: String,
+}
+
+/// A change committed before a crash that some consumer may not have received.
+#[derive(Clone, Debug)]
+pub struct InDoubt {
+    /// What happened.
+    pub action: Action,
+    /// The entity (for a deletion, as last known).
+    pub entity: Arc<Entity>,
+    /// The instance the change came from.
+    pub instance: String,
+}
+
 /// What a store held when it was opened.
 #[derive(Debug, Default)]
 pub struct Restored {
-    /// Every entity.
+    /// Every entity of the view.
     pub entities: Vec<StoredEntity>,
-    /// Tombstones: type, id, delete time.
-    pub tombstones: Vec<(String, String, i64)>,
+    /// Recent deletions.
+    pub tombstones: Vec<StoredTombstone>,
+    /// Changes to announce again.
+    pub in_doubt: Vec<InDoubt>,
 }
 
-/// Writes decided by one batch of the hub, and the `seq` of the last change decided by
-/// then (what reliable outputs must have confirmed before the writes are made).
-#[derive(Clone, Debug)]
-pub struct Writes {
-    /// The last change `seq` when these writes were decided.
-    pub through_seq: u64,
+/// One batch of the hub: its writes and its changes, committed together and then
+/// announced.
+#[derive(Debug)]
+pub struct Commit {
     /// The writes, in order.
     pub ops: Vec<Op>,
+    /// The changes, in `seq` order.
+    pub changes: Vec<Arc<Change>>,
 }
 
 /// One write, in the order the hub decided it.
 #[derive(Clone, Debug)]
 pub enum Op {
     /// The entity exists with this content.
-    Upsert(StoredEntity),
-    /// The entity was deleted at `deleted_us`.
+    Upsert {
+        /// The entity.
+        entity: Arc<Entity>,
+        /// Its source timestamp, or [`crate::baseline::UNTIMED`].
+        updated_us: i64,
+        /// The instance that owns it.
+        owner: Arc<str>,
+    },
+    /// The entity was deleted.
     Delete {
         /// Its type.
         entity_type: String,
         /// Its native id.
         id: String,
-        /// When.
+        /// Source time of the deletion.
         deleted_us: i64,
+        /// The instance that owned it.
+        owner: Arc<str>,
     },
 }
 
@@ -133,28 +191,91 @@ fn split_key(k: &[u8]) -> Option<(String, String)> {
     ))
 }
 
-fn encode_value(e: &StoredEntity) -> Vec<u8> {
-    let mut v = Vec::with_capacity(16 + e.owner.len());
-    v.extend_from_slice(&e.content.to_le_bytes());
-    v.extend_from_slice(&e.updated_us.to_le_bytes());
-    v.extend_from_slice(e.owner.as_bytes());
+fn put_name(v: &mut Vec<u8>, name: &str) {
+    let len = name.len().min(u16::MAX as usize);
+    v.extend_from_slice(&(len as u16).to_le_bytes());
+    v.extend_from_slice(&name.as_bytes()[..len]);
+}
+
+/// Reads a name written by [`put_name`]; returns it and the rest.
+fn take_name(v: &[u8]) -> Option<(String, &[u8])> {
+    let len = u16::from_le_bytes(v.get(..2)?.try_into().ok()?) as usize;
+    let name = std::str::from_utf8(v.get(2..2 + len)?).ok()?.to_owned();
+    Some((name, v.get(2 + len..)?))
+}
+
+fn take_i64(v: &[u8]) -> Option<(i64, &[u8])> {
+    Some((i64::from_le_bytes(v.get(..8)?.try_into().ok()?), v.get(8..)?))
+}
+
+fn encode_entity_row(entity: &Entity, updated_us: i64, owner: &str) -> Vec<u8> {
+    let body = wire::encode_entity(entity);
+    let mut v = Vec::with_capacity(18 + owner.len() + body.len());
+    v.extend_from_slice(&entity.content_hash().to_le_bytes());
+    v.extend_from_slice(&updated_us.to_le_bytes());
+    put_name(&mut v, owner);
+    v.extend_from_slice(&body);
     v
 }
 
-fn decode_value(v: &[u8]) -> Option<(u64, i64, String)> {
-    if v.len() < 16 {
-        return None;
-    }
-    let content = u64::from_le_bytes(v[..8].try_into().ok()?);
-    let updated = i64::from_le_bytes(v[8..16].try_into().ok()?);
-    let owner = String::from_utf8(v[16..].to_vec()).ok()?;
-    Some((content, updated, owner))
+fn decode_entity_row(v: &[u8]) -> Option<StoredEntity> {
+    let (content, rest) = take_i64(v)?;
+    let (updated_us, rest) = take_i64(rest)?;
+    let (owner, rest) = take_name(rest)?;
+    let entity = wire::decode_entity(rest).ok()?;
+    Some(StoredEntity {
+        entity: Arc::new(entity),
+        content: content as u64,
+        updated_us,
+        owner,
+    })
 }
 
-/// An open store.
-pub struct Store {
-    db: Database,
-    path: PathBuf,
+fn action_to_u8(a: Action) -> u8 {
+    match a {
+        Action::Created => 0,
+        Action::Updated => 1,
+        Action::Deleted => 2,
+    }
+}
+
+fn action_from_u8(b: u8) -> Option<Action> {
+    Some(match b {
+        0 => Action::Created,
+        1 => Action::Updated,
+        2 => Action::Deleted,
+        _ => return None,
+    })
+}
+
+fn encode_in_doubt(action: Action, instance: &str, entity: &Entity) -> Vec<u8> {
+    let body = wire::encode_entity(entity);
+    let mut v = Vec::with_capacity(3 + instance.len() + body.len());
+    v.push(action_to_u8(action));
+    put_name(&mut v, instance);
+    v.extend_from_slice(&body);
+    v
+}
+
+fn decode_in_doubt(v: &[u8]) -> Option<InDoubt> {
+    let action = action_from_u8(*v.first()?)?;
+    let (instance, rest) = take_name(v.get(1..)?)?;
+    let entity = wire::decode_entity(rest).ok()?;
+    Some(InDoubt {
+        action,
+        entity: Arc::new(entity),
+        instance,
+    })
+}
+
+/// What a key's in-doubt change becomes when another change to it is committed before
+/// the first was confirmed: a consumer may hold either state, so the later change must
+/// bring it to the latest one.
+fn combine(before: Action, after: Action) -> Action {
+    match (before, after) {
+        (Action::Created, Action::Updated) => Action::Created,
+        (_, a) => a,
+    }
 }
 
 impl Store {
@@ -239,6 +360,7 @@ impl Store {
             }
             txn.open_table(ENTITIES).map_err(|e| io(&e))?;
             txn.open_table(TOMBSTONES).map_err(|e| io(&e))?;
+            txn.open_table(IN_DOUBT).map_err(|e| io(&e))?;
         }
         txn.commit().map_err(|e| io(&e))?;
 
@@ -246,33 +368,44 @@ impl Store {
         let txn = self.db.begin_read().map_err(|e| io(&e))?;
         let entities = txn.open_table(ENTITIES).map_err(|e| io(&e))?;
         for row in entities.iter().map_err(|e| io(&e))? {
-            let (k, v) = row.map_err(|e| io(&e))?;
-            let ((entity_type, id), (content, updated_us, owner)) =
-                match (split_key(k.value()), decode_value(v.value())) {
-                    (Some(k), Some(v)) => (k, v),
-                    _ => return Err(foreign("an entity row it cannot read".into())),
-                };
-            restored.entities.push(StoredEntity {
-                entity_type,
-                id,
-                content,
-                updated_us,
-                owner,
-            });
+            let (_, v) = row.map_err(|e| io(&e))?;
+            match decode_entity_row(v.value()) {
+                Some(e) => restored.entities.push(e),
+                None => return Err(foreign("an entity row it cannot read".into())),
+            }
         }
         let tombstones = txn.open_table(TOMBSTONES).map_err(|e| io(&e))?;
         for row in tombstones.iter().map_err(|e| io(&e))? {
             let (k, v) = row.map_err(|e| io(&e))?;
-            let Some((entity_type, id)) = split_key(k.value()) else {
+            let row = split_key(k.value()).zip(take_i64(v.value()));
+            let Some(((entity_type, id), (deleted_us, rest))) = row else {
                 return Err(foreign("a tombstone row it cannot read".into()));
             };
-            restored.tombstones.push((entity_type, id, v.value()));
+            let Some((owner, _)) = take_name(rest) else {
+                return Err(foreign("a tombstone row it cannot read".into()));
+            };
+            restored.tombstones.push(StoredTombstone {
+                entity_type,
+                id,
+                deleted_us,
+                owner,
+            });
+        }
+        let in_doubt = txn.open_table(IN_DOUBT).map_err(|e| io(&e))?;
+        for row in in_doubt.iter().map_err(|e| io(&e))? {
+            let (_, v) = row.map_err(|e| io(&e))?;
+            match decode_in_doubt(v.value()) {
+                Some(d) => restored.in_doubt.push(d),
+                None => return Err(foreign("an in-doubt row it cannot read".into())),
+            }
         }
         Ok(restored)
     }
 
-    /// Applies one batch of writes in one transaction.
-    pub fn write(&self, ops: &[Op]) -> Result<(), StoreError> {
+    /// Commits `commits` in one transaction, and clears the in-doubt rows of `confirmed`
+    /// (keys whose change was confirmed, with the `seq` of that change: a row a later
+    /// change replaced stays).
+    pub fn write(&self, commits: &[Commit], confirmed: &[(Vec<u8>, u64)]) -> Result<(), StoreError> {
         let io = |e: &dyn std::fmt::Display| StoreError::Io {
             path: self.path.clone(),
             reason: e.to_string(),
@@ -281,80 +414,134 @@ impl Store {
         {
             let mut entities = txn.open_table(ENTITIES).map_err(|e| io(&e))?;
             let mut tombstones = txn.open_table(TOMBSTONES).map_err(|e| io(&e))?;
-            for op in ops {
-                match op {
-                    Op::Upsert(e) => {
-                        let k = key(&e.entity_type, &e.id);
-                        entities
-                            .insert(k.as_slice(), encode_value(e).as_slice())
-                            .map_err(|e| io(&e))?;
-                        tombstones.remove(k.as_slice()).map_err(|e| io(&e))?;
-                    }
-                    Op::Delete {
-                        entity_type,
-                        id,
-                        deleted_us,
-                    } => {
-                        let k = key(entity_type, id);
-                        entities.remove(k.as_slice()).map_err(|e| io(&e))?;
-                        tombstones
-                            .insert(k.as_slice(), *deleted_us)
-                            .map_err(|e| io(&e))?;
+            let mut in_doubt = txn.open_table(IN_DOUBT).map_err(|e| io(&e))?;
+            for commit in commits {
+                for op in &commit.ops {
+                    match op {
+                        Op::Upsert {
+                            entity,
+                            updated_us,
+                            owner,
+                        } => {
+                            let k = key(entity.entity_type(), entity.id());
+                            let row = encode_entity_row(entity, *updated_us, owner);
+                            entities
+                                .insert(k.as_slice(), row.as_slice())
+                                .map_err(|e| io(&e))?;
+                            tombstones.remove(k.as_slice()).map_err(|e| io(&e))?;
+                        }
+                        Op::Delete {
+                            entity_type,
+                            id,
+                            deleted_us,
+                            owner,
+                        } => {
+                            let k = key(entity_type, id);
+                            entities.remove(k.as_slice()).map_err(|e| io(&e))?;
+                            let mut v = deleted_us.to_le_bytes().to_vec();
+                            put_name(&mut v, owner);
+                            tombstones
+                                .insert(k.as_slice(), v.as_slice())
+                                .map_err(|e| io(&e))?;
+                        }
                     }
                 }
+                for change in &commit.changes {
+                    let k = key(change.entity.entity_type(), change.entity.id());
+                    let before = in_doubt
+                        .get(k.as_slice())
+                        .map_err(|e| io(&e))?
+                        .and_then(|v| v.value().first().copied().and_then(action_from_u8));
+                    let action = before.map_or(change.action, |b| combine(b, change.action));
+                    let row = encode_in_doubt(action, &change.instance, &change.entity);
+                    in_doubt
+                        .insert(k.as_slice(), row.as_slice())
+                        .map_err(|e| io(&e))?;
+                }
+            }
+            for (k, _) in confirmed {
+                in_doubt.remove(k.as_slice()).map_err(|e| io(&e))?;
             }
         }
         txn.commit().map_err(|e| io(&e))
     }
 
-    /// Starts the writer thread; send batches to the returned sender, drop it to stop.
-    /// With `gate`, each batch waits until the reliable outputs confirmed its changes; a
-    /// batch they never confirm (their broker stayed away until shutdown) is not written.
+    /// Starts the writer thread. `announce` is called with each commit's changes, in
+    /// order, once they are durable; `mark` confirms them to the producers. In-doubt rows
+    /// are cleared once every other reliable consumer in `deliveries` confirmed them (or,
+    /// with none, once announced). Drop every sender to stop it: it commits and
+    /// announces what is queued first.
     pub fn spawn_writer(
         self,
-        gate: Option<Arc<Deliveries>>,
-    ) -> std::io::Result<(mpsc::Sender<Writes>, JoinHandle<()>)> {
-        let (tx, rx) = mpsc::channel::<Writes>();
+        announce: impl Fn(Vec<Arc<Change>>) + Send + 'static,
+        mark: Confirmer,
+        deliveries: Arc<Deliveries>,
+    ) -> std::io::Result<(mpsc::Sender<Commit>, JoinHandle<()>)> {
+        let (tx, rx) = mpsc::channel::<Commit>();
         let handle = std::thread::Builder::new()
             .name("baseline-store".into())
-            .spawn(move || {
-                while let Ok(first) = rx.recv() {
-                    // Everything already queued goes into the same transaction, up to the
-                    // first batch the outputs never confirmed: that one and every later
-                    // one are not written (their confirmations would come in order).
-                    let mut ops = Vec::new();
-                    let mut skipped = 0usize;
-                    let mut next = Some(first);
-                    while let Some(batch) = next.take() {
-                        if skipped == 0 {
-                            match gate.as_ref().filter(|g| g.any()) {
-                                Some(g) => match futures::executor::block_on(g.delivered(batch.through_seq)) {
-                                    Ok(()) => ops.extend(batch.ops),
-                                    Err(e) => {
-                                        tracing::warn!(error = %e, "changes an output never confirmed are not made durable: after a restart they are reported, and published, again");
-                                        skipped += batch.ops.len();
-                                    }
-                                },
-                                None => ops.extend(batch.ops),
-                            }
-                        } else {
-                            skipped += batch.ops.len();
-                        }
-                        next = rx.try_recv().ok();
-                    }
-                    if skipped > 0 {
-                        tracing::warn!(ops = skipped, "baseline writes dropped: not confirmed by an output");
-                    }
-                    if ops.is_empty() {
-                        continue;
-                    }
-                    match self.write(&ops) {
-                        Ok(()) => tracing::debug!(ops = ops.len(), "baseline store committed"),
-                        Err(e) => tracing::error!(error = %e, ops = ops.len(), "cannot write the baseline store; after a restart these changes will be reported again"),
-                    }
-                }
-            })?;
+            .spawn(move || self.run_writer(rx, announce, mark, deliveries))?;
         Ok((tx, handle))
+    }
+
+    fn run_writer(
+        self,
+        rx: mpsc::Receiver<Commit>,
+        announce: impl Fn(Vec<Arc<Change>>),
+        mark: Confirmer,
+        deliveries: Arc<Deliveries>,
+    ) {
+        // Keys in doubt from this run, in seq order; cleared as consumers confirm.
+        let mut doubt: std::collections::VecDeque<(u64, Vec<u8>)> = Default::default();
+        // The latest seq per key in doubt: an older confirmation does not clear a newer row.
+        let mut latest: std::collections::HashMap<Vec<u8>, u64> = Default::default();
+        let mut open = true;
+        while open {
+            let mut group = Vec::new();
+            match rx.recv_timeout(Duration::from_millis(500)) {
+                Ok(c) => group.push(c),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => open = false,
+            }
+            while let Ok(c) = rx.try_recv() {
+                group.push(c);
+            }
+            let through = deliveries
+                .confirmed_except(STORE_OUTPUT)
+                .unwrap_or_else(|| mark.confirmed());
+            let mut confirmed = Vec::new();
+            while doubt.front().is_some_and(|(seq, _)| *seq <= through) {
+                if let Some((seq, k)) = doubt.pop_front()
+                    && latest.get(&k) == Some(&seq)
+                {
+                    latest.remove(&k);
+                    confirmed.push((k, seq));
+                }
+            }
+            if group.is_empty() && confirmed.is_empty() {
+                continue;
+            }
+            let ops: usize = group.iter().map(|c| c.ops.len()).sum();
+            if let Err(e) = self.write(&group, &confirmed) {
+                // Announce anyway: holding changes back would stop every producer for
+                // good. They are reported again after a restart, as nothing was written.
+                tracing::error!(error = %e, ops, "cannot write the baseline store; these changes are announced without being durable");
+            } else {
+                tracing::debug!(ops, commits = group.len(), "baseline store committed");
+            }
+            for commit in group {
+                let Some(last) = commit.changes.last().map(|c| c.seq) else {
+                    continue;
+                };
+                for c in &commit.changes {
+                    let k = key(c.entity.entity_type(), c.entity.id());
+                    latest.insert(k.clone(), c.seq);
+                    doubt.push_back((c.seq, k));
+                }
+                announce(commit.changes);
+                mark.confirm(last);
+            }
+        }
     }
 }
 
@@ -362,41 +549,89 @@ impl Store {
 mod tests {
     use super::*;
 
+    fn entity(id: &str) -> Arc<Entity> {
+        Arc::new(
+            Entity::resource("nova.instance", id)
+                .with_name(format!("vm {id}"))
+                .with_state("ACTIVE")
+                .with_source_updated_micros(-1)
+                .with_properties(serde_json::json!({"flavor": "m1.tiny"})),
+        )
+    }
+
+    fn change(seq: u64, action: Action, e: &Arc<Entity>) -> Arc<Change> {
+        Arc::new(Change {
+            seq,
+            action,
+            entity: e.clone(),
+            instance: Arc::from("nova"),
+            sampled_us: 0,
+            initial: false,
+        })
+    }
+
     #[test]
-    fn writes_survive_reopening() {
+    fn the_view_tombstones_and_changes_in_doubt_survive_reopening() {
         let dir = tempfile_dir();
         let path = dir.join("b.redb");
         let (store, restored) = Store::open(&path).unwrap();
         assert!(restored.entities.is_empty());
-        let e = StoredEntity {
-            entity_type: "nova.instance".into(),
-            id: "abc".into(),
-            content: 7,
+        let (kept, gone) = (entity("abc"), entity("gone"));
+        let owner: Arc<str> = Arc::from("nova");
+        let upsert = |e: &Arc<Entity>| Op::Upsert {
+            entity: e.clone(),
             updated_us: 9,
-            owner: "nova".into(),
+            owner: owner.clone(),
         };
-        store
-            .write(&[
-                Op::Upsert(e.clone()),
-                Op::Upsert(StoredEntity {
-                    id: "gone".into(),
-                    ..e.clone()
-                }),
-                Op::Delete {
+        let commits = [
+            Commit {
+                ops: vec![upsert(&kept), upsert(&gone)],
+                changes: vec![change(1, Action::Created, &kept), change(2, Action::Created, &gone)],
+            },
+            Commit {
+                ops: vec![Op::Delete {
                     entity_type: "nova.instance".into(),
                     id: "gone".into(),
                     deleted_us: 11,
-                },
-            ])
+                    owner: owner.clone(),
+                }],
+                changes: vec![change(3, Action::Deleted, &gone)],
+            },
+        ];
+        store.write(&commits, &[]).unwrap();
+        // `abc`'s creation was confirmed; `gone`'s deletion was not.
+        store
+            .write(&[], &[(key("nova.instance", "abc"), 1)])
             .unwrap();
         drop(store);
         let (_, restored) = Store::open(&path).unwrap();
-        assert_eq!(restored.entities, vec![e]);
+        assert_eq!(restored.entities.len(), 1);
+        assert_eq!(*restored.entities[0].entity, *kept, "the whole entity comes back");
+        assert_eq!(restored.entities[0].content, kept.content_hash());
+        assert_eq!(restored.entities[0].updated_us, 9);
         assert_eq!(
             restored.tombstones,
-            vec![("nova.instance".into(), "gone".into(), 11)]
+            vec![StoredTombstone {
+                entity_type: "nova.instance".into(),
+                id: "gone".into(),
+                deleted_us: 11,
+                owner: "nova".into(),
+            }]
         );
+        assert_eq!(restored.in_doubt.len(), 1);
+        assert_eq!(restored.in_doubt[0].action, Action::Deleted, "created then deleted: deleted");
+        assert_eq!(*restored.in_doubt[0].entity, *gone);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn in_doubt_changes_combine_to_what_brings_any_consumer_up_to_date() {
+        use Action::*;
+        assert_eq!(combine(Created, Updated), Created);
+        assert_eq!(combine(Created, Deleted), Deleted);
+        assert_eq!(combine(Deleted, Created), Created);
+        assert_eq!(combine(Updated, Deleted), Deleted);
+        assert_eq!(combine(Updated, Updated), Updated);
     }
 
     fn tempfile_dir() -> PathBuf {

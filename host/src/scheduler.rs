@@ -15,7 +15,6 @@ use std::time::{Duration, SystemTime};
 use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared};
 use synchronizer_plugin_api::Entity;
-use synchronizer_plugin_api::entity::system_time_to_micros;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Schedule;
@@ -99,10 +98,6 @@ pub struct Collector {
     last_emitted: AtomicU64,
 }
 
-fn now_us() -> i64 {
-    system_time_to_micros(SystemTime::now())
-}
-
 impl Collector {
     /// A collector for `source`, whose snapshots are complete for `types` (empty: for
     /// every type it reports).
@@ -172,7 +167,7 @@ impl Collector {
             self.status.stuck(&err.to_string());
             return Err(err);
         }
-        let started_us = now_us();
+        let start = self.hub.begin_snapshot(&self.origin);
         let t0 = tokio::time::Instant::now();
         let call = self.source.snapshot(self.types.clone());
         match tokio::time::timeout(self.schedule.timeout, call).await {
@@ -187,11 +182,11 @@ impl Collector {
                         reason: i.reason.to_string(),
                     })
                     .collect();
-                let (entities, applied) = self.hub.apply_snapshot(
+                let (entities, applied) = self.hub.apply_snapshot_started(
                     &self.origin,
                     snapshot,
                     &self.types,
-                    started_us,
+                    start,
                     initial,
                 );
                 self.initial_done.store(true, Ordering::SeqCst);

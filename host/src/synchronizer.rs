@@ -22,7 +22,9 @@ use crate::isolation::{
 use crate::loader::{LoadError, PluginLibrary, PluginMeta, load};
 use crate::scheduler::{CollectError, Collector, Incomplete, backoff};
 use crate::status::{InstanceStatus, StatusCell};
-use crate::subscription::{CallbackSubscription, SubscribeOptions, Subscription};
+use crate::subscription::{
+    CallbackSubscription, DRAIN_GRACE, Drain, SubscribeOptions, Subscription,
+};
 
 /// Why the synchronizer did not start.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +115,8 @@ pub struct Synchronizer {
     store_writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     outputs: tokio::sync::Mutex<Vec<AmqpOutput>>,
     bus_stop_timeout: Duration,
+    /// Ends every subscription after shutdown's drain.
+    drain: Drain,
 }
 
 /// An instance created, not yet scheduled.
@@ -161,7 +165,8 @@ impl Synchronizer {
     ) -> Result<(Synchronizer, Option<Subscription>), StartError> {
         let level = parse_level(&config.plugin_log_level).map_err(StartError::Config)?;
         let hub = Arc::new(Hub::new(config.tombstone_ttl));
-        let early = early.map(|options| Subscription::for_hub(&hub, options));
+        let drain = Drain::default();
+        let early = early.map(|options| drain.attach(Subscription::for_hub(&hub, options)));
         let mut libraries: HashMap<PathBuf, Result<PluginLibrary, String>> = HashMap::new();
         let mut instances = Vec::new();
         let mut failures = Vec::new();
@@ -299,12 +304,28 @@ impl Synchronizer {
                         .unwrap_or(usize::from(u16::MAX));
                     u16::try_from(i).unwrap_or(u16::MAX)
                 };
+                let mark = hub
+                    .deliveries()
+                    .register(crate::persist::STORE_OUTPUT, hub.last_seq());
+                let announcer = hub.clone();
                 let (tx, writer) = store
-                    .spawn_writer(Some(hub.deliveries().clone()))
+                    .spawn_writer(
+                        move |changes| announcer.announce(changes),
+                        mark,
+                        hub.deliveries().clone(),
+                    )
                     .map_err(|e| StartError::Config(format!("baseline store writer: {e}")))?;
-                hub.restore(restored, owner_of, tx);
-                tracing::info!(file = %path.display(), entities, "baseline restored");
-                Some(writer)
+                let mut restored = restored;
+                let started = std::time::Instant::now();
+                hub.restore(&mut restored, owner_of, tx);
+                tracing::info!(
+                    file = %path.display(),
+                    entities,
+                    in_doubt = restored.in_doubt.len(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "baseline and view restored"
+                );
+                Some((writer, restored))
             }
             None => None,
         };
@@ -323,6 +344,21 @@ impl Synchronizer {
                     return Err(StartError::Config(e.to_string()));
                 }
             }
+        }
+
+        // What a crash left in doubt goes out again, now that every subscriber and output
+        // of this run exists, before any instance runs.
+        let store_writer = store_writer.map(|(writer, mut restored)| {
+            hub.announce_in_doubt(&mut restored);
+            writer
+        });
+        for (owner, started) in instances.iter().enumerate() {
+            let collected: &[String] = if started.meta.kind.collects() {
+                &started.types
+            } else {
+                &[]
+            };
+            hub.register(&origin(owner, &started.name), &started.meta.entity_types, collected);
         }
 
         let shutdown = CancellationToken::new();
@@ -405,6 +441,7 @@ impl Synchronizer {
             store_writer: std::sync::Mutex::new(store_writer),
             outputs: tokio::sync::Mutex::new(outputs),
             bus_stop_timeout: Duration::from_secs(10),
+            drain,
         };
         Ok((sync, early))
     }
@@ -475,9 +512,10 @@ impl Synchronizer {
         self.hub.entities(&TypeFilter::new(types))
     }
 
-    /// Subscribes to changes as a stream.
+    /// Subscribes to changes as a stream. It ends after [`Synchronizer::shutdown`]'s
+    /// drain, once it has yielded every change accepted before.
     pub fn subscribe(&self, options: &SubscribeOptions) -> Subscription {
-        Subscription::for_hub(&self.hub, options)
+        self.drain.attach(Subscription::for_hub(&self.hub, options))
     }
 
     /// Subscribes with a callback, called on a thread of its own.
@@ -563,9 +601,20 @@ impl Synchronizer {
         &self.hub
     }
 
-    /// Stops schedules and push loops, gives bus plugins time to finish what they have in
-    /// hand, then stops every plugin runtime.
-    /// Calling it again does nothing more.
+    /// Stops the host without losing a change, in this order:
+    ///
+    /// 1. Producers: schedules and push loops stop; bus plugins are asked to stop
+    ///    consuming and to settle what they hold (hand it to the hub, acknowledge it
+    ///    upstream; the rest is redelivered to the next run), within `bus_stop_timeout`;
+    ///    then every plugin runtime stops.
+    /// 2. The drain: every change accepted so far has been queued to every subscriber;
+    ///    each subscription now yields what is queued for it (with its resync and
+    ///    snapshot if it had fallen behind), then ends. Callbacks and SSE streams are
+    ///    waited for, at most [`DRAIN_GRACE`].
+    /// 3. Outputs publish what is left and close; the durable store writes the rest.
+    ///
+    /// The caller closes its own consumers after this (the binary: stdout, then the
+    /// HTTP API). Calling it again does nothing more.
     pub async fn shutdown(&self) {
         let mut tasks = self.tasks.lock().await;
         for i in &self.instances {
@@ -596,7 +645,26 @@ impl Synchronizer {
                 .map(|i| i.plugin.shutdown(Duration::from_secs(1))),
         )
         .await;
-        // Nothing produces changes any more: outputs publish what is left.
+        // Nothing produces changes any more. Every change decided so far is announced
+        // (queued to every subscriber) once the store has committed it: then the
+        // subscriptions may end as soon as they have yielded what is queued.
+        if !self.drain.ended() {
+            if !self.hub.flush(DRAIN_GRACE).await {
+                tracing::warn!(
+                    decided = self.hub.last_seq(),
+                    announced = self.hub.announced_seq(),
+                    "changes decided but not announced yet; ending the subscriptions anyway"
+                );
+            }
+            self.drain.end();
+            if !self.drain.wait_consumers(DRAIN_GRACE).await {
+                tracing::warn!(
+                    grace = ?DRAIN_GRACE,
+                    "callbacks or change streams still had changes to take; closing them"
+                );
+            }
+        }
+        // Outputs publish what is left.
         finish_outputs(std::mem::take(&mut *self.outputs.lock().await)).await;
         // Last: every change decided so far reaches the durable store.
         self.hub.stop_persisting();

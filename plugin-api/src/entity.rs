@@ -169,41 +169,81 @@ impl Entity {
 
     /// Sets the source's own update timestamp. The baseline drops data older than what it
     /// already holds for the key, so set it whenever the source has one.
+    ///
+    /// The host accepts RFC 3339's range, years 1 to 9999 ([`crate::time::in_range`]): it
+    /// discards a timestamp outside it (counted and logged) and uses its own sample time
+    /// instead.
     pub fn with_source_updated(mut self, at: SystemTime) -> Self {
         self.source_updated_us = ROption::RSome(system_time_to_micros(at));
         self
     }
 
-    /// Sets the source update timestamp in microseconds since the Unix epoch.
+    /// Sets the source update timestamp in microseconds since the Unix epoch (negative
+    /// before 1970). Any `i64` is stored; the host discards one outside
+    /// [`crate::time::MIN_MICROS`] ..= [`crate::time::MAX_MICROS`], as
+    /// [`Entity::with_source_updated`] says.
     pub fn with_source_updated_micros(mut self, micros: i64) -> Self {
         self.source_updated_us = ROption::RSome(micros);
         self
     }
 
+    /// Removes the source update timestamp (the host does, for one outside the accepted
+    /// range; the time it sampled the entity then stands in).
+    pub fn clear_source_updated(&mut self) {
+        self.source_updated_us = ROption::RNone;
+    }
+
     /// Sets the remaining properties. A JSON object is kept as it is; any other value is
     /// stored as `{"value": ...}` so that properties are always an object.
+    ///
+    /// A `Value` cannot hold a number JSON readers cannot read back (serde_json refuses
+    /// NaN and infinities when building one). One nested deeper than JSON readers go
+    /// ([`MAX_PROPERTIES_DEPTH`] levels, serde_json's limit) is stored as
+    /// `{"value": "<its JSON text>"}`, a string, so that the properties stay readable.
     pub fn with_properties(mut self, properties: serde_json::Value) -> Self {
         let object = match properties {
+            serde_json::Value::Object(map) if map.is_empty() => {
+                // Stored as no properties at all, like an entity that never had any.
+                self.properties = RString::new();
+                return self;
+            }
             serde_json::Value::Object(map) => serde_json::Value::Object(map),
-            serde_json::Value::Null => serde_json::Value::Object(Default::default()),
+            serde_json::Value::Null => {
+                self.properties = RString::new();
+                return self;
+            }
             other => serde_json::json!({ "value": other }),
         };
-        self.properties = RString::from(object.to_string());
+        let text = if depth(&object) > MAX_PROPERTIES_DEPTH {
+            serde_json::json!({ "value": object.to_string() }).to_string()
+        } else {
+            object.to_string()
+        };
+        self.properties = RString::from(text);
         self
     }
 
     /// Sets the properties from JSON object text, kept as it is: no tree is built and
     /// nothing is serialized again, which matters when a plugin already holds the JSON
-    /// (a page fragment, a decoded frame). The text is checked to be one JSON object.
+    /// (a page fragment, a decoded frame).
+    ///
+    /// The text must be one JSON object that serde_json reads back into a
+    /// `serde_json::Value`: numbers within `f64`'s range (`1e400` is refused), strings
+    /// without lone surrogate escapes (`"\ud800"`), at most [`MAX_PROPERTIES_DEPTH`]
+    /// levels of nesting. Anything else is a [`PropertiesError`] saying why.
     pub fn with_properties_json(mut self, json: String) -> Result<Self, PropertiesError> {
         let trimmed = json.trim_start();
         if !trimmed.starts_with('{') {
             return Err(PropertiesError("properties must be a JSON object".into()));
         }
-        let raw = serde_json::value::RawValue::from_string(json)
+        // Read as a Value would be, without building one (see `Readable`).
+        serde_json::from_str::<Readable>(&json)
             .map_err(|e| PropertiesError(format!("properties are not valid JSON: {e}")))?;
-        let text: Box<str> = raw.into();
-        self.properties = RString::from(String::from(text));
+        self.properties = if json == "{}" {
+            RString::new()
+        } else {
+            RString::from(json)
+        };
         Ok(self)
     }
 
@@ -306,6 +346,120 @@ fn write_opt(h: &mut seahash::SeaHasher, s: Option<&str>) {
             write_str(h, s);
         }
         None => h.write_u8(0),
+    }
+}
+
+/// The deepest nesting of arrays and objects in properties (the properties object
+/// itself is level 1): serde_json's recursion limit, past which it refuses to read text
+/// back into a `Value`.
+pub const MAX_PROPERTIES_DEPTH: usize = 127;
+
+/// How deeply `v` nests arrays and objects (a scalar is 0, `{}` is 1); iterative, so any
+/// depth is measured without recursion.
+fn depth(v: &serde_json::Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(v, 1usize)];
+    while let Some((v, d)) = stack.pop() {
+        match v {
+            serde_json::Value::Array(items) => {
+                deepest = deepest.max(d);
+                stack.extend(items.iter().map(|i| (i, d + 1)));
+            }
+            serde_json::Value::Object(map) => {
+                deepest = deepest.max(d);
+                stack.extend(map.values().map(|i| (i, d + 1)));
+            }
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// JSON read exactly as `serde_json::Value` reads it (every number parsed, so one out
+/// of `f64`'s range is an error; strings unescaped and checked; serde_json's recursion
+/// limit), while nothing is kept: no tree, no strings. The top level must be an object.
+struct Readable;
+
+/// Any JSON value, read as [`Readable`] reads it.
+struct AnyValue;
+
+impl<'de> serde::Deserialize<'de> for Readable {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ReadVisitor { object_only: true })?;
+        Ok(Readable)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for AnyValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ReadVisitor { object_only: false })?;
+        Ok(AnyValue)
+    }
+}
+
+struct ReadVisitor {
+    object_only: bool,
+}
+
+impl ReadVisitor {
+    fn scalar<E: serde::de::Error>(&self, unexpected: serde::de::Unexpected<'_>) -> Result<(), E> {
+        if self.object_only {
+            Err(E::invalid_type(unexpected, self))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ReadVisitor {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.object_only {
+            "a JSON object"
+        } else {
+            "a JSON value"
+        })
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<(), E> {
+        self.scalar(serde::de::Unexpected::Bool(v))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
+        self.scalar(serde::de::Unexpected::Signed(v))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+        self.scalar(serde::de::Unexpected::Unsigned(v))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        self.scalar(serde::de::Unexpected::Float(v))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        self.scalar(serde::de::Unexpected::Str(v))
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        self.scalar(serde::de::Unexpected::Unit)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        if self.object_only {
+            return Err(serde::de::Error::invalid_type(
+                serde::de::Unexpected::Seq,
+                &self,
+            ));
+        }
+        while seq.next_element::<AnyValue>()?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_entry::<AnyValue, AnyValue>()?.is_some() {}
+        Ok(())
     }
 }
 
@@ -421,6 +575,108 @@ mod tests {
                 .with_properties_json("{\"a\":".into())
                 .is_err()
         );
+    }
+
+    #[test]
+    fn properties_json_is_refused_unless_a_value_can_read_it_back() {
+        let refused = |json: &str| {
+            let err = Entity::resource("t", "i")
+                .with_properties_json(json.to_owned())
+                .expect_err(json);
+            err.to_string()
+        };
+        // A number past f64's range (the issue's `{"n":1e400}`), as an exponent or digits.
+        assert!(refused(r#"{"n":1e400}"#).contains("number out of range"));
+        assert!(refused(&format!("{{\"n\":{}}}", "9".repeat(400))).contains("out of range"));
+        assert!(refused(r#"{"n":[-1e309]}"#).contains("out of range"));
+        // A lone surrogate, in a value and in a key.
+        assert!(refused(r#"{"s":"\ud800"}"#).contains("hex escape"));
+        assert!(refused(r#"{"\udfff":1}"#).contains("surrogate"));
+        // Deeper than serde_json reads back.
+        let nested = |levels: usize| {
+            format!("{{\"a\":{}{}}}", "[".repeat(levels - 1), "]".repeat(levels - 1))
+        };
+        assert!(refused(&nested(MAX_PROPERTIES_DEPTH + 1)).contains("recursion limit"));
+        let deepest = nested(MAX_PROPERTIES_DEPTH);
+        assert!(serde_json::from_str::<serde_json::Value>(&deepest).is_ok());
+        assert!(
+            serde_json::from_str::<serde_json::Value>(&nested(MAX_PROPERTIES_DEPTH + 1)).is_err()
+        );
+        let e = Entity::resource("t", "i")
+            .with_properties_json(deepest.clone())
+            .unwrap();
+        assert_eq!(e.properties_json(), deepest);
+        // Not an object, or not one value.
+        assert_eq!(refused("[1]"), "properties must be a JSON object");
+        assert!(refused(" {} 1").contains("trailing"));
+        assert!(refused("{\"a\":1,}").contains("not valid JSON"));
+        // What a Value reads is accepted, kept byte for byte.
+        for ok in [
+            r#"{"n":1.7976931348623157e308,"m":-0,"i":18446744073709551615,"j":-9223372036854775808}"#,
+            r#"{"s":"\ud83d\ude00 \u00e9 \n","":null,"a":[{},[],true,false]}"#,
+            " \n{ } ",
+        ] {
+            let e = Entity::resource("t", "i")
+                .with_properties_json(ok.to_owned())
+                .unwrap();
+            assert_eq!(e.properties_json(), ok);
+        }
+    }
+
+    #[test]
+    fn with_properties_keeps_what_json_readers_read_back() {
+        // Non-finite floats never reach a Value: serde_json turns them into null.
+        let e = Entity::resource("t", "i").with_properties(serde_json::json!({
+            "inf": f64::INFINITY,
+            "nan": f64::NAN
+        }));
+        assert_eq!(e.properties_json(), r#"{"inf":null,"nan":null}"#);
+        assert!(serde_json::Number::from_f64(f64::INFINITY).is_none());
+        // Nesting past what readers accept becomes a string of the same JSON text.
+        let mut deep = serde_json::json!(1);
+        for _ in 0..MAX_PROPERTIES_DEPTH {
+            deep = serde_json::json!([deep]);
+        }
+        let text = deep.to_string();
+        let e = Entity::resource("t", "i").with_properties(serde_json::json!({ "d": deep }));
+        assert_eq!(e.properties()["value"], serde_json::json!(format!("{{\"d\":{text}}}")));
+        assert!(serde_json::from_str::<serde_json::Value>(e.properties_json()).is_ok());
+        // At the limit it is kept as it is.
+        let mut at_limit = serde_json::json!(1);
+        for _ in 0..MAX_PROPERTIES_DEPTH - 1 {
+            at_limit = serde_json::json!([at_limit]);
+        }
+        let e = Entity::resource("t", "i").with_properties(serde_json::json!({ "d": at_limit }));
+        assert_eq!(e.properties()["d"], at_limit);
+        // `{}` and null are no properties at all, whichever builder set them.
+        let bare = Entity::resource("t", "i");
+        assert_eq!(bare.clone().with_properties(serde_json::json!({})), bare);
+        assert_eq!(bare.clone().with_properties(serde_json::Value::Null), bare);
+        assert_eq!(
+            bare.clone().with_properties_json("{}".into()).unwrap(),
+            bare
+        );
+    }
+
+    proptest::proptest! {
+        /// with_properties_json accepts exactly the objects serde_json reads into a Value.
+        #[test]
+        fn properties_json_accepts_what_a_value_reads(
+            json in "[ {}\\[\\]\":,0-9eE.+\\-a-z\\\\]{0,40}"
+        ) {
+            let value = serde_json::from_str::<serde_json::Value>(&json);
+            let expected = json.trim_start().starts_with('{') && value.is_ok_and(|v| v.is_object());
+            let got = Entity::resource("t", "i").with_properties_json(json.clone());
+            proptest::prop_assert_eq!(got.is_ok(), expected, "{}", json);
+        }
+    }
+
+    #[test]
+    fn the_source_timestamp_can_be_cleared() {
+        let mut e = Entity::resource("t", "i").with_source_updated_micros(i64::MIN);
+        e.clear_source_updated();
+        assert_eq!(e.source_updated_micros(), None);
+        assert_eq!(e, Entity::resource("t", "i"));
     }
 
     #[test]

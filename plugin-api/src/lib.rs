@@ -38,6 +38,7 @@
 //! How the pieces fit:
 //! - [`entity`] is the data model both sides share: an [`Entity`] crosses the boundary
 //!   as it is, without conversion.
+//! - [`time`] is the time range the project accepts and a formatter that cannot fail.
 //! - [`abi`] is the boundary itself (root module, trait objects, `#[repr(C)]` values);
 //!   the host uses it, plugin authors never do.
 //! - The SDK (feature `sdk`, on by default) is what plugin authors use: [`Plugin`],
@@ -51,6 +52,7 @@ pub mod abi;
 pub mod entity;
 #[cfg(feature = "sdk")]
 mod sdk;
+pub mod time;
 
 pub use entity::{Category, Direction, Entity, Relation};
 #[cfg(feature = "sdk")]

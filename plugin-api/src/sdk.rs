@@ -5,6 +5,30 @@
 //! configuration (errors name the instance and the field), owns a tokio runtime per
 //! instance, forwards `tracing` events and panics to the host, catches every panic before
 //! it reaches the boundary, and cancels the plugin's work when the host drops a call.
+//!
+//! # Keys
+//!
+//! An entity's key is `<type>:<native id>` (`Entity::key`), and the key alone says which
+//! entity a snapshot or a pushed change is about: two reports with one key are one
+//! entity, whichever instance sent them (the last one to report it owns it). So a plugin
+//! declares, by how it builds its native ids, which of two kinds they are:
+//!
+//! - **Global ids** name the same thing whoever reports it: Nova and Neutron UUIDs, Heat
+//!   stack ids. Use them as they are (`Entity::resource("nova.instance", &uuid)`). The
+//!   Nova collector and the bus plugin of the same cloud then report one entity under one
+//!   key, and their reports are ordered against each other.
+//! - **Local ids** are unique only within one server: a Nagios host and service name.
+//!   Two instances pointed at two servers would report different things under one key,
+//!   and the entity would flip between them on every poll. Scope them: put the name of
+//!   the source in the id with [`Context::scoped_id`] (`<instance>/<local id>`), or, so
+//!   that keys can outlive a renamed instance, with a configured name that defaults to
+//!   the instance's, joined the same way (the nagios plugin's `scope` option).
+//!
+//! Relations point at keys, so an alarm's relation to the resource it is about uses that
+//! resource's key as the resource's own plugin builds it (an unscoped `nova.host:<name>`,
+//! say), never the alarm's scope. Changing how a plugin builds its ids changes every key
+//! it reports: consumers see each old key deleted and the new one created, once; say so
+//! in the plugin's release notes (docs/operator-guide.md has the nagios plugin's).
 
 use std::fmt;
 use std::future::Future;
@@ -58,6 +82,23 @@ impl PluginInfo {
 pub struct Context {
     /// The instance's name from the host configuration (`nagios-east`).
     pub instance: String,
+}
+
+impl Context {
+    /// A native id made unique per instance, for a source whose ids are local to one
+    /// server ("Keys" in the SDK's module docs): `<instance>/<local>`.
+    ///
+    /// ```
+    /// let ctx = synchronizer_plugin_api::Context { instance: "nagios-east".into() };
+    /// assert_eq!(ctx.scoped_id("compute-1;CPU load"), "nagios-east/compute-1;CPU load");
+    /// ```
+    pub fn scoped_id(&self, local: &str) -> String {
+        let mut id = String::with_capacity(self.instance.len() + 1 + local.len());
+        id.push_str(&self.instance);
+        id.push('/');
+        id.push_str(local);
+        id
+    }
 }
 
 /// A plugin error. Its message should say what failed and where (a URL without

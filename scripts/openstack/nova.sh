@@ -21,7 +21,15 @@
 # - nova-conductor, nova-scheduler and two nova-compute (fake virt driver) named compute1
 #   and compute2, each with its own state_path and no database options; host aggregates
 #   make the zones az1 (compute1) and az2 (compute2);
-# - flavor m1.tiny and servers vm-a1, vm-a2 (projA) and vm-b1 (projB), ACTIVE.
+# - flavor m1.tiny and servers vm-a1, vm-a2 (projA) and vm-b1 (projB), ACTIVE;
+# - notifications as the operator guide asks for them (docs/operator-guide.md): both forms
+#   (`[notifications] notification_format = both`), an `instance.update` on every vm or
+#   task state change (`notify_on_state_change = vm_and_task_state`), legacy ones also on
+#   the topic `vitrage_notifications`, all on exchange `nova` of the vhost `nova`
+#   ($NOVA_AMQP below, printed for the tests); and `[DEFAULT] instance_delete_interval =
+#   15` s instead of 300, so that the compute's periodic `_run_pending_deletes` saves each
+#   deleted server once more (one more `instance.update` with state `deleted`) within
+#   seconds of its deletion, which the bus tests wait for.
 #
 # Readiness is checked by polling with deadlines (no fixed sleeps). Idempotent: run it
 # again while everything is up and it only re-checks. `stop.sh` stops what it started.
@@ -42,10 +50,22 @@ NV="$STATE/nova"
 # InstanceNotFound), and it draws new node uuids at every start. So when no Nova service
 # is running, the lab starts from empty databases (about 30 s); when they run, it is left
 # as it is.
+#
+# The settings below change what the services send: services started with other settings
+# are stopped (all of them: the lab then starts from empty databases, as above).
+NOVA_SERVICES=(nova-api nova-conductor nova-scheduler nova-compute1 nova-compute2
+    placement-api glance-api neutron-stub)
+LAB_SETTINGS="notification_format=both notify_on_state_change=vm_and_task_state instance_delete_interval=15"
+if [[ -f "$NV/.settings" && "$(cat "$NV/.settings")" != "$LAB_SETTINGS" ]] ||
+    [[ ! -f "$NV/.settings" && -d "$NV" ]]; then
+    log "the running Nova was set up with other settings; restarting it"
+    for name in "${NOVA_SERVICES[@]}"; do stop "$name"; done
+fi
 if ! running nova-api && ! running nova-compute1 && ! running nova-compute2; then
     rm -rf "$NV"
 fi
 mkdir -p "$NV/glance-images" "$NV/locks" "$NV/compute1" "$NV/compute2"
+echo "$LAB_SETTINGS" >"$NV/.settings"
 command -v curl >/dev/null || { apt-get update >&2; apt-get install -y curl >&2; }
 command -v jq >/dev/null || { apt-get update >&2; apt-get install -y jq >&2; }
 
@@ -62,8 +82,21 @@ if ! rabbitmqctl -q list_users | awk '{print $1}' | grep -qx nova; then
 fi
 rabbitmqctl -q set_permissions -p nova nova '.*' '.*' '.*' >&2
 TRANSPORT=rabbit://nova:nova@127.0.0.1:5672/nova
+NOVA_AMQP=amqp://nova:nova@127.0.0.1:5672/nova
 
 # --- 3. configuration ----------------------------------------------------------------------
+# What every Nova service sends (most notifications come from the computes; the API and
+# the conductor send some too).
+notifications() {
+    cat <<CONF
+[notifications]
+notification_format = both
+notify_on_state_change = vm_and_task_state
+[oslo_messaging_notifications]
+driver = messagingv2
+topics = vitrage_notifications
+CONF
+}
 # Services nova calls, without Keystone: a fixed admin token and explicit endpoints.
 service_auth() {
     cat <<CONF
@@ -99,6 +132,7 @@ compute_driver = fake.FakeDriver
 state_path = $NV
 log_file = $STATE/log/nova-app.log
 my_ip = 127.0.0.1
+instance_delete_interval = 15
 [api]
 auth_strategy = noauth2
 [wsgi]
@@ -113,11 +147,7 @@ sqlite_synchronous = False
 lock_path = $NV/locks
 [scheduler]
 discover_hosts_in_cells_interval = 2
-[notifications]
-notification_format = both
-[oslo_messaging_notifications]
-driver = messagingv2
-topics = vitrage_notifications
+$(notifications)
 $(service_auth)
 CONF
 for n in 1 2; do
@@ -129,11 +159,10 @@ host = compute$n
 state_path = $NV/compute$n
 log_file = $STATE/log/nova-compute$n-app.log
 my_ip = 127.0.0.1
+instance_delete_interval = 15
 [oslo_concurrency]
 lock_path = $NV/compute$n/locks
-[oslo_messaging_notifications]
-driver = messagingv2
-topics = vitrage_notifications
+$(notifications)
 $(service_auth)
 CONF
 done
@@ -391,4 +420,5 @@ boot vm-b1 bob:projB
 log "ready: Nova http://127.0.0.1:8774/v2.1 (noauth2: X-Auth-Token admin:admin)"
 cat <<OUT
 export SYNCHRONIZER_REAL_NOVA=http://127.0.0.1:8774/v2.1
+export SYNCHRONIZER_REAL_NOVA_AMQP=$NOVA_AMQP
 OUT

@@ -1,7 +1,8 @@
 //! The nagios plugin as the host loads it (the real .so), against loopback replays of
-//! pages captured from a real Nagios 4 and Vitrage's own sample page: the alarms, their
-//! relations, an alarm that clears (deleted), an output change (updated), and bad pages
-//! that fail the snapshot without deleting anything.
+//! pages captured from a real Nagios 4 and Vitrage's own sample page: the alarms (their
+//! ids scoped by the instance's name), their relations, an alarm that clears (deleted), an
+//! output change (updated), and bad pages that fail the snapshot without deleting
+//! anything.
 
 use std::time::Duration;
 
@@ -93,22 +94,22 @@ async fn statusjson_alarms_follow_the_pages_and_bad_pages_delete_nothing() {
         keys,
         vec![
             (
-                "compute-0;CPU load".into(),
+                "nagios-test/compute-0;CPU load".into(),
                 "WARNING".into(),
                 "nova.host:compute-0".into()
             ),
             (
-                "compute-0;Disk usage".into(),
+                "nagios-test/compute-0;Disk usage".into(),
                 "CRITICAL".into(),
                 "nova.host:compute-0".into()
             ),
             (
-                "localhost;SSH".into(),
+                "nagios-test/localhost;SSH".into(),
                 "CRITICAL".into(),
                 "static.node:this-machine".into()
             ),
             (
-                "localhost;Swap Usage".into(),
+                "nagios-test/localhost;Swap Usage".into(),
                 "CRITICAL".into(),
                 "static.node:this-machine".into()
             ),
@@ -134,12 +135,12 @@ async fn statusjson_alarms_follow_the_pages_and_bad_pages_delete_nothing() {
         vec![
             (
                 Action::Deleted,
-                "compute-0;CPU load".into(),
+                "nagios-test/compute-0;CPU load".into(),
                 Some("WARNING".into())
             ),
             (
                 Action::Updated,
-                "compute-0;Disk usage".into(),
+                "nagios-test/compute-0;Disk usage".into(),
                 Some("CRITICAL".into())
             ),
         ]
@@ -216,10 +217,10 @@ async fn status_cgi_html_pages_parse_to_alarms() {
     assert_eq!(
         ids,
         vec![
-            "compute-0;CPU load WARNING",
-            "compute-0;Disk usage CRITICAL",
-            "localhost;SSH CRITICAL",
-            "localhost;Swap Usage CRITICAL"
+            "nagios-test/compute-0;CPU load WARNING",
+            "nagios-test/compute-0;Disk usage CRITICAL",
+            "nagios-test/localhost;SSH CRITICAL",
+            "nagios-test/localhost;Swap Usage CRITICAL"
         ]
     );
 
@@ -231,7 +232,7 @@ async fn status_cgi_html_pages_parse_to_alarms() {
     let entities = sync.get_all(&["nagios"]).await.expect("collects");
     let load = entities
         .iter()
-        .find(|e| e.id() == "compute-0-1.local;check_load")
+        .find(|e| e.id() == "nagios-test/compute-0-1.local;check_load")
         .expect("check_load alarm");
     assert_eq!(load.state(), Some("CRITICAL"));
     assert_eq!(load.properties()["output"], "Critical Error");
@@ -239,7 +240,7 @@ async fn status_cgi_html_pages_parse_to_alarms() {
     assert!(
         !entities
             .iter()
-            .any(|e| e.id() == "compute-0-0.local;Disk IO SUMMARY"),
+            .any(|e| e.id() == "nagios-test/compute-0-0.local;Disk IO SUMMARY"),
         "OK is no alarm"
     );
 

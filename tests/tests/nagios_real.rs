@@ -1,22 +1,42 @@
 //! The nagios plugin against a real Nagios 4 on loopback (Debian's nagios4, started by
-//! `scripts/nagios/setup.sh`, which the README's test command runs). The test drives
+//! `scripts/nagios/setup.sh`, which the README's test command runs). The tests drive
 //! services and hosts through passive check results on the external command file and
-//! asserts the alarms the host reports: created, updated, deleted; once through
-//! statusjson.cgi, once through status.cgi behind basic auth. (Two instances reading the
-//! same Nagios at once would report the same keys: one entity, not two.)
+//! assert the alarms the host reports: created, updated, deleted, through statusjson.cgi
+//! and through status.cgi behind basic auth; a result checked 120 s ago (as NSCA or NRDP
+//! deliver a buffered one) that changes an alarm or raises a cleared one again; two
+//! instances reading the same Nagios, two entities per alarm that never flap.
+//!
+//! Each test drives hosts of its own (`scripts/nagios/nagios-test.cfg`) and looks only
+//! at their alarms, so the tests run side by side on the one Nagios. Every state is
+//! awaited through Nagios' own status (set-state.sh polls statusjson.cgi until it shows
+//! the result with its check time), never by sleeping.
 
 use std::process::Command;
 
 use synchronizer::{Action, Event, SubscribeOptions, Synchronizer};
 use synchronizer_tests::{config, root};
 
+/// Sets a state with a result checked now.
 fn set_state(host: &str, service: &str, state: &str, output: &str) {
+    set_state_checked(host, service, state, output, None);
+}
+
+/// Sets a state with a result checked at `check_time` (Unix seconds; `None`: now), and
+/// waits until Nagios shows it.
+fn set_state_checked(
+    host: &str,
+    service: &str,
+    state: &str,
+    output: &str,
+    check_time: Option<u64>,
+) {
     let script = root().join("scripts/nagios/set-state.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .args([host, service, state, output])
-        .output()
-        .expect("runs set-state.sh");
+    let mut cmd = Command::new("bash");
+    cmd.arg(&script).args([host, service, state, output]);
+    if let Some(t) = check_time {
+        cmd.env("NAGIOS_CHECK_TIME", t.to_string());
+    }
+    let out = cmd.output().expect("runs set-state.sh");
     assert!(
         out.status.success(),
         "set-state.sh {host} {service} {state} failed (is the test Nagios running? scripts/nagios/setup.sh starts it): {}",
@@ -24,10 +44,31 @@ fn set_state(host: &str, service: &str, state: &str, output: &str) {
     );
 }
 
-fn drain(sub: &mut synchronizer::Subscription) -> Vec<(String, Action, String, String)> {
+/// Unix seconds, `ago` seconds before now.
+fn seconds_ago(ago: u64) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970");
+    now.as_secs() - ago
+}
+
+/// The Nagios host of an alarm id `<scope>/<host>;<service>` or `<scope>/<host>`.
+fn host_of(id: &str) -> &str {
+    let local = id.split_once('/').map_or(id, |(_, local)| local);
+    local.split_once(';').map_or(local, |(host, _)| host)
+}
+
+/// The changes so far to alarms of the Nagios hosts `hosts`, sorted.
+fn drain(
+    sub: &mut synchronizer::Subscription,
+    hosts: &[&str],
+) -> Vec<(String, Action, String, String)> {
     let mut out = Vec::new();
     while let Some(e) = sub.try_recv() {
         if let Event::Change(c) = e {
+            if !hosts.contains(&host_of(c.entity.id())) {
+                continue;
+            }
             out.push((
                 c.instance.to_string(),
                 c.action,
@@ -40,22 +81,42 @@ fn drain(sub: &mut synchronizer::Subscription) -> Vec<(String, Action, String, S
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_real_nagios_drives_alarms_through_the_host() {
-    scenario("nagios-json", r#"url = "http://127.0.0.1/cgi-bin/nagios4""#).await;
-    scenario(
-        "nagios-html",
-        r#"url = "http://127.0.0.1/cgi-bin/nagios4-auth"
+const JSON: &str = r#"url = "http://127.0.0.1/cgi-bin/nagios4""#;
+const HTML: &str = r#"url = "http://127.0.0.1/cgi-bin/nagios4-auth"
 source = "html"
 username = "nagiostest"
-password = "nagiostest""#,
-    )
-    .await;
+password = "nagiostest""#;
+
+/// A host with the instances `(name, config table)`, polled only on request.
+async fn start(instances: &[(&str, &str)]) -> Synchronizer {
+    let mut toml = "[defaults]\ninterval = \"1h\"\ntimeout = \"10s\"\n".to_owned();
+    for (name, table) in instances {
+        toml.push_str(&format!(
+            "\n[[instances]]\nname = \"{name}\"\nlibrary = \"libsynchronizer_nagios.so\"\n[instances.config]\n{table}\n"
+        ));
+    }
+    Synchronizer::start(config(&toml)).await.expect("starts")
+}
+
+async fn poll(sync: &Synchronizer) {
+    sync.get_all(&["nagios"]).await.expect("collects");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_nagios_drives_alarms_through_the_host() {
+    scenario("nagios-json", JSON).await;
+    scenario("nagios-html", HTML).await;
 }
 
 async fn scenario(instance: &str, instance_config: &str) {
+    const HOSTS: &[&str] = &["compute-0", "compute-1", "compute-2"];
     let both = |action: Action, id: &str, state: &str| {
-        vec![(instance.to_owned(), action, id.to_owned(), state.to_owned())]
+        vec![(
+            instance.to_owned(),
+            action,
+            format!("{instance}/{id}"),
+            state.to_owned(),
+        )]
     };
     // A known start: everything OK / UP.
     for host in ["compute-0", "compute-1", "compute-2"] {
@@ -64,37 +125,26 @@ async fn scenario(instance: &str, instance_config: &str) {
             set_state(host, service, "OK", "OK: fine");
         }
     }
-    let c = config(&format!(
-        r#"
-[defaults]
-interval = "1h"
-timeout = "10s"
-
-[[instances]]
-name = "{instance}"
-library = "libsynchronizer_nagios.so"
-[instances.config]
-{instance_config}
-"#
-    ));
-    let sync = Synchronizer::start(c).await.expect("starts");
+    let sync = start(&[(instance, instance_config)]).await;
     let mut sub = sync.subscribe(&SubscribeOptions::types(&["nagios"]));
-    let poll = || async {
-        sync.get_all(&["nagios"]).await.expect("collects");
-    };
+    let poll = || poll(&sync);
     poll().await;
-    assert_eq!(drain(&mut sub), vec![], "no alarms while everything is OK");
+    assert_eq!(
+        drain(&mut sub, HOSTS),
+        vec![],
+        "no alarms while everything is OK"
+    );
 
     set_state("compute-1", "CPU load", "WARNING", "WARNING: load 7.5");
     poll().await;
     assert_eq!(
-        drain(&mut sub),
+        drain(&mut sub, HOSTS),
         both(Action::Created, "compute-1;CPU load", "WARNING")
     );
     let alarm = sync
         .current(&["nagios"])
         .into_iter()
-        .find(|e| e.id() == "compute-1;CPU load")
+        .find(|e| e.id() == format!("{instance}/compute-1;CPU load"))
         .expect("alarm");
     assert_eq!(alarm.relations()[0].other(), "nova.host:compute-1");
     assert_eq!(alarm.properties()["output"], "WARNING: load 7.5");
@@ -105,11 +155,11 @@ library = "libsynchronizer_nagios.so"
     let mut want = both(Action::Updated, "compute-1;CPU load", "CRITICAL");
     want.extend(both(Action::Created, "compute-2", "DOWN"));
     want.sort();
-    assert_eq!(drain(&mut sub), want);
+    assert_eq!(drain(&mut sub, HOSTS), want);
 
     // A poll with nothing changed reports nothing.
     poll().await;
-    assert_eq!(drain(&mut sub), vec![]);
+    assert_eq!(drain(&mut sub, HOSTS), vec![]);
 
     set_state("compute-1", "CPU load", "OK", "OK: load 0.5");
     set_state("compute-2", "-", "UP", "PING OK");
@@ -117,6 +167,187 @@ library = "libsynchronizer_nagios.so"
     let mut want = both(Action::Deleted, "compute-1;CPU load", "CRITICAL");
     want.extend(both(Action::Deleted, "compute-2", "DOWN"));
     want.sort();
-    assert_eq!(drain(&mut sub), want);
+    assert_eq!(drain(&mut sub, HOSTS), want);
+    sync.shutdown().await;
+}
+
+/// One change to one alarm of `instance` (whose scope is its name).
+fn change(instance: &str, action: Action, local: &str, state: &str) -> Vec<(String, Action, String, String)> {
+    vec![(
+        instance.to_owned(),
+        action,
+        format!("{instance}/{local}"),
+        state.to_owned(),
+    )]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_checked_120_s_ago_changes_the_alarm() {
+    for (instance, table) in [("late-json", JSON), ("late-html", HTML)] {
+        const HOST: &[&str] = &["late-0"];
+        let alarm = "late-0;CPU load";
+        set_state("late-0", "CPU load", "OK", "OK: load 0.5");
+        let sync = start(&[(instance, table)]).await;
+        let mut sub = sync.subscribe(&SubscribeOptions::types(&["nagios"]));
+        poll(&sync).await;
+        assert_eq!(drain(&mut sub, HOST), vec![], "{instance}: no alarm yet");
+
+        set_state("late-0", "CPU load", "WARNING", "WARNING: load 7.5");
+        poll(&sync).await;
+        assert_eq!(
+            drain(&mut sub, HOST),
+            change(instance, Action::Created, alarm, "WARNING")
+        );
+
+        // A result that ran 120 s before the one Nagios holds, delivered late: Nagios
+        // makes it the current state (and moves its last check back); so must we.
+        set_state_checked(
+            "late-0",
+            "CPU load",
+            "CRITICAL",
+            "CRITICAL: load 42",
+            Some(seconds_ago(120)),
+        );
+        poll(&sync).await;
+        assert_eq!(
+            drain(&mut sub, HOST),
+            change(instance, Action::Updated, alarm, "CRITICAL"),
+            "{instance}: the back-dated CRITICAL is what Nagios shows"
+        );
+        let id = format!("{instance}/{alarm}");
+        let current = sync.current(&["nagios"]);
+        let e = current.iter().find(|e| e.id() == id).expect("the alarm");
+        assert_eq!(e.state(), Some("CRITICAL"));
+        assert_eq!(e.properties()["output"], "CRITICAL: load 42");
+
+        set_state("late-0", "CPU load", "OK", "OK: load 0.5");
+        poll(&sync).await;
+        assert_eq!(
+            drain(&mut sub, HOST),
+            change(instance, Action::Deleted, alarm, "CRITICAL")
+        );
+        sync.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alarm_cleared_and_raised_again_by_a_late_result_is_created_at_the_next_poll() {
+    for (instance, table) in [("again-json", JSON), ("again-html", HTML)] {
+        const HOST: &[&str] = &["late-1"];
+        let alarm = "late-1;Disk usage";
+        set_state("late-1", "Disk usage", "OK", "OK: 40% full");
+        let sync = start(&[(instance, table)]).await;
+        let mut sub = sync.subscribe(&SubscribeOptions::types(&["nagios"]));
+        poll(&sync).await;
+        assert_eq!(drain(&mut sub, HOST), vec![], "{instance}: no alarm yet");
+
+        set_state("late-1", "Disk usage", "WARNING", "WARNING: 91% full");
+        poll(&sync).await;
+        assert_eq!(
+            drain(&mut sub, HOST),
+            change(instance, Action::Created, alarm, "WARNING")
+        );
+        set_state("late-1", "Disk usage", "OK", "OK: 60% full");
+        poll(&sync).await;
+        assert_eq!(
+            drain(&mut sub, HOST),
+            change(instance, Action::Deleted, alarm, "WARNING")
+        );
+
+        // Raised again by a result checked 120 s ago, before the clearing one: the next
+        // complete snapshot shows the alarm, so it exists again.
+        set_state_checked(
+            "late-1",
+            "Disk usage",
+            "CRITICAL",
+            "CRITICAL: 99% full",
+            Some(seconds_ago(120)),
+        );
+        poll(&sync).await;
+        assert_eq!(
+            drain(&mut sub, HOST),
+            change(instance, Action::Created, alarm, "CRITICAL"),
+            "{instance}: the alarm Nagios shows again is not re-created"
+        );
+
+        set_state("late-1", "Disk usage", "OK", "OK: 40% full");
+        poll(&sync).await;
+        assert_eq!(
+            drain(&mut sub, HOST),
+            change(instance, Action::Deleted, alarm, "CRITICAL")
+        );
+        sync.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_reading_one_nagios_give_two_entities_per_alarm_that_never_flap() {
+    const HOST: &[&str] = &["twin-0"];
+    set_state("twin-0", "CPU load", "WARNING", "WARNING: load 7.5");
+    set_state("twin-0", "Disk usage", "CRITICAL", "CRITICAL: 99% full");
+    set_state("twin-0", "-", "DOWN", "CRITICAL - Host Unreachable");
+    // statusjson.cgi and status.cgi, so the two report different content for one alarm
+    // (status.cgi has no soft/hard, no host output): under one key they would take turns.
+    // The second names its scope, the first's is its instance name.
+    let html_scoped = format!("{HTML}\nscope = \"twin-html\"");
+    let sync = start(&[("twin-json", JSON), ("twin-b", &html_scoped)]).await;
+    let mut sub = sync.subscribe(&SubscribeOptions::types(&["nagios"]));
+    poll(&sync).await;
+    let mut want = Vec::new();
+    for (instance, scope) in [("twin-json", "twin-json"), ("twin-b", "twin-html")] {
+        for (local, state) in [
+            ("twin-0", "DOWN"),
+            ("twin-0;CPU load", "WARNING"),
+            ("twin-0;Disk usage", "CRITICAL"),
+        ] {
+            want.push((
+                instance.to_owned(),
+                Action::Created,
+                format!("{scope}/{local}"),
+                state.to_owned(),
+            ));
+        }
+    }
+    want.sort();
+    assert_eq!(drain(&mut sub, HOST), want, "two entities per alarm");
+    let current = sync.current(&["nagios"]);
+    let twins: Vec<_> = current
+        .iter()
+        .filter(|e| host_of(e.id()) == "twin-0")
+        .collect();
+    assert_eq!(twins.len(), 6);
+    assert!(
+        twins
+            .iter()
+            .all(|e| e.relations()[0].other() == "nova.host:twin-0"),
+        "both are on the one resource"
+    );
+    let props = |id: &str| {
+        twins
+            .iter()
+            .find(|e| e.id() == id)
+            .map(|e| e.properties())
+            .unwrap_or_else(|| panic!("{id}"))
+    };
+    assert_ne!(
+        props("twin-json/twin-0;CPU load"),
+        props("twin-html/twin-0;CPU load"),
+        "the two sources differ, so a shared key would flap"
+    );
+
+    let mut later = Vec::new();
+    for _ in 0..5 {
+        poll(&sync).await;
+        later.extend(drain(&mut sub, HOST));
+    }
+    assert_eq!(later, vec![], "changes after the first snapshot (5 polls)");
+
+    set_state("twin-0", "CPU load", "OK", "OK: load 0.5");
+    set_state("twin-0", "Disk usage", "OK", "OK: 40% full");
+    set_state("twin-0", "-", "UP", "PING OK");
+    poll(&sync).await;
+    let gone = drain(&mut sub, HOST);
+    assert_eq!(gone.len(), 6, "{gone:?}");
+    assert!(gone.iter().all(|c| c.1 == Action::Deleted), "{gone:?}");
     sync.shutdown().await;
 }

@@ -117,49 +117,23 @@ impl Plugin for StaticPlugin {
     }
 
     async fn snapshot(&self, _types: &[String]) -> Result<Snapshot, Error> {
-        let files = yaml_files(&self.directory).await?;
-        let mut entities: Vec<Entity> = Vec::new();
-        let mut index: HashMap<String, usize> = HashMap::new();
-        let mut relations = Vec::new();
-        for path in &files {
-            let text = tokio::fs::read_to_string(path)
+        let paths = yaml_files(&self.directory).await?;
+        let mut files = Vec::with_capacity(paths.len());
+        for path in paths {
+            let text = tokio::fs::read_to_string(&path)
                 .await
                 .map_err(|e| Error::failed(format!("cannot read {}: {e}", path.display())))?;
-            let modified = tokio::fs::metadata(path)
+            let modified = tokio::fs::metadata(&path)
                 .await
                 .and_then(|m| m.modified())
                 .ok();
-            let file: File = serde_yaml::from_str(&text)
-                .map_err(|e| Error::failed(format!("{}: {e}", path.display())))?;
-            for def in file.entities {
-                let key = format!("{}:{}", def.entity_type, def.id);
-                if index.contains_key(&key) {
-                    return Err(Error::failed(format!(
-                        "{}: entity {key} is defined twice",
-                        path.display()
-                    )));
-                }
-                index.insert(key, entities.len());
-                entities.push(to_entity(def, modified));
-            }
-            relations.extend(file.relationships.into_iter().map(|r| (path.clone(), r)));
+            files.push(YamlFile {
+                path,
+                text,
+                modified,
+            });
         }
-        for (path, r) in relations {
-            if let Some(&i) = index.get(&r.source) {
-                let e = std::mem::replace(&mut entities[i], Entity::resource("", ""));
-                entities[i] = e.with_relation(Relation::to(&r.kind, r.target));
-            } else if let Some(&i) = index.get(&r.target) {
-                let e = std::mem::replace(&mut entities[i], Entity::resource("", ""));
-                entities[i] = e.with_relation(Relation::from(&r.kind, r.source));
-            } else {
-                return Err(Error::failed(format!(
-                    "{}: relationship {} -> {} names no entity defined here",
-                    path.display(),
-                    r.source,
-                    r.target
-                )));
-            }
-        }
+        let entities = entities_of(&files)?;
         tracing::debug!(
             files = files.len(),
             entities = entities.len(),
@@ -180,6 +154,60 @@ impl StaticPlugin {
             Err(e) => Health::unhealthy(format!("cannot read {}: {e}", self.directory.display())),
         }
     }
+}
+
+/// One YAML file as read from the directory.
+#[doc(hidden)]
+pub struct YamlFile {
+    /// Where it is (for messages).
+    pub path: PathBuf,
+    /// Its text.
+    pub text: String,
+    /// When it was last modified: the source timestamp of its entities.
+    pub modified: Option<std::time::SystemTime>,
+}
+
+/// The entities the files describe, relations attached (see the crate docs), or why the
+/// files cannot be used. Public for the fuzz targets in `fuzz/`, not part of the API.
+#[doc(hidden)]
+pub fn entities_of(files: &[YamlFile]) -> Result<Vec<Entity>, Error> {
+    let mut entities: Vec<Entity> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut relations = Vec::new();
+    for f in files {
+        let path = &f.path;
+        let file: File = serde_yaml::from_str(&f.text)
+            .map_err(|e| Error::failed(format!("{}: {e}", path.display())))?;
+        for def in file.entities {
+            let key = format!("{}:{}", def.entity_type, def.id);
+            if index.contains_key(&key) {
+                return Err(Error::failed(format!(
+                    "{}: entity {key} is defined twice",
+                    path.display()
+                )));
+            }
+            index.insert(key, entities.len());
+            entities.push(to_entity(def, f.modified));
+        }
+        relations.extend(file.relationships.into_iter().map(|r| (path, r)));
+    }
+    for (path, r) in relations {
+        if let Some(&i) = index.get(&r.source) {
+            let e = std::mem::replace(&mut entities[i], Entity::resource("", ""));
+            entities[i] = e.with_relation(Relation::to(&r.kind, r.target));
+        } else if let Some(&i) = index.get(&r.target) {
+            let e = std::mem::replace(&mut entities[i], Entity::resource("", ""));
+            entities[i] = e.with_relation(Relation::from(&r.kind, r.source));
+        } else {
+            return Err(Error::failed(format!(
+                "{}: relationship {} -> {} names no entity defined here",
+                path.display(),
+                r.source,
+                r.target
+            )));
+        }
+    }
+    Ok(entities)
 }
 
 fn to_entity(def: EntityDef, modified: Option<std::time::SystemTime>) -> Entity {

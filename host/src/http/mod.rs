@@ -197,6 +197,57 @@ fn build(
     (router, stop_feed)
 }
 
+/// The request parsing and event framing of the API, for the fuzz targets in `fuzz/`
+/// (not part of the API).
+#[doc(hidden)]
+pub mod fuzzing {
+    use axum::extract::Query;
+    use axum::http::{HeaderMap, HeaderValue, Uri};
+    use axum::response::IntoResponse;
+
+    /// The flags each endpoint knows (`/v1/entities` and `/v1/snapshot` know none).
+    pub const ENDPOINT_FLAGS: [&[&str]; 3] = [&[], &["snapshot"], &["health"]];
+
+    /// A request's query, read as the handlers read it (axum's `Query`, then the
+    /// endpoint's parameters): the types and the flags that are on, or the error answer
+    /// (its status and JSON body).
+    pub fn query(uri: &Uri, flags: &[&str]) -> Result<(Vec<String>, Vec<String>), (u16, Vec<u8>)> {
+        match super::handlers::params(Query::try_from_uri(uri), flags) {
+            Ok(params) => {
+                let on = flags.iter().filter(|f| params.flag(f)).map(|f| (*f).to_owned());
+                Ok((params.types.clone(), on.collect()))
+            }
+            Err(e) => Err(error_answer(e)),
+        }
+    }
+
+    /// A `Last-Event-ID` header value as the change stream reads it: `Ok(None)` for none,
+    /// `Ok(Some(Some(seq)))` for a seq of run `epoch`, `Ok(Some(None))` for another run's.
+    pub fn last_event_id(value: HeaderValue, epoch: &str) -> Result<Option<Option<u64>>, (u16, Vec<u8>)> {
+        let mut headers = HeaderMap::new();
+        headers.insert("last-event-id", value);
+        match super::sse::last_event_id(&headers, epoch) {
+            Ok(id) => Ok(id.map(|id| match id {
+                super::sse::LastId::Seq(seq) => Some(seq),
+                super::sse::LastId::OtherRun => None,
+            })),
+            Err(e) => Err(error_answer(e)),
+        }
+    }
+
+    /// Appends one Server-Sent Event as the change stream writes it.
+    pub fn sse_event(out: &mut String, id: Option<(u64, &str)>, json: &str) {
+        super::sse::push_event(out, id, json);
+    }
+
+    fn error_answer(e: super::ApiError) -> (u16, Vec<u8>) {
+        let response = e.into_response();
+        let status = response.status().as_u16();
+        let body = futures::executor::block_on(axum::body::to_bytes(response.into_body(), 1 << 20));
+        (status, body.map(|b| b.to_vec()).unwrap_or_default())
+    }
+}
+
 /// Logs every request at debug level (method, path, status, duration, peer). Headers —
 /// and so the token — are never logged; neither is the query.
 async fn log_request(request: Request, next: Next) -> Response {

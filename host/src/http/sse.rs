@@ -18,6 +18,9 @@
 //!   snapshot. It never delays the host or any other client.
 //! - While changes stream in, a client gets at most one write per `LINGER` (10 ms); the first
 //!   change after a quiet spell goes out at once.
+//! - At the host's shutdown a stream ends after the drain: it is sent every change the
+//!   host accepted before it stopped its producers, then it ends; the host waits for that
+//!   (see [`crate::subscription::Drain`]) before it closes the HTTP API.
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -158,7 +161,7 @@ pub(super) async fn changes(
 
 /// What a client's `Last-Event-ID` says.
 #[derive(Debug, PartialEq, Eq)]
-enum LastId {
+pub(super) enum LastId {
     /// The `seq` of the last change it saw, in this run of the stream.
     Seq(u64),
     /// An id from another run (the host restarted since): its seqs mean nothing here.
@@ -168,7 +171,7 @@ enum LastId {
 /// Parses `Last-Event-ID`: absent or empty (none), `<seq>@<epoch>` (what the stream
 /// sends), or a bare `<seq>` (taken as this run's, for consumers that kept the `seq` of
 /// the JSON).
-fn last_event_id(headers: &HeaderMap, epoch: &str) -> Result<Option<LastId>, ApiError> {
+pub(super) fn last_event_id(headers: &HeaderMap, epoch: &str) -> Result<Option<LastId>, ApiError> {
     let Some(value) = headers.get("last-event-id") else {
         return Ok(None);
     };
@@ -224,11 +227,14 @@ struct ChangeStream {
 impl ChangeStream {
     fn new(
         peer: SocketAddr,
-        sub: Subscription,
+        mut sub: Subscription,
         state: &AppState,
         replay: Vec<(u64, Arc<str>)>,
         skip_through: u64,
     ) -> Self {
+        // The host drives this consumer: its shutdown waits until the stream has sent
+        // everything (or the client is gone).
+        sub.track();
         ChangeStream {
             peer,
             epoch: state.window.epoch_arc(),
@@ -248,7 +254,8 @@ impl ChangeStream {
         }
     }
 
-    /// The next piece of the stream; `None` ends it (shutdown, or the host is gone).
+    /// The next piece of the stream; `None` ends it (after the host's drain, or when the
+    /// HTTP API stops and nothing is queued).
     async fn next_chunk(&mut self) -> Option<Bytes> {
         if self.closed {
             return None;
@@ -389,7 +396,7 @@ impl Drop for ChangeStream {
 }
 
 /// Appends one SSE event (`id: <seq>@<epoch>` when given; the data is one JSON line).
-fn push_event(out: &mut String, id: Option<(u64, &str)>, json: &str) {
+pub(super) fn push_event(out: &mut String, id: Option<(u64, &str)>, json: &str) {
     if let Some((seq, epoch)) = id {
         let _ = writeln!(out, "id: {seq}@{epoch}");
     }

@@ -940,6 +940,23 @@ pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
     Ok(Some(body))
 }
 
+/// One entity in the wire encoding, on its own (the durable store keeps the view so).
+pub(crate) fn encode_entity(e: &Entity) -> Vec<u8> {
+    let mut w = FrameWriter {
+        buf: Vec::with_capacity(128),
+    };
+    w.entity(e);
+    w.buf
+}
+
+/// Reads back what [`encode_entity`] wrote; anything else is an error.
+pub(crate) fn decode_entity(bytes: &[u8]) -> Result<Entity, WireError> {
+    let mut r = Reader::new(bytes);
+    let e = r.entity()?;
+    r.finish()?;
+    Ok(e)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,11 +15,25 @@
 //! | `nova-legacy` | `compute.instance.*`, flat payload | `nova.instance` |
 //! | `heat` | `orchestration.stack.*` | `heat.stack` |
 //!
-//! `instance.delete.end`, `compute.instance.delete.end` and
-//! `orchestration.stack.delete.end` are deletions; every other event of a family is an
-//! upsert of the entity as the payload describes it. Every entity carries the message's
-//! `timestamp` as its source timestamp, so the host's baseline drops a message older than
-//! what it holds (and a late message about a deleted entity cannot resurrect it).
+//! A message is a deletion when its event says so or when its payload says the entity is
+//! deleted, whatever its event type; every other event of a family is an upsert of the
+//! entity as the payload describes it:
+//!
+//! | family | deletion |
+//! |---|---|
+//! | `nova-versioned` | `instance.delete.end`, or any `instance.*` whose `state` is `deleted` or `soft-delete` (`instance.update`, `instance.soft_delete.end`, `instance.exists`, ...) |
+//! | `nova-legacy` | `compute.instance.delete.end`, or any `compute.instance.*` whose `state` is `deleted` or `soft-delete` |
+//! | `heat` | `orchestration.stack.delete.end`, or any `orchestration.stack.*` whose `state` is `DELETE_COMPLETE` |
+//!
+//! (The shared models' `is_deleted` decide: `nova_instance::DELETED_VM_STATES`,
+//! `heat_stack::DELETED_STATUS`.) A real Nova sends such messages after `delete.end`: with
+//! `notify_on_state_change` set, the compute's periodic `_run_pending_deletes` (every
+//! `[DEFAULT] instance_delete_interval`) saves each deleted instance again, which sends an
+//! `instance.update` / `compute.instance.update` with state `deleted`, timestamped after
+//! the deletion. As an upsert it would re-create the entity; as a deletion it leaves the
+//! baseline's tombstone as it is. Every entity carries the message's `timestamp` as its
+//! source timestamp, so the host's baseline drops a message older than what it holds (and
+//! a late message about a deleted entity cannot resurrect it).
 //!
 //! What an entity holds:
 //! - `nova.instance`: the shared model of `synchronizer_openstack::nova_instance`, the
@@ -438,12 +452,15 @@ fn parse_payload<'a, T: Deserialize<'a>>(payload: &'a RawValue, what: &str) -> R
     serde_json::from_str(payload.get()).map_err(|e| format!("{what} payload does not parse: {e}"))
 }
 
-/// A `nova.instance` change: the shared model's entity, stamped with the message's time.
-fn instance_change(delete: bool, mut instance: NovaInstance<'_>, at_us: i64) -> Change {
+/// A `nova.instance` change: the shared model's entity, stamped with the message's time;
+/// a deletion when the event is one (`delete_event`) or the payload says the instance is
+/// deleted.
+fn instance_change(delete_event: bool, mut instance: NovaInstance<'_>, at_us: i64) -> Change {
     // A notification carries the vm and task states; the API's status is made of them.
     let status = status_from_state(instance.vm_state, instance.task_state);
     instance.status = Some(status);
     instance.updated_us = Some(at_us);
+    let delete = delete_event || instance.is_deleted();
     let e = instance.into_entity();
     if delete {
         Change::Delete(e)
@@ -526,7 +543,7 @@ fn heat(event_type: &str, payload: &RawValue, at_us: i64) -> Result<Change, Stri
     if id.is_empty() {
         return Err(format!("`stack_identity` {identity:?} names no stack id"));
     }
-    let e = StackModel {
+    let stack = StackModel {
         id,
         name: text(&p.stack_name),
         status: text(&p.state),
@@ -538,9 +555,10 @@ fn heat(event_type: &str, payload: &RawValue, at_us: i64) -> Result<Change, Stri
         tags: p.tags.as_ref(),
         comprises: Vec::new(),
         updated_us: Some(at_us),
-    }
-    .into_entity();
-    if event_type == "orchestration.stack.delete.end" {
+    };
+    let delete = event_type == "orchestration.stack.delete.end" || stack.is_deleted();
+    let e = stack.into_entity();
+    if delete {
         Ok(Change::Delete(e))
     } else {
         Ok(Change::Upsert(e))

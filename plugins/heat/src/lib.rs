@@ -34,6 +34,10 @@
 //! the token's own project shows another project's stack, that listing is taken as
 //! complete and no other project is listed; stacks are deduplicated by id either way.
 //!
+//! Should Heat list a stack in `DELETE_COMPLETE` (its listing normally hides deleted
+//! stacks), it is left out and its resources are not asked for, so the baseline deletes
+//! it and its relations: it is never reported as an entity in that state.
+//!
 //! Failure semantics: any failure to list the stacks, or the resources of a stack, fails
 //! the snapshot (the host then deletes nothing and retries with backoff), because a stack
 //! without its resources would be reported as changed. A stack whose resources answer
@@ -235,12 +239,7 @@ impl HeatPlugin {
                 message: "Keystone truncated the project list (its `list_limit`): raise `[resource] list_limit` in keystone.conf".into(),
             });
         }
-        Ok(projects
-            .projects
-            .into_iter()
-            .filter(|p| !p.is_domain)
-            .map(|p| p.id)
-            .collect())
+        Ok(project_ids(projects))
     }
 
     /// The stacks of every project, listed under each project's URL. Heat 24 answers an
@@ -385,8 +384,9 @@ impl HeatPlugin {
             .await
             .map_err(fail)?;
         let root = heat_root(&endpoint);
-        let stacks = self.stacks(&endpoint, &root).await?;
+        let mut stacks = self.stacks(&endpoint, &root).await?;
         let total = stacks.len();
+        stacks.retain(|s| !s.is_deleted());
         let entities: Vec<Option<Entity>> = futures::stream::iter(stacks)
             .map(|stack| {
                 let (root, endpoint) = (&root, &endpoint);
@@ -403,13 +403,64 @@ impl HeatPlugin {
         tracing::debug!(
             instance = %self.instance,
             stacks = entities.len(),
-            gone = total - entities.len(),
+            gone_or_deleted = total - entities.len(),
             per_project = self.fell_back.load(Ordering::Relaxed) || self.config.stack_listing == StackListing::PerProject,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "Heat snapshot collected"
         );
         Ok(Snapshot::complete(entities))
     }
+}
+
+/// The page parsing and entity building of the collector, for the fuzz targets in
+/// `fuzz/` (not part of the API): each takes answers' bodies as the collector receives
+/// them and goes through the same types and conversions.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// A page of `GET /v1/{project}/stacks` read at `page_url`, each stack comprising the
+    /// resources of `resources` (a `GET .../resources` body; the default resource types):
+    /// the entities, as a snapshot has them, and the marker of the next page.
+    pub fn stacks_page(
+        page_url: &Url,
+        stacks: &[u8],
+        resources: &[u8],
+    ) -> Result<(Vec<Entity>, Option<String>), String> {
+        let page: StacksPage = serde_json::from_slice(stacks).map_err(|e| e.to_string())?;
+        let next = Pager::new()
+            .next(page_url, &page.links)
+            .map_err(|e| e.to_string())?;
+        let resources: ApiResources =
+            serde_json::from_slice(resources).map_err(|e| e.to_string())?;
+        let types = heat_stack::resource_types(&BTreeMap::new());
+        let relations = heat_stack::comprises(&resources.resources, &types);
+        let entities = page
+            .stacks
+            .iter()
+            .filter(|s| !s.is_deleted())
+            .map(|s| s.to_entity(relations.clone()))
+            .collect();
+        Ok((entities, next))
+    }
+
+    /// The project ids of a Keystone `GET /v3/projects` answer, as the per-project
+    /// listing takes them.
+    pub fn projects(body: &[u8]) -> Result<Vec<String>, String> {
+        serde_json::from_slice(body)
+            .map(project_ids)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The ids of the projects (not domains) of a Keystone project list.
+fn project_ids(projects: Projects) -> Vec<String> {
+    projects
+        .projects
+        .into_iter()
+        .filter(|p| !p.is_domain)
+        .map(|p| p.id)
+        .collect()
 }
 
 impl Plugin for HeatPlugin {

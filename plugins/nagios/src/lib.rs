@@ -7,7 +7,7 @@
 //! - [`html`]: the `status.cgi?host=all&limit=0` page of Nagios 3 and 4;
 //! - [`json`]: Nagios 4's `statusjson.cgi` `servicelist` and `hostlist` answers;
 //! - [`rules`]: Nagios host name → entity key of the resource, and the alarms with their
-//!   ids and resource keys.
+//!   ids (local to one Nagios; [`plugin`] scopes them) and resource keys.
 //!
 //! A page that is not a complete, successful status answer (an error or login page,
 //! truncated HTML or JSON, a table of another shape) is an error, never an empty list, so

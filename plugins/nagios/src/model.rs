@@ -276,10 +276,11 @@ impl ServiceStatus {
         self.service.as_deref().unwrap_or(&self.host)
     }
 
-    /// A native id unique within one Nagios: `host;service` for a service, `host` for a
-    /// host state. `;` cannot occur in Nagios object names (it starts a comment in the
-    /// object files and separates the fields of external commands), so two different
-    /// entries never share an id.
+    /// An id unique within one Nagios: `host;service` for a service, `host` for a host
+    /// state. `;` cannot occur in Nagios object names (it starts a comment in the object
+    /// files and separates the fields of external commands), so two different entries
+    /// never share an id. The collector scopes it with the Nagios's name
+    /// ([`crate::plugin::alarm_id`]), since two Nagios servers may both have a `compute-1`.
     pub fn native_id(&self) -> String {
         match &self.service {
             Some(service) => {

@@ -4,6 +4,13 @@
 //! ([`crate::rules`]). Services in OK and hosts UP are absent from the snapshot, so an
 //! alarm that clears is reported deleted.
 //!
+//! Nagios names are local to one Nagios server, so every alarm's native id is scoped
+//! ("Keys" in the SDK docs): `<scope>/<host>;<service>`, or `<scope>/<host>` for a host's
+//! own state, where `scope` is the instance's config option of that name and defaults to
+//! the instance's name. Two instances reading Nagios servers that monitor hosts of the
+//! same name report distinct alarms. The relation `on` points at the resource's key as
+//! the rules build it, unscoped (`nova.host:compute-1`).
+//!
 //! A page that is not a complete status answer fails the snapshot: the host deletes
 //! nothing and retries with backoff. Errors name the URL and the HTTP status; the
 //! password is never logged.
@@ -60,6 +67,11 @@ pub struct Config {
     /// How Nagios host names map to the resources alarms are `on`.
     #[serde(default)]
     pub host_rules: HostRulesConfig,
+    /// The name of this Nagios in the alarms' native ids (`<scope>/<host>;<service>`);
+    /// default: the instance's name. Set it to keep the keys when renaming the instance.
+    /// Must not be empty nor contain `/`.
+    #[serde(default)]
+    pub scope: Option<String>,
 }
 
 fn default_timeout() -> Duration {
@@ -73,6 +85,7 @@ pub struct Nagios {
     source: Source,
     auth: Option<(String, String)>,
     rules: HostRules,
+    scope: String,
 }
 
 /// The entity type of Nagios alarms (Vitrage's name).
@@ -103,6 +116,21 @@ impl Plugin for Nagios {
             return Err(field("url", &"must be an http or https URL"));
         }
         let rules = HostRules::new(&config.host_rules).map_err(|e| field("host_rules", &e))?;
+        let scope = match config.scope {
+            Some(scope) => {
+                check_scope(&scope).map_err(|e| field("scope", &e))?;
+                scope
+            }
+            None => {
+                check_scope(&ctx.instance).map_err(|e| {
+                    field(
+                        "scope",
+                        &format!("the instance's name is the default scope, and {e}: set `scope`"),
+                    )
+                })?;
+                ctx.instance.clone()
+            }
+        };
         let password = match (&config.password, &config.password_file) {
             (Some(_), Some(_)) => {
                 return Err(field(
@@ -140,13 +168,14 @@ impl Plugin for Nagios {
             .build()
             .map_err(|e| Error::failed(format!("HTTP client: {e}")))?;
         let base = config.url.trim_end_matches('/').to_owned();
-        tracing::info!(url = %base, source = ?config.source, auth = auth.is_some(), "nagios collector ready");
+        tracing::info!(url = %base, source = ?config.source, scope = %scope, auth = auth.is_some(), "nagios collector ready");
         Ok(Nagios {
             client,
             base,
             source: config.source,
             auth,
             rules,
+            scope,
         })
     }
 
@@ -213,20 +242,43 @@ impl Nagios {
 
     /// The alarm entities of a status list.
     pub fn entities(&self, statuses: &[ServiceStatus]) -> Vec<Entity> {
-        to_entities(&self.rules, statuses)
+        to_entities(&self.scope, &self.rules, statuses)
     }
 }
 
-/// The alarm entities of a status list, related by `rules`. The volatile parts of a
-/// status (the duration text, the last check time) are kept out of the content, so that
-/// an alarm is updated only when its state, output or resource changes.
-pub fn to_entities(rules: &HostRules, statuses: &[ServiceStatus]) -> Vec<Entity> {
+/// Why a scope cannot be used: empty, or with a `/` (which ends the scope in an id).
+fn check_scope(scope: &str) -> Result<(), &'static str> {
+    if scope.is_empty() {
+        Err("it is empty")
+    } else if scope.contains('/') {
+        Err("it contains `/`")
+    } else {
+        Ok(())
+    }
+}
+
+/// The native id of an alarm of Nagios `scope`: `<scope>/<local id>`, the local id being
+/// [`ServiceStatus::native_id`] (`host;service` or `host`). The scope has no `/`, so the
+/// first `/` ends it and two different (scope, local id) pairs never share an id.
+pub fn alarm_id(scope: &str, local_id: &str) -> String {
+    let mut id = String::with_capacity(scope.len() + 1 + local_id.len());
+    id.push_str(scope);
+    id.push('/');
+    id.push_str(local_id);
+    id
+}
+
+/// The alarm entities of a status list of the Nagios named `scope`, related by `rules`.
+/// The volatile parts of a status (the duration text, the last check time) are kept out
+/// of the content, so that an alarm is updated only when its state, output or resource
+/// changes.
+pub fn to_entities(scope: &str, rules: &HostRules, statuses: &[ServiceStatus]) -> Vec<Entity> {
     rules
         .map_alarms(statuses)
         .into_iter()
         .map(|a| {
             let s = a.status;
-            let mut e = Entity::alarm(ENTITY_TYPE, &a.native_id)
+            let mut e = Entity::alarm(ENTITY_TYPE, &alarm_id(scope, &a.native_id))
                 .with_name(s.name())
                 .with_state(s.state.as_str())
                 .with_relation(Relation::to("on", a.resource_key))
@@ -259,4 +311,112 @@ fn describe(e: &reqwest::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::AlarmState;
+
+    fn nagios(instance: &str, config: serde_json::Value) -> Result<Nagios, Error> {
+        let config: Config = serde_json::from_value(config).map_err(Error::config)?;
+        Nagios::new(
+            config,
+            &Context {
+                instance: instance.into(),
+            },
+        )
+    }
+
+    fn ids(n: &Nagios) -> Vec<(String, String)> {
+        let statuses = vec![
+            ServiceStatus::new("compute-1", Some("CPU load".into()), AlarmState::Warning),
+            ServiceStatus::new("compute-2", None, AlarmState::Down),
+        ];
+        n.entities(&statuses)
+            .iter()
+            .map(|e| (e.key(), e.relations()[0].other().to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn alarm_ids_are_scoped_by_the_instance_name_and_relations_are_not() {
+        let n = nagios(
+            "nagios-east",
+            serde_json::json!({"url": "http://n/cgi-bin"}),
+        )
+        .unwrap();
+        assert_eq!(
+            ids(&n),
+            vec![
+                (
+                    "nagios:nagios-east/compute-1;CPU load".to_owned(),
+                    "nova.host:compute-1".to_owned()
+                ),
+                (
+                    "nagios:nagios-east/compute-2".to_owned(),
+                    "nova.host:compute-2".to_owned()
+                ),
+            ]
+        );
+        // The default is the SDK's scoping.
+        let ctx = Context {
+            instance: "nagios-east".into(),
+        };
+        assert_eq!(
+            n.entities(&[ServiceStatus::new(
+                "h",
+                Some("s".into()),
+                AlarmState::Critical
+            )])[0]
+                .id(),
+            ctx.scoped_id("h;s")
+        );
+    }
+
+    #[test]
+    fn a_configured_scope_replaces_the_instance_name() {
+        let n = nagios(
+            "renamed",
+            serde_json::json!({"url": "http://n/cgi-bin", "scope": "nagios-east"}),
+        )
+        .unwrap();
+        assert_eq!(ids(&n)[0].0, "nagios:nagios-east/compute-1;CPU load");
+        let other = nagios(
+            "renamed",
+            serde_json::json!({"url": "http://n/cgi-bin", "scope": "nagios-west"}),
+        )
+        .unwrap();
+        assert_ne!(ids(&n), ids(&other), "two scopes, two keys per alarm");
+    }
+
+    #[test]
+    fn scopes_that_would_make_ids_ambiguous_are_refused() {
+        let e = nagios("n", serde_json::json!({"url": "http://n/", "scope": "a/b"}))
+            .err()
+            .expect("refused");
+        assert_eq!(e.kind(), synchronizer_plugin_api::ErrorKind::Config);
+        assert_eq!(
+            e.message(),
+            "instance `n`: invalid config field `scope`: it contains `/`"
+        );
+        let e = nagios("n", serde_json::json!({"url": "http://n/", "scope": ""}))
+            .err()
+            .expect("refused");
+        assert!(e.message().contains("it is empty"), "{e}");
+        let e = nagios("east/1", serde_json::json!({"url": "http://n/"}))
+            .err()
+            .expect("refused");
+        assert_eq!(
+            e.message(),
+            "instance `east/1`: invalid config field `scope`: the instance's name is the default scope, and it contains `/`: set `scope`"
+        );
+        assert!(
+            nagios(
+                "east/1",
+                serde_json::json!({"url": "http://n/", "scope": "east-1"})
+            )
+            .is_ok()
+        );
+    }
 }

@@ -18,7 +18,10 @@
 //!   and `metadata`. Everything else is left out: what the notifications do not carry
 //!   (`OS-EXT-STS:power_state`, `addresses`, `fault`, `tags`, `locked`, `host_status`,
 //!   volumes, ...) would make every poll after a notification an update; `user_data` can
-//!   hold secrets; `updated` is the source timestamp.
+//!   hold secrets; `updated` is the source timestamp. A server Nova lists as deleted
+//!   (status `DELETED`, for a moment while it is deleted, or `SOFT_DELETED`; vm state
+//!   `deleted` / `soft-delete`) is left out of the snapshot, so the baseline deletes it:
+//!   it is never reported as an entity in state `DELETED`.
 //! - `nova.host`: `GET /os-services?binary=nova-compute`. Key `nova.host:<host>`; state =
 //!   the service's `state` (`up` / `down`); `status`, `disabled_reason`, `forced_down`,
 //!   `zone` and the service `id` in the properties; source timestamp = `updated_at`; the
@@ -243,10 +246,7 @@ impl NovaPlugin {
             let page: ServersPage = self.session.get_json(&url, &self.headers).await?;
             let next = pager.next(&url, &page.servers_links)?;
             conversions.push(tokio::task::spawn_blocking(move || {
-                page.servers
-                    .into_iter()
-                    .map(ApiServer::into_entity)
-                    .collect::<Vec<Entity>>()
+                live_servers(page.servers)
             }));
             match next {
                 Some(marker) => url = self.servers_url(endpoint, Some(&marker)),
@@ -277,58 +277,13 @@ impl NovaPlugin {
         let mut url = join_path(endpoint, &["os-services"]);
         url.query_pairs_mut().append_pair("binary", "nova-compute");
         let services: Services = self.session.get_json(&url, &self.headers).await?;
-        let mut seen = std::collections::HashSet::new();
-        let mut out = Vec::with_capacity(services.services.len());
-        for s in services.services {
-            if s.binary.as_deref().is_some_and(|b| b != "nova-compute") {
-                continue;
-            }
-            if !seen.insert(s.host.clone()) {
-                tracing::warn!(host = %s.host, "two nova-compute services report the same host; keeping the first");
-                continue;
-            }
-            let mut e = Entity::resource(HOST, &s.host).with_name(s.host.as_str());
-            if let Some(state) = &s.state {
-                e = e.with_state(state.as_str());
-            }
-            if let Some(zone) = &s.zone {
-                e = e.with_relation(Relation::from("contains", format!("{ZONE}:{zone}")));
-            }
-            if let Some(ts) = s.updated_at.as_deref().and_then(parse_timestamp) {
-                e = e.with_source_updated_micros(ts);
-            }
-            out.push(e.with_properties(serde_json::json!({
-                "service_id": s.id,
-                "binary": s.binary,
-                "zone": s.zone,
-                "status": s.status,
-                "state": s.state,
-                "disabled_reason": s.disabled_reason,
-                "forced_down": s.forced_down,
-            })));
-        }
-        Ok(out)
+        Ok(host_entities(services))
     }
 
     async fn zones(&self, endpoint: &Url) -> Listing {
         let url = join_path(endpoint, &["os-availability-zone", "detail"]);
         let zones: Zones = self.session.get_json(&url, &self.headers).await?;
-        Ok(zones
-            .zones
-            .into_iter()
-            .filter(|z| z.name != "internal")
-            .map(|z| {
-                let available = z.state.is_some_and(|s| s.available);
-                Entity::resource(ZONE, &z.name)
-                    .with_name(z.name.as_str())
-                    .with_state(if available {
-                        "available"
-                    } else {
-                        "unavailable"
-                    })
-                    .with_properties(serde_json::json!({ "available": available }))
-            })
-            .collect())
+        Ok(zone_entities(zones))
     }
 
     /// Explains a permanent failure of `entity_type` to the operator.
@@ -433,6 +388,114 @@ impl NovaPlugin {
             "Nova snapshot collected"
         );
         Ok(snapshot)
+    }
+}
+
+/// The entities of a page of servers, without the servers Nova lists as deleted (see the
+/// crate docs).
+fn live_servers(servers: Vec<ApiServer>) -> Vec<Entity> {
+    let listed = servers.len();
+    let entities: Vec<Entity> = servers
+        .into_iter()
+        .filter(|s| !s.is_deleted())
+        .map(ApiServer::into_entity)
+        .collect();
+    if entities.len() < listed {
+        tracing::debug!(
+            deleted = listed - entities.len(),
+            "servers listed as deleted left out"
+        );
+    }
+    entities
+}
+
+/// The `nova.host` entities of `GET /os-services?binary=nova-compute`.
+fn host_entities(services: Services) -> Vec<Entity> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(services.services.len());
+    for s in services.services {
+        if s.binary.as_deref().is_some_and(|b| b != "nova-compute") {
+            continue;
+        }
+        if !seen.insert(s.host.clone()) {
+            tracing::warn!(host = %s.host, "two nova-compute services report the same host; keeping the first");
+            continue;
+        }
+        let mut e = Entity::resource(HOST, &s.host).with_name(s.host.as_str());
+        if let Some(state) = &s.state {
+            e = e.with_state(state.as_str());
+        }
+        if let Some(zone) = &s.zone {
+            e = e.with_relation(Relation::from("contains", format!("{ZONE}:{zone}")));
+        }
+        if let Some(ts) = s.updated_at.as_deref().and_then(parse_timestamp) {
+            e = e.with_source_updated_micros(ts);
+        }
+        out.push(e.with_properties(serde_json::json!({
+            "service_id": s.id,
+            "binary": s.binary,
+            "zone": s.zone,
+            "status": s.status,
+            "state": s.state,
+            "disabled_reason": s.disabled_reason,
+            "forced_down": s.forced_down,
+        })));
+    }
+    out
+}
+
+/// The `nova.zone` entities of `GET /os-availability-zone/detail`, without `internal`.
+fn zone_entities(zones: Zones) -> Vec<Entity> {
+    zones
+        .zones
+        .into_iter()
+        .filter(|z| z.name != "internal")
+        .map(|z| {
+            let available = z.state.is_some_and(|s| s.available);
+            Entity::resource(ZONE, &z.name)
+                .with_name(z.name.as_str())
+                .with_state(if available {
+                    "available"
+                } else {
+                    "unavailable"
+                })
+                .with_properties(serde_json::json!({ "available": available }))
+        })
+        .collect()
+}
+
+/// The page parsing and entity building of the collector, for the fuzz targets in
+/// `fuzz/` (not part of the API): each takes an answer's body as the collector receives
+/// it and goes through the same types and conversions.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// A page of `GET /servers/detail` read at `page_url`: its entities and the marker of
+    /// the next page.
+    pub fn servers_page(
+        page_url: &Url,
+        body: &[u8],
+    ) -> Result<(Vec<Entity>, Option<String>), String> {
+        let page: ServersPage = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+        let next = Pager::new()
+            .next(page_url, &page.servers_links)
+            .map_err(|e| e.to_string())?;
+        Ok((live_servers(page.servers), next))
+    }
+
+    /// The entities of a `GET /os-services?binary=nova-compute` answer.
+    pub fn services(body: &[u8]) -> Result<Vec<Entity>, String> {
+        serde_json::from_slice(body)
+            .map(host_entities)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The entities of a `GET /os-availability-zone/detail` answer.
+    pub fn zones(body: &[u8]) -> Result<Vec<Entity>, String> {
+        serde_json::from_slice(body)
+            .map(zone_entities)
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -5,9 +5,9 @@
 //! are up, and it fails when `SYNCHRONIZER_REAL_NOVA` is not set.
 
 mod common;
+mod real_api;
 
-use std::time::{Duration, Instant};
-
+use real_api::{Api, poll};
 use serde_json::{Value, json};
 use synchronizer::{Action, Event, SubscribeOptions, Synchronizer};
 use synchronizer_nova::{Config, NovaPlugin};
@@ -19,120 +19,6 @@ fn config(nova: &str, token: &str) -> Value {
         "cloud": {"auth": {"token": token}, "endpoint_override": nova, "timeout": "30s"},
         "page_size": 1
     })
-}
-
-struct Api {
-    http: reqwest::Client,
-    nova: String,
-}
-
-impl Api {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.nova))
-            .header("x-auth-token", "admin:admin")
-            .header("openstack-api-version", "compute 2.53");
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let r = req.send().await.unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn server(&self, id: &str) -> Option<Value> {
-        let (status, body) = self
-            .call(reqwest::Method::GET, &format!("/servers/{id}"), None)
-            .await;
-        (status == 200).then(|| body["server"].clone())
-    }
-
-    async fn id_of(&self, name: &str) -> String {
-        let (_, body) = self
-            .call(
-                reqwest::Method::GET,
-                &format!("/servers?all_tenants=1&name=^{name}$"),
-                None,
-            )
-            .await;
-        body["servers"][0]["id"].as_str().unwrap().to_owned()
-    }
-
-    /// Sends `action` until the server reaches `want`: on this sqlite-backed lab Nova an
-    /// action sent right after the previous one settled is now and then "preempted"
-    /// (UnexpectedTaskStateError in nova-compute) and dropped.
-    async fn act_until(&self, id: &str, action: Value, want: &str) {
-        for _ in 0..3 {
-            let (status, body) = self
-                .call(
-                    reqwest::Method::POST,
-                    &format!("/servers/{id}/action"),
-                    Some(action.clone()),
-                )
-                .await;
-            // 409: still busy with the previous action; 500 "OperationalError": sqlite
-            // was locked (this lab runs Nova on sqlite). Both: try again.
-            let locked = status == 500 && body.to_string().contains("OperationalError");
-            assert!(status == 202 || status == 409 || locked, "{status} {body}");
-            if self.reaches(id, Some(want), Duration::from_secs(30)).await {
-                return;
-            }
-        }
-        panic!("{id} never became {want} after {action}");
-    }
-
-    async fn reaches(&self, id: &str, want: Option<&str>, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        loop {
-            let s = self.server(id).await;
-            let status = s
-                .as_ref()
-                .and_then(|s| s["status"].as_str().map(str::to_owned));
-            let task = s.as_ref().map(|s| s["OS-EXT-STS:task_state"].clone());
-            if status.as_deref() == want && task.is_none_or(|t| t.is_null()) {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    }
-
-    async fn wait_status(&self, id: &str, want: Option<&str>) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let s = self.server(id).await;
-            let status = s
-                .as_ref()
-                .and_then(|s| s["status"].as_str().map(str::to_owned));
-            let task = s.as_ref().map(|s| s["OS-EXT-STS:task_state"].clone());
-            if status.as_deref() == want && task.is_none_or(|t| t.is_null()) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{id}: {status:?} never became {want:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    }
-}
-
-/// A poll through the host. This lab Nova runs on sqlite and now and then answers a
-/// request with a 500 ("database is locked"): such a poll fails and changes nothing (that
-/// is the point of the failure semantics), so it is simply repeated.
-async fn poll(sync: &Synchronizer) {
-    for attempt in 1..=5 {
-        match sync.get_all(&TYPES).await {
-            Ok(_) => return,
-            Err(e) if attempt < 5 && e.to_string().contains("HTTP 500") => {
-                eprintln!("poll failed, retrying: {e}");
-            }
-            Err(e) => panic!("{e}"),
-        }
-    }
 }
 
 fn drain(sub: &mut synchronizer::Subscription) -> Vec<(Action, String, Option<String>)> {
@@ -152,11 +38,8 @@ fn drain(sub: &mut synchronizer::Subscription) -> Vec<(Action, String, Option<St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the real services: scripts/test.sh starts them and runs it with --ignored"]
 async fn a_real_nova() {
-    let Ok(nova) = std::env::var("SYNCHRONIZER_REAL_NOVA") else {
-        panic!(
-            "SYNCHRONIZER_REAL_NOVA is not set: start the services with scripts/openstack/test-real.sh (scripts/test.sh does)"
-        );
-    };
+    let api = Api::from_env();
+    let nova = api.nova.clone();
     let all: Vec<String> = TYPES.iter().map(|t| (*t).to_owned()).collect();
 
     // A user without the admin role: Nova's policy refuses all_tenants.
@@ -181,10 +64,6 @@ async fn a_real_nova() {
     );
 
     // Start from the state nova.sh leaves: an earlier run may have stopped here.
-    let api = Api {
-        http: reqwest::Client::new(),
-        nova: nova.clone(),
-    };
     for name in ["vm-a1", "vm-a2", "vm-b1"] {
         let id = api.id_of(name).await;
         if api.server(&id).await.unwrap()["status"] == "SHUTOFF" {
@@ -258,14 +137,14 @@ token = "admin:admin"
     let sync = Synchronizer::start(synchronizer::Config::from_toml(&toml).unwrap())
         .await
         .unwrap();
-    poll(&sync).await;
+    poll(&sync, &TYPES).await;
     let mut sub = sync.subscribe(&SubscribeOptions::types(&TYPES));
     let a2 = api.id_of("vm-a2").await;
     let key = format!("nova.instance:{a2}");
 
     api.act_until(&a2, json!({"os-stop": null}), "SHUTOFF")
         .await;
-    poll(&sync).await;
+    poll(&sync, &TYPES).await;
     assert_eq!(
         drain(&mut sub),
         vec![(Action::Updated, key.clone(), Some("SHUTOFF".into()))]
@@ -273,7 +152,7 @@ token = "admin:admin"
 
     api.act_until(&a2, json!({"os-start": null}), "ACTIVE")
         .await;
-    poll(&sync).await;
+    poll(&sync, &TYPES).await;
     assert_eq!(
         drain(&mut sub),
         vec![(Action::Updated, key.clone(), Some("ACTIVE".into()))]
@@ -284,18 +163,10 @@ token = "admin:admin"
         .as_str()
         .unwrap()
         .to_owned();
-    let name = format!("probe-{}", std::process::id());
-    let (status, created) = api
-        .call(
-            reqwest::Method::POST,
-            "/servers",
-            Some(json!({"server": {"name": name, "imageRef": image, "flavorRef": "1", "networks": "none"}})),
-        )
+    let probe = api
+        .boot(&format!("probe-{}", std::process::id()), &image)
         .await;
-    assert_eq!(status, 202, "{created}");
-    let probe = created["server"]["id"].as_str().unwrap().to_owned();
-    api.wait_status(&probe, Some("ACTIVE")).await;
-    poll(&sync).await;
+    poll(&sync, &TYPES).await;
     assert_eq!(
         drain(&mut sub),
         vec![(
@@ -305,12 +176,8 @@ token = "admin:admin"
         )]
     );
 
-    let (status, _) = api
-        .call(reqwest::Method::DELETE, &format!("/servers/{probe}"), None)
-        .await;
-    assert_eq!(status, 204);
-    api.wait_status(&probe, None).await;
-    poll(&sync).await;
+    api.delete(&probe).await;
+    poll(&sync, &TYPES).await;
     assert_eq!(
         drain(&mut sub),
         vec![(

@@ -25,6 +25,11 @@
 //!   (notification: `username`; Heat fills both from the stack's `username`) and `tags`
 //!   (a list, `[]` for none: the listing writes `null`, the notification `[]`).
 //!
+//! A stack in [`DELETED_STATUS`] (`DELETE_COMPLETE`) is no entity, whatever the source:
+//! the collector leaves it out of its snapshot (and does not ask for its resources), the
+//! bus plugin turns any notification that says it into a deletion. Its `comprises`
+//! relations go with it.
+//!
 //! Left out because one source lacks them or writes them otherwise (checked on the
 //! captures of a real Heat 24.1, `plugins/heat/tests/fixtures` and
 //! `plugins/bus/tests/fixtures/heat-24`): `description` (the listing always writes `""`,
@@ -55,6 +60,15 @@ pub const DEFAULT_RESOURCE_TYPES: [(&str, &str); 4] = [
     ("OS::Neutron::Net", "neutron.network"),
     ("OS::Neutron::Port", "neutron.port"),
 ];
+
+/// The status of a stack Heat has deleted (`stack_status` in the API, `state` in a
+/// notification).
+pub const DELETED_STATUS: &str = "DELETE_COMPLETE";
+
+/// Whether a stack in `status` is deleted.
+pub fn is_deleted(status: Option<&str>) -> bool {
+    status == Some(DELETED_STATUS)
+}
 
 /// The properties of every `heat.stack` entity, whichever source built it.
 pub const PROPERTIES: &[&str] = &[
@@ -187,6 +201,11 @@ fn time(stack: &str, field: &str, t: Option<&str>) -> Value {
 }
 
 impl HeatStack<'_> {
+    /// Whether the source says the stack is deleted ([`is_deleted`]).
+    pub fn is_deleted(&self) -> bool {
+        is_deleted(self.status)
+    }
+
     /// The `heat.stack` entity (see the module docs for its shape).
     pub fn into_entity(self) -> Entity {
         let mut e = Entity::resource(STACK, self.id).with_name(self.name.unwrap_or_default());
@@ -258,6 +277,12 @@ pub struct ApiStack {
 }
 
 impl ApiStack {
+    /// Whether Heat lists the stack as deleted ([`is_deleted`]): such a stack is no
+    /// entity.
+    pub fn is_deleted(&self) -> bool {
+        is_deleted(self.stack_status.as_deref())
+    }
+
     /// The stack's `heat.stack` entity with the relations `comprises`: state =
     /// `stack_status`, source timestamp = `updated_time`, else `creation_time`.
     pub fn to_entity(&self, comprises: Vec<String>) -> Entity {
@@ -344,6 +369,31 @@ mod tests {
                 "tags": ["a", "b"],
             })
         );
+    }
+
+    #[test]
+    fn only_delete_complete_is_deleted() {
+        for (status, deleted) in [
+            (Some("DELETE_COMPLETE"), true),
+            (Some("DELETE_IN_PROGRESS"), false),
+            (Some("DELETE_FAILED"), false),
+            (Some("CREATE_COMPLETE"), false),
+            (Some("delete_complete"), false),
+            (None, false),
+        ] {
+            assert_eq!(is_deleted(status), deleted, "{status:?}");
+            let notified = HeatStack {
+                id: "s",
+                status,
+                ..Default::default()
+            };
+            assert_eq!(notified.is_deleted(), deleted, "{status:?}");
+            let listed: ApiStack = serde_json::from_value(serde_json::json!({
+                "id": "s", "stack_name": "n", "stack_status": status
+            }))
+            .expect("parses");
+            assert_eq!(listed.is_deleted(), deleted, "{status:?}");
+        }
     }
 
     #[test]

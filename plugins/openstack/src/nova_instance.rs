@@ -23,6 +23,13 @@
 //!   fields that the API and both notification forms carry, normalised to one spelling:
 //!   empty strings are `null`, `created_at` is written `2026-11-25T08:37:35Z`.
 //!
+//! A server Nova has deleted is no entity: [`is_deleted`] says which servers those are,
+//! whatever the source (vm state `deleted` or `soft-delete`, status `DELETED` or
+//! `SOFT_DELETED`). The collector leaves them out of its snapshot and the bus plugin
+//! turns any notification about one into a deletion, so that no source ever reports a
+//! deleted server as an entity in state `DELETED` (which would re-create it after its
+//! deletion).
+//!
 //! Left out because one of the sources lacks them, so that the hashes can agree:
 //! `power_state` (legacy notifications have none), flavor id (the API from microversion
 //! 2.47 on has only the name), `launched_at` (notifications carry it with a precision the
@@ -55,6 +62,24 @@ pub const PROPERTIES: &[&str] = &[
     "created_at",
     "metadata",
 ];
+
+/// The vm states of a server Nova has deleted: `deleted`, and `soft-delete` (deleted,
+/// and reclaimed after `[DEFAULT] reclaim_instance_interval` unless restored first). These
+/// are the values of `nova.compute.vm_states` in Nova 30.3, which both the versioned
+/// payload's `state` and the legacy payload's `state` carry.
+pub const DELETED_VM_STATES: [&str; 2] = ["deleted", "soft-delete"];
+
+/// The API statuses of such servers (`status_from_state` of [`DELETED_VM_STATES`]).
+/// `GET /servers/detail` lists a server as `DELETED` for a moment while it is being
+/// deleted, `SOFT_DELETED` until it is reclaimed.
+pub const DELETED_STATUSES: [&str; 2] = ["DELETED", "SOFT_DELETED"];
+
+/// Whether a server with this vm state or this API status is deleted (either is enough;
+/// both may be unknown).
+pub fn is_deleted(vm_state: Option<&str>, status: Option<&str>) -> bool {
+    vm_state.is_some_and(|v| DELETED_VM_STATES.contains(&v))
+        || status.is_some_and(|s| DELETED_STATUSES.contains(&s))
+}
 
 /// What a source knows of one server. Text fields are as the source writes them; empty
 /// strings count as absent.
@@ -102,6 +127,11 @@ fn text(s: Option<&str>) -> Value {
 }
 
 impl NovaInstance<'_> {
+    /// Whether the source says the server is deleted ([`is_deleted`]).
+    pub fn is_deleted(&self) -> bool {
+        is_deleted(self.vm_state, self.status)
+    }
+
     /// The `nova.instance` entity (see the module docs for its shape).
     pub fn into_entity(self) -> Entity {
         let mut e = Entity::resource(INSTANCE, self.id).with_name(self.name.unwrap_or_default());
@@ -192,6 +222,12 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
+    /// Whether Nova lists the server as deleted ([`is_deleted`]): such a server is no
+    /// entity.
+    pub fn is_deleted(&self) -> bool {
+        is_deleted(self.vm_state.as_deref(), self.status.as_deref())
+    }
+
     /// The server's `nova.instance` entity: state = the API's `status`, source timestamp
     /// = `updated`.
     pub fn into_entity(self) -> Entity {
@@ -344,6 +380,49 @@ mod tests {
         ] {
             assert_eq!(status_from_state(vm, None), "UNKNOWN", "{vm:?}");
         }
+    }
+
+    #[test]
+    fn deleted_and_soft_deleted_servers_are_deleted_in_every_spelling_nova_uses() {
+        for (vm, status, deleted) in [
+            (Some("deleted"), None, true),
+            (Some("soft-delete"), None, true),
+            (None, Some("DELETED"), true),
+            (None, Some("SOFT_DELETED"), true),
+            (Some("deleted"), Some("DELETED"), true),
+            // Nova's API spells the status with an underscore, the vm state with a dash:
+            // neither spelling is the other's.
+            (Some("soft_deleted"), None, false),
+            (None, Some("SOFT-DELETE"), false),
+            (Some("active"), Some("ACTIVE"), false),
+            // While Nova deletes it, a server is still ACTIVE (task state `deleting`).
+            (Some("active"), None, false),
+            (Some("stopped"), Some("SHUTOFF"), false),
+            (Some("shelved_offloaded"), Some("SHELVED_OFFLOADED"), false),
+            (Some("error"), Some("ERROR"), false),
+            (None, None, false),
+        ] {
+            assert_eq!(is_deleted(vm, status), deleted, "{vm:?} / {status:?}");
+        }
+        for vm in DELETED_VM_STATES {
+            let status = status_from_state(Some(vm), None);
+            assert!(DELETED_STATUSES.contains(&status), "{vm} -> {status}");
+        }
+        let notified = NovaInstance {
+            id: "x",
+            vm_state: Some("soft-delete"),
+            ..Default::default()
+        };
+        assert!(notified.is_deleted());
+        let server = |status: &str, vm: &str| -> ApiServer {
+            serde_json::from_value(serde_json::json!({
+                "id": "x", "status": status, "OS-EXT-STS:vm_state": vm
+            }))
+            .expect("parses")
+        };
+        assert!(server("DELETED", "deleted").is_deleted());
+        assert!(server("SOFT_DELETED", "soft-delete").is_deleted());
+        assert!(!server("SHUTOFF", "stopped").is_deleted());
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! Driving the host's real `Hub` by hand, for the tests that check that two sources of
-//! one entity type agree in the baseline (`nova_agreement.rs`, `heat_agreement.rs`).
+//! one entity type agree in the baseline (`nova_agreement.rs`, `heat_agreement.rs`) and
+//! what messages that say "deleted" do to it (`real_nova_deletes.rs`).
 #![allow(dead_code)]
 
 use synchronizer::hub::Applied;
 use synchronizer::{Action, Event};
-use synchronizer_plugin_api::Entity;
+use synchronizer_plugin_api::{Change, Entity};
 use synchronizer_plugin_api::abi::{FfiPushed, FfiSnapshot, PushAction};
 
 /// A complete snapshot of `entities`.
@@ -21,6 +22,15 @@ pub fn upsert(e: Entity) -> Vec<FfiPushed> {
         action: PushAction::Upsert,
         entity: e,
     }]
+}
+
+/// One pushed change, as the bus plugin hands it to the host.
+pub fn push(change: Change) -> Vec<FfiPushed> {
+    let (action, entity) = match change {
+        Change::Upsert(e) => (PushAction::Upsert, e),
+        Change::Delete(e) => (PushAction::Delete, e),
+    };
+    vec![FfiPushed { action, entity }]
 }
 
 /// The changes the subscriber got since the last call, as `(action, id, state)`.

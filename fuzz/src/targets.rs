@@ -1,0 +1,413 @@
+//! One function per fuzz target, of the fuzzer's bytes. Each runs the real parser of one
+//! external input and sends every entity it yields through [`crate::check`]. A target
+//! returns quietly for input the code refuses with an error; it panics only on a
+//! finding (a panic in the code, or a check that fails).
+//!
+//! Where a target reads several inputs at once, they are separated by a NUL byte (which
+//! none of these text formats allows): `heat_pages` (stacks page, resources page),
+//! `host_config` (TOML, then `NAME=VALUE` environment variables), `static_yaml` (one YAML
+//! file each).
+
+use std::sync::{Mutex, OnceLock};
+
+use arbitrary::Unstructured;
+use axum::http::{HeaderValue, Uri};
+use url::Url;
+use synchronizer::isolation::wire::{FromChild, ToChild};
+use synchronizer_nagios::{HostRules, HostRulesConfig};
+
+use crate::{arb, check};
+
+/// Every target, by name (the names of `fuzz_targets/*.rs` and `corpus/*`).
+pub const ALL: &[(&str, fn(&[u8]))] = &[
+    ("nagios_html", nagios_html),
+    ("nagios_json", nagios_json),
+    ("bus_message", bus_message),
+    ("bus_notification", bus_notification),
+    ("nova_pages", nova_pages),
+    ("heat_pages", heat_pages),
+    ("openstack_time", openstack_time),
+    ("host_config", host_config),
+    ("static_yaml", static_yaml),
+    ("wire_from_child", wire_from_child),
+    ("wire_to_child", wire_to_child),
+    ("wire_roundtrip", wire_roundtrip),
+    ("http_query", http_query),
+    ("outputs", outputs),
+];
+
+fn split_nul(data: &[u8]) -> Vec<&[u8]> {
+    data.split(|b| *b == 0).collect()
+}
+
+/// The host rules the Nagios targets map with: the default, and rules with groups.
+fn nagios_rules() -> &'static [HostRules; 2] {
+    static RULES: OnceLock<[HostRules; 2]> = OnceLock::new();
+    RULES.get_or_init(|| {
+        let config: HostRulesConfig = serde_json::from_str(
+            r#"{"rules": [
+                {"pattern": "compute-(\\d+)", "key": "nova.host:node$1"},
+                {"pattern": "(?P<h>[a-z]+)\\.(?P<d>.+)", "key": "${d}/${h}/${name}/$0/$$"}
+            ], "default_key": "other:${nagios_host}"}"#,
+        )
+        .unwrap_or_else(|e| panic!("the fuzz target's own rules: {e}"));
+        let custom = HostRules::new(&config).unwrap_or_else(|e| panic!("rules: {e}"));
+        [HostRules::default(), custom]
+    })
+}
+
+fn nagios_statuses(statuses: &[synchronizer_nagios::ServiceStatus]) {
+    for s in statuses {
+        // What the plugin shows of a status in its logs and properties.
+        let _ = (s.native_id(), s.name(), s.is_alarm());
+        if let Some(t) = &s.last_check {
+            let _ = t.to_string();
+        }
+        if let Some(a) = &s.attempt {
+            let _ = a.to_string();
+        }
+    }
+    for rules in nagios_rules() {
+        check::entities(&synchronizer_nagios::plugin::to_entities(
+            "nagios-fuzz",
+            rules,
+            statuses,
+        ));
+    }
+}
+
+/// Nagios `status.cgi?host=all&limit=0` pages.
+pub fn nagios_html(data: &[u8]) {
+    if let Ok(statuses) = synchronizer_nagios::parse_status_page(data) {
+        nagios_statuses(&statuses);
+    }
+}
+
+/// Nagios `statusjson.cgi` answers, read as a `servicelist` and as a `hostlist`.
+pub fn nagios_json(data: &[u8]) {
+    for parse in [
+        synchronizer_nagios::parse_servicelist,
+        synchronizer_nagios::parse_hostlist,
+    ] {
+        if let Ok(list) = parse(data) {
+            nagios_statuses(&list.entries);
+        }
+    }
+}
+
+fn bus_interpret(body: &[u8]) {
+    use synchronizer_bus::mapping::{Families, Family, Interpretation, interpret};
+    for families in [
+        Families::all(),
+        Families::of(&[Family::NovaLegacy]),
+        Families::default(),
+    ] {
+        if let Ok(interpreted) = interpret(body, families) {
+            if let Interpretation::Change(change) = interpreted.interpretation {
+                check::pushed(&[change]);
+            }
+        }
+    }
+}
+
+/// AMQP message bodies as the bus plugin consumes them (the oslo `messagingv2` envelope,
+/// or a bare notification of the older `messaging` driver).
+pub fn bus_message(data: &[u8]) {
+    bus_interpret(data);
+}
+
+/// Notifications of every family the bus maps, as the input: each is interpreted bare
+/// and inside a `messagingv2` envelope (where it is a JSON string), so that the fuzzer
+/// mutates the notification rather than its escaping.
+pub fn bus_notification(data: &[u8]) {
+    bus_interpret(data);
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let envelope = serde_json::json!({"oslo.version": "2.0", "oslo.message": text});
+    bus_interpret(envelope.to_string().as_bytes());
+}
+
+fn page_url() -> &'static Url {
+    static URL: OnceLock<Url> = OnceLock::new();
+    URL.get_or_init(|| {
+        Url::parse("https://cloud.example:8774/v2.1/servers/detail?all_tenants=1&limit=2")
+            .unwrap_or_else(|e| panic!("the fuzz target's own URL: {e}"))
+    })
+}
+
+/// Nova's answers, each read as a `servers/detail` page, an `os-services` and an
+/// `os-availability-zone/detail` answer, through the collector's own types.
+pub fn nova_pages(data: &[u8]) {
+    use synchronizer_nova::fuzzing;
+    if let Ok((entities, _next)) = fuzzing::servers_page(page_url(), data) {
+        check::entities(&entities);
+    }
+    if let Ok(entities) = fuzzing::services(data) {
+        check::entities(&entities);
+    }
+    if let Ok(entities) = fuzzing::zones(data) {
+        check::entities(&entities);
+    }
+}
+
+/// A stacks page that lists one stack, for inputs that are a resources page only.
+const ONE_STACK: &[u8] = br#"{"stacks": [{"id": "5b0a1f3e-0000-4000-8000-000000000001", "stack_name": "s", "stack_status": "CREATE_COMPLETE", "creation_time": "2026-11-25T08:56:57Z", "updated_time": null, "tags": ["a"]}]}"#;
+/// A resources page with one mapped resource, for inputs that are a stacks page only.
+const ONE_RESOURCE: &[u8] = br#"{"resources": [{"resource_type": "OS::Nova::Server", "physical_resource_id": "e1"}]}"#;
+
+/// Heat's answers through the collector's types: `<stacks page>\0<resources page>`, or
+/// one body read as a stacks page, a resources page and a Keystone project list.
+pub fn heat_pages(data: &[u8]) {
+    use synchronizer_heat::fuzzing;
+    let parts = split_nul(data);
+    let pairs: Vec<(&[u8], &[u8])> = match parts.as_slice() {
+        [one] => vec![(*one, ONE_RESOURCE), (ONE_STACK, *one)],
+        [stacks, resources, ..] => vec![(*stacks, *resources)],
+        [] => Vec::new(),
+    };
+    for (stacks, resources) in pairs {
+        if let Ok((entities, _next)) = fuzzing::stacks_page(page_url(), stacks, resources) {
+            check::entities(&entities);
+        }
+    }
+    let _ = fuzzing::projects(data);
+}
+
+/// OpenStack timestamps (`plugins/openstack/src/time.rs`): what parses formats and parses
+/// back to the same time, and stamps an entity that goes through every output.
+pub fn openstack_time(data: &[u8]) {
+    use synchronizer_openstack::time::{format_isotime, format_timestamp, parse_timestamp};
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Some(us) = parse_timestamp(text) {
+        let written = format_timestamp(us);
+        assert_eq!(parse_timestamp(&written), Some(us), "{text:?} written {written:?}");
+        let whole = format_isotime(us);
+        assert_eq!(
+            parse_timestamp(&whole),
+            Some(us.div_euclid(1_000_000) * 1_000_000),
+            "{text:?} written {whole:?}"
+        );
+        let e = synchronizer_plugin_api::Entity::resource("openstack.time", text)
+            .with_source_updated_micros(us);
+        check::entities(&[e]);
+    }
+    // The formatters of any time a source may send (through the plugins' models).
+    if data.len() >= 8 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&data[..8]);
+        let us = i64::from_le_bytes(b);
+        let _ = (format_timestamp(us), format_isotime(us));
+    }
+}
+
+/// Environment variables the config target set, to clear before the next input.
+static CONFIG_ENV: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// The host's configuration through its real loader (`Config::load`): TOML text, then,
+/// after a NUL byte each, `NAME=VALUE` environment overrides (`SYNCHRONIZER_` is added
+/// in front of a name without it).
+pub fn host_config(data: &[u8]) {
+    let parts = split_nul(data);
+    let Some((toml, env)) = parts.split_first() else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("synchronizer-fuzz-config-{}", std::process::id()));
+    if std::fs::create_dir_all(&dir).is_err() {
+        return;
+    }
+    let path = dir.join("synchronizer.toml");
+    if std::fs::write(&path, toml).is_err() {
+        return;
+    }
+    let mut set = CONFIG_ENV.lock().unwrap_or_else(|p| p.into_inner());
+    for name in set.drain(..) {
+        // SAFETY: the fuzz targets run on one thread, and nothing else reads the
+        // environment meanwhile.
+        unsafe { std::env::remove_var(name) };
+    }
+    for var in env {
+        let Ok(var) = std::str::from_utf8(var) else {
+            continue;
+        };
+        let Some((name, value)) = var.split_once('=') else {
+            continue;
+        };
+        let name = if name.starts_with("SYNCHRONIZER_") {
+            name.to_owned()
+        } else {
+            format!("SYNCHRONIZER_{name}")
+        };
+        // `set_var` panics on these (not the loader's concern).
+        if name.contains(['=', '\0']) || value.contains('\0') {
+            continue;
+        }
+        // SAFETY: as above.
+        unsafe { std::env::set_var(&name, value) };
+        set.push(name);
+    }
+    if let Ok(config) = synchronizer::Config::load(&path) {
+        // What the host does with a configuration it accepted: the schedule of every
+        // instance, the time of its next attempt in its status (`/v1/plugins`).
+        for inst in &config.instances {
+            let s = config.schedule(inst);
+            let _ = config.library_path(inst);
+            let status = synchronizer::status::StatusCell::default();
+            for failures in [0, 1, 40] {
+                let delay = if failures == 0 {
+                    s.interval.saturating_add(s.jitter)
+                } else {
+                    synchronizer::scheduler::backoff(s.backoff_initial, s.backoff_max, failures)
+                };
+                status.scheduled(std::time::SystemTime::now() + delay, failures > 0);
+                let json = serde_json::to_string(&status.get())
+                    .unwrap_or_else(|e| panic!("the status of an instance: {e}"));
+                let _: serde_json::Value = serde_json::from_str(&json)
+                    .unwrap_or_else(|e| panic!("the status is not JSON ({e}): {json}"));
+            }
+        }
+    }
+}
+
+/// The static plugin's YAML files (one per NUL-separated part), through its real parser.
+pub fn static_yaml(data: &[u8]) {
+    let files: Vec<synchronizer_static::YamlFile> = split_nul(data)
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, text)| {
+            Some(synchronizer_static::YamlFile {
+                path: format!("f{i}.yaml").into(),
+                text: String::from_utf8(text.to_vec()).ok()?,
+                modified: Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_595_860)),
+            })
+        })
+        .collect();
+    if let Ok(entities) = synchronizer_static::entities_of(&files) {
+        check::entities(&entities);
+    }
+}
+
+/// Frames from a child (their body, after the length), as the host decodes them: what
+/// decodes encodes to a frame that decodes to the same; its entities go through every
+/// output.
+pub fn wire_from_child(data: &[u8]) {
+    let _ = synchronizer::isolation::wire::snapshot_part_id(data);
+    let Ok(msg) = FromChild::decode(data) else {
+        return;
+    };
+    let frame = msg.encode();
+    let again = FromChild::decode(check::body(&frame))
+        .unwrap_or_else(|e| panic!("a decoded message encodes to a frame that does not decode ({e}): {msg:?}"));
+    assert_eq!(again.encode(), frame, "decode(encode(m)) encodes differently: {msg:?}");
+    match msg {
+        FromChild::Snapshot {
+            result: Ok(snapshot),
+            ..
+        } => check::entities(&snapshot.entities),
+        FromChild::SnapshotPart { entities, .. } => check::entities(&entities),
+        FromChild::Push { batch, .. } => {
+            let entities: Vec<_> = batch.into_iter().map(|p| p.entity).collect();
+            check::entities(&entities);
+        }
+        _ => {}
+    }
+}
+
+/// Frames from the host, as the child decodes them: what decodes encodes to a frame that
+/// decodes to the same.
+pub fn wire_to_child(data: &[u8]) {
+    let Ok(msg) = ToChild::decode(data) else {
+        return;
+    };
+    let frame = msg.encode();
+    let again = ToChild::decode(check::body(&frame))
+        .unwrap_or_else(|e| panic!("a decoded message encodes to a frame that does not decode ({e}): {msg:?}"));
+    assert_eq!(again.encode(), frame, "decode(encode(m)) encodes differently: {msg:?}");
+}
+
+/// Arbitrary messages of both directions: each encodes to a frame that decodes to the
+/// same message; the entities go through every output.
+pub fn wire_roundtrip(data: &[u8]) {
+    let mut u = Unstructured::new(data);
+    if u.arbitrary::<bool>().unwrap_or(false) {
+        let Ok(msg) = arb::to_child(&mut u) else {
+            return;
+        };
+        let frame = msg.encode();
+        let got = ToChild::decode(check::body(&frame))
+            .unwrap_or_else(|e| panic!("the child refuses a frame the host encoder wrote ({e}): {msg:?}"));
+        assert_eq!(got.encode(), frame, "{msg:?} decoded as {got:?}");
+        return;
+    }
+    let Ok(msg) = arb::from_child(&mut u) else {
+        return;
+    };
+    let frame = msg.encode();
+    let got = FromChild::decode(check::body(&frame))
+        .unwrap_or_else(|e| panic!("the host refuses a frame the child encoder wrote ({e}): {msg:?}"));
+    assert_eq!(got.encode(), frame, "{msg:?} decoded as {got:?}");
+    match (&msg, &got) {
+        (FromChild::SnapshotPart { entities: a, .. }, FromChild::SnapshotPart { entities: b, .. }) => {
+            assert!(a.iter().zip(b).all(|(a, b)| check::same(a, b)) && a.len() == b.len());
+            check::entities(b);
+        }
+        (
+            FromChild::Snapshot { result: Ok(a), .. },
+            FromChild::Snapshot { result: Ok(b), .. },
+        ) => {
+            assert!(a.entities.iter().zip(b.entities.iter()).all(|(a, b)| check::same(a, b)));
+            check::entities(&b.entities);
+        }
+        _ => {}
+    }
+}
+
+/// The HTTP API's query strings and `Last-Event-ID` headers, parsed as its handlers
+/// parse them (axum's `Query`, the endpoints' parameters); an error is a 400 with a JSON
+/// body.
+pub fn http_query(data: &[u8]) {
+    use synchronizer::http::fuzzing;
+    if let Ok(value) = HeaderValue::from_bytes(data) {
+        match fuzzing::last_event_id(value, "e1") {
+            Ok(_) => {}
+            Err((status, body)) => error_answer(status, &body),
+        }
+    }
+    let Ok(query) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(uri) = Uri::try_from(format!("/v1/entities?{query}")) else {
+        return;
+    };
+    for flags in fuzzing::ENDPOINT_FLAGS {
+        match fuzzing::query(&uri, flags) {
+            Ok((types, on)) => {
+                assert!(types.len() <= 256, "{} types", types.len());
+                for t in &types {
+                    assert!(!t.is_empty() && !t.contains(',') && t.len() <= 256, "type {t:?}");
+                    assert_eq!(t.trim(), t, "type {t:?} is not trimmed");
+                }
+                assert!(on.iter().all(|f| flags.contains(&f.as_str())));
+            }
+            Err((status, body)) => error_answer(status, &body),
+        }
+    }
+}
+
+fn error_answer(status: u16, body: &[u8]) {
+    assert_eq!(status, 400, "a query is refused with 400");
+    let v: serde_json::Value = serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("the error body is not JSON ({e}): {body:?}"));
+    assert_eq!(v["error"], "bad_request");
+    assert!(v["message"].is_string());
+}
+
+/// Arbitrary entities through every output format and the wire.
+pub fn outputs(data: &[u8]) {
+    let mut u = Unstructured::new(data);
+    if let Ok(entities) = arb::entities(&mut u, 6) {
+        check::entities(&entities);
+    }
+}
