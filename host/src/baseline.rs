@@ -274,7 +274,10 @@ impl Table {
                     return None;
                 }
                 slot.content = obs.content_hash;
-                slot.updated_us = obs.updated_us;
+                // An untimed update is at least as new as what was known: keep that time.
+                if obs.updated_us != UNTIMED {
+                    slot.updated_us = obs.updated_us;
+                }
                 Some(Verdict::Updated)
             }
             None => {

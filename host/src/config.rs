@@ -4,6 +4,10 @@
 //! Environment overrides use `__` between levels: `SYNCHRONIZER_PLUGINS_DIR=/opt/p`,
 //! `SYNCHRONIZER_DEFAULTS__INTERVAL=10s`. Unknown keys are errors, so a typo is reported
 //! with the key's name instead of being silently ignored.
+//!
+//! Every duration is at most [`MAX_DURATION`] (a year): a longer one is a typo
+//! (`interval = "10000years"`) and would overflow the clock arithmetic downstream; the
+//! error names the key.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -128,6 +132,12 @@ pub struct InstanceConfig {
     /// killed and restarted (default 5s).
     #[serde(default, with = "humantime_serde")]
     pub heartbeat_timeout: Option<Duration>,
+    /// Process mode only: the most snapshot data the host holds for one call while the
+    /// child streams it, in encoded frame bytes (default 256MiB; decoded entities take
+    /// several times that). A larger snapshot fails with an error saying so; nothing is
+    /// deleted.
+    #[serde(default)]
+    pub snapshot_limit: Option<ByteSize>,
     /// Process mode only: the program that hosts the plugin (run as `PROGRAM plugin-child`).
     /// Default: the running executable, which is right for the `synchronizer` binary; a
     /// program that embeds the library sets it to the `synchronizer` binary, or serves
@@ -258,6 +268,60 @@ fn default_subscriber_queue() -> usize {
     4096
 }
 
+/// The longest duration any option accepts: 365 days.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+
+/// Refuses `value` for `key` when it is longer than [`MAX_DURATION`].
+fn check_duration(key: &str, value: Option<Duration>) -> Result<(), ConfigError> {
+    match value {
+        Some(d) if d > MAX_DURATION => Err(ConfigError::Semantic(format!(
+            "{key}: {} is longer than the longest duration accepted ({}days)",
+            humantime::format_duration(d),
+            MAX_DURATION.as_secs() / 86_400
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses an environment override figment would misread.
+///
+/// figment 0.10 unescapes a quoted string in an environment value by slicing it at a
+/// character count as if it were a byte offset: with a multi-byte character before the
+/// first backslash escape it panics (`SYNCHRONIZER_PLUGIN_LOG_LEVEL='"é\n"'`, "not a
+/// char boundary") or silently drops characters (`"éé\n"` reads as `é` and a newline).
+/// So a value with a `"` and, after it, a non-ASCII character before a `\` is refused
+/// here, before figment sees it, naming the variable.
+fn check_env_value(name: &str, value: &str) -> Result<(), ConfigError> {
+    let Some(quote) = value.find('"') else {
+        return Ok(());
+    };
+    let quoted = &value[quote + 1..];
+    match (quoted.find(|c: char| !c.is_ascii()), quoted.rfind('\\')) {
+        (Some(wide), Some(escape)) if wide < escape => Err(ConfigError::Semantic(format!(
+            "environment variable {name}: a quoted value with a non-ASCII character before a backslash escape cannot be read correctly (figment 0.10 misreads it); write the value without quotes or escapes, or put it in the file"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// [`check_env_value`] for every `SYNCHRONIZER_*` variable, as figment's `Env` provider
+/// reads them (names trimmed and matched without case, values lossily as UTF-8).
+fn check_environment() -> Result<(), ConfigError> {
+    for (name, value) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let name = name.trim();
+        let prefixed = name
+            .get(..ENV_PREFIX.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(ENV_PREFIX));
+        if prefixed {
+            check_env_value(name, &value.to_string_lossy())?;
+        }
+    }
+    Ok(())
+}
+
+const ENV_PREFIX: &str = "SYNCHRONIZER_";
+
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -279,9 +343,20 @@ impl Config {
         if !path.exists() {
             return Err(ConfigError::Missing(path.to_owned()));
         }
-        let figment = Figment::new()
-            .merge(Toml::file_exact(path))
-            .merge(Env::prefixed("SYNCHRONIZER_").split("__"));
+        check_environment()?;
+        // A backstop for what the check above does not know of: figment parses the
+        // environment's values when it merges them, and a panic there is a bad value, not
+        // a crash.
+        let figment = std::panic::catch_unwind(|| {
+            Figment::new()
+                .merge(Toml::file_exact(path))
+                .merge(Env::prefixed(ENV_PREFIX).split("__"))
+        })
+        .map_err(|_| {
+            ConfigError::Semantic(format!(
+                "an environment variable {ENV_PREFIX}* could not be read (its value made the configuration library fail); check their values"
+            ))
+        })?;
         Self::from_figment(figment, path.parent())
     }
 
@@ -314,11 +389,31 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        check_duration("tombstone_ttl", Some(self.tombstone_ttl))?;
+        let d = &self.defaults;
+        for (key, value) in [
+            ("interval", d.interval),
+            ("jitter", d.jitter),
+            ("timeout", d.timeout),
+            ("backoff_initial", d.backoff_initial),
+            ("backoff_max", d.backoff_max),
+        ] {
+            check_duration(&format!("defaults.{key}"), value)?;
+        }
         let mut outputs = HashSet::new();
         for output in &self.outputs.amqp {
             output
                 .check()
                 .map_err(|e| ConfigError::Semantic(e.to_string()))?;
+            for (key, value) in [
+                ("confirm_timeout", output.confirm_timeout),
+                ("connect_timeout", output.connect_timeout),
+                ("reconnect_initial", output.reconnect_initial),
+                ("reconnect_max", output.reconnect_max),
+                ("drain_timeout", output.drain_timeout),
+            ] {
+                check_duration(&format!("output `{}`: {key}", output.name), Some(value))?;
+            }
             if !outputs.insert(output.name.as_str()) {
                 return Err(ConfigError::Semantic(format!(
                     "outputs.amqp: the name `{}` is used twice; output names must be unique",
@@ -339,6 +434,17 @@ impl Config {
                     inst.name
                 )));
             }
+            for (key, value) in [
+                ("interval", inst.interval),
+                ("jitter", inst.jitter),
+                ("timeout", inst.timeout),
+                ("backoff_initial", inst.backoff_initial),
+                ("backoff_max", inst.backoff_max),
+                ("heartbeat_interval", inst.heartbeat_interval),
+                ("heartbeat_timeout", inst.heartbeat_timeout),
+            ] {
+                check_duration(&format!("instance `{}`: {key}", inst.name), value)?;
+            }
             if !inst.config.is_object() {
                 return Err(ConfigError::Semantic(format!(
                     "instance `{}`: `config` must be a table",
@@ -350,12 +456,19 @@ impl Config {
                 .over(&self.defaults.over(&Schedule::default()));
             if inst.isolation == Isolation::InProcess
                 && (inst.memory_limit.is_some()
+                    || inst.snapshot_limit.is_some()
                     || inst.heartbeat_interval.is_some()
                     || inst.heartbeat_timeout.is_some()
                     || inst.child_program.is_some())
             {
                 return Err(ConfigError::Semantic(format!(
-                    "instance `{}`: `memory_limit`, `heartbeat_interval`, `heartbeat_timeout` and `child_program` apply only to `isolation = \"process\"`",
+                    "instance `{}`: `memory_limit`, `snapshot_limit`, `heartbeat_interval`, `heartbeat_timeout` and `child_program` apply only to `isolation = \"process\"`",
+                    inst.name
+                )));
+            }
+            if inst.snapshot_limit.is_some_and(|l| l.0 == 0) {
+                return Err(ConfigError::Semantic(format!(
+                    "instance `{}`: `snapshot_limit` must be more than zero",
                     inst.name
                 )));
             }
@@ -555,6 +668,78 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("exchnage"), "{err}");
+    }
+
+    #[test]
+    fn durations_longer_than_a_year_are_refused_naming_the_key() {
+        let base = "[[instances]]\nname = \"a\"\nlibrary = \"x\"\n";
+        for (toml, key) in [
+            ("[defaults]\ninterval = \"10000years\"\n".to_owned(), "defaults.interval"),
+            ("tombstone_ttl = \"366days\"\n".to_owned(), "tombstone_ttl"),
+            (format!("{base}timeout = \"2years\"\n"), "instance `a`: timeout"),
+            (format!("{base}backoff_max = \"400days\"\n"), "instance `a`: backoff_max"),
+            (
+                format!("{base}isolation = \"process\"\nheartbeat_timeout = \"10000years\"\n"),
+                "instance `a`: heartbeat_timeout",
+            ),
+            (
+                "[[outputs.amqp]]\nurl = \"amqp://h/\"\nconfirm_timeout = \"10000years\"\n".to_owned(),
+                "output `amqp`: confirm_timeout",
+            ),
+        ] {
+            let err = Config::from_toml(&toml).unwrap_err().to_string();
+            assert!(
+                err.contains(key) && err.contains("longer than the longest duration accepted (365days)"),
+                "{toml}: {err}"
+            );
+        }
+        // A year is accepted.
+        let c = Config::from_toml(&format!("{base}interval = \"365days\"\n")).unwrap();
+        assert_eq!(c.schedule(&c.instances[0]).interval, MAX_DURATION);
+    }
+
+    #[test]
+    fn snapshot_limit_is_a_size_for_process_mode() {
+        let process = "[[instances]]\nname = \"a\"\nlibrary = \"x\"\nisolation = \"process\"\n";
+        let c = Config::from_toml(&format!("{process}snapshot_limit = \"1GiB\"\n")).unwrap();
+        assert_eq!(c.instances[0].snapshot_limit, Some(ByteSize(1 << 30)));
+        let err = Config::from_toml(&format!("{process}snapshot_limit = 0\n")).unwrap_err();
+        assert!(err.to_string().contains("more than zero"), "{err}");
+        let err = Config::from_toml(
+            "[[instances]]\nname = \"a\"\nlibrary = \"x\"\nsnapshot_limit = \"1GiB\"\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("snapshot_limit"), "{err}");
+    }
+
+    #[test]
+    fn environment_values_figment_would_misread_are_refused() {
+        for bad in ["\"é\\n\"", "\"éé\\n\"", "[\"é\\t\"]", "{a=\"é\\u0041\"}"] {
+            let err = check_env_value("SYNCHRONIZER_X", bad).unwrap_err().to_string();
+            assert!(err.contains("SYNCHRONIZER_X"), "{bad}: {err}");
+        }
+        for ok in ["é", "é\n", "\"é\"", "\"\\n\"", "\\é\"", "é\"\\n\"", "debug"] {
+            assert!(check_env_value("SYNCHRONIZER_X", ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's own signature
+    fn a_multi_byte_environment_value_is_an_error_not_a_panic() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("sync.toml", "")?;
+            jail.set_env("SYNCHRONIZER_PLUGIN_LOG_LEVEL", "\"é\\n\"");
+            let err = Config::load(&jail.directory().join("sync.toml")).unwrap_err();
+            assert!(
+                err.to_string().contains("SYNCHRONIZER_PLUGIN_LOG_LEVEL"),
+                "{err}"
+            );
+            // A quoted value figment reads correctly still works.
+            jail.set_env("SYNCHRONIZER_PLUGIN_LOG_LEVEL", "\"debug\"");
+            let c = Config::load(&jail.directory().join("sync.toml")).map_err(|e| e.to_string())?;
+            assert_eq!(c.plugin_log_level, "debug");
+            Ok(())
+        });
     }
 
     #[test]

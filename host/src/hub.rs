@@ -549,7 +549,12 @@ impl Hub {
             }
         }
         if let Some((key, micros)) = example {
-            self.metrics.invalid_timestamp(&origin.instance, refused);
+            self.metrics
+                .invalid_timestamps
+                .get_or_create(&crate::metrics::InstanceLabels {
+                    instance: origin.instance.to_string(),
+                })
+                .inc_by(refused);
             tracing::warn!(
                 instance = %origin.instance,
                 entities = refused,

@@ -6,6 +6,7 @@
 //! | `synchronizer_collection_duration_seconds` | histogram | instance | how long collections took (successful or not) |
 //! | `synchronizer_entities` | gauge | type | entities the baseline holds per type |
 //! | `synchronizer_changes_total` | counter | action | change notifications emitted: `created`, `updated`, `deleted` |
+//! | `synchronizer_invalid_timestamps_total` | counter | instance | source timestamps outside years 1..=9999, discarded (the sample time stood in) |
 //! | `synchronizer_plugin_counter` | gauge | instance, name | a plugin's own counters (the bus plugin's `messages_consumed`, `messages_acked`, `messages_dead_lettered`, ...) |
 //! | `synchronizer_subscribers` | gauge | | live subscribers |
 //! | `synchronizer_subscriber_queue_max` | gauge | | the deepest subscriber queue right now (lag, in events) |
@@ -14,7 +15,6 @@
 //! | `synchronizer_output_unconfirmed` | gauge | output | changes waiting for an AMQP output: queued or published and not confirmed yet (producers are held back while its broker is away) |
 //! | `synchronizer_output_connected` | gauge | output | 1 while an AMQP output is connected to its broker |
 //! | `synchronizer_output_failures_total` | counter | output | times an AMQP output lost or could not open its connection |
-//! | `synchronizer_invalid_timestamps_total` | counter | instance | source timestamps outside 0001-01-01..9999-12-31 that were discarded (the entity is kept, untimed) |
 //! | `synchronizer_refused_entities_total` | counter | instance, reason | entities refused: `unlisted_type` (a type the plugin does not declare in `PluginInfo::entity_types`) |
 //!
 //! Counters and the histogram are updated where things happen; gauges are refreshed when
@@ -100,6 +100,8 @@ pub struct Metrics {
     pub entities: Family<TypeLabels, Gauge>,
     /// Changes by action.
     pub changes: Family<ActionLabels, Counter>,
+    /// Source timestamps out of range, discarded, by instance.
+    pub invalid_timestamps: Family<InstanceLabels, Counter>,
     /// Plugins' own counters.
     pub plugin_counters: Family<PluginCounterLabels, Gauge<u64, AtomicU64>>,
     /// Live subscribers.
@@ -116,8 +118,6 @@ pub struct Metrics {
     pub output_connected: Family<OutputLabels, Gauge>,
     /// Connection failures of an output.
     pub output_failures: Family<OutputLabels, Counter>,
-    /// Source timestamps out of range, discarded.
-    pub invalid_timestamps: Family<InstanceLabels, Counter>,
     /// Entities refused, by reason.
     pub refused_entities: Family<RefusedLabels, Counter>,
 }
@@ -144,6 +144,12 @@ impl Default for Metrics {
         );
         let changes = Family::<ActionLabels, Counter>::default();
         registry.register("changes", "Change notifications emitted", changes.clone());
+        let invalid_timestamps = Family::<InstanceLabels, Counter>::default();
+        registry.register(
+            "invalid_timestamps",
+            "Source timestamps outside years 1 to 9999, discarded",
+            invalid_timestamps.clone(),
+        );
         let plugin_counters = Family::<PluginCounterLabels, Gauge<u64, AtomicU64>>::default();
         registry.register(
             "plugin_counter",
@@ -188,12 +194,6 @@ impl Default for Metrics {
             "Times an output lost or could not open its connection",
             output_failures.clone(),
         );
-        let invalid_timestamps = Family::<InstanceLabels, Counter>::default();
-        registry.register(
-            "invalid_timestamps",
-            "Source timestamps outside 0001-01-01..9999-12-31, discarded",
-            invalid_timestamps.clone(),
-        );
         let refused_entities = Family::<RefusedLabels, Counter>::default();
         registry.register(
             "refused_entities",
@@ -201,7 +201,6 @@ impl Default for Metrics {
             refused_entities.clone(),
         );
         Metrics {
-            invalid_timestamps,
             refused_entities,
             registry,
             output_published,
@@ -212,6 +211,7 @@ impl Default for Metrics {
             durations,
             entities,
             changes,
+            invalid_timestamps,
             plugin_counters,
             subscribers,
             subscriber_queue_max,
@@ -236,15 +236,6 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// Counts `n` source timestamps of `instance` discarded as out of range.
-    pub fn invalid_timestamp(&self, instance: &str, n: u64) {
-        self.invalid_timestamps
-            .get_or_create(&InstanceLabels {
-                instance: instance.to_owned(),
-            })
-            .inc_by(n);
-    }
-
     /// Counts `n` entities of `instance` refused for `reason`.
     pub fn refused_entities(&self, instance: &str, reason: &'static str, n: u64) {
         self.refused_entities
@@ -255,6 +246,15 @@ impl Metrics {
             .inc_by(n);
     }
 
+    /// Counts one source timestamp of `instance` that was out of range and discarded.
+    pub fn invalid_timestamp(&self, instance: &str) {
+        self.invalid_timestamps
+            .get_or_create(&InstanceLabels {
+                instance: instance.to_owned(),
+            })
+            .inc();
+    }
+
     /// The registry in the text exposition format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -262,5 +262,28 @@ impl Metrics {
             tracing::error!(error = %e, "cannot encode metrics");
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_timestamps_are_counted_per_instance() {
+        let m = Metrics::default();
+        m.invalid_timestamp("nova");
+        m.invalid_timestamp("nova");
+        m.invalid_timestamp("bus");
+        let text = m.encode();
+        assert!(
+            text.contains("synchronizer_invalid_timestamps_total{instance=\"nova\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("synchronizer_invalid_timestamps_total{instance=\"bus\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE synchronizer_invalid_timestamps counter"), "{text}");
     }
 }

@@ -16,7 +16,8 @@
 //! - `key` is `<type>:<id>`; `relations[].direction` is `out` (this → key) or `in`
 //!   (key → this).
 //! - Timestamps are RFC 3339 UTC with microseconds; `source_updated` is null when the
-//!   source gives none.
+//!   source gives none (or gave one outside years 1 to 9999, which the host discards:
+//!   docs/operator-guide.md, "Timestamps").
 //! - A resync is `{"action":"resync","reason":"lagged|periodic|initial"}` followed by one
 //!   `{"action":"snapshot", ...entity fields...}` line per entity and
 //!   `{"action":"snapshot_end","count":N}`.
@@ -26,7 +27,7 @@ use std::io::Write;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use synchronizer_plugin_api::Entity;
-use synchronizer_plugin_api::entity::micros_to_system_time;
+use synchronizer_plugin_api::time::format_rfc3339_micros;
 
 use crate::change::{Change, Event, ResyncReason};
 
@@ -63,8 +64,10 @@ struct ChangeJson<'a> {
     seq: u64,
 }
 
+/// Total over `i64`: a time from outside never makes an output path panic or fail (the
+/// host keeps source times within RFC 3339's range, `crate::ingress`).
 fn time(us: i64) -> String {
-    humantime::format_rfc3339_micros(micros_to_system_time(us)).to_string()
+    format_rfc3339_micros(us)
 }
 
 fn entity_json(e: &Entity) -> EntityJson<'_> {
@@ -144,6 +147,52 @@ pub fn write_event(out: &mut impl Write, event: &Event) -> std::io::Result<()> {
                 writeln!(out, "{}", snapshot_entity_to_json(e))?;
             }
             writeln!(out, "{}", snapshot_end_to_json(entities.len()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use synchronizer_plugin_api::time::{MAX_MICROS, MIN_MICROS};
+
+    use super::*;
+    use crate::change::Action;
+
+    fn change(source_us: i64, sampled_us: i64) -> Change {
+        Change {
+            seq: 1,
+            action: Action::Updated,
+            entity: Arc::new(
+                Entity::resource("nova.instance", "i-1").with_source_updated_micros(source_us),
+            ),
+            instance: Arc::from("nova"),
+            sampled_us,
+            initial: false,
+        }
+    }
+
+    #[test]
+    fn any_timestamp_prints_and_the_line_stays_json() {
+        // Before 1970 (humantime panicked), past 9999 (it returned fmt::Error, which
+        // to_string turned into a panic), and the extremes of i64.
+        for (us, expected) in [
+            (-1, "1969-12-31T23:59:59.999999Z"),
+            (MIN_MICROS, "0001-01-01T00:00:00.000000Z"),
+            (MAX_MICROS, "9999-12-31T23:59:59.999999Z"),
+            (MAX_MICROS + 1, "+10000-01-01T00:00:00.000000Z"),
+            (i64::MIN, "-290308-12-21T19:59:05.224192Z"),
+            (i64::MAX, "+294247-01-10T04:00:54.775807Z"),
+        ] {
+            let line = change_to_json(&change(us, us));
+            let v: serde_json::Value = serde_json::from_str(&line).expect(&line);
+            assert_eq!(v["source_updated"], expected, "{line}");
+            assert_eq!(v["sampled_at"], expected, "{line}");
+            let mut out = Vec::new();
+            write_event(&mut out, &Event::Snapshot(vec![change(us, 0).entity])).unwrap();
+            let first = String::from_utf8(out).unwrap();
+            assert!(first.contains(expected), "{first}");
         }
     }
 }

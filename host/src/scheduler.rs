@@ -276,9 +276,11 @@ impl Collector {
             let extra = if jitter.is_zero() {
                 Duration::ZERO
             } else {
-                jitter.mul_f64(rand::random::<f64>())
+                Duration::try_from_secs_f64(jitter.as_secs_f64() * rand::random::<f64>())
+                    .unwrap_or(jitter)
             };
-            self.schedule.interval + extra
+            // The configuration bounds both to a year; a Schedule built in code may not.
+            self.schedule.interval.saturating_add(extra)
         } else {
             backoff(
                 self.schedule.backoff_initial,
@@ -313,13 +315,23 @@ impl Collector {
             }
             let delay = self.next_delay(failures);
             self.status
-                .scheduled(SystemTime::now() + delay, failures > 0);
+                .scheduled(next_attempt(SystemTime::now(), delay), failures > 0);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(delay) => {}
             }
         }
     }
+}
+
+/// When a call `delay` after `now` is due, for the status: checked, because a `Duration`
+/// can reach past what `SystemTime` holds (`SystemTime + Duration` panics there); such a
+/// time is shown as the latest one the status formats in range, year 9999.
+fn next_attempt(now: SystemTime, delay: Duration) -> SystemTime {
+    let latest = synchronizer_plugin_api::entity::micros_to_system_time(
+        synchronizer_plugin_api::time::MAX_MICROS,
+    );
+    now.checked_add(delay).map_or(latest, |at| at.min(latest))
 }
 
 /// Exponential backoff: `initial` after the first failure, doubling, at most `max`.
@@ -331,6 +343,21 @@ pub fn backoff(initial: Duration, max: Duration, failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_next_attempt_never_overflows_the_clock() {
+        let now = SystemTime::now();
+        let latest = synchronizer_plugin_api::entity::micros_to_system_time(
+            synchronizer_plugin_api::time::MAX_MICROS,
+        );
+        assert_eq!(next_attempt(now, Duration::MAX), latest);
+        assert_eq!(
+            next_attempt(now, Duration::from_secs(10_000 * 365 * 86_400)),
+            latest
+        );
+        let soon = next_attempt(now, Duration::from_secs(60));
+        assert_eq!(soon.duration_since(now).unwrap(), Duration::from_secs(60));
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {

@@ -5,6 +5,8 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
+use synchronizer_plugin_api::entity::system_time_to_micros;
+use synchronizer_plugin_api::time::format_rfc3339_millis;
 
 use crate::hub::Applied;
 use crate::isolation::Isolation;
@@ -66,7 +68,8 @@ pub struct InstanceStatus {
 
 fn opt_time<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
     match t {
-        Some(t) => s.serialize_str(&humantime::format_rfc3339_millis(*t).to_string()),
+        // Total over every SystemTime: a far `next_attempt` cannot fail the status.
+        Some(t) => s.serialize_str(&format_rfc3339_millis(system_time_to_micros(*t))),
         None => s.serialize_none(),
     }
 }
@@ -199,5 +202,26 @@ impl StatusCell {
             s.health = Health::Stopped;
             s.next_attempt = None;
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_times_print_whatever_they_are() {
+        // A `next_attempt` years away (an interval of "10000years" once got this far) and
+        // one before the epoch both serialize; neither panics.
+        let cell = StatusCell::default();
+        let far = SystemTime::UNIX_EPOCH + Duration::from_secs(400_000_000_000);
+        cell.scheduled(far, false);
+        let v = serde_json::to_value(cell.get()).unwrap();
+        assert_eq!(v["next_attempt"], "+14645-06-30T15:06:40.000Z");
+        let before = SystemTime::UNIX_EPOCH - Duration::from_millis(1);
+        cell.scheduled(before, true);
+        let v = serde_json::to_value(cell.get()).unwrap();
+        assert_eq!(v["next_attempt"], "1969-12-31T23:59:59.999Z");
+        assert_eq!(v["last_success"], serde_json::Value::Null);
     }
 }

@@ -195,6 +195,9 @@ impl Synchronizer {
                         .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL),
                     heartbeat_timeout: inst.heartbeat_timeout.unwrap_or(DEFAULT_HEARTBEAT_TIMEOUT),
                     memory_limit: inst.memory_limit.map(|m| m.0),
+                    snapshot_limit: inst
+                        .snapshot_limit
+                        .map_or(crate::isolation::process::DEFAULT_SNAPSHOT_LIMIT, |m| m.0),
                     backoff_initial: schedule.backoff_initial,
                     backoff_max: schedule.backoff_max,
                 };

@@ -77,6 +77,7 @@ fn bench(c: &mut Criterion) {
                 heartbeat_interval: Duration::from_secs(1),
                 heartbeat_timeout: Duration::from_secs(10),
                 memory_limit: None,
+                snapshot_limit: synchronizer::isolation::process::DEFAULT_SNAPSHOT_LIMIT,
                 backoff_initial: Duration::from_secs(1),
                 backoff_max: Duration::from_secs(10),
             },

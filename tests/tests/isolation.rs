@@ -3,8 +3,10 @@
 //! the host survives each, the child is restarted and the cause reported, a ticker beside
 //! it stays on schedule, and the failure deletes nothing. In process, the same plugins
 //! behave as documented (a blocked thread is abandoned and reported stuck; leaked threads
-//! stay in the host). Also: heartbeats, a malformed frame, a bus plugin's pushes, and the
-//! static and nagios plugins giving the same change stream in both modes.
+//! stay in the host). Also: heartbeats, a malformed frame, snapshot parts (small entities,
+//! a part for a call not in hand, a part that does not decode, `snapshot_limit`) from a
+//! scripted child, a bus plugin's pushes, and the static and nagios plugins giving the
+//! same change stream in both modes.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -319,55 +321,264 @@ async fn a_child_that_stops_answering_heartbeats_is_killed_and_restarted() {
     sync.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_malformed_frame_is_a_protocol_error_that_restarts_the_child() {
-    // A fake child: a valid Ready frame, then a frame whose length passes the limit.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ready = synchronizer::isolation::wire::FromChild::Ready {
-        meta: synchronizer::isolation::wire::WireMeta {
-            name: "fake".into(),
-            version: "0".into(),
-            description: "a child that garbles its frames".into(),
-            entity_types: vec!["fake.item".into()],
-            kind: synchronizer_plugin_api::PluginKind::Collector,
-            api_version: "0.1.0".into(),
-        },
+/// A fake child: a shell script that speaks the child protocol from frames encoded here.
+/// It writes `Ready` (for entity type `x`), then `after_ready` as it is; answers every
+/// `Ping` with a `Pong`; and answers its `n`-th `Snapshot` with `replies[n - 1]` (the
+/// last one for later calls), each frame written with that call's id (the frames are
+/// encoded with id 0 and the id is spliced in). It reads the host's frames with `head`
+/// and `od`, so it needs nothing but a shell.
+struct ScriptedChild {
+    dir: tempfile::TempDir,
+}
+
+impl ScriptedChild {
+    fn new(after_ready: &[u8], replies: &[Vec<Vec<u8>>]) -> ScriptedChild {
+        use synchronizer::isolation::wire::{FromChild, WireMeta};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let mut ready = FromChild::Ready {
+            meta: WireMeta {
+                name: "fake".into(),
+                version: "0".into(),
+                description: "a scripted child".into(),
+                entity_types: vec!["x".into()],
+                kind: synchronizer_plugin_api::PluginKind::Collector,
+                api_version: "0.1.0".into(),
+            },
+        }
+        .encode();
+        ready.extend_from_slice(after_ready);
+        std::fs::write(d.join("ready.bin"), ready).expect("write");
+        let pong = FromChild::Pong {
+            id: 0,
+            calls_in_flight: 0,
+            counters: Vec::new(),
+        }
+        .encode();
+        std::fs::write(d.join("pong.bin"), pong).expect("write");
+        for (n, frames) in replies.iter().enumerate() {
+            let call = d.join(format!("call-{}", n + 1));
+            std::fs::create_dir(&call).expect("mkdir");
+            for (i, frame) in frames.iter().enumerate() {
+                assert_eq!(&frame[5..13], &[0; 8], "encode reply frames with id 0");
+                std::fs::write(call.join(format!("{i:04}.bin")), frame).expect("write");
+            }
+        }
+        let script = d.join("child.sh");
+        std::fs::write(
+            &script,
+            format!(
+                r#"#!/bin/bash
+d={d:?}
+cat "$d/ready.bin"
+n=0
+last={last}
+while :; do
+  len=$(head -c 4 | od -An -tu4 | tr -d ' ')
+  [ -n "$len" ] || exit 0
+  head -c "$len" > "$d/in.bin"
+  tag=$(head -c 1 "$d/in.bin" | od -An -tu1 | tr -d ' ')
+  case "$tag" in
+    8) cat "$d/pong.bin" ;;
+    2)
+      n=$((n + 1))
+      call="$d/call-$n"
+      [ -d "$call" ] || call="$d/call-$last"
+      for f in "$call"/*.bin; do
+        [ -e "$f" ] || continue
+        head -c 5 "$f"; tail -c +2 "$d/in.bin" | head -c 8; tail -c +14 "$f"
+      done
+      ;;
+  esac
+done
+"#,
+                d = d.display().to_string(),
+                last = replies.len(),
+            ),
+        )
+        .expect("write");
+        let status = std::process::Command::new("chmod")
+            .args(["+x", &script.display().to_string()])
+            .status()
+            .expect("chmod");
+        assert!(status.success());
+        ScriptedChild { dir }
     }
-    .encode();
-    std::fs::write(dir.path().join("ready.bin"), ready).expect("write");
-    let script = dir.path().join("fake-child.sh");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\ncat {:?}\nprintf '\\377\\377\\377\\177'\nexec sleep 30\n",
-            dir.path().join("ready.bin").display().to_string()
-        ),
-    )
-    .expect("write");
-    let status = std::process::Command::new("chmod")
-        .args(["+x", &script.display().to_string()])
-        .status()
-        .expect("chmod");
-    assert!(status.success());
-    let sync = Synchronizer::start(config(&format!(
-        r#"{DEFAULTS}
+
+    /// A config running it as instance `fake` (`extra`: more of its table).
+    fn config(&self, extra: &str) -> synchronizer::Config {
+        config(&format!(
+            r#"{DEFAULTS}
 [[instances]]
 name = "fake"
 library = "libsynchronizer_test_crashy.so"
-interval = "1h"
 isolation = "process"
 child_program = {:?}
+{extra}
 "#,
-        script.display().to_string()
-    )))
-    .await
-    .expect("starts");
+            self.dir.path().join("child.sh").display().to_string()
+        ))
+    }
+}
+
+/// Entities of type `x` with short ids: 26 to 29 bytes each on the wire.
+fn small_entities(n: usize) -> Vec<synchronizer::Entity> {
+    (0..n)
+        .map(|i| synchronizer::Entity::resource("x", &i.to_string()))
+        .collect()
+}
+
+/// A final `Snapshot` frame (id 0) with `entities`.
+fn tail(entities: &[synchronizer::Entity]) -> Vec<u8> {
+    synchronizer::isolation::wire::encode_snapshot_tail(0, entities, &[])
+}
+
+/// A `SnapshotPart` frame (id 0) with `entities`.
+fn part(entities: &[synchronizer::Entity]) -> Vec<u8> {
+    synchronizer::isolation::wire::encode_snapshot_part(0, entities)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_frame_is_a_protocol_error_that_restarts_the_child() {
+    // A frame whose length passes the limit.
+    let child = ScriptedChild::new(&[0xff, 0xff, 0xff, 0x7f], &[]);
+    let sync = Synchronizer::start(child.config("interval = \"1h\""))
+        .await
+        .expect("starts");
     let s = wait_for(&sync, "fake", "restarted", Duration::from_secs(10), |s| {
         s.restarts >= 1
     })
     .await;
     let cause = s.last_exit.unwrap_or_default();
     assert!(cause.contains("protocol error"), "{cause}");
+    sync.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_streamed_in_parts_of_small_entities_is_accepted() {
+    // 2,500 entities of 26 to 29 bytes: two parts and a tail. The decoder once assumed 30
+    // bytes per entity, refused such parts as truncated and killed the child.
+    let entities = small_entities(2500);
+    let child = ScriptedChild::new(
+        &[],
+        &[vec![
+            part(&entities[..1000]),
+            part(&entities[1000..2000]),
+            tail(&entities[2000..]),
+        ]],
+    );
+    let sync = Synchronizer::start(child.config("interval = \"1h\""))
+        .await
+        .expect("starts");
+    let s = wait_for(&sync, "fake", "collected", Duration::from_secs(10), |s| {
+        s.collections >= 1 || s.restarts >= 1
+    })
+    .await;
+    assert_eq!((s.collections, s.restarts), (1, 0), "{s:?}");
+    let mut got: Vec<String> = sync
+        .current(&["x"])
+        .iter()
+        .map(|e| e.id().to_owned())
+        .collect();
+    got.sort();
+    let mut expected: Vec<String> = entities.iter().map(|e| e.id().to_owned()).collect();
+    expected.sort();
+    assert_eq!(got, expected);
+    sync.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_part_for_a_call_not_in_hand_is_a_protocol_error() {
+    // Unasked, right after Ready: call 999 was never made. The host once stored such
+    // parts under any id, without bound.
+    let mut unasked = part(&small_entities(10));
+    unasked[5..13].copy_from_slice(&999u64.to_le_bytes());
+    let child = ScriptedChild::new(&unasked, &[]);
+    let sync = Synchronizer::start(child.config("interval = \"1h\""))
+        .await
+        .expect("starts");
+    let s = wait_for(&sync, "fake", "restarted", Duration::from_secs(10), |s| {
+        s.restarts >= 1
+    })
+    .await;
+    let cause = s.last_exit.unwrap_or_default();
+    assert!(
+        cause.contains("protocol error: a snapshot part for call 999, which is not a snapshot in hand"),
+        "{cause}"
+    );
+    sync.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_part_that_does_not_decode_kills_the_child_at_once() {
+    // A part whose entity has category 7, then silence: no final frame ever comes. The
+    // host once noticed only at the final frame, so the call hung to its timeout.
+    let mut bad = part(&small_entities(1));
+    // len 4, tag 1, id 8, count 4, type "x" 5, id "0" 5: the category byte.
+    assert_eq!(bad[27], 0);
+    bad[27] = 7;
+    let child = ScriptedChild::new(&[], &[vec![bad]]);
+    let sync = Synchronizer::start(child.config("interval = \"1h\"\ntimeout = \"60s\""))
+        .await
+        .expect("starts");
+    let t0 = Instant::now();
+    let s = wait_for(&sync, "fake", "restarted", Duration::from_secs(10), |s| {
+        s.restarts >= 1
+    })
+    .await;
+    let cause = s.last_exit.unwrap_or_default();
+    assert!(
+        cause.contains("protocol error: a snapshot part of call ")
+            && cause.contains("invalid value 7 for category"),
+        "{cause}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(10), "not at once");
+    // The call failed with the child's end, long before its 60 s timeout.
+    let s = wait_for(&sync, "fake", "failed", Duration::from_secs(10), |s| {
+        s.failures >= 1
+    })
+    .await;
+    let error = s.last_error.unwrap_or_default();
+    assert!(error.contains("protocol error"), "{error}");
+    sync.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_past_snapshot_limit_fails_deletes_nothing_and_keeps_the_child() {
+    // The first snapshot: 3 entities. Every later one: parts of about 28 KB each, past a
+    // 40 KB limit at the second part, then the final frame.
+    let entities = small_entities(3000);
+    let child = ScriptedChild::new(
+        &[],
+        &[
+            vec![tail(&entities[..3])],
+            vec![
+                part(&entities[..1000]),
+                part(&entities[1000..2000]),
+                part(&entities[2000..]),
+                tail(&entities[..3]),
+            ],
+        ],
+    );
+    let sync = Synchronizer::start(child.config(
+        "interval = \"100ms\"\ntimeout = \"5s\"\nsnapshot_limit = 40000",
+    ))
+    .await
+    .expect("starts");
+    let first_pid = status_of(&sync, "fake").pid.expect("a child pid");
+    let s = wait_for(&sync, "fake", "failing", Duration::from_secs(10), |s| {
+        s.collections >= 1 && s.failures >= 2
+    })
+    .await;
+    let error = s.last_error.clone().unwrap_or_default();
+    assert!(
+        error.contains("the snapshot is larger than snapshot_limit")
+            && error.contains("nothing is deleted"),
+        "{error}"
+    );
+    // Not a protocol error: the same child goes on, and nothing was deleted.
+    assert_eq!((s.restarts, s.pid), (0, Some(first_pid)), "{s:?}");
+    assert_eq!(sync.current(&["x"]).len(), 3);
     sync.shutdown().await;
 }
 

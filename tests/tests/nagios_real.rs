@@ -59,10 +59,7 @@ fn host_of(id: &str) -> &str {
 }
 
 /// The changes so far to alarms of the Nagios hosts `hosts`, sorted.
-fn drain(
-    sub: &mut synchronizer::Subscription,
-    hosts: &[&str],
-) -> Vec<(String, Action, String, String)> {
+fn drain(sub: &mut synchronizer::Subscription, hosts: &[&str]) -> Changes {
     let mut out = Vec::new();
     while let Some(e) = sub.try_recv() {
         if let Event::Change(c) = e {
@@ -171,112 +168,114 @@ async fn scenario(instance: &str, instance_config: &str) {
     sync.shutdown().await;
 }
 
-/// One change to one alarm of `instance` (whose scope is its name).
-fn change(instance: &str, action: Action, local: &str, state: &str) -> Vec<(String, Action, String, String)> {
-    vec![(
-        instance.to_owned(),
-        action,
-        format!("{instance}/{local}"),
-        state.to_owned(),
-    )]
+type Changes = Vec<(String, Action, String, String)>;
+
+/// One instance watching one service of the test Nagios.
+struct Watch {
+    sync: Synchronizer,
+    sub: synchronizer::Subscription,
+    instance: &'static str,
+    host: &'static str,
+    service: &'static str,
+}
+
+impl Watch {
+    /// Puts the service in OK, starts the instance and checks that it reports nothing.
+    async fn start(
+        instance: &'static str,
+        table: &str,
+        host: &'static str,
+        service: &'static str,
+    ) -> Watch {
+        set_state(host, service, "OK", "OK: fine");
+        let sync = start(&[(instance, table)]).await;
+        let sub = sync.subscribe(&SubscribeOptions::types(&["nagios"]));
+        let mut w = Watch {
+            sync,
+            sub,
+            instance,
+            host,
+            service,
+        };
+        assert_eq!(w.step("OK", "OK: fine", 0).await, vec![], "{instance}");
+        w
+    }
+
+    /// Sets the service's state with a result checked `ago` seconds ago, polls once, and
+    /// returns the changes to the service's alarm.
+    async fn step(&mut self, state: &str, output: &str, ago: u64) -> Changes {
+        let at = (ago > 0).then(|| seconds_ago(ago));
+        set_state_checked(self.host, self.service, state, output, at);
+        poll(&self.sync).await;
+        drain(&mut self.sub, &[self.host])
+    }
+
+    /// The alarm's id.
+    fn id(&self) -> String {
+        format!("{}/{};{}", self.instance, self.host, self.service)
+    }
+
+    /// One change to the alarm.
+    fn change(&self, action: Action, state: &str) -> Changes {
+        vec![(
+            self.instance.to_owned(),
+            action,
+            self.id(),
+            state.to_owned(),
+        )]
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_checked_120_s_ago_changes_the_alarm() {
     for (instance, table) in [("late-json", JSON), ("late-html", HTML)] {
-        const HOST: &[&str] = &["late-0"];
-        let alarm = "late-0;CPU load";
-        set_state("late-0", "CPU load", "OK", "OK: load 0.5");
-        let sync = start(&[(instance, table)]).await;
-        let mut sub = sync.subscribe(&SubscribeOptions::types(&["nagios"]));
-        poll(&sync).await;
-        assert_eq!(drain(&mut sub, HOST), vec![], "{instance}: no alarm yet");
-
-        set_state("late-0", "CPU load", "WARNING", "WARNING: load 7.5");
-        poll(&sync).await;
-        assert_eq!(
-            drain(&mut sub, HOST),
-            change(instance, Action::Created, alarm, "WARNING")
-        );
+        let mut w = Watch::start(instance, table, "late-0", "CPU load").await;
+        let warning = w.step("WARNING", "WARNING: load 7.5", 0).await;
+        assert_eq!(warning, w.change(Action::Created, "WARNING"));
 
         // A result that ran 120 s before the one Nagios holds, delivered late: Nagios
         // makes it the current state (and moves its last check back); so must we.
-        set_state_checked(
-            "late-0",
-            "CPU load",
-            "CRITICAL",
-            "CRITICAL: load 42",
-            Some(seconds_ago(120)),
-        );
-        poll(&sync).await;
+        let critical = w.step("CRITICAL", "CRITICAL: load 42", 120).await;
         assert_eq!(
-            drain(&mut sub, HOST),
-            change(instance, Action::Updated, alarm, "CRITICAL"),
+            critical,
+            w.change(Action::Updated, "CRITICAL"),
             "{instance}: the back-dated CRITICAL is what Nagios shows"
         );
-        let id = format!("{instance}/{alarm}");
-        let current = sync.current(&["nagios"]);
-        let e = current.iter().find(|e| e.id() == id).expect("the alarm");
+        let current = w.sync.current(&["nagios"]);
+        let e = current
+            .iter()
+            .find(|e| e.id() == w.id())
+            .expect("the alarm");
         assert_eq!(e.state(), Some("CRITICAL"));
         assert_eq!(e.properties()["output"], "CRITICAL: load 42");
 
-        set_state("late-0", "CPU load", "OK", "OK: load 0.5");
-        poll(&sync).await;
-        assert_eq!(
-            drain(&mut sub, HOST),
-            change(instance, Action::Deleted, alarm, "CRITICAL")
-        );
-        sync.shutdown().await;
+        let ok = w.step("OK", "OK: load 0.5", 0).await;
+        assert_eq!(ok, w.change(Action::Deleted, "CRITICAL"));
+        w.sync.shutdown().await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alarm_cleared_and_raised_again_by_a_late_result_is_created_at_the_next_poll() {
     for (instance, table) in [("again-json", JSON), ("again-html", HTML)] {
-        const HOST: &[&str] = &["late-1"];
-        let alarm = "late-1;Disk usage";
-        set_state("late-1", "Disk usage", "OK", "OK: 40% full");
-        let sync = start(&[(instance, table)]).await;
-        let mut sub = sync.subscribe(&SubscribeOptions::types(&["nagios"]));
-        poll(&sync).await;
-        assert_eq!(drain(&mut sub, HOST), vec![], "{instance}: no alarm yet");
-
-        set_state("late-1", "Disk usage", "WARNING", "WARNING: 91% full");
-        poll(&sync).await;
-        assert_eq!(
-            drain(&mut sub, HOST),
-            change(instance, Action::Created, alarm, "WARNING")
-        );
-        set_state("late-1", "Disk usage", "OK", "OK: 60% full");
-        poll(&sync).await;
-        assert_eq!(
-            drain(&mut sub, HOST),
-            change(instance, Action::Deleted, alarm, "WARNING")
-        );
+        let mut w = Watch::start(instance, table, "late-1", "Disk usage").await;
+        let warning = w.step("WARNING", "WARNING: 91% full", 0).await;
+        assert_eq!(warning, w.change(Action::Created, "WARNING"));
+        let ok = w.step("OK", "OK: 60% full", 0).await;
+        assert_eq!(ok, w.change(Action::Deleted, "WARNING"));
 
         // Raised again by a result checked 120 s ago, before the clearing one: the next
         // complete snapshot shows the alarm, so it exists again.
-        set_state_checked(
-            "late-1",
-            "Disk usage",
-            "CRITICAL",
-            "CRITICAL: 99% full",
-            Some(seconds_ago(120)),
-        );
-        poll(&sync).await;
+        let again = w.step("CRITICAL", "CRITICAL: 99% full", 120).await;
         assert_eq!(
-            drain(&mut sub, HOST),
-            change(instance, Action::Created, alarm, "CRITICAL"),
+            again,
+            w.change(Action::Created, "CRITICAL"),
             "{instance}: the alarm Nagios shows again is not re-created"
         );
 
-        set_state("late-1", "Disk usage", "OK", "OK: 40% full");
-        poll(&sync).await;
-        assert_eq!(
-            drain(&mut sub, HOST),
-            change(instance, Action::Deleted, alarm, "CRITICAL")
-        );
-        sync.shutdown().await;
+        let ok = w.step("OK", "OK: 40% full", 0).await;
+        assert_eq!(ok, w.change(Action::Deleted, "CRITICAL"));
+        w.sync.shutdown().await;
     }
 }
 

@@ -12,6 +12,8 @@
 //! be the source's: created, updated, deleted, created.
 
 use synchronizer::{Action, Event, SubscribeOptions, Synchronizer};
+use synchronizer_openstack::time::parse_timestamp;
+use synchronizer_plugin_api::time::format_rfc3339_micros;
 use synchronizer_tests::http::{FixtureServer, Reply};
 use synchronizer_tests::{config, root};
 
@@ -98,61 +100,46 @@ fn rebase_json(text: &[u8], skew_ms: i64) -> Vec<u8> {
     shift_json(text, now_ms() + skew_ms - queried)
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Year, month, day of a day count since 1970-01-01.
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
 const MONTHS: [&str; 12] = [
     "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
 ];
 const WEEKDAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
 
+/// Unix seconds of a UTC date and time (the calendar arithmetic is the project's own:
+/// the OpenStack timestamp parser).
+fn unix_seconds(y: &str, m: &str, d: &str, time: &str) -> Option<i64> {
+    parse_timestamp(&format!("{y}-{m}-{d}T{time}Z")).map(|us| us.div_euclid(1_000_000))
+}
+
+/// `YYYY`, `MM`, `DD`, `HH:MM:SS` of Unix seconds, UTC (the plugin API's formatter).
+fn civil(secs: i64) -> (String, String, String, String) {
+    let t = format_rfc3339_micros(secs * 1_000_000);
+    (
+        t[0..4].to_owned(),
+        t[5..7].to_owned(),
+        t[8..10].to_owned(),
+        t[11..19].to_owned(),
+    )
+}
+
 /// `MM-DD-YYYY HH:MM:SS` (status.cgi with `date_format=us`) as Unix seconds, if it is one.
 fn parse_us_date(s: &[u8]) -> Option<i64> {
     let shape = b"00-00-0000 00:00:00";
-    if s.len() != shape.len()
-        || !s
-            .iter()
-            .zip(shape)
-            .all(|(c, p)| if *p == b'0' { c.is_ascii_digit() } else { c == p })
-    {
-        return None;
-    }
-    let n = |a, b| std::str::from_utf8(&s[a..b]).ok()?.parse::<i64>().ok();
-    let (mo, d, y) = (n(0, 2)?, n(3, 5)?, n(6, 10)?);
-    let (h, mi, se) = (n(11, 13)?, n(14, 16)?, n(17, 19)?);
-    Some(days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se)
+    let fits = s.len() == shape.len()
+        && s.iter().zip(shape).all(|(c, p)| {
+            if *p == b'0' {
+                c.is_ascii_digit()
+            } else {
+                c == p
+            }
+        });
+    let s = std::str::from_utf8(s).ok().filter(|_| fits)?;
+    unix_seconds(&s[6..10], &s[0..2], &s[3..5], &s[11..19])
 }
 
 fn format_us_date(secs: i64) -> String {
-    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
-    let rem = secs.rem_euclid(86_400);
-    format!(
-        "{m:02}-{d:02}-{y:04} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let (y, m, d, time) = civil(secs);
+    format!("{m}-{d}-{y} {time}")
 }
 
 /// `Tue Dec 1 22:22:17 UTC 2026` (status.cgi's `Last Updated`) as Unix seconds.
@@ -161,27 +148,17 @@ fn parse_last_updated(s: &str) -> Option<i64> {
     let [_, month, day, time, "UTC", year] = f.as_slice() else {
         return None;
     };
-    let m = MONTHS.iter().position(|x| x == month)? as i64 + 1;
-    let t: Vec<i64> = time.split(':').map(|x| x.parse().ok()).collect::<Option<_>>()?;
-    let [h, mi, se] = t.as_slice() else {
-        return None;
-    };
-    let days = days_from_civil(year.parse().ok()?, m, day.parse().ok()?);
-    Some(days * 86_400 + h * 3600 + mi * 60 + se)
+    let m = MONTHS.iter().position(|x| x == month)? + 1;
+    let d: u32 = day.parse().ok()?;
+    unix_seconds(year, &format!("{m:02}"), &format!("{d:02}"), time)
 }
 
 fn format_last_updated(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    let rem = secs.rem_euclid(86_400);
-    format!(
-        "{} {} {d} {:02}:{:02}:{:02} UTC {y}",
-        WEEKDAYS[(days + 4).rem_euclid(7) as usize],
-        MONTHS[(m - 1) as usize],
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let (y, m, d, time) = civil(secs);
+    let weekday = WEEKDAYS[(secs.div_euclid(86_400) + 4).rem_euclid(7) as usize];
+    let month = MONTHS[m.parse::<usize>().unwrap_or(1) - 1];
+    let day = d.trim_start_matches('0');
+    format!("{weekday} {month} {day} {time} UTC {y}")
 }
 
 const LAST_UPDATED: &str = "Last Updated: ";
@@ -303,8 +280,14 @@ async fn same_changes_for_every_skew(source: &str) {
         expected(),
         "{source}, no skew: the source's changes (two polls per step: {STEPS:?})"
     );
-    assert_eq!(behind, exact, "{source}: Nagios' clock 1 h behind the host's");
-    assert_eq!(ahead, exact, "{source}: Nagios' clock 1 h ahead of the host's");
+    assert_eq!(
+        behind, exact,
+        "{source}: Nagios' clock 1 h behind the host's"
+    );
+    assert_eq!(
+        ahead, exact,
+        "{source}: Nagios' clock 1 h ahead of the host's"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -331,7 +314,10 @@ fn the_replay_moves_every_time_and_nothing_else() {
     assert_eq!(format_us_date(t), "12-31-2026 23:30:00");
     let u = parse_last_updated("Tue Dec 1 22:22:17 UTC 2026").unwrap();
     assert_eq!(u, 1_796_163_737);
-    assert_eq!(format_last_updated(u - 86_400), "Mon Nov 30 22:22:17 UTC 2026");
+    assert_eq!(
+        format_last_updated(u - 86_400),
+        "Mon Nov 30 22:22:17 UTC 2026"
+    );
     // A captured page: every Last Check moved by the skew.
     let page = fixture("1-raised.status.html");
     let shifted = rebase_html(&page, HOUR_MS);

@@ -7,7 +7,14 @@
 //! - no heartbeat answer came for `heartbeat_timeout`;
 //! - its resident memory (`VmRSS` in `/proc/<pid>/status`, polled every 100 ms) passes
 //!   `memory_limit` (the child also sets `RLIMIT_DATA` to twice the limit as a backstop);
-//! - it sent a malformed frame ("protocol error").
+//! - it sent a malformed frame, a snapshot part that does not decode, or a snapshot part
+//!   for a call that is not a snapshot it has in hand ("protocol error").
+//!
+//! Snapshot parts are held (decoding, several at once) until their call's final frame, up
+//! to `snapshot_limit` bytes of frames per call: past it the call fails at once with an
+//! error saying so (a failed snapshot deletes nothing), the parts held are dropped and the
+//! call's further parts are read and dropped until its final frame. The child is not
+//! killed for that: a snapshot that large is the plugin's answer, not a protocol error.
 //!
 //! Whatever ended the child, the calls it had in hand fail (a snapshot that fails deletes
 //! nothing), the cause is logged and recorded in the instance's status, and a new child
@@ -42,6 +49,14 @@ const MEMORY_POLL: Duration = Duration::from_millis(100);
 const CANCEL_WAIT: Duration = Duration::from_secs(1);
 /// A child that ran this long resets the restart backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(60);
+/// Process mode: the most snapshot-part frame bytes the host holds for one call, by
+/// default (`snapshot_limit`). Decoded entities take several times their frame size.
+pub const DEFAULT_SNAPSHOT_LIMIT: u64 = 256 << 20;
+/// Abandoned snapshot calls (timed out, or past `snapshot_limit`) whose late parts are
+/// still read and dropped. A child may send parts after it answered a cancellation, so an
+/// abandoned call is remembered until its final frame; this many at most, the oldest
+/// forgotten first (a part for a forgotten call is then a protocol error).
+const MAX_ABANDONED: usize = 64;
 
 /// How to run one instance in a child.
 #[derive(Clone, Debug)]
@@ -62,6 +77,8 @@ pub struct ProcessOptions {
     pub heartbeat_timeout: Duration,
     /// Resident memory limit in bytes.
     pub memory_limit: Option<u64>,
+    /// The most snapshot-part frame bytes held for one call ([`DEFAULT_SNAPSHOT_LIMIT`]).
+    pub snapshot_limit: u64,
     /// First restart delay.
     pub backoff_initial: Duration,
     /// Largest restart delay.
@@ -124,13 +141,28 @@ pub enum ProcessError {
 /// One part of a streamed snapshot, decoded on a blocking thread.
 type PartTask = tokio::task::JoinHandle<Result<Vec<Entity>, wire::WireError>>;
 
+/// A snapshot call the child may stream parts for.
+enum Stream {
+    /// Its caller waits: parts are decoded and held, in order, until the final frame.
+    Collecting {
+        /// The parts, decoding or decoded.
+        parts: Vec<PartTask>,
+        /// Their frames' bytes.
+        bytes: u64,
+    },
+    /// Its caller has its answer or gave up (the call passed its timeout, or its parts
+    /// passed `snapshot_limit`): further parts are dropped until the final frame.
+    Abandoned,
+}
+
 /// One running child and the calls it has in hand.
 struct Conn {
     pid: u32,
     tx: mpsc::UnboundedSender<Vec<u8>>,
     pending: Mutex<HashMap<u64, oneshot::Sender<FromChild>>>,
-    /// Parts of snapshots streamed in parts, being decoded, until their final frame.
-    partial: Mutex<HashMap<u64, Vec<PartTask>>>,
+    /// Every snapshot call in hand (or abandoned and not finished), with its parts: a
+    /// part for any other call id is a protocol error.
+    partial: Mutex<HashMap<u64, Stream>>,
     next_id: AtomicU64,
     in_flight: AtomicU32,
     kill_tx: mpsc::UnboundedSender<String>,
@@ -151,6 +183,40 @@ impl Conn {
         lock(&self.pending).insert(id, tx);
         self.send(&make(id));
         (id, rx)
+    }
+
+    /// Registers a snapshot call and sends it.
+    fn call_snapshot(&self, types: Vec<String>) -> (u64, oneshot::Receiver<FromChild>) {
+        self.call(|id| {
+            lock(&self.partial).insert(
+                id,
+                Stream::Collecting {
+                    parts: Vec::new(),
+                    bytes: 0,
+                },
+            );
+            ToChild::Snapshot { id, types }
+        })
+    }
+
+    /// The caller of snapshot `id` has its answer or gave up: its parts are dropped now,
+    /// later ones on arrival. Forgets the oldest abandoned calls past [`MAX_ABANDONED`].
+    fn abandon_snapshot(&self, id: u64) {
+        let mut streams = lock(&self.partial);
+        if let Some(stream) = streams.get_mut(&id) {
+            *stream = Stream::Abandoned;
+        }
+        let mut abandoned: Vec<u64> = streams
+            .iter()
+            .filter(|(_, s)| matches!(s, Stream::Abandoned))
+            .map(|(id, _)| *id)
+            .collect();
+        if abandoned.len() > MAX_ABANDONED {
+            abandoned.sort_unstable();
+            for old in &abandoned[..abandoned.len() - MAX_ABANDONED] {
+                streams.remove(old);
+            }
+        }
     }
 
     fn kill(&self, cause: String) {
@@ -303,7 +369,7 @@ impl ProcessInstance {
         Box::pin(async move {
             let conn = current_conn(&shared, false).await?;
             conn.in_flight.fetch_add(1, Ordering::SeqCst);
-            let (id, rx) = conn.call(|id| ToChild::Snapshot { id, types });
+            let (id, rx) = conn.call_snapshot(types);
             let mut guard = Abandon {
                 conn: conn.clone(),
                 id,
@@ -431,6 +497,8 @@ impl Drop for Abandon {
         }
         let conn = self.conn.clone();
         let id = self.id;
+        // What it streamed so far is dropped now; what it still streams, on arrival.
+        conn.abandon_snapshot(id);
         let (tx, rx) = oneshot::channel();
         lock(&conn.pending).insert(id, tx);
         conn.send(&ToChild::Cancel { id });
@@ -440,7 +508,6 @@ impl Drop for Abandon {
         };
         handle.spawn(async move {
             let answer = tokio::time::timeout(CANCEL_WAIT, rx).await;
-            lock(&conn.partial).remove(&id);
             match answer {
                 Ok(Ok(FromChild::Cancelled { stuck: true, .. })) => conn.kill(
                     "a snapshot passed its timeout and the plugin's thread did not return (stuck); killed to reclaim it".into(),
@@ -904,6 +971,60 @@ async fn serve(shared: &Arc<Shared>, launched: Launched) -> String {
     cause
 }
 
+/// Takes one `SnapshotPart` frame for call `id`: decodes it off the reader task (several
+/// at once, while the next arrive) and holds it for the call's final frame. `Err` is a
+/// protocol error: the child is to be killed with that cause.
+fn take_part(shared: &Shared, conn: &Arc<Conn>, id: u64, body: Vec<u8>) -> Result<(), String> {
+    let limit = shared.options.snapshot_limit;
+    let mut streams = lock(&conn.partial);
+    let (parts, bytes) = match streams.get_mut(&id) {
+        None => {
+            return Err(format!(
+                "protocol error: a snapshot part for call {id}, which is not a snapshot in hand"
+            ));
+        }
+        Some(Stream::Abandoned) => return Ok(()), // read and dropped
+        Some(Stream::Collecting { parts, bytes }) => (parts, bytes),
+    };
+    *bytes = bytes.saturating_add(body.len() as u64);
+    if *bytes > limit {
+        let held = *bytes;
+        drop(streams);
+        conn.abandon_snapshot(id);
+        let message = format!(
+            "the snapshot is larger than snapshot_limit: its parts passed {} MiB ({held} bytes of frames); they are dropped and nothing is deleted",
+            limit >> 20
+        );
+        tracing::error!(instance = %shared.name, pid = conn.pid, call = id, limit, "snapshot parts passed snapshot_limit; the snapshot fails");
+        let waiter = lock(&conn.pending).remove(&id);
+        if let Some(w) = waiter {
+            let _ = w.send(FromChild::Snapshot {
+                id,
+                result: Err(FfiError {
+                    kind: ErrorKind::Failed,
+                    message: RString::from(message),
+                }),
+            });
+        }
+        return Ok(());
+    }
+    let decoder = conn.clone();
+    parts.push(tokio::task::spawn_blocking(move || {
+        let result = match FromChild::decode(&body) {
+            Ok(FromChild::SnapshotPart { entities, .. }) => Ok(entities),
+            Ok(_) => Err(wire::WireError::UnknownTag(0)),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &result {
+            // At once: the call fails and the child is restarted now, not when (or if)
+            // the final frame comes.
+            decoder.kill(format!("protocol error: a snapshot part of call {id}: {e}"));
+        }
+        result
+    }));
+    Ok(())
+}
+
 async fn write_frames(stdin: tokio::process::ChildStdin, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
     let mut w = BufWriter::with_capacity(64 << 10, stdin);
     while let Some(frame) = rx.recv().await {
@@ -934,13 +1055,10 @@ async fn read_frames(shared: Arc<Shared>, conn: Arc<Conn>, mut stdout: BufReader
             }
         };
         if let Some(id) = wire::snapshot_part_id(&body) {
-            // Decoded off this task, several parts at once, while the next arrive.
-            let task = tokio::task::spawn_blocking(move || match FromChild::decode(&body) {
-                Ok(FromChild::SnapshotPart { entities, .. }) => Ok(entities),
-                Ok(_) => Err(wire::WireError::UnknownTag(0)),
-                Err(e) => Err(e),
-            });
-            lock(&conn.partial).entry(id).or_default().push(task);
+            if let Err(cause) = take_part(&shared, &conn, id, body) {
+                conn.kill(cause);
+                return;
+            }
             continue;
         }
         let msg = match FromChild::decode(&body) {
@@ -996,7 +1114,12 @@ async fn read_frames(shared: Arc<Shared>, conn: Arc<Conn>, mut stdout: BufReader
             }
             FromChild::SnapshotPart { .. } => {} // routed above
             FromChild::Snapshot { id, result } => {
-                let parts = lock(&conn.partial).remove(&id);
+                let parts = match lock(&conn.partial).remove(&id) {
+                    // Its caller has its answer already, or gave up.
+                    Some(Stream::Abandoned) => continue,
+                    Some(Stream::Collecting { parts, .. }) => Some(parts),
+                    None => None,
+                };
                 let conn = conn.clone();
                 // The parts are joined in order off this task: frames keep flowing.
                 tokio::spawn(async move {
@@ -1017,7 +1140,9 @@ async fn read_frames(shared: Arc<Shared>, conn: Arc<Conn>, mut stdout: BufReader
                                 }
                             }
                             if let Some(e) = failed {
-                                conn.kill(format!("protocol error: {e}"));
+                                // Killed when the part failed already (`take_part`); this
+                                // covers a decoding task that did not finish.
+                                conn.kill(format!("protocol error: a snapshot part of call {id}: {e}"));
                                 return;
                             }
                             all.extend(std::mem::take(&mut snap.entities));

@@ -25,6 +25,42 @@ use synchronizer_plugin_api::{Category, Direction, Entity, ErrorKind, PluginKind
 /// The largest frame either side accepts (256 MiB).
 pub const MAX_FRAME: usize = 256 << 20;
 
+// ---- the smallest encoding of each repeated item ----
+//
+// `Reader::count` refuses a count whose items could not fit in the bytes that remain,
+// before anything is allocated. The bound must be the real minimum, or a valid frame of
+// small items is refused (a minimal entity is 24 bytes; a bound of 30 once made the host
+// kill a child that sent a part of small entities). Each constant follows the layout the
+// `FrameWriter` methods write, field by field, with every string empty and every option
+// absent; the tests encode such minimal items and check the sizes.
+
+/// `u8`: a tag, a flag, an enum.
+const U8: usize = 1;
+/// `u32`: a count, a string's length.
+const U32: usize = 4;
+/// `u64`: an id, a value, a timestamp.
+const U64: usize = 8;
+/// An empty string: its `u32` length.
+const MIN_STR: usize = U32;
+/// An absent option: its `u8` 0.
+const MIN_NONE: usize = U8;
+
+/// A relation (`FrameWriter::entity`): kind, other key, `u8` direction = 4 + 4 + 1 = 9.
+const MIN_RELATION: usize = MIN_STR + MIN_STR + U8;
+/// An entity (`FrameWriter::entity`): type, id, `u8` category, name, state (none),
+/// project (none), `u32` relation count (0), source timestamp (none), properties (empty
+/// for `{}`) = 4 + 4 + 1 + 4 + 1 + 1 + 4 + 1 + 4 = 24.
+const MIN_ENTITY: usize =
+    MIN_STR + MIN_STR + U8 + MIN_STR + MIN_NONE + MIN_NONE + U32 + MIN_NONE + MIN_STR;
+/// A pushed change (`encode_push`): `u8` action, entity = 1 + 24 = 25.
+const MIN_PUSHED: usize = U8 + MIN_ENTITY;
+/// An incomplete type (`encode_snapshot_tail`): type, reason = 4 + 4 = 8.
+const MIN_INCOMPLETE: usize = MIN_STR + MIN_STR;
+/// A counter (`Pong`): name, `u64` value = 4 + 8 = 12.
+const MIN_COUNTER: usize = MIN_STR + U64;
+/// An entity type or a requested type (`Ready`, `Snapshot`): one string = 4.
+const MIN_TYPE: usize = MIN_STR;
+
 /// A malformed frame.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum WireError {
@@ -370,7 +406,8 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(a))
     }
 
-    /// A count of items each at least `min` bytes long, checked against what remains.
+    /// A count of items each at least `min` bytes long (one of the `MIN_*` constants),
+    /// checked against what remains.
     fn count(&mut self, min: usize, what: &'static str) -> Result<usize, WireError> {
         let n = self.u32(what)? as usize;
         if n.saturating_mul(min.max(1)) > self.buf.len() {
@@ -457,7 +494,7 @@ impl<'a> Reader<'a> {
         if let Some(p) = self.opt_str("project")? {
             e = e.with_project(p);
         }
-        let n = self.count(9, "relations")?;
+        let n = self.count(MIN_RELATION, "relations")?;
         for _ in 0..n {
             let kind = self.str("relation kind")?;
             let other = self.str("relation key")?;
@@ -605,7 +642,7 @@ impl ToChild {
                 memory_limit: r.u64("memory limit")?,
             },
             tag::SNAPSHOT => {
-                let n = r.count(4, "types")?;
+                let n = r.count(MIN_TYPE, "types")?;
                 let mut types = Vec::with_capacity(n);
                 for _ in 0..n {
                     types.push(r.string("type")?);
@@ -707,7 +744,7 @@ impl FromChild {
                 let name = r.string("name")?;
                 let version = r.string("version")?;
                 let description = r.string("description")?;
-                let n = r.count(4, "entity types")?;
+                let n = r.count(MIN_TYPE, "entity types")?;
                 let mut entity_types = Vec::with_capacity(n);
                 for _ in 0..n {
                     entity_types.push(r.string("entity type")?);
@@ -742,12 +779,12 @@ impl FromChild {
                 let result = if r.bool("result")? {
                     Err(r.error()?)
                 } else {
-                    let n = r.count(30, "entities")?;
+                    let n = r.count(MIN_ENTITY, "entities")?;
                     let mut entities = RVec::with_capacity(n);
                     for _ in 0..n {
                         entities.push(r.entity()?);
                     }
-                    let n = r.count(8, "incomplete")?;
+                    let n = r.count(MIN_INCOMPLETE, "incomplete")?;
                     let mut incomplete = RVec::with_capacity(n);
                     for _ in 0..n {
                         incomplete.push(FfiIncomplete {
@@ -763,7 +800,7 @@ impl FromChild {
                 FromChild::Snapshot { id, result }
             }
             tag::SNAPSHOT_PART => {
-                let n = r.count(30, "entities")?;
+                let n = r.count(MIN_ENTITY, "entities")?;
                 let mut entities = Vec::with_capacity(n);
                 for _ in 0..n {
                     entities.push(r.entity()?);
@@ -775,7 +812,7 @@ impl FromChild {
                 stuck: r.bool("stuck")?,
             },
             tag::PUSH => {
-                let n = r.count(31, "batch")?;
+                let n = r.count(MIN_PUSHED, "batch")?;
                 let mut batch = Vec::with_capacity(n);
                 for _ in 0..n {
                     let action = match r.u8("push action")? {
@@ -810,7 +847,7 @@ impl FromChild {
             }
             tag::PONG => {
                 let calls_in_flight = r.u32("calls in flight")?;
-                let n = r.count(12, "counters")?;
+                let n = r.count(MIN_COUNTER, "counters")?;
                 let mut counters = Vec::with_capacity(n);
                 for _ in 0..n {
                     let name = r.string("counter name")?;
@@ -1072,6 +1109,229 @@ mod tests {
         let other = ToChild::Ping { id: 9 }.encode();
         assert_eq!(snapshot_part_id(body(&other)), None);
         assert_eq!(snapshot_part_id(&[]), None);
+    }
+
+    /// The body length of a frame with `items` after its header and one `u32` count.
+    const HEADER: usize = U8 + U64;
+
+    #[test]
+    fn the_counted_minimums_are_the_encoders_real_minimums() {
+        let bare = Entity::new(Category::Resource, "", "");
+        let part = |entities: &[Entity]| encode_snapshot_part(1, entities).len() - 4;
+        assert_eq!(part(&[bare.clone()]), HEADER + U32 + MIN_ENTITY);
+        assert_eq!(MIN_ENTITY, 24);
+        let related = bare.clone().with_relation(Relation::to("", ""));
+        assert_eq!(part(&[related]), HEADER + U32 + MIN_ENTITY + MIN_RELATION);
+        let pushed = encode_push(
+            1,
+            &[FfiPushed {
+                action: PushAction::Upsert,
+                entity: bare.clone(),
+            }],
+        );
+        assert_eq!(pushed.len() - 4, HEADER + U32 + MIN_PUSHED);
+        let tail = encode_snapshot_tail(
+            1,
+            &[],
+            &[FfiIncomplete {
+                entity_type: "".into(),
+                reason: "".into(),
+            }],
+        );
+        assert_eq!(tail.len() - 4, HEADER + U8 + U32 + U32 + MIN_INCOMPLETE);
+        let pong = FromChild::Pong {
+            id: 1,
+            calls_in_flight: 0,
+            counters: vec![(String::new(), 0)],
+        }
+        .encode();
+        assert_eq!(pong.len() - 4, HEADER + U32 + U32 + MIN_COUNTER);
+        let snapshot = ToChild::Snapshot {
+            id: 1,
+            types: vec![String::new()],
+        }
+        .encode();
+        assert_eq!(snapshot.len() - 4, HEADER + U32 + MIN_TYPE);
+    }
+
+    #[test]
+    fn a_part_of_minimal_entities_is_accepted() {
+        // Each 24 to 27 bytes: the old bound of 30 per entity refused this valid part.
+        let entities: Vec<Entity> = (0..1000)
+            .map(|i| Entity::resource(if i % 2 == 0 { "" } else { "x" }, &(i % 100).to_string()))
+            .collect();
+        let frame = encode_snapshot_part(4, &entities);
+        assert!(frame.len() - 4 < HEADER + U32 + 30 * entities.len());
+        let FromChild::SnapshotPart { id, entities: got } = FromChild::decode(body(&frame)).unwrap()
+        else {
+            panic!("wrong message")
+        };
+        assert_eq!((id, got), (4, entities.clone()));
+        // The same in a final Snapshot frame and in a push batch.
+        let snap = FfiSnapshot {
+            entities: entities.clone().into(),
+            incomplete: RVec::new(),
+        };
+        let FromChild::Snapshot { result, .. } =
+            FromChild::decode(body(&encode_snapshot(4, Ok(&snap)))).unwrap()
+        else {
+            panic!("wrong message")
+        };
+        assert_eq!(result.unwrap().entities.as_slice(), entities.as_slice());
+        let batch: Vec<FfiPushed> = entities
+            .iter()
+            .map(|e| FfiPushed {
+                action: PushAction::Delete,
+                entity: e.clone(),
+            })
+            .collect();
+        let FromChild::Push { batch: got, .. } =
+            FromChild::decode(body(&encode_push(5, &batch))).unwrap()
+        else {
+            panic!("wrong message")
+        };
+        assert_eq!(got.len(), 1000);
+        // One entity fewer than the count says is still refused as truncated.
+        let mut short = body(&frame).to_vec();
+        short[HEADER..HEADER + 4].copy_from_slice(&1001u32.to_le_bytes());
+        assert!(matches!(
+            FromChild::decode(&short),
+            Err(WireError::Truncated(_))
+        ));
+    }
+
+    mod round_trip {
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use super::body;
+
+        fn properties() -> impl Strategy<Value = Option<serde_json::Value>> {
+            let leaf = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::from),
+                any::<i64>().prop_map(serde_json::Value::from),
+                any::<u64>().prop_map(serde_json::Value::from),
+                any::<f64>().prop_map(serde_json::Value::from),
+                any::<String>().prop_map(serde_json::Value::from),
+            ];
+            let tree = leaf.prop_recursive(4, 32, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                    prop::collection::btree_map(any::<String>(), inner, 0..4)
+                        .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+                ]
+            });
+            prop::option::of(tree)
+        }
+
+        prop_compose! {
+            fn entity()(
+                alarm in any::<bool>(),
+                entity_type in any::<String>(),
+                id in any::<String>(),
+                name in any::<String>(),
+                state in prop::option::of(any::<String>()),
+                project in prop::option::of(any::<String>()),
+                relations in prop::collection::vec((any::<String>(), any::<String>(), any::<bool>()), 0..3),
+                updated in prop::option::of(any::<i64>()),
+                properties in properties(),
+                properties_text in prop::option::of(Just(" { \"kept\" : [ 1 , 2.50 ] } ".to_owned())),
+            ) -> Entity {
+                let category = if alarm { Category::Alarm } else { Category::Resource };
+                let mut e = Entity::new(category, &entity_type, &id).with_name(name);
+                if let Some(s) = state {
+                    e = e.with_state(s);
+                }
+                if let Some(p) = project {
+                    e = e.with_project(p);
+                }
+                for (kind, other, out) in relations {
+                    e = e.with_relation(if out { Relation::to(&kind, other) } else { Relation::from(&kind, other) });
+                }
+                if let Some(us) = updated {
+                    e = e.with_source_updated_micros(us);
+                }
+                if let Some(p) = properties {
+                    e = e.with_properties(p);
+                }
+                if let Some(text) = properties_text {
+                    // Text kept byte for byte, whitespace included.
+                    e = e.with_properties_json(text).unwrap_or_else(|err| panic!("{err}"));
+                }
+                e
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn every_snapshot_part_decodes_to_itself(id in any::<u64>(), entities in prop::collection::vec(entity(), 0..8)) {
+                let frame = encode_snapshot_part(id, &entities);
+                prop_assert_eq!(snapshot_part_id(body(&frame)), Some(id));
+                match FromChild::decode(body(&frame)) {
+                    Ok(FromChild::SnapshotPart { id: got_id, entities: got }) => {
+                        prop_assert_eq!(got_id, id);
+                        prop_assert_eq!(got, entities);
+                    }
+                    other => prop_assert!(false, "{:?}", other),
+                }
+            }
+
+            #[test]
+            fn every_snapshot_decodes_to_itself(
+                id in any::<u64>(),
+                entities in prop::collection::vec(entity(), 0..8),
+                incomplete in prop::collection::vec((any::<String>(), any::<String>()), 0..3),
+            ) {
+                let snap = FfiSnapshot {
+                    entities: entities.clone().into(),
+                    incomplete: incomplete
+                        .iter()
+                        .map(|(t, r)| FfiIncomplete { entity_type: t.as_str().into(), reason: r.as_str().into() })
+                        .collect(),
+                };
+                match FromChild::decode(body(&encode_snapshot(id, Ok(&snap)))) {
+                    Ok(FromChild::Snapshot { id: got_id, result: Ok(got) }) => {
+                        prop_assert_eq!(got_id, id);
+                        prop_assert_eq!(got.entities.as_slice(), entities.as_slice());
+                        let got_incomplete: Vec<(String, String)> = got
+                            .incomplete
+                            .iter()
+                            .map(|i| (i.entity_type.to_string(), i.reason.to_string()))
+                            .collect();
+                        prop_assert_eq!(got_incomplete, incomplete);
+                    }
+                    other => prop_assert!(false, "{:?}", other),
+                }
+            }
+
+            #[test]
+            fn every_push_batch_decodes_to_itself(
+                id in any::<u64>(),
+                batch in prop::collection::vec((any::<bool>(), entity()), 0..8),
+            ) {
+                let batch: Vec<FfiPushed> = batch
+                    .into_iter()
+                    .map(|(upsert, entity)| FfiPushed {
+                        action: if upsert { PushAction::Upsert } else { PushAction::Delete },
+                        entity,
+                    })
+                    .collect();
+                match FromChild::decode(body(&encode_push(id, &batch))) {
+                    Ok(FromChild::Push { id: got_id, batch: got }) => {
+                        prop_assert_eq!(got_id, id);
+                        prop_assert_eq!(got.len(), batch.len());
+                        for (g, b) in got.iter().zip(&batch) {
+                            prop_assert_eq!(g.action, b.action);
+                            prop_assert_eq!(&g.entity, &b.entity);
+                        }
+                    }
+                    other => prop_assert!(false, "{:?}", other),
+                }
+            }
+        }
     }
 
     #[test]

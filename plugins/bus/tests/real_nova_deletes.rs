@@ -468,14 +468,6 @@ async fn a_real_nova_deleting_a_server_with_both_plugins() {
         .filter(|s| s.instance.as_deref() == Some(probe.as_str()))
         .collect();
     capture(&mine);
-    for s in after_deletion(&mine) {
-        assert!(
-            matches!(change_of(&s.body), Some(Change::Delete(_))),
-            "{} {:?}: not a deletion",
-            s.event_type,
-            s.state
-        );
-    }
 
     // The view is Nova's listing.
     let listed: BTreeMap<String, Option<String>> = api
@@ -517,6 +509,16 @@ async fn a_real_nova_deleting_a_server_with_both_plugins() {
         !actions[deleted_at..].contains(&Action::Created),
         "no created after the deleted: {of_probe:?}"
     );
+
+    // What made it so: each post-delete update is a deletion.
+    for s in after_deletion(&mine) {
+        assert!(
+            matches!(change_of(&s.body), Some(Change::Delete(_))),
+            "{} {:?}: not a deletion",
+            s.event_type,
+            s.state
+        );
+    }
 
     sync.shutdown().await;
     let mut queues: Vec<String> = bus_queues.to_vec();

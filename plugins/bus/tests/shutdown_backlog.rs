@@ -26,7 +26,7 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -250,8 +250,7 @@ impl Seen {
 
 /// One run of the binary with its three readers.
 struct Run {
-    /// Taken by [`Run::finish`]; killed on drop otherwise (a failed test).
-    child: Option<Child>,
+    child: Guard,
     stdout: std::thread::JoinHandle<Seen>,
     stderr: std::thread::JoinHandle<Vec<String>>,
     sse: std::thread::JoinHandle<Seen>,
@@ -338,7 +337,7 @@ impl Run {
             seen
         });
         Run {
-            child: Some(child),
+            child: Guard(Some(child)),
             stdout,
             stderr,
             sse,
@@ -355,16 +354,18 @@ impl Run {
             matches!(open, Ok(Ok(_))),
             "the SSE stream did not open within {WAIT:?}"
         );
-        let printed = tokio::time::timeout(WAIT, self.printed.wait_for(|p| *p >= n)).await;
+        let printed = tokio::time::timeout(WAIT, self.printed.wait_for(|p| *p >= n))
+            .await
+            .is_ok();
         assert!(
-            printed.is_ok(),
+            printed,
             "{} changes printed within {WAIT:?}, waiting for {n}",
             *self.printed.borrow()
         );
     }
 
     fn signal(&self, signal: libc::c_int) {
-        if let Some(child) = &self.child {
+        if let Some(child) = &self.child.0 {
             let pid = libc::pid_t::try_from(child.id()).expect("pid");
             // SAFETY: kill(2) on the process this test started and has not reaped.
             unsafe { libc::kill(pid, signal) };
@@ -373,7 +374,7 @@ impl Run {
 
     /// Waits for the process to exit; returns its status and what its readers saw.
     async fn finish(mut self) -> (std::process::ExitStatus, Seen, Seen, Vec<String>) {
-        let mut child = self.child.take().expect("running");
+        let mut child = self.child.0.take().expect("running");
         let pid = child.id();
         let waited =
             tokio::time::timeout(WAIT, tokio::task::spawn_blocking(move || child.wait())).await;
@@ -398,10 +399,14 @@ impl Run {
     }
 }
 
-impl Drop for Run {
+/// The process of a run: taken by [`Run::finish`], killed on drop otherwise (when the
+/// test fails).
+struct Guard(Option<Child>);
+
+impl Drop for Guard {
     fn drop(&mut self) {
-        self.signal(libc::SIGKILL);
-        if let Some(mut child) = self.child.take() {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
             let _ = child.wait();
         }
     }

@@ -100,11 +100,13 @@ pub fn format_timestamp(micros: i64) -> String {
 
 /// Formats microseconds since the Unix epoch in whole seconds, the way Nova's
 /// `utils.isotime` writes `created` in the API and timestamps in versioned notifications:
-/// `2026-11-25T08:37:35Z` (the fraction is dropped, not rounded).
+/// `2026-11-25T08:37:35Z` (the fraction is dropped, not rounded). Total over `i64`: the
+/// plugin-api formatter does the arithmetic (a year outside 1..=9999 is written expanded,
+/// `+10000-…`).
 pub fn format_isotime(micros: i64) -> String {
-    let full = format_timestamp(micros.div_euclid(1_000_000) * 1_000_000);
-    // `...T08:37:35.000000Z` without `.000000`.
-    match full.split_once('.') {
+    let full = synchronizer_plugin_api::time::format_rfc3339_micros(micros);
+    // `...T08:37:35.123456Z` without `.123456`.
+    match full.rsplit_once('.') {
         Some((seconds, _)) => format!("{seconds}Z"),
         None => full,
     }
@@ -215,6 +217,27 @@ mod tests {
             Some("2026-11-25T08:37:40Z".to_owned())
         );
         assert_eq!(format_isotime(-1), "1969-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn isotime_is_total_over_i64() {
+        // `div_euclid(1_000_000) * 1_000_000` overflowed here once.
+        assert_eq!(format_isotime(i64::MIN), "-290308-12-21T19:59:05Z");
+        assert_eq!(format_isotime(i64::MIN + 999_999), "-290308-12-21T19:59:06Z");
+        assert_eq!(format_isotime(i64::MAX), "+294247-01-10T04:00:54Z");
+        assert_eq!(
+            format_isotime(synchronizer_plugin_api::time::MIN_MICROS),
+            "0001-01-01T00:00:00Z"
+        );
+        assert_eq!(
+            format_isotime(synchronizer_plugin_api::time::MAX_MICROS),
+            "9999-12-31T23:59:59Z"
+        );
+        // In range it writes what format_timestamp writes, without the fraction.
+        for t in [0_i64, -1, 1_795_595_860_123_456, -2_208_988_800_000_001] {
+            let full = format_timestamp(t);
+            assert_eq!(format_isotime(t), format!("{}Z", &full[..full.len() - 8]));
+        }
     }
 
     #[test]

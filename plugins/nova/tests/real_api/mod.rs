@@ -100,10 +100,17 @@ impl Api {
 
     /// Deletes a server and waits until Nova answers 404 for it.
     pub async fn delete(&self, id: &str) {
-        let (status, body) = self
-            .call(reqwest::Method::DELETE, &format!("/servers/{id}"), None)
-            .await;
-        assert_eq!(status, 204, "{body}");
+        for attempt in 1..=3 {
+            let (status, body) = self
+                .call(reqwest::Method::DELETE, &format!("/servers/{id}"), None)
+                .await;
+            if status == 204 {
+                break;
+            }
+            // sqlite was locked (this lab runs Nova on sqlite): try again.
+            let locked = status == 500 && body.to_string().contains("OperationalError");
+            assert!(locked && attempt < 3, "{status} {body}");
+        }
         self.wait_status(id, None).await;
     }
 

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Builds and runs the fuzz targets of fuzz/ (cargo-fuzz, libFuzzer), on the stable
+# toolchain (RUSTC_BOOTSTRAP=1 lets cargo-fuzz pass its -Z flags; no sanitizer: the code
+# is safe Rust, and without ASan a run is several times faster).
+#
+#   scripts/fuzz.sh TARGET|all SECONDS   fuzz each target for SECONDS, one after another,
+#                                        with one libFuzzer process: new inputs go to
+#                                        fuzz/corpus/TARGET, crashes to fuzz/artifacts/TARGET
+#   scripts/fuzz.sh cmin TARGET|all      minimize fuzz/corpus/TARGET (regress-* are kept)
+#   scripts/fuzz.sh list                 the targets
+#
+# Each run also reads the repository's real fixtures for its input (see `seeds` below),
+# so the corpus needs to hold only what adds to them. The log of each run is
+# fuzz/target/logs/TARGET.log; its last line says the seconds, executions and corpus size.
+# Environment: FUZZ_ARGS (more libFuzzer options, e.g. "-max_len=65536").
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+    cargo install cargo-fuzz --locked
+fi
+export RUSTC_BOOTSTRAP=1
+build_flags=(--fuzz-dir fuzz --sanitizer none --debug-assertions --features libfuzzer)
+
+targets() { sed -n 's/^name = "\(.*\)"$/\1/p' fuzz/Cargo.toml | grep -v '^synchronizer-fuzz$'; }
+
+# Directories of real inputs each target also reads (never written to).
+seeds() {
+    case "$1" in
+        nagios_html | nagios_json) echo plugins/nagios/tests/fixtures ;;
+        bus_message) echo plugins/bus/tests/fixtures ;;
+        bus_notification) echo plugins/bus/tests/fixtures/nova ;;
+        nova_pages) echo plugins/nova/tests/fixtures ;;
+        heat_pages) echo plugins/heat/tests/fixtures ;;
+        static_yaml) echo examples/demo/static ;;
+    esac
+}
+
+usage() {
+    sed -n '7,11p' "$0" >&2
+    exit 2
+}
+
+[ $# -ge 1 ] || usage
+case "$1" in
+    list)
+        targets
+        exit 0
+        ;;
+    cmin)
+        [ $# -eq 2 ] || usage
+        selected=$([ "$2" = all ] && targets || echo "$2")
+        for t in $selected; do
+            dir="fuzz/corpus/$t"
+            keep=$(mktemp -d)
+            find "$dir" -maxdepth 1 -name 'regress-*' -exec cp {} "$keep/" \;
+            before=$(find "$dir" -type f | wc -l)
+            cargo +stable fuzz cmin "${build_flags[@]}" "$t" "$dir" -- -timeout=30
+            cp "$keep"/* "$dir/" 2>/dev/null || true
+            rm -rf "$keep"
+            echo "$t: corpus $before -> $(find "$dir" -type f | wc -l) files, $(du -sh "$dir" | cut -f1)"
+        done
+        exit 0
+        ;;
+esac
+
+[ $# -eq 2 ] || usage
+selected=$([ "$1" = all ] && targets || echo "$1")
+seconds=$2
+targets | grep -qx "${selected%% *}" || { echo "no fuzz target ${selected%% *} (scripts/fuzz.sh list)" >&2; exit 2; }
+
+mkdir -p fuzz/target/logs
+cargo +stable fuzz build "${build_flags[@]}"
+status=0
+for t in $selected; do
+    mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t"
+    log="fuzz/target/logs/$t.log"
+    # shellcheck disable=SC2046,SC2086
+    if cargo +stable fuzz run "${build_flags[@]}" "$t" "fuzz/corpus/$t" $(seeds "$t") -- \
+        -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+        ${FUZZ_ARGS:-} > "$log" 2>&1; then
+        outcome=ok
+    else
+        outcome="FAILED (see $log and fuzz/artifacts/$t)"
+        status=1
+    fi
+    runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
+    secs=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$log" | tail -n 1)
+    echo "$t: ${secs:-?} s, ${runs:-?} executions, corpus $(find "fuzz/corpus/$t" -type f | wc -l) files: $outcome"
+done
+exit "$status"
