@@ -496,9 +496,20 @@ impl Store {
         // The latest seq per key in doubt: an older confirmation does not clear a newer row.
         let mut latest: std::collections::HashMap<Vec<u8>, u64> = Default::default();
         let mut open = true;
+        let mut last_call = false;
         while open {
             let mut group = Vec::new();
-            match rx.recv_timeout(Duration::from_millis(500)) {
+            // Nothing in doubt: wait for the next batch. Something in doubt: look again
+            // soon, so that a confirmed change does not stay in doubt for long (after a
+            // crash it would be announced again).
+            let next = if last_call {
+                Err(mpsc::RecvTimeoutError::Disconnected)
+            } else if doubt.is_empty() {
+                rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+            } else {
+                rx.recv_timeout(Duration::from_millis(50))
+            };
+            match next {
                 Ok(c) => group.push(c),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => open = false,
@@ -521,6 +532,13 @@ impl Store {
             if group.is_empty() && confirmed.is_empty() {
                 continue;
             }
+            if group.is_empty() {
+                match self.write(&group, &confirmed) {
+                    Ok(()) => tracing::debug!(changes = confirmed.len(), "baseline store: confirmed changes are no longer in doubt"),
+                    Err(e) => tracing::warn!(error = %e, "cannot clear confirmed changes in the baseline store; they are announced again after a restart"),
+                }
+                continue;
+            }
             let ops: usize = group.iter().map(|c| c.ops.len()).sum();
             if let Err(e) = self.write(&group, &confirmed) {
                 // Announce anyway: holding changes back would stop every producer for
@@ -541,6 +559,15 @@ impl Store {
                 announce(commit.changes);
                 mark.confirm(last);
             }
+            if !open {
+                // Stopping: what was announced just now gets one last chance to be
+                // confirmed (the outputs were drained before the store stops).
+                open = !doubt.is_empty() && !last_call;
+                last_call = true;
+            }
+        }
+        if !doubt.is_empty() {
+            tracing::info!(changes = latest.len(), "changes still in doubt at shutdown: they are announced again at the next start");
         }
     }
 }

@@ -351,10 +351,17 @@ impl Synchronizer {
 
         // What a crash left in doubt goes out again, now that every subscriber and output
         // of this run exists, before any instance runs.
-        let store_writer = store_writer.map(|(writer, mut restored)| {
-            hub.announce_in_doubt(&mut restored);
-            writer
-        });
+        let store_writer = match store_writer {
+            Some((writer, mut restored)) => {
+                if hub.announce_in_doubt(&mut restored) > 0
+                    && !hub.flush(Duration::from_secs(30)).await
+                {
+                    tracing::warn!("the changes in doubt were not announced within 30 s");
+                }
+                Some(writer)
+            }
+            None => None,
+        };
         for (owner, started) in instances.iter().enumerate() {
             let collected: &[String] = if started.meta.kind.collects() {
                 &started.types

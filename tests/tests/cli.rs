@@ -74,6 +74,53 @@ fn check_config_accepts_a_good_file_and_names_the_bad_field() {
 }
 
 #[test]
+fn check_config_refuses_absurd_durations_and_unreadable_environment_values() {
+    // A duration past a year, named by its key (it once passed, then made the status
+    // panic writing a time past 9999 and overflowed the scheduler's clock).
+    let dir = setup("");
+    let file = dir.path().join("sync.toml");
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("interval = \"200ms\"", "interval = \"10000years\"");
+    std::fs::write(&file, text).unwrap();
+    let out = synchronizer(&["check-config", &file.display().to_string()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("instance `static-test`: interval: 10000years is longer than"),
+        "{err}"
+    );
+
+    // An environment override with a multi-byte character before an escape: figment
+    // panicked on it (exit 101); now a configuration error naming the variable.
+    let dir = setup("");
+    let run = |value: &str| {
+        Command::new(binary())
+            .args(["check-config", &path(dir.path(), "sync.toml")])
+            .env("SYNCHRONIZER_PLUGIN_LOG_LEVEL", value)
+            .output()
+            .expect("runs")
+    };
+    let out = run("\"é\\n\"");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("environment variable SYNCHRONIZER_PLUGIN_LOG_LEVEL") && !err.contains("panicked"),
+        "{err}"
+    );
+    // The same character alone is an ordinary bad value; a quoted good one works.
+    let out = run("é");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`é` is not a level"));
+    let out = run("\"debug\"");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn plugins_lists_what_each_file_provides_or_why_it_cannot_load() {
     let dir = setup("");
     let out = synchronizer(&["plugins", "--config", &path(dir.path(), "sync.toml")]);

@@ -1,7 +1,7 @@
-//! The durable baseline with an AMQP output: a change is made durable only once the
-//! output's broker confirmed it. A change the broker never confirmed (it was away until
-//! shutdown) is reported again after the restart, and published then; a confirmed one is
-//! not. The static plugin `.so` through the real loader, the real RabbitMQ on
+//! The durable baseline with an AMQP output: a change stays *in doubt* in the store
+//! until the output's broker confirmed it. A change the broker never confirmed (it was
+//! away until shutdown) is announced again after the restart, and published then; a
+//! confirmed one is not. The static plugin `.so` through the real loader, the real RabbitMQ on
 //! 127.0.0.1:5672 (`scripts/rabbitmq/ensure.sh` starts it).
 
 use std::path::Path;
@@ -77,7 +77,7 @@ fn queued(sub: &mut Subscription) -> Vec<(Action, String)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_changes_the_output_confirmed_are_made_durable() {
+async fn changes_the_output_never_confirmed_are_announced_again_after_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir(dir.path().join("data")).expect("data dir");
     std::fs::write(dir.path().join("data/switches.yaml"), DATA).expect("data");
@@ -87,13 +87,13 @@ async fn only_changes_the_output_confirmed_are_made_durable() {
     ];
 
     // The output's broker is away for the whole run: the changes are reported locally,
-    // never confirmed, so not made durable.
+    // never confirmed, so they stay in doubt.
     let (sync, mut sub) = start(dir.path(), AWAY).await;
     assert_eq!(queued(&mut sub), created);
     sync.shutdown().await;
 
-    // Next run, broker up: the same two changes again (the store did not take them), now
-    // confirmed by the broker and made durable at shutdown.
+    // Next run, broker up: the same two changes again (announced from the store's
+    // in-doubt rows), now confirmed by the broker and settled.
     let (sync, mut sub) = start(dir.path(), BROKER).await;
     assert_eq!(
         queued(&mut sub),

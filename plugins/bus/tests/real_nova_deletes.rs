@@ -340,7 +340,7 @@ types = ["nova.instance"]
 [[instances]]
 name = "nova"
 library = "{nova_so}"
-interval = "2s"
+interval = "3s"
 jitter = "0s"
 timeout = "60s"
 [instances.config.cloud]
@@ -397,6 +397,7 @@ async fn a_real_nova_deleting_a_server_with_both_plugins() {
         );
     };
     let vhost = vhost(&amqp);
+    api.delete_named("real-nova-deletes-").await;
     let tag = common::unique("real-nova-deletes");
     let conn = connect(&amqp).await;
     let ch = conn.create_channel().await.expect("channel");

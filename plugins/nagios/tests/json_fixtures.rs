@@ -1,5 +1,6 @@
 //! statusjson.cgi answers from a real Nagios 4.4.6 and from the test Nagios of
-//! scripts/nagios: the exact entries parsed, and agreement with status.cgi.
+//! scripts/nagios: the exact entries parsed, agreement with status.cgi, and what Nagios
+//! makes of late, back-dated passive results.
 
 mod common;
 
@@ -259,4 +260,70 @@ fn live_html_and_json_agree_but_for_non_ascii_output() {
             ("compute-2", Down, "CRITICAL - Host Unreachable (127.0.0.1)"),
         ]
     );
+}
+
+/// The captures of late, back-dated results (fixtures/nagios4-late): the step name and
+/// its servicelist and status.cgi page.
+const LATE: [(&str, &[u8], &[u8]); 5] = [
+    (
+        "0-ok",
+        include_bytes!("fixtures/nagios4-late/0-ok.servicelist.json"),
+        include_bytes!("fixtures/nagios4-late/0-ok.status.html"),
+    ),
+    (
+        "1-raised",
+        include_bytes!("fixtures/nagios4-late/1-raised.servicelist.json"),
+        include_bytes!("fixtures/nagios4-late/1-raised.status.html"),
+    ),
+    (
+        "2-backdated-critical",
+        include_bytes!("fixtures/nagios4-late/2-backdated-critical.servicelist.json"),
+        include_bytes!("fixtures/nagios4-late/2-backdated-critical.status.html"),
+    ),
+    (
+        "3-cleared",
+        include_bytes!("fixtures/nagios4-late/3-cleared.servicelist.json"),
+        include_bytes!("fixtures/nagios4-late/3-cleared.status.html"),
+    ),
+    (
+        "4-reraised-backdated",
+        include_bytes!("fixtures/nagios4-late/4-reraised-backdated.servicelist.json"),
+        include_bytes!("fixtures/nagios4-late/4-reraised-backdated.status.html"),
+    ),
+];
+
+#[test]
+fn a_late_result_becomes_the_state_and_moves_the_last_check_back() {
+    let mut seen = Vec::new();
+    for (step, json, html) in LATE {
+        let services = parse_servicelist(json).expect(step).entries;
+        let s = services
+            .iter()
+            .find(|s| s.host == "replay-0" && s.service.as_deref() == Some("CPU load"))
+            .expect(step);
+        let check = s.last_check.as_ref().and_then(CheckTime::unix_millis);
+        seen.push((
+            s.state,
+            check.expect(step),
+            s.last_state_change.expect(step),
+        ));
+        // Both CGIs show the same state at each step, and it is the only alarm.
+        let page = parse_status_page(html).expect(step);
+        let alarms = |l: &[ServiceStatus]| -> Vec<(String, AlarmState)> {
+            l.iter()
+                .filter(|s| s.is_alarm())
+                .map(|s| (s.native_id(), s.state))
+                .collect()
+        };
+        assert_eq!(alarms(&page), alarms(&services), "{step}");
+        assert!(alarms(&services).len() <= 1, "{step}");
+    }
+    let states: Vec<AlarmState> = seen.iter().map(|s| s.0).collect();
+    assert_eq!(states, vec![Ok, Warning, Critical, Ok, Warning]);
+    // Steps 2 and 4 were checked 120 s before they were written: Nagios took them, and
+    // moved the last check and the state change back, before the check they replaced.
+    assert!(seen[2].1 < seen[1].1 - 100_000, "{seen:?}");
+    assert!(seen[4].1 < seen[3].1 - 100_000, "{seen:?}");
+    assert_eq!(seen[2].2, seen[2].1);
+    assert_eq!(seen[4].2, seen[4].1);
 }
