@@ -62,4 +62,6 @@ fi
 source "$os_env"
 cargo test -p synchronizer-heat --test real -- --ignored
 cargo test -p synchronizer-nova --test real -- --ignored
+# The Nova collector and the bus plugin against the lab Nova and its notifications.
+cargo test -p synchronizer-bus --test real_nova_deletes -- --ignored
 step "all passed"

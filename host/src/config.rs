@@ -674,22 +674,33 @@ mod tests {
     fn durations_longer_than_a_year_are_refused_naming_the_key() {
         let base = "[[instances]]\nname = \"a\"\nlibrary = \"x\"\n";
         for (toml, key) in [
-            ("[defaults]\ninterval = \"10000years\"\n".to_owned(), "defaults.interval"),
+            (
+                "[defaults]\ninterval = \"10000years\"\n".to_owned(),
+                "defaults.interval",
+            ),
             ("tombstone_ttl = \"366days\"\n".to_owned(), "tombstone_ttl"),
-            (format!("{base}timeout = \"2years\"\n"), "instance `a`: timeout"),
-            (format!("{base}backoff_max = \"400days\"\n"), "instance `a`: backoff_max"),
+            (
+                format!("{base}timeout = \"2years\"\n"),
+                "instance `a`: timeout",
+            ),
+            (
+                format!("{base}backoff_max = \"400days\"\n"),
+                "instance `a`: backoff_max",
+            ),
             (
                 format!("{base}isolation = \"process\"\nheartbeat_timeout = \"10000years\"\n"),
                 "instance `a`: heartbeat_timeout",
             ),
             (
-                "[[outputs.amqp]]\nurl = \"amqp://h/\"\nconfirm_timeout = \"10000years\"\n".to_owned(),
+                "[[outputs.amqp]]\nurl = \"amqp://h/\"\nconfirm_timeout = \"10000years\"\n"
+                    .to_owned(),
                 "output `amqp`: confirm_timeout",
             ),
         ] {
             let err = Config::from_toml(&toml).unwrap_err().to_string();
             assert!(
-                err.contains(key) && err.contains("longer than the longest duration accepted (365days)"),
+                err.contains(key)
+                    && err.contains("longer than the longest duration accepted (365days)"),
                 "{toml}: {err}"
             );
         }
@@ -715,7 +726,9 @@ mod tests {
     #[test]
     fn environment_values_figment_would_misread_are_refused() {
         for bad in ["\"é\\n\"", "\"éé\\n\"", "[\"é\\t\"]", "{a=\"é\\u0041\"}"] {
-            let err = check_env_value("SYNCHRONIZER_X", bad).unwrap_err().to_string();
+            let err = check_env_value("SYNCHRONIZER_X", bad)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("SYNCHRONIZER_X"), "{bad}: {err}");
         }
         for ok in ["é", "é\n", "\"é\"", "\"\\n\"", "\\é\"", "é\"\\n\"", "debug"] {

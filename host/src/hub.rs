@@ -584,7 +584,7 @@ impl Hub {
                 return;
             }
             match tx.send(Commit { ops, changes }) {
-                Ok(()) => return,
+                Ok(()) => {}
                 Err(std::sync::mpsc::SendError(commit)) => {
                     tracing::error!(
                         "the baseline store's writer has stopped; changes are no longer made durable"
@@ -899,15 +899,18 @@ impl State {
                         owner: self
                             .baseline
                             .tombstone(entity_type, p.key_hash)
-                            .map_or_else(|| origin.instance.clone(), |(_, o)| self.instance_name(o, origin)),
+                            .map_or_else(
+                                || origin.instance.clone(),
+                                |(_, o)| self.instance_name(o, origin),
+                            ),
                     },
                     _ => Op::Upsert {
                         entity: p.entity.clone(),
                         updated_us: p.entity.source_updated_micros().unwrap_or(UNTIMED),
-                        owner: self
-                            .baseline
-                            .owner_of(entity_type, p.key_hash)
-                            .map_or_else(|| origin.instance.clone(), |o| self.instance_name(o, origin)),
+                        owner: self.baseline.owner_of(entity_type, p.key_hash).map_or_else(
+                            || origin.instance.clone(),
+                            |o| self.instance_name(o, origin),
+                        ),
                     },
                 });
             }

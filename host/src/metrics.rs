@@ -284,6 +284,9 @@ mod tests {
             text.contains("synchronizer_invalid_timestamps_total{instance=\"bus\"} 1"),
             "{text}"
         );
-        assert!(text.contains("# TYPE synchronizer_invalid_timestamps counter"), "{text}");
+        assert!(
+            text.contains("# TYPE synchronizer_invalid_timestamps counter"),
+            "{text}"
+        );
     }
 }

@@ -12,9 +12,12 @@
 //! the subscribers and outputs, in commit order, and confirm it to the producers waiting
 //! to acknowledge their sources ([`crate::delivery`]).
 //!
-//! An in-doubt row is cleared once every consumer that confirms has confirmed the change:
-//! every reliable output (the AMQP output, the `run` command's stdout), or, with none, once
-//! the change was announced. After a crash, [`Store::open`] returns the rows still in
+//! An in-doubt row is cleared once the change is settled for every consumer: confirmed by
+//! every reliable output (the AMQP output confirms once its broker did), and announced at
+//! least a second ago for the consumers that do not confirm (stdout, SSE clients,
+//! callbacks: time for them to write what they were handed). At a graceful shutdown,
+//! after the drain, every announced change is settled but what a reliable output never
+//! confirmed. After a crash, [`Store::open`] returns the rows still in
 //! doubt and the host announces them again before anything else (at least once: a
 //! consumer may see one twice, none misses one). Consumers that reconnect (SSE) start
 //! from a snapshot of the restored view. So a kill -9 at any moment leaves every consumer
@@ -47,6 +50,11 @@ const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const ENTITIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entities");
 const TOMBSTONES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tombstones");
 const IN_DOUBT: TableDefinition<&[u8], &[u8]> = TableDefinition::new("in_doubt");
+
+/// How long after its announcement a change counts as received by the consumers that
+/// do not confirm (stdout, SSE clients, callbacks): until then it stays in doubt, and a
+/// crash makes the next start announce it again.
+const SETTLE: Duration = Duration::from_secs(1);
 
 /// The name the store confirms under, among the reliable consumers.
 pub const STORE_OUTPUT: &str = "baseline store";
@@ -205,7 +213,10 @@ fn take_name(v: &[u8]) -> Option<(String, &[u8])> {
 }
 
 fn take_i64(v: &[u8]) -> Option<(i64, &[u8])> {
-    Some((i64::from_le_bytes(v.get(..8)?.try_into().ok()?), v.get(8..)?))
+    Some((
+        i64::from_le_bytes(v.get(..8)?.try_into().ok()?),
+        v.get(8..)?,
+    ))
 }
 
 fn encode_entity_row(entity: &Entity, updated_us: i64, owner: &str) -> Vec<u8> {
@@ -248,8 +259,13 @@ fn action_from_u8(b: u8) -> Option<Action> {
     })
 }
 
+/// An in-doubt row: the action, the instance, and for a deletion the entity as last
+/// known (any other change's entity is the `entities` row of the same key).
 fn encode_in_doubt(action: Action, instance: &str, entity: &Entity) -> Vec<u8> {
-    let body = wire::encode_entity(entity);
+    let body = match action {
+        Action::Deleted => wire::encode_entity(entity),
+        Action::Created | Action::Updated => Vec::new(),
+    };
     let mut v = Vec::with_capacity(3 + instance.len() + body.len());
     v.push(action_to_u8(action));
     put_name(&mut v, instance);
@@ -257,13 +273,17 @@ fn encode_in_doubt(action: Action, instance: &str, entity: &Entity) -> Vec<u8> {
     v
 }
 
-fn decode_in_doubt(v: &[u8]) -> Option<InDoubt> {
+/// Reads an in-doubt row; `current` finds the entity of a change that is not a deletion.
+fn decode_in_doubt(v: &[u8], current: impl FnOnce() -> Option<Arc<Entity>>) -> Option<InDoubt> {
     let action = action_from_u8(*v.first()?)?;
     let (instance, rest) = take_name(v.get(1..)?)?;
-    let entity = wire::decode_entity(rest).ok()?;
+    let entity = match action {
+        Action::Deleted => Arc::new(wire::decode_entity(rest).ok()?),
+        Action::Created | Action::Updated => current()?,
+    };
     Some(InDoubt {
         action,
-        entity: Arc::new(entity),
+        entity,
         instance,
     })
 }
@@ -393,8 +413,30 @@ impl Store {
         }
         let in_doubt = txn.open_table(IN_DOUBT).map_err(|e| io(&e))?;
         for row in in_doubt.iter().map_err(|e| io(&e))? {
-            let (_, v) = row.map_err(|e| io(&e))?;
-            match decode_in_doubt(v.value()) {
+            let (k, v) = row.map_err(|e| io(&e))?;
+            let current = || {
+                let row = entities.get(k.value()).ok()??;
+                decode_entity_row(row.value()).map(|e| e.entity)
+            };
+            let kept = v
+                .value()
+                .first()
+                .copied()
+                .and_then(action_from_u8)
+                .is_some_and(|a| a == Action::Deleted || current().is_some());
+            if !kept {
+                // A change to an entity that is no longer there, and no deletion after it:
+                // nothing a consumer could miss. Anything unreadable is refused below.
+                if v.value()
+                    .first()
+                    .copied()
+                    .and_then(action_from_u8)
+                    .is_some()
+                {
+                    continue;
+                }
+            }
+            match decode_in_doubt(v.value(), current) {
                 Some(d) => restored.in_doubt.push(d),
                 None => return Err(foreign("an in-doubt row it cannot read".into())),
             }
@@ -405,7 +447,11 @@ impl Store {
     /// Commits `commits` in one transaction, and clears the in-doubt rows of `confirmed`
     /// (keys whose change was confirmed, with the `seq` of that change: a row a later
     /// change replaced stays).
-    pub fn write(&self, commits: &[Commit], confirmed: &[(Vec<u8>, u64)]) -> Result<(), StoreError> {
+    pub fn write(
+        &self,
+        commits: &[Commit],
+        confirmed: &[(Vec<u8>, u64)],
+    ) -> Result<(), StoreError> {
         let io = |e: &dyn std::fmt::Display| StoreError::Io {
             path: self.path.clone(),
             reason: e.to_string(),
@@ -492,7 +538,8 @@ impl Store {
         deliveries: Arc<Deliveries>,
     ) {
         // Keys in doubt from this run, in seq order; cleared as consumers confirm.
-        let mut doubt: std::collections::VecDeque<(u64, Vec<u8>)> = Default::default();
+        let mut doubt: std::collections::VecDeque<(u64, Vec<u8>, std::time::Instant)> =
+            Default::default();
         // The latest seq per key in doubt: an older confirmation does not clear a newer row.
         let mut latest: std::collections::HashMap<Vec<u8>, u64> = Default::default();
         let mut open = true;
@@ -502,6 +549,7 @@ impl Store {
             // Nothing in doubt: wait for the next batch. Something in doubt: look again
             // soon, so that a confirmed change does not stay in doubt for long (after a
             // crash it would be announced again).
+            let stopping = last_call;
             let next = if last_call {
                 Err(mpsc::RecvTimeoutError::Disconnected)
             } else if doubt.is_empty() {
@@ -517,12 +565,18 @@ impl Store {
             while let Ok(c) = rx.try_recv() {
                 group.push(c);
             }
-            let through = deliveries
-                .confirmed_except(STORE_OUTPUT)
-                .unwrap_or_else(|| mark.confirmed());
+            // Consumers that confirm (reliable outputs) settle a change when they confirm
+            // it; the others (stdout, SSE, callbacks) when it was announced a while ago:
+            // time enough to write what they were handed.
+            let confirming = deliveries.confirmed_except(STORE_OUTPUT);
+            let through = confirming.unwrap_or_else(|| mark.confirmed());
+            let settled = |at: &std::time::Instant| stopping || at.elapsed() >= SETTLE;
             let mut confirmed = Vec::new();
-            while doubt.front().is_some_and(|(seq, _)| *seq <= through) {
-                if let Some((seq, k)) = doubt.pop_front()
+            while doubt
+                .front()
+                .is_some_and(|(seq, _, at)| *seq <= through && settled(at))
+            {
+                if let Some((seq, k, _)) = doubt.pop_front()
                     && latest.get(&k) == Some(&seq)
                 {
                     latest.remove(&k);
@@ -534,8 +588,13 @@ impl Store {
             }
             if group.is_empty() {
                 match self.write(&group, &confirmed) {
-                    Ok(()) => tracing::debug!(changes = confirmed.len(), "baseline store: confirmed changes are no longer in doubt"),
-                    Err(e) => tracing::warn!(error = %e, "cannot clear confirmed changes in the baseline store; they are announced again after a restart"),
+                    Ok(()) => tracing::debug!(
+                        changes = confirmed.len(),
+                        "baseline store: confirmed changes are no longer in doubt"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot clear confirmed changes in the baseline store; they are announced again after a restart")
+                    }
                 }
                 continue;
             }
@@ -554,7 +613,7 @@ impl Store {
                 for c in &commit.changes {
                     let k = key(c.entity.entity_type(), c.entity.id());
                     latest.insert(k.clone(), c.seq);
-                    doubt.push_back((c.seq, k));
+                    doubt.push_back((c.seq, k, std::time::Instant::now()));
                 }
                 announce(commit.changes);
                 mark.confirm(last);
@@ -567,7 +626,10 @@ impl Store {
             }
         }
         if !doubt.is_empty() {
-            tracing::info!(changes = latest.len(), "changes still in doubt at shutdown: they are announced again at the next start");
+            tracing::info!(
+                changes = latest.len(),
+                "changes still in doubt at shutdown: they are announced again at the next start"
+            );
         }
     }
 }
@@ -613,7 +675,10 @@ mod tests {
         let commits = [
             Commit {
                 ops: vec![upsert(&kept), upsert(&gone)],
-                changes: vec![change(1, Action::Created, &kept), change(2, Action::Created, &gone)],
+                changes: vec![
+                    change(1, Action::Created, &kept),
+                    change(2, Action::Created, &gone),
+                ],
             },
             Commit {
                 ops: vec![Op::Delete {
@@ -633,7 +698,10 @@ mod tests {
         drop(store);
         let (_, restored) = Store::open(&path).unwrap();
         assert_eq!(restored.entities.len(), 1);
-        assert_eq!(*restored.entities[0].entity, *kept, "the whole entity comes back");
+        assert_eq!(
+            *restored.entities[0].entity, *kept,
+            "the whole entity comes back"
+        );
         assert_eq!(restored.entities[0].content, kept.content_hash());
         assert_eq!(restored.entities[0].updated_us, 9);
         assert_eq!(
@@ -646,7 +714,11 @@ mod tests {
             }]
         );
         assert_eq!(restored.in_doubt.len(), 1);
-        assert_eq!(restored.in_doubt[0].action, Action::Deleted, "created then deleted: deleted");
+        assert_eq!(
+            restored.in_doubt[0].action,
+            Action::Deleted,
+            "created then deleted: deleted"
+        );
         assert_eq!(*restored.in_doubt[0].entity, *gone);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -368,7 +368,11 @@ impl Synchronizer {
             } else {
                 &[]
             };
-            hub.register(&origin(owner, &started.name), &started.meta.entity_types, collected);
+            hub.register(
+                &origin(owner, &started.name),
+                &started.meta.entity_types,
+                collected,
+            );
         }
 
         let shutdown = CancellationToken::new();
@@ -490,13 +494,32 @@ impl Synchronizer {
                     || c.types().iter().any(|t| filter.matches(t))
             })
             .collect();
-        if wanted.is_empty() {
+        // Types no collector covers (push-only types) come from the current view, which
+        // is their state.
+        let open_ended = wanted.iter().any(|c| c.types().is_empty());
+        let pushed: Vec<Arc<Entity>> = if open_ended {
+            Vec::new()
+        } else {
+            self.hub
+                .entities(&filter)
+                .into_iter()
+                .filter(|e| {
+                    !wanted
+                        .iter()
+                        .any(|c| c.types().iter().any(|t| t == e.entity_type()))
+                })
+                .collect()
+        };
+        if wanted.is_empty() && pushed.is_empty() {
             return Err(GetAllError::NoCollector(
                 types.iter().map(|t| t.as_ref().to_owned()).collect(),
             ));
         }
         let results = futures::future::join_all(wanted.iter().map(|c| c.collect())).await;
-        let mut out = GetAll::default();
+        let mut out = GetAll {
+            entities: pushed,
+            ..GetAll::default()
+        };
         for r in results {
             let collected = r?;
             out.entities.extend(

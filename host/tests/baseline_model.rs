@@ -24,8 +24,15 @@ const HOUR_US: i64 = 3_600_000_000;
 
 #[derive(Clone, Debug)]
 enum Push {
-    Upsert { id: u8, content: u8, ts: Option<i64> },
-    Delete { id: u8, ts: Option<i64> },
+    Upsert {
+        id: u8,
+        content: u8,
+        ts: Option<i64>,
+    },
+    Delete {
+        id: u8,
+        ts: Option<i64>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -44,7 +51,11 @@ enum Op {
 fn push() -> impl Strategy<Value = Push> {
     let ts = prop::option::weighted(0.9, 0i64..400);
     prop_oneof![
-        (0u8..12, 0u8..3, ts.clone()).prop_map(|(id, content, ts)| Push::Upsert { id, content, ts }),
+        (0u8..12, 0u8..3, ts.clone()).prop_map(|(id, content, ts)| Push::Upsert {
+            id,
+            content,
+            ts
+        }),
         (0u8..12, ts).prop_map(|(id, ts)| Push::Delete { id, ts }),
     ]
 }
@@ -124,7 +135,15 @@ impl Model {
                 };
                 self.tombs.remove(&id);
                 let generation = self.generations[owner as usize];
-                self.live.insert(id, Rec { content, ts, owner, generation });
+                self.live.insert(
+                    id,
+                    Rec {
+                        content,
+                        ts,
+                        owner,
+                        generation,
+                    },
+                );
                 Some((id, Verdict::Created))
             }
             Push::Delete { id, ts } => {
@@ -133,7 +152,14 @@ impl Model {
                     Some(rec) if ts != UNTIMED && rec.ts > ts => None,
                     Some(rec) => {
                         self.live.remove(&id);
-                        self.tombs.insert(id, Tomb { deleted: ts.max(rec.ts), made: now, owner: rec.owner });
+                        self.tombs.insert(
+                            id,
+                            Tomb {
+                                deleted: ts.max(rec.ts),
+                                made: now,
+                                owner: rec.owner,
+                            },
+                        );
                         Some((id, Verdict::Deleted))
                     }
                     None => {
@@ -153,14 +179,14 @@ impl Model {
         }
     }
 
+    /// A snapshot of `owner` in `generation`; `(started, now)`: host times of the call's
+    /// start and of the sweep.
     fn snapshot(
         &mut self,
         owner: u16,
         entities: &[(u8, u8, Option<i64>)],
         complete: bool,
-        generation: u16,
-        started: i64,
-        now: i64,
+        (generation, started, now): (u16, i64, i64),
         out: &mut Vec<(u8, Verdict)>,
     ) {
         for &(id, content, ts) in entities {
@@ -184,7 +210,15 @@ impl Model {
                 }
                 self.tombs.remove(&id);
             }
-            self.live.insert(id, Rec { content, ts, owner, generation });
+            self.live.insert(
+                id,
+                Rec {
+                    content,
+                    ts,
+                    owner,
+                    generation,
+                },
+            );
             out.push((id, Verdict::Created));
         }
         if complete {
@@ -196,7 +230,14 @@ impl Model {
                 .collect();
             for (id, ts) in gone {
                 self.live.remove(&id);
-                self.tombs.insert(id, Tomb { deleted: ts, made: now, owner });
+                self.tombs.insert(
+                    id,
+                    Tomb {
+                        deleted: ts,
+                        made: now,
+                        owner,
+                    },
+                );
                 out.push((id, Verdict::Deleted));
             }
         }
@@ -246,20 +287,30 @@ fn run_real(ops: &[Op], skew: i64) -> (Vec<Vec<(u8, Verdict)>>, BTreeSet<u8>) {
         let started = (i as i64) * 10;
         let mut out = Vec::new();
         match op {
-            Op::Snapshot { owner, entities, complete, during } => {
+            Op::Snapshot {
+                owner,
+                entities,
+                complete,
+                during,
+            } => {
                 let g = b.begin_snapshot(*owner);
                 for p in during {
                     out.extend(push_real(&mut b, p, skew, started + 1));
                 }
                 for &(id, content, ts) in entities {
                     let n = name(id);
-                    if let Some(v) = b.observe("t", obs(&n, content, shift(ts, skew)), *owner, g, started) {
+                    if let Some(v) =
+                        b.observe("t", obs(&n, content, shift(ts, skew)), *owner, g, started)
+                    {
                         out.push((id, v));
                     }
                 }
                 if *complete {
-                    let mut gone: Vec<u8> =
-                        b.sweep("t", *owner, g, started + 2).iter().map(|d| id_of(&d.id)).collect();
+                    let mut gone: Vec<u8> = b
+                        .sweep("t", *owner, g, started + 2)
+                        .iter()
+                        .map(|d| id_of(&d.id))
+                        .collect();
                     gone.sort();
                     out.extend(gone.into_iter().map(|id| (id, Verdict::Deleted)));
                 }
@@ -281,13 +332,26 @@ fn run_model(ops: &[Op]) -> (Vec<Vec<(u8, Verdict)>>, BTreeSet<u8>, Model) {
         let started = (i as i64) * 10;
         let mut out = Vec::new();
         match op {
-            Op::Snapshot { owner, entities, complete, during } => {
+            Op::Snapshot {
+                owner,
+                entities,
+                complete,
+                during,
+            } => {
                 m.generations[*owner as usize] = m.generations[*owner as usize].wrapping_add(1);
                 let g = m.generations[*owner as usize];
                 for p in during {
                     out.extend(m.push(p, started + 1));
                 }
-                m.snapshot(*owner, entities, *complete, g, started, started + 2, &mut out);
+                m.snapshot(
+                    *owner,
+                    entities,
+                    *complete,
+                    g,
+                    started,
+                    started + 2,
+                    &mut out,
+                );
             }
             Op::Push(p) => out.extend(m.push(p, started)),
         }
@@ -377,7 +441,13 @@ fn the_pusher_owns_nothing_when_one_collector_collects_the_type() {
     // The model's fixed choice (owner 0 adopts pushes) is the host's rule for a type with
     // exactly one collector; a bus-only type stays the pusher's (host/src/hub.rs).
     let mut b = Baseline::new(Duration::from_secs(60));
-    assert_eq!(b.push_upsert("t", obs("e1", 1, 5), PUSHER), Some(Verdict::Created));
+    assert_eq!(
+        b.push_upsert("t", obs("e1", 1, 5), PUSHER),
+        Some(Verdict::Created)
+    );
     let g = b.begin_snapshot(0);
-    assert!(b.sweep("t", 0, g, 10).is_empty(), "owned by the pusher, not swept by owner 0");
+    assert!(
+        b.sweep("t", 0, g, 10).is_empty(),
+        "owned by the pusher, not swept by owner 0"
+    );
 }

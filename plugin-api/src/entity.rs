@@ -594,7 +594,11 @@ mod tests {
         assert!(refused(r#"{"\udfff":1}"#).contains("surrogate"));
         // Deeper than serde_json reads back.
         let nested = |levels: usize| {
-            format!("{{\"a\":{}{}}}", "[".repeat(levels - 1), "]".repeat(levels - 1))
+            format!(
+                "{{\"a\":{}{}}}",
+                "[".repeat(levels - 1),
+                "]".repeat(levels - 1)
+            )
         };
         assert!(refused(&nested(MAX_PROPERTIES_DEPTH + 1)).contains("recursion limit"));
         let deepest = nested(MAX_PROPERTIES_DEPTH);
@@ -639,7 +643,10 @@ mod tests {
         }
         let text = deep.to_string();
         let e = Entity::resource("t", "i").with_properties(serde_json::json!({ "d": deep }));
-        assert_eq!(e.properties()["value"], serde_json::json!(format!("{{\"d\":{text}}}")));
+        assert_eq!(
+            e.properties()["value"],
+            serde_json::json!(format!("{{\"d\":{text}}}"))
+        );
         assert!(serde_json::from_str::<serde_json::Value>(e.properties_json()).is_ok());
         // At the limit it is kept as it is.
         let mut at_limit = serde_json::json!(1);

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Start the real OpenStack services on loopback (keystone-heat.sh, nova.sh) and run the
-# plugin tests that drive them (plugins/heat/tests/real.rs, plugins/nova/tests/real.rs).
+# plugin tests that drive them (plugins/heat/tests/real.rs, plugins/nova/tests/real.rs,
+# plugins/bus/tests/real_nova_deletes.rs).
 # Debian 12, as root. From nothing: about 5 minutes (venvs) + 3 minutes (services).
 #
 # Environment: CARGO_TARGET_DIR as for any cargo run; the scripts' own variables (see
@@ -16,3 +17,6 @@ eval "$exports"
 cd "$REPO"
 cargo test -p synchronizer-heat --test real -- --ignored --nocapture
 cargo test -p synchronizer-nova --test real -- --ignored --nocapture
+# Both plugins' .so files, loaded by the host in this test.
+cargo build -p synchronizer-nova -p synchronizer-bus
+cargo test -p synchronizer-bus --test real_nova_deletes -- --ignored --nocapture

@@ -105,7 +105,8 @@ fn check_config_refuses_absurd_durations_and_unreadable_environment_values() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
-        err.contains("environment variable SYNCHRONIZER_PLUGIN_LOG_LEVEL") && !err.contains("panicked"),
+        err.contains("environment variable SYNCHRONIZER_PLUGIN_LOG_LEVEL")
+            && !err.contains("panicked"),
         "{err}"
     );
     // The same character alone is an ordinary bad value; a quoted good one works.

@@ -214,7 +214,10 @@ pub mod fuzzing {
     pub fn query(uri: &Uri, flags: &[&str]) -> Result<(Vec<String>, Vec<String>), (u16, Vec<u8>)> {
         match super::handlers::params(Query::try_from_uri(uri), flags) {
             Ok(params) => {
-                let on = flags.iter().filter(|f| params.flag(f)).map(|f| (*f).to_owned());
+                let on = flags
+                    .iter()
+                    .filter(|f| params.flag(f))
+                    .map(|f| (*f).to_owned());
                 Ok((params.types.clone(), on.collect()))
             }
             Err(e) => Err(error_answer(e)),
@@ -223,7 +226,10 @@ pub mod fuzzing {
 
     /// A `Last-Event-ID` header value as the change stream reads it: `Ok(None)` for none,
     /// `Ok(Some(Some(seq)))` for a seq of run `epoch`, `Ok(Some(None))` for another run's.
-    pub fn last_event_id(value: HeaderValue, epoch: &str) -> Result<Option<Option<u64>>, (u16, Vec<u8>)> {
+    pub fn last_event_id(
+        value: HeaderValue,
+        epoch: &str,
+    ) -> Result<Option<Option<u64>>, (u16, Vec<u8>)> {
         let mut headers = HeaderMap::new();
         headers.insert("last-event-id", value);
         match super::sse::last_event_id(&headers, epoch) {

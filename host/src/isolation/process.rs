@@ -1142,7 +1142,9 @@ async fn read_frames(shared: Arc<Shared>, conn: Arc<Conn>, mut stdout: BufReader
                             if let Some(e) = failed {
                                 // Killed when the part failed already (`take_part`); this
                                 // covers a decoding task that did not finish.
-                                conn.kill(format!("protocol error: a snapshot part of call {id}: {e}"));
+                                conn.kill(format!(
+                                    "protocol error: a snapshot part of call {id}: {e}"
+                                ));
                                 return;
                             }
                             all.extend(std::mem::take(&mut snap.entities));

@@ -1111,14 +1111,14 @@ mod tests {
         assert_eq!(snapshot_part_id(&[]), None);
     }
 
-    /// The body length of a frame with `items` after its header and one `u32` count.
+    /// A frame body's header: the tag and the call id.
     const HEADER: usize = U8 + U64;
 
     #[test]
     fn the_counted_minimums_are_the_encoders_real_minimums() {
         let bare = Entity::new(Category::Resource, "", "");
         let part = |entities: &[Entity]| encode_snapshot_part(1, entities).len() - 4;
-        assert_eq!(part(&[bare.clone()]), HEADER + U32 + MIN_ENTITY);
+        assert_eq!(part(std::slice::from_ref(&bare)), HEADER + U32 + MIN_ENTITY);
         assert_eq!(MIN_ENTITY, 24);
         let related = bare.clone().with_relation(Relation::to("", ""));
         assert_eq!(part(&[related]), HEADER + U32 + MIN_ENTITY + MIN_RELATION);
@@ -1162,7 +1162,8 @@ mod tests {
             .collect();
         let frame = encode_snapshot_part(4, &entities);
         assert!(frame.len() - 4 < HEADER + U32 + 30 * entities.len());
-        let FromChild::SnapshotPart { id, entities: got } = FromChild::decode(body(&frame)).unwrap()
+        let FromChild::SnapshotPart { id, entities: got } =
+            FromChild::decode(body(&frame)).unwrap()
         else {
             panic!("wrong message")
         };

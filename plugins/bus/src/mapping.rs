@@ -620,6 +620,12 @@ mod tests {
         include_str!("../tests/fixtures/heat-24/notifications-vitrage_notifications.info.json");
     const HEAT_ERROR: &str =
         include_str!("../tests/fixtures/heat-24/notifications-vitrage_notifications.error.json");
+    /// One server's life (boot, stop, delete, then Nova's post-delete update), as the real
+    /// Nova sent it on each topic.
+    const LIFE_VERSIONED: &str =
+        include_str!("../tests/fixtures/nova-30-deletes/versioned_notifications.info.json");
+    const LIFE_LEGACY: &str =
+        include_str!("../tests/fixtures/nova-30-deletes/vitrage_notifications.info.json");
     const SAMPLE_CREATE: &str = include_str!("../tests/fixtures/nova/instance-create-end.json");
     const SAMPLE_DELETE: &str = include_str!("../tests/fixtures/nova/instance-delete-end.json");
     const SAMPLE_UPDATE: &str = include_str!("../tests/fixtures/nova/instance-update.json");
@@ -804,7 +810,8 @@ mod tests {
         }
     }
 
-    fn heat_bodies(file: &str) -> Vec<String> {
+    /// The bodies of a capture of records (`[{"body": "<the AMQP body>", ...}]`).
+    fn record_bodies(file: &str) -> Vec<String> {
         let records: Vec<Value> = serde_json::from_str(file).unwrap();
         records
             .into_iter()
@@ -814,7 +821,7 @@ mod tests {
 
     #[test]
     fn every_heat_notification_is_a_stack_upsert() {
-        let info = heat_bodies(HEAT_INFO);
+        let info = record_bodies(HEAT_INFO);
         assert_eq!(info.len(), 24);
         for body in &info {
             let e = upsert(body, Families::all());
@@ -845,7 +852,7 @@ mod tests {
                 "tags": []
             })
         );
-        let errors = heat_bodies(HEAT_ERROR);
+        let errors = record_bodies(HEAT_ERROR);
         let failed = upsert(&errors[0], Families::all());
         assert_eq!(
             failed.key(),
@@ -875,7 +882,7 @@ mod tests {
 
     #[test]
     fn heat_delete_end_is_a_delete_and_arns_give_the_id() {
-        let info = heat_bodies(HEAT_INFO);
+        let info = record_bodies(HEAT_INFO);
         let body = rewrite(&info[0], |n| {
             n["event_type"] = "orchestration.stack.delete.end".into();
             n["payload"]["state"] = "DELETE_COMPLETE".into();
@@ -886,6 +893,133 @@ mod tests {
         let e = delete(&body, Families::all());
         assert_eq!(e.key(), "heat.stack:8b975fd3-1abc-42db-8f09-7cc89cac27cd");
         assert_eq!(e.state(), Some("DELETE_COMPLETE"));
+    }
+
+    /// The event type and payload state of an envelope's notification.
+    fn event_and_state(body: &str) -> (String, Option<String>) {
+        let outer: Value = serde_json::from_str(body).unwrap();
+        let n: Value = serde_json::from_str(outer["oslo.message"].as_str().unwrap()).unwrap();
+        let p = &n["payload"];
+        let state = p["nova_object.data"]["state"]
+            .as_str()
+            .or(p["state"].as_str())
+            .map(str::to_owned);
+        (n["event_type"].as_str().unwrap().to_owned(), state)
+    }
+
+    #[test]
+    fn every_nova_message_that_says_deleted_is_a_deletion() {
+        // The real sequence: `*.update` to state deleted, `*.delete.end`, then (from the
+        // periodic `_run_pending_deletes`) one more `*.update` with state deleted.
+        for (file, update, end) in [
+            (LIFE_VERSIONED, "instance.update", "instance.delete.end"),
+            (
+                LIFE_LEGACY,
+                "compute.instance.update",
+                "compute.instance.delete.end",
+            ),
+        ] {
+            let bodies = record_bodies(file);
+            let said: Vec<(String, Option<String>)> =
+                bodies.iter().map(|b| event_and_state(b)).collect();
+            let deleted_updates = said
+                .iter()
+                .filter(|(e, s)| e == update && s.as_deref() == Some("deleted"))
+                .count();
+            assert_eq!(deleted_updates, 2, "{said:?}");
+            assert_eq!(said.last().map(|(e, _)| e.as_str()), Some(update));
+            assert!(said.iter().any(|(e, _)| e == end));
+            for (body, (event, state)) in bodies.iter().zip(&said) {
+                let (c, _) = change(body, Families::all());
+                let says_deleted = state.as_deref() == Some("deleted");
+                match c {
+                    Change::Delete(e) => {
+                        assert!(says_deleted, "{event} {state:?} deletes");
+                        assert_eq!(e.state(), Some("DELETED"));
+                        assert_eq!(props(&e)["vm_state"], "deleted");
+                    }
+                    Change::Upsert(e) => {
+                        assert!(!says_deleted, "{event} {state:?} is an upsert");
+                        assert_ne!(e.state(), Some("DELETED"));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn soft_deleted_and_exists_messages_that_say_deleted_are_deletions() {
+        // Derived from the captured `instance.update`: events the lab does not send (no
+        // `reclaim_instance_interval`, no usage audit), with the states Nova gives them.
+        for (event, state, status) in [
+            ("instance.soft_delete.end", "soft-delete", "SOFT_DELETED"),
+            ("instance.update", "soft-delete", "SOFT_DELETED"),
+            ("instance.exists", "deleted", "DELETED"),
+        ] {
+            let body = rewrite(V_UPDATE, |n| {
+                n["event_type"] = event.into();
+                n["payload"]["nova_object.data"]["state"] = state.into();
+                n["payload"]["nova_object.data"]["task_state"] = Value::Null;
+            });
+            assert_eq!(
+                delete(&body, Families::all()).state(),
+                Some(status),
+                "{event}"
+            );
+        }
+        for (event, state) in [
+            ("compute.instance.soft_delete.end", "soft-delete"),
+            ("compute.instance.exists", "deleted"),
+        ] {
+            let body = rewrite(L_UPDATE, |n| {
+                n["event_type"] = event.into();
+                n["payload"]["state"] = state.into();
+                n["payload"]["state_description"] = "".into();
+            });
+            delete(&body, Families::all());
+        }
+        // Restored, or still being deleted: upserts.
+        for (event, state, task) in [
+            ("instance.restore.end", "active", Value::Null),
+            ("instance.delete.start", "active", "deleting".into()),
+        ] {
+            let body = rewrite(V_UPDATE, |n| {
+                n["event_type"] = event.into();
+                n["payload"]["nova_object.data"]["state"] = state.into();
+                n["payload"]["nova_object.data"]["task_state"] = task;
+            });
+            assert_eq!(
+                upsert(&body, Families::all()).state(),
+                Some("ACTIVE"),
+                "{event}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_heat_message_that_says_delete_complete_is_a_deletion() {
+        let info = record_bodies(HEAT_INFO);
+        for (event, state, deleted) in [
+            ("orchestration.stack.update.end", "DELETE_COMPLETE", true),
+            ("orchestration.stack.delete.start", "DELETE_COMPLETE", true),
+            (
+                "orchestration.stack.delete.start",
+                "DELETE_IN_PROGRESS",
+                false,
+            ),
+            ("orchestration.stack.delete.error", "DELETE_FAILED", false),
+        ] {
+            let body = rewrite(&info[0], |n| {
+                n["event_type"] = event.into();
+                n["payload"]["state"] = state.into();
+            });
+            let e = if deleted {
+                delete(&body, Families::all())
+            } else {
+                upsert(&body, Families::all())
+            };
+            assert_eq!(e.state(), Some(state), "{event}");
+        }
     }
 
     #[test]

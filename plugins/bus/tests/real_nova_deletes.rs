@@ -13,7 +13,9 @@
 //!   deleted, up to and including the post-delete updates (captured by the test below,
 //!   `tests/fixtures/nova-30-deletes/`), replayed through the bus mapping into the host's
 //!   real hub, in each form and in both at once: one `created`, one `deleted`, nothing
-//!   after it. No services needed.
+//!   after it. No services needed; nor for
+//!   `a_soft_deleted_server_is_deleted_and_created_again_when_restored` (derived from the
+//!   capture: a soft-delete deletes, a later restore creates the server again).
 //! - `a_real_nova_deleting_a_server_with_both_plugins` (`#[ignore]`, run by
 //!   `scripts/test.sh` against the lab): the Nova collector `.so` and the bus `.so` in
 //!   one real host, the bus consuming that Nova's versioned and legacy notifications from
@@ -32,7 +34,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde_json::{Value, json};
@@ -49,7 +53,8 @@ const LEGACY: &str = "vitrage_notifications";
 
 const CAPTURED_VERSIONED: &str =
     include_str!("fixtures/nova-30-deletes/versioned_notifications.info.json");
-const CAPTURED_LEGACY: &str = include_str!("fixtures/nova-30-deletes/vitrage_notifications.info.json");
+const CAPTURED_LEGACY: &str =
+    include_str!("fixtures/nova-30-deletes/vitrage_notifications.info.json");
 
 /// What the test needs of one notification.
 #[derive(Clone, Debug)]
@@ -204,8 +209,16 @@ fn the_captured_life_of_a_server_ends_with_one_deletion() {
                 actions.push(c.action);
             }
         }
-        assert_eq!(actions.first(), Some(&Action::Created), "{what}: {actions:?}");
-        assert_eq!(actions.last(), Some(&Action::Deleted), "{what}: {actions:?}");
+        assert_eq!(
+            actions.first(),
+            Some(&Action::Created),
+            "{what}: {actions:?}"
+        );
+        assert_eq!(
+            actions.last(),
+            Some(&Action::Deleted),
+            "{what}: {actions:?}"
+        );
         assert_eq!(
             actions.iter().filter(|a| **a == Action::Created).count(),
             1,
@@ -217,10 +230,94 @@ fn the_captured_life_of_a_server_ends_with_one_deletion() {
             "{what}: {actions:?}"
         );
         assert!(
-            hub.entities(&TypeFilter::new(&["nova.instance"])).is_empty(),
+            hub.entities(&TypeFilter::new(&["nova.instance"]))
+                .is_empty(),
             "{what}: the view is empty at the end"
         );
     }
+}
+
+/// `body` with its notification's event type, time and payload state changed.
+fn derived(body: &str, event: &str, at: &str, state: &str) -> String {
+    let outer: Value = serde_json::from_str(body).expect("an oslo envelope");
+    let mut n: Value =
+        serde_json::from_str(outer["oslo.message"].as_str().expect("oslo.message")).expect("JSON");
+    n["event_type"] = event.into();
+    n["timestamp"] = at.into();
+    n["payload"]["nova_object.data"]["state"] = state.into();
+    n["payload"]["nova_object.data"]["task_state"] = Value::Null;
+    json!({"oslo.version": "2.0", "oslo.message": n.to_string()}).to_string()
+}
+
+#[test]
+fn a_soft_deleted_server_is_deleted_and_created_again_when_restored() {
+    // Derived from the captured `instance.create.end` (the lab does not soft-delete:
+    // no `reclaim_instance_interval`): soft-deleted, then restored, each later.
+    let versioned = captured(CAPTURED_VERSIONED);
+    let created = versioned
+        .iter()
+        .find(|s| s.event_type == "instance.create.end")
+        .expect("the capture has the create.end");
+    let hub = Hub::new(Duration::from_secs(600));
+    let (_, mut rx) = hub.subscribe(TypeFilter::new(&["nova.instance"]), 16, false);
+    let bus = Origin {
+        owner: 0,
+        instance: Arc::from("bus"),
+    };
+    let steps = [
+        (created.body.clone(), (1, 0, 0)),
+        (
+            derived(
+                &created.body,
+                "instance.soft_delete.end",
+                "2026-12-01 22:30:00.000001",
+                "soft-delete",
+            ),
+            (0, 0, 1),
+        ),
+        (
+            derived(
+                &created.body,
+                "instance.update",
+                "2026-12-01 22:30:05.000001",
+                "soft-delete",
+            ),
+            (0, 0, 0),
+        ),
+        (
+            derived(
+                &created.body,
+                "instance.restore.end",
+                "2026-12-01 22:31:00.000001",
+                "active",
+            ),
+            (1, 0, 0),
+        ),
+    ];
+    for (body, expected) in steps {
+        let change = change_of(&body).expect("a change");
+        let applied = hub.apply_push(&bus, push(change));
+        assert_eq!(
+            counts(&applied),
+            expected,
+            "{}",
+            Seen::parse("", &body).event_type
+        );
+    }
+    let states: Vec<(Action, Option<String>)> = std::iter::from_fn(|| rx.try_recv().ok())
+        .filter_map(|e| match e {
+            Event::Change(c) => Some((c.action, c.entity.state().map(str::to_owned))),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            (Action::Created, Some("ACTIVE".into())),
+            (Action::Deleted, Some("ACTIVE".into())),
+            (Action::Created, Some("ACTIVE".into())),
+        ]
+    );
 }
 
 /// Connects to the lab Nova's vhost.
@@ -306,10 +403,10 @@ fn in_queue(vhost: &str, queue: &str) -> Option<u64> {
         "name",
         "messages",
     ])
-        .lines()
-        .filter_map(|l| l.split_once('\t'))
-        .find(|(name, _)| *name == queue)
-        .and_then(|(_, n)| n.trim().parse().ok())
+    .lines()
+    .filter_map(|l| l.split_once('\t'))
+    .find(|(name, _)| *name == queue)
+    .and_then(|(_, n)| n.trim().parse().ok())
 }
 
 /// Writes the notifications about the server as the fixtures of this test, when
@@ -327,7 +424,11 @@ fn capture(seen: &[Seen]) {
         let path = std::path::Path::new(&dir).join(format!("{topic}.info.json"));
         let text = serde_json::to_string_pretty(&records).expect("JSON") + "\n";
         std::fs::write(&path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        eprintln!("captured {} notifications in {}", records.len(), path.display());
+        eprintln!(
+            "captured {} notifications in {}",
+            records.len(),
+            path.display()
+        );
     }
 }
 
@@ -372,7 +473,10 @@ queue = "{tag}.{{topic}}.{{priority}}"
 }
 
 /// Every change of `sub` so far: (action, key, state, instance).
-fn record(sub: &mut synchronizer::Subscription, into: &mut Vec<(Action, String, Option<String>, String)>) {
+fn record(
+    sub: &mut synchronizer::Subscription,
+    into: &mut Vec<(Action, String, Option<String>, String)>,
+) {
     while let Some(event) = sub.try_recv() {
         match event {
             Event::Change(c) => into.push((
@@ -401,11 +505,17 @@ async fn a_real_nova_deleting_a_server_with_both_plugins() {
     let tag = common::unique("real-nova-deletes");
     let conn = connect(&amqp).await;
     let ch = conn.create_channel().await.expect("channel");
-    let observers = [observe(&ch, &tag, VERSIONED).await, observe(&ch, &tag, LEGACY).await];
-    let bus_queues = [format!("{tag}.{VERSIONED}.info"), format!("{tag}.{LEGACY}.info")];
+    let observers = [
+        observe(&ch, &tag, VERSIONED).await,
+        observe(&ch, &tag, LEGACY).await,
+    ];
+    let bus_queues = [
+        format!("{tag}.{VERSIONED}.info"),
+        format!("{tag}.{LEGACY}.info"),
+    ];
 
-    let config = synchronizer::Config::from_toml(&host_toml(&tag, &api.nova, &amqp))
-        .expect("host config");
+    let config =
+        synchronizer::Config::from_toml(&host_toml(&tag, &api.nova, &amqp)).expect("host config");
     let (sync, mut sub) =
         Synchronizer::start_subscribed(config, &SubscribeOptions::types(&["nova.instance"]))
             .await
@@ -429,7 +539,8 @@ async fn a_real_nova_deleting_a_server_with_both_plugins() {
         .to_owned();
     let probe = api.boot(&format!("{tag}-probe"), &image).await;
     let key = format!("nova.instance:{probe}");
-    api.act_until(&probe, json!({"os-stop": null}), "SHUTOFF").await;
+    api.act_until(&probe, json!({"os-stop": null}), "SHUTOFF")
+        .await;
     api.delete(&probe).await;
 
     // Nova's post-delete updates (both forms) were sent, and consumed by the bus.
@@ -444,7 +555,10 @@ async fn a_real_nova_deleting_a_server_with_both_plugins() {
             .cloned()
             .collect();
         let late = after_deletion(&mine);
-        let forms = |topic: &str| late.iter().any(|s| s.routing_key == format!("{topic}.info"));
+        let forms = |topic: &str| {
+            late.iter()
+                .any(|s| s.routing_key == format!("{topic}.info"))
+        };
         if forms(VERSIONED) && forms(LEGACY) {
             break;
         }

@@ -370,6 +370,36 @@ async fn a_stack_gone_while_its_resources_are_listed_is_left_out() {
 }
 
 #[tokio::test]
+async fn a_stack_listed_in_delete_complete_is_left_out_without_its_resources() {
+    let mut cloud = Cloud::captured();
+    {
+        let basic_b = cloud.stack_mut(BASIC_B);
+        basic_b["stack_status"] = json!("DELETE_COMPLETE");
+        basic_b["stack_status_reason"] = json!("Stack DELETE completed successfully");
+    }
+    // Only COMPLETE means gone: a failed or ongoing deletion is still a stack.
+    cloud.stack_mut(FAILING_A)["stack_status"] = json!("DELETE_FAILED");
+    cloud.stack_mut(NESTED_B)["stack_status"] = json!("DELETE_IN_PROGRESS");
+    let heat = Heat::start(cloud).await;
+    let s = plugin(&heat, json!({})).collect(&stacks()).await.unwrap();
+    let mut expected = all_keys();
+    expected.retain(|k| !k.ends_with(BASIC_B));
+    assert_eq!(keys(&s), expected);
+    assert_eq!(find(&s, FAILING_A).state(), Some("DELETE_FAILED"));
+    assert_eq!(find(&s, NESTED_B).state(), Some("DELETE_IN_PROGRESS"));
+    let asked: Vec<String> = heat
+        .gets()
+        .into_iter()
+        .filter(|g| g.contains(&format!("{BASIC_B}/resources")))
+        .collect();
+    assert_eq!(
+        asked,
+        Vec::<String>::new(),
+        "no resources of the deleted stack"
+    );
+}
+
+#[tokio::test]
 async fn nested_depth_and_resource_types_are_configurable() {
     let heat = Heat::start(Cloud::captured()).await;
     let p = plugin(

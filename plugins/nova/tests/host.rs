@@ -207,6 +207,72 @@ async fn the_host_reports_exactly_what_changed_between_polls() {
     sync.shutdown().await;
 }
 
+/// `GET /servers/detail?all_tenants=1&changes-since=...` of the same Nova 30.3 run: the
+/// deleted vm-b2 as Nova lists it (status `DELETED`, vm state `deleted`).
+const CHANGES_SINCE: &str =
+    include_str!("fixtures/servers-detail-all_tenants-changes-since.mv2.53.json");
+
+/// A server Nova lists as deleted (`DELETED` while it is deleted, `SOFT_DELETED` until it
+/// is reclaimed) is left out of the snapshot: the baseline deletes it, never reports it
+/// in state `DELETED`, and a deleted server it never knew is not created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_nova_lists_as_deleted_is_deleted_not_updated() {
+    let nova = Nova::start(Cloud::captured()).await;
+    let sync = Synchronizer::start(
+        synchronizer::Config::from_toml(&host_config(&nova, &["nova.instance"])).unwrap(),
+    )
+    .await
+    .unwrap();
+    ready(&sync).await;
+    assert_eq!(sync.current(&["nova.instance"]).len(), 5);
+    let mut sub = sync.subscribe(&SubscribeOptions::types(&["nova.instance"]));
+
+    let listed: serde_json::Value = serde_json::from_str(CHANGES_SINCE).unwrap();
+    let vm_b2 = listed["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["status"] == "DELETED")
+        .expect("the capture lists a DELETED server")
+        .clone();
+    {
+        let mut cloud = nova.cloud();
+        let now = json!(format_timestamp(now_micros()));
+        let a1 = cloud.server_mut(VM_A1);
+        a1["status"] = json!("DELETED");
+        a1["OS-EXT-STS:vm_state"] = json!("deleted");
+        a1["updated"] = now.clone();
+        let a2 = cloud.server_mut(VM_A2);
+        a2["status"] = json!("SOFT_DELETED");
+        a2["OS-EXT-STS:vm_state"] = json!("soft-delete");
+        a2["updated"] = now;
+        cloud.servers.push(vm_b2);
+    }
+    let instances = sync.get_all(&["nova.instance"]).await.unwrap();
+    assert_eq!(instances.len(), 3, "{instances:?}");
+    assert_eq!(
+        drain(&mut sub),
+        vec![
+            (
+                Action::Deleted,
+                format!("nova.instance:{VM_A1}"),
+                Some("ACTIVE".into())
+            ),
+            (
+                Action::Deleted,
+                format!("nova.instance:{VM_A2}"),
+                Some("ACTIVE".into())
+            ),
+        ]
+    );
+
+    // Nova stops listing vm-a1: nothing more.
+    nova.cloud().remove_server(VM_A1);
+    sync.get_all(&["nova.instance"]).await.unwrap();
+    assert_eq!(drain(&mut sub), vec![]);
+    sync.shutdown().await;
+}
+
 /// With only `nova.instance` active, a 500 mid-pagination fails the whole snapshot: the
 /// host's get-all fails, nothing is deleted, and the next good poll reports the deletion.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

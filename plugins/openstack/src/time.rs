@@ -223,7 +223,10 @@ mod tests {
     fn isotime_is_total_over_i64() {
         // `div_euclid(1_000_000) * 1_000_000` overflowed here once.
         assert_eq!(format_isotime(i64::MIN), "-290308-12-21T19:59:05Z");
-        assert_eq!(format_isotime(i64::MIN + 999_999), "-290308-12-21T19:59:06Z");
+        assert_eq!(
+            format_isotime(i64::MIN + 999_999),
+            "-290308-12-21T19:59:06Z"
+        );
         assert_eq!(format_isotime(i64::MAX), "+294247-01-10T04:00:54Z");
         assert_eq!(
             format_isotime(synchronizer_plugin_api::time::MIN_MICROS),

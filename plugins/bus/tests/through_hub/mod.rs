@@ -5,8 +5,8 @@
 
 use synchronizer::hub::Applied;
 use synchronizer::{Action, Event};
-use synchronizer_plugin_api::{Change, Entity};
 use synchronizer_plugin_api::abi::{FfiPushed, FfiSnapshot, PushAction};
+use synchronizer_plugin_api::{Change, Entity};
 
 /// A complete snapshot of `entities`.
 pub fn snapshot(entities: Vec<Entity>) -> FfiSnapshot {
