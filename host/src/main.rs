@@ -254,6 +254,7 @@ async fn run(
     // The host's shutdown runs beside the loop below, which keeps writing what it
     // delivers until the subscription ends after the drain.
     let mut stopping: Option<tokio::task::JoinHandle<()>> = None;
+    let mut stopped = false;
     loop {
         tokio::select! {
             s = &mut signal, if stopping.is_none() => {
@@ -261,6 +262,19 @@ async fn run(
                 notify_systemd("STOPPING=1");
                 let sync = sync.clone();
                 stopping = Some(tokio::spawn(async move { sync.shutdown().await }));
+            }
+            done = async {
+                match stopping.as_mut() {
+                    Some(task) => task.await,
+                    None => std::future::pending().await,
+                }
+            }, if !stopped => {
+                stopped = true;
+                // Normally the subscription ends next; without a drain it never would.
+                if let Err(e) = done {
+                    tracing::error!(error = %e, "shutdown task failed");
+                    break;
+                }
             }
             event = sub.recv() => match event {
                 Some(event) => {
@@ -275,11 +289,12 @@ async fn run(
     }
     drop(sub);
     match stopping {
-        Some(task) => {
+        Some(task) if !stopped => {
             if let Err(e) = task.await {
                 tracing::error!(error = %e, "shutdown task failed");
             }
         }
+        Some(_) => {}
         None => {
             notify_systemd("STOPPING=1");
             sync.shutdown().await;

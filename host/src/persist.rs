@@ -29,8 +29,10 @@
 //! Keys are `<type> NUL <id>`. `entities` values: content hash (u64 LE), source
 //! timestamp (i64 LE), owner name (u16 LE length, bytes), then the entity in the
 //! isolation wire encoding ([`crate::isolation::wire`]). `tombstones`: source time of
-//! the deletion (i64 LE), owner name. `in_doubt`: action (u8), instance (u16 LE length,
-//! bytes), entity. The file carries a format marker; a file from another format or
+//! the deletion (i64 LE), owner name. `journal`: the changes in doubt, keyed by a number
+//! that only grows (across runs), so that writing one is an append and clearing the
+//! settled ones removes a prefix: action (u8), key (u16 LE length, bytes), instance (u16
+//! LE length, bytes), and for a deletion the entity as last known. The file carries a format marker; a file from another format or
 //! another program is refused with a message that says what was found.
 
 use std::path::{Path, PathBuf};
@@ -38,7 +40,7 @@ use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use redb::{Database, ReadableTable, TableDefinition, TableHandle};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle};
 use synchronizer_plugin_api::Entity;
 
 use crate::change::{Action, Change};
@@ -49,7 +51,7 @@ const FORMAT: &str = "synchronizer-baseline/2";
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const ENTITIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entities");
 const TOMBSTONES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tombstones");
-const IN_DOUBT: TableDefinition<&[u8], &[u8]> = TableDefinition::new("in_doubt");
+const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
 
 /// How long after its announcement a change counts as received by the consumers that
 /// do not confirm (stdout, SSE clients, callbacks): until then it stays in doubt, and a
@@ -98,6 +100,11 @@ pub enum StoreError {
 pub struct Store {
     db: Database,
     path: PathBuf,
+    /// The journal number of this run's change `seq` 0: above every row already there.
+    base: u64,
+    /// Whether the previous runs' journal rows are still there (they go with the first
+    /// write, which announces them again).
+    old_rows: std::cell::Cell<bool>,
 }
 
 /// One entity as restored.
@@ -259,33 +266,30 @@ fn action_from_u8(b: u8) -> Option<Action> {
     })
 }
 
-/// An in-doubt row: the action, the instance, and for a deletion the entity as last
-/// known (any other change's entity is the `entities` row of the same key).
-fn encode_in_doubt(action: Action, instance: &str, entity: &Entity) -> Vec<u8> {
+/// A journal row: the action, the key, the instance, and for a deletion the entity as
+/// last known (any other change's entity is the `entities` row of the same key).
+fn encode_journal(action: Action, key: &[u8], instance: &str, entity: &Entity) -> Vec<u8> {
     let body = match action {
         Action::Deleted => wire::encode_entity(entity),
         Action::Created | Action::Updated => Vec::new(),
     };
-    let mut v = Vec::with_capacity(3 + instance.len() + body.len());
+    let mut v = Vec::with_capacity(5 + key.len() + instance.len() + body.len());
     v.push(action_to_u8(action));
+    let len = key.len().min(u16::MAX as usize);
+    v.extend_from_slice(&(len as u16).to_le_bytes());
+    v.extend_from_slice(&key[..len]);
     put_name(&mut v, instance);
     v.extend_from_slice(&body);
     v
 }
 
-/// Reads an in-doubt row; `current` finds the entity of a change that is not a deletion.
-fn decode_in_doubt(v: &[u8], current: impl FnOnce() -> Option<Arc<Entity>>) -> Option<InDoubt> {
+/// A journal row read back: action, key, instance, and the rest (a deletion's entity).
+fn decode_journal(v: &[u8]) -> Option<(Action, Vec<u8>, String, &[u8])> {
     let action = action_from_u8(*v.first()?)?;
-    let (instance, rest) = take_name(v.get(1..)?)?;
-    let entity = match action {
-        Action::Deleted => Arc::new(wire::decode_entity(rest).ok()?),
-        Action::Created | Action::Updated => current()?,
-    };
-    Some(InDoubt {
-        action,
-        entity,
-        instance,
-    })
+    let len = u16::from_le_bytes(v.get(1..3)?.try_into().ok()?) as usize;
+    let key = v.get(3..3 + len)?.to_vec();
+    let (instance, rest) = take_name(v.get(3 + len..)?)?;
+    Some((action, key, instance, rest))
 }
 
 /// What a key's in-doubt change becomes when another change to it is committed before
@@ -332,15 +336,20 @@ impl Store {
                 });
             }
         };
-        let store = Store {
+        let mut store = Store {
             db,
             path: path.to_owned(),
+            base: 0,
+            old_rows: std::cell::Cell::new(false),
         };
-        let restored = store.check_and_read()?;
+        let (restored, next) = store.check_and_read()?;
+        store.base = next;
+        store.old_rows.set(next > 0);
         Ok((store, restored))
     }
 
-    fn check_and_read(&self) -> Result<Restored, StoreError> {
+    /// Checks the marker, reads everything back; returns it and the next journal number.
+    fn check_and_read(&self) -> Result<(Restored, u64), StoreError> {
         let io = |e: &dyn std::fmt::Display| StoreError::Io {
             path: self.path.clone(),
             reason: e.to_string(),
@@ -380,7 +389,7 @@ impl Store {
             }
             txn.open_table(ENTITIES).map_err(|e| io(&e))?;
             txn.open_table(TOMBSTONES).map_err(|e| io(&e))?;
-            txn.open_table(IN_DOUBT).map_err(|e| io(&e))?;
+            txn.open_table(JOURNAL).map_err(|e| io(&e))?;
         }
         txn.commit().map_err(|e| io(&e))?;
 
@@ -411,102 +420,132 @@ impl Store {
                 owner,
             });
         }
-        let in_doubt = txn.open_table(IN_DOUBT).map_err(|e| io(&e))?;
-        for row in in_doubt.iter().map_err(|e| io(&e))? {
-            let (k, v) = row.map_err(|e| io(&e))?;
-            let current = || {
-                let row = entities.get(k.value()).ok()??;
-                decode_entity_row(row.value()).map(|e| e.entity)
+        // The journal, in order: per key, what its changes in doubt amount to.
+        let journal = txn.open_table(JOURNAL).map_err(|e| io(&e))?;
+        let mut next = 0u64;
+        let mut per_key: Vec<(Vec<u8>, Action, String, Option<Arc<Entity>>)> = Vec::new();
+        let mut at: std::collections::HashMap<Vec<u8>, usize> = Default::default();
+        for row in journal.iter().map_err(|e| io(&e))? {
+            let (n, v) = row.map_err(|e| io(&e))?;
+            next = next.max(n.value().saturating_add(1));
+            let Some((action, k, instance, rest)) = decode_journal(v.value()) else {
+                return Err(foreign("a journal row it cannot read".into()));
             };
-            let kept = v
-                .value()
-                .first()
-                .copied()
-                .and_then(action_from_u8)
-                .is_some_and(|a| a == Action::Deleted || current().is_some());
-            if !kept {
-                // A change to an entity that is no longer there, and no deletion after it:
-                // nothing a consumer could miss. Anything unreadable is refused below.
-                if v.value()
-                    .first()
-                    .copied()
-                    .and_then(action_from_u8)
-                    .is_some()
-                {
-                    continue;
+            let gone = match action {
+                Action::Deleted => match wire::decode_entity(rest) {
+                    Ok(e) => Some(Arc::new(e)),
+                    Err(_) => return Err(foreign("a journal row it cannot read".into())),
+                },
+                Action::Created | Action::Updated => None,
+            };
+            match at.get(&k) {
+                Some(&i) => {
+                    let entry = &mut per_key[i];
+                    entry.1 = combine(entry.1, action);
+                    entry.2 = instance;
+                    entry.3 = gone;
+                }
+                None => {
+                    at.insert(k.clone(), per_key.len());
+                    per_key.push((k, action, instance, gone));
                 }
             }
-            match decode_in_doubt(v.value(), current) {
-                Some(d) => restored.in_doubt.push(d),
-                None => return Err(foreign("an in-doubt row it cannot read".into())),
-            }
         }
-        Ok(restored)
+        for (k, action, instance, gone) in per_key {
+            let entity = match (action, gone) {
+                (Action::Deleted, Some(e)) => e,
+                _ => match entities.get(k.as_slice()).map_err(|e| io(&e))? {
+                    Some(row) => match decode_entity_row(row.value()) {
+                        Some(e) => e.entity,
+                        None => return Err(foreign("an entity row it cannot read".into())),
+                    },
+                    // A change to an entity that is gone, and no deletion after it in
+                    // the journal: nothing a consumer could miss.
+                    None => continue,
+                },
+            };
+            restored.in_doubt.push(InDoubt {
+                action,
+                entity,
+                instance,
+            });
+        }
+        Ok((restored, next))
     }
 
-    /// Commits `commits` in one transaction, and clears the in-doubt rows of `confirmed`
-    /// (keys whose change was confirmed, with the `seq` of that change: a row a later
-    /// change replaced stays).
-    pub fn write(
-        &self,
-        commits: &[Commit],
-        confirmed: &[(Vec<u8>, u64)],
-    ) -> Result<(), StoreError> {
+    /// Commits `commits` in one transaction (a journal row per change), and clears the
+    /// journal through change `settled_through` of this run (every earlier row too).
+    pub fn write(&self, commits: &[Commit], settled_through: Option<u64>) -> Result<(), StoreError> {
         let io = |e: &dyn std::fmt::Display| StoreError::Io {
             path: self.path.clone(),
             reason: e.to_string(),
         };
+        // The entities' writes in key order (stable: a key's writes keep their order),
+        // so that the B-tree is walked once instead of at random.
+        let mut ops: Vec<(Vec<u8>, &Op)> = commits
+            .iter()
+            .flat_map(|c| c.ops.iter())
+            .map(|op| {
+                let k = match op {
+                    Op::Upsert { entity, .. } => key(entity.entity_type(), entity.id()),
+                    Op::Delete { entity_type, id, .. } => key(entity_type, id),
+                };
+                (k, op)
+            })
+            .collect();
+        ops.sort_by(|a, b| a.0.cmp(&b.0));
         let txn = self.db.begin_write().map_err(|e| io(&e))?;
         {
             let mut entities = txn.open_table(ENTITIES).map_err(|e| io(&e))?;
             let mut tombstones = txn.open_table(TOMBSTONES).map_err(|e| io(&e))?;
-            let mut in_doubt = txn.open_table(IN_DOUBT).map_err(|e| io(&e))?;
-            for commit in commits {
-                for op in &commit.ops {
-                    match op {
-                        Op::Upsert {
-                            entity,
-                            updated_us,
-                            owner,
-                        } => {
-                            let k = key(entity.entity_type(), entity.id());
-                            let row = encode_entity_row(entity, *updated_us, owner);
-                            entities
-                                .insert(k.as_slice(), row.as_slice())
-                                .map_err(|e| io(&e))?;
+            let mut journal = txn.open_table(JOURNAL).map_err(|e| io(&e))?;
+            let mut buried = !tombstones.is_empty().map_err(|e| io(&e))?;
+            for (k, op) in &ops {
+                match op {
+                    Op::Upsert {
+                        entity,
+                        updated_us,
+                        owner,
+                    } => {
+                        let row = encode_entity_row(entity, *updated_us, owner);
+                        entities
+                            .insert(k.as_slice(), row.as_slice())
+                            .map_err(|e| io(&e))?;
+                        if buried {
                             tombstones.remove(k.as_slice()).map_err(|e| io(&e))?;
                         }
-                        Op::Delete {
-                            entity_type,
-                            id,
-                            deleted_us,
-                            owner,
-                        } => {
-                            let k = key(entity_type, id);
-                            entities.remove(k.as_slice()).map_err(|e| io(&e))?;
-                            let mut v = deleted_us.to_le_bytes().to_vec();
-                            put_name(&mut v, owner);
-                            tombstones
-                                .insert(k.as_slice(), v.as_slice())
-                                .map_err(|e| io(&e))?;
-                        }
+                    }
+                    Op::Delete {
+                        deleted_us, owner, ..
+                    } => {
+                        entities.remove(k.as_slice()).map_err(|e| io(&e))?;
+                        let mut v = deleted_us.to_le_bytes().to_vec();
+                        put_name(&mut v, owner);
+                        tombstones
+                            .insert(k.as_slice(), v.as_slice())
+                            .map_err(|e| io(&e))?;
+                        buried = true;
                     }
                 }
-                for change in &commit.changes {
-                    let k = key(change.entity.entity_type(), change.entity.id());
-                    let before = in_doubt
-                        .get(k.as_slice())
-                        .map_err(|e| io(&e))?
-                        .and_then(|v| v.value().first().copied().and_then(action_from_u8));
-                    let action = before.map_or(change.action, |b| combine(b, change.action));
-                    let row = encode_in_doubt(action, &change.instance, &change.entity);
-                    in_doubt
-                        .insert(k.as_slice(), row.as_slice())
-                        .map_err(|e| io(&e))?;
-                }
             }
-            for (k, _) in confirmed {
-                in_doubt.remove(k.as_slice()).map_err(|e| io(&e))?;
+            // The previous runs' rows were announced again by this run's first commit.
+            if self.old_rows.get() && self.base > 0 {
+                journal
+                    .retain_in(..self.base, |_, _| false)
+                    .map_err(|e| io(&e))?;
+                self.old_rows.set(false);
+            }
+            for change in commits.iter().flat_map(|c| c.changes.iter()) {
+                let k = key(change.entity.entity_type(), change.entity.id());
+                let row = encode_journal(change.action, &k, &change.instance, &change.entity);
+                journal
+                    .insert(self.base.saturating_add(change.seq), row.as_slice())
+                    .map_err(|e| io(&e))?;
+            }
+            if let Some(seq) = settled_through {
+                journal
+                    .retain_in(..=self.base.saturating_add(seq), |_, _| false)
+                    .map_err(|e| io(&e))?;
             }
         }
         txn.commit().map_err(|e| io(&e))
@@ -537,33 +576,32 @@ impl Store {
         mark: Confirmer,
         deliveries: Arc<Deliveries>,
     ) {
-        // Keys in doubt from this run, in seq order; cleared as consumers confirm.
-        let mut doubt: std::collections::VecDeque<(u64, Vec<u8>, std::time::Instant)> =
+        // This run's changes in doubt, in seq order, with the time they were announced.
+        let mut doubt: std::collections::VecDeque<(u64, std::time::Instant)> =
             Default::default();
-        // The latest seq per key in doubt: an older confirmation does not clear a newer row.
-        let mut latest: std::collections::HashMap<Vec<u8>, u64> = Default::default();
-        let mut open = true;
-        let mut last_call = false;
-        while open {
+        // Once every sender is gone, one last round settles what was announced (the
+        // outputs were drained before the store stops), then the writer ends.
+        let mut disconnected = false;
+        loop {
+            let stopping = disconnected;
             let mut group = Vec::new();
-            // Nothing in doubt: wait for the next batch. Something in doubt: look again
-            // soon, so that a confirmed change does not stay in doubt for long (after a
-            // crash it would be announced again).
-            let stopping = last_call;
-            let next = if last_call {
-                Err(mpsc::RecvTimeoutError::Disconnected)
-            } else if doubt.is_empty() {
-                rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
-            } else {
-                rx.recv_timeout(Duration::from_millis(50))
-            };
-            match next {
-                Ok(c) => group.push(c),
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => open = false,
-            }
-            while let Ok(c) = rx.try_recv() {
-                group.push(c);
+            if !stopping {
+                // Nothing in doubt: wait for the next batch. Something in doubt: look
+                // again soon, so that a settled change does not stay in doubt for long
+                // (after a crash it would be announced again).
+                let next = if doubt.is_empty() {
+                    rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+                } else {
+                    rx.recv_timeout(Duration::from_millis(50))
+                };
+                match next {
+                    Ok(c) => group.push(c),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => disconnected = true,
+                }
+                while let Ok(c) = rx.try_recv() {
+                    group.push(c);
+                }
             }
             // Consumers that confirm (reliable outputs) settle a change when they confirm
             // it; the others (stdout, SSE, callbacks) when it was announced a while ago:
@@ -571,63 +609,50 @@ impl Store {
             let confirming = deliveries.confirmed_except(STORE_OUTPUT);
             let through = confirming.unwrap_or_else(|| mark.confirmed());
             let settled = |at: &std::time::Instant| stopping || at.elapsed() >= SETTLE;
-            let mut confirmed = Vec::new();
+            let mut confirmed: Option<u64> = None;
             while doubt
                 .front()
-                .is_some_and(|(seq, _, at)| *seq <= through && settled(at))
+                .is_some_and(|(seq, at)| *seq <= through && settled(at))
             {
-                if let Some((seq, k, _)) = doubt.pop_front()
-                    && latest.get(&k) == Some(&seq)
-                {
-                    latest.remove(&k);
-                    confirmed.push((k, seq));
-                }
+                confirmed = doubt.pop_front().map(|(seq, _)| seq);
             }
-            if group.is_empty() && confirmed.is_empty() {
-                continue;
-            }
-            if group.is_empty() {
-                match self.write(&group, &confirmed) {
+            if group.is_empty() && confirmed.is_some() {
+                match self.write(&group, confirmed) {
                     Ok(()) => tracing::debug!(
-                        changes = confirmed.len(),
+                        through = confirmed,
                         "baseline store: confirmed changes are no longer in doubt"
                     ),
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot clear confirmed changes in the baseline store; they are announced again after a restart")
                     }
                 }
-                continue;
-            }
-            let ops: usize = group.iter().map(|c| c.ops.len()).sum();
-            if let Err(e) = self.write(&group, &confirmed) {
-                // Announce anyway: holding changes back would stop every producer for
-                // good. They are reported again after a restart, as nothing was written.
-                tracing::error!(error = %e, ops, "cannot write the baseline store; these changes are announced without being durable");
-            } else {
-                tracing::debug!(ops, commits = group.len(), "baseline store committed");
-            }
-            for commit in group {
-                let Some(last) = commit.changes.last().map(|c| c.seq) else {
-                    continue;
-                };
-                for c in &commit.changes {
-                    let k = key(c.entity.entity_type(), c.entity.id());
-                    latest.insert(k.clone(), c.seq);
-                    doubt.push_back((c.seq, k, std::time::Instant::now()));
+            } else if !group.is_empty() {
+                let ops: usize = group.iter().map(|c| c.ops.len()).sum();
+                if let Err(e) = self.write(&group, confirmed) {
+                    // Announce anyway: holding changes back would stop every producer for
+                    // good. They are reported again after a restart, as nothing was
+                    // written.
+                    tracing::error!(error = %e, ops, "cannot write the baseline store; these changes are announced without being durable");
+                } else {
+                    tracing::debug!(ops, commits = group.len(), "baseline store committed");
                 }
-                announce(commit.changes);
-                mark.confirm(last);
+                for commit in group {
+                    let Some(last) = commit.changes.last().map(|c| c.seq) else {
+                        continue;
+                    };
+                    let now = std::time::Instant::now();
+                    doubt.extend(commit.changes.iter().map(|c| (c.seq, now)));
+                    announce(commit.changes);
+                    mark.confirm(last);
+                }
             }
-            if !open {
-                // Stopping: what was announced just now gets one last chance to be
-                // confirmed (the outputs were drained before the store stops).
-                open = !doubt.is_empty() && !last_call;
-                last_call = true;
+            if stopping {
+                break;
             }
         }
         if !doubt.is_empty() {
             tracing::info!(
-                changes = latest.len(),
+                changes = doubt.len(),
                 "changes still in doubt at shutdown: they are announced again at the next start"
             );
         }
@@ -690,11 +715,9 @@ mod tests {
                 changes: vec![change(3, Action::Deleted, &gone)],
             },
         ];
-        store.write(&commits, &[]).unwrap();
-        // `abc`'s creation was confirmed; `gone`'s deletion was not.
-        store
-            .write(&[], &[(key("nova.instance", "abc"), 1)])
-            .unwrap();
+        store.write(&commits, None).unwrap();
+        // `abc`'s creation was settled; `gone`'s creation and deletion were not.
+        store.write(&[], Some(1)).unwrap();
         drop(store);
         let (_, restored) = Store::open(&path).unwrap();
         assert_eq!(restored.entities.len(), 1);

@@ -64,9 +64,18 @@ async fn start(dir: &Path, output_url: &str) -> (Synchronizer, Subscription) {
     );
 }
 
-/// The changes queued for `sub` now, as (action, key), sorted.
-fn queued(sub: &mut Subscription) -> Vec<(Action, String)> {
+/// The next `n` changes for `sub` (the store announces them once it has committed
+/// them, a moment after the snapshot that decided them), as (action, key), sorted; then
+/// whatever else is already queued.
+async fn changes(sub: &mut Subscription, n: usize) -> Vec<(Action, String)> {
     let mut out = Vec::new();
+    while out.len() < n {
+        match tokio::time::timeout(Duration::from_secs(10), sub.recv()).await {
+            Ok(Some(Event::Change(c))) => out.push((c.action, c.entity.key())),
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
     while let Some(event) = sub.try_recv() {
         if let Event::Change(c) = event {
             out.push((c.action, c.entity.key()));
@@ -89,14 +98,14 @@ async fn changes_the_output_never_confirmed_are_announced_again_after_a_restart(
     // The output's broker is away for the whole run: the changes are reported locally,
     // never confirmed, so they stay in doubt.
     let (sync, mut sub) = start(dir.path(), AWAY).await;
-    assert_eq!(queued(&mut sub), created);
+    assert_eq!(changes(&mut sub, 2).await, created);
     sync.shutdown().await;
 
     // Next run, broker up: the same two changes again (announced from the store's
     // in-doubt rows), now confirmed by the broker and settled.
     let (sync, mut sub) = start(dir.path(), BROKER).await;
     assert_eq!(
-        queued(&mut sub),
+        changes(&mut sub, 2).await,
         created,
         "reported again after the restart"
     );
@@ -120,11 +129,12 @@ async fn changes_the_output_never_confirmed_are_announced_again_after_a_restart(
     // And the run after that knows them: nothing to report.
     let (sync, mut sub) = start(dir.path(), BROKER).await;
     assert_eq!(
-        queued(&mut sub),
+        changes(&mut sub, 0).await,
         vec![],
-        "confirmed changes were made durable"
+        "confirmed changes were settled"
     );
     sync.get_all(&["switch"]).await.expect("a poll");
-    assert_eq!(queued(&mut sub), vec![]);
+    sync.hub().flush(Duration::from_secs(10)).await;
+    assert_eq!(changes(&mut sub, 0).await, vec![]);
     sync.shutdown().await;
 }

@@ -44,7 +44,9 @@ async fn main() -> anyhow::Result<()> {
     })?;
 
     tokio::signal::ctrl_c().await?;
-    subscription.cancel();
+    // Shutdown first: the producers stop, and it returns once the callback has seen every
+    // change accepted before (cancelling first would drop what is still on its way).
     sync.shutdown().await;
+    subscription.cancel();
     Ok(())
 }

@@ -4,7 +4,8 @@
 //! model) and the one the bus plugin builds from the captured notification of the same
 //! state, its resources read from Heat by the bus's `heat::Enricher`, hash alike. Through
 //! the host's real baseline (`Hub`), a later poll of the state a notification reported
-//! emits nothing, and a poll older than the notification cannot undo it.
+//! emits nothing, and a poll whose call was under way when the notification arrived
+//! cannot undo it (host/src/baseline.rs, "The ordering rule").
 //!
 //! Data: the listing, Keystone's token and the resources of failing-a and nested-a were
 //! captured from a real Keystone 27.1 + Heat 24.1 (plugins/heat/tests/fixtures), the
@@ -353,9 +354,10 @@ async fn a_later_poll_of_the_same_state_emits_nothing_and_an_older_poll_cannot_u
     assert_eq!(counts(&a), (0, 0, 0), "{a:?}");
     assert_eq!(drain(&mut rx), vec![]);
 
-    // A poll showing basic-a as it was during its update (UPDATE_IN_PROGRESS, updated
-    // at 08:58:03, older than the update.end notification the baseline holds): dropped
-    // as stale. basic-a stays UPDATE_COMPLETE.
+    // A poll whose call was under way when basic-a's update.end arrived (here its
+    // redelivery: dropped as a repeat, but news of the key while the call runs) answers
+    // with basic-a as it was during its update (UPDATE_IN_PROGRESS): the notification
+    // wins, basic-a stays UPDATE_COMPLETE.
     let mut before = listing();
     for s in before["stacks"].as_array_mut().expect("stacks") {
         if s["id"] == BASIC_A {
@@ -363,7 +365,20 @@ async fn a_later_poll_of_the_same_state_emits_nothing_and_an_older_poll_cannot_u
             s["stack_status_reason"] = json!("Stack UPDATE started");
         }
     }
-    let a = poll(&hub, &collector, &before, "2026-11-25 08:58:03.5");
+    let start = hub.begin_snapshot(&collector);
+    let e = notified(
+        &enricher,
+        &body(INFO, "orchestration.stack.update.end", BASIC_A),
+    )
+    .await;
+    let a = hub.apply_push(&bus, upsert(e));
+    assert_eq!((counts(&a), a.dropped), ((0, 0, 0), 1));
+    let entities = [BASIC_A, FAILING_A, NESTED_A]
+        .iter()
+        .map(|id| polled(&before, id))
+        .collect();
+    let types = ["heat.stack".to_owned()];
+    let (_, a) = hub.apply_snapshot_started(&collector, snapshot(entities), &types, start, false);
     assert_eq!(counts(&a), (0, 0, 0), "{a:?}");
     assert_eq!(drain(&mut rx), vec![]);
     let current = hub.entities(&TypeFilter::new(&["heat.stack"]));

@@ -3,8 +3,9 @@
 //! conversion, `ApiServer` of the shared model) and the ones built from the captured versioned and legacy notifications
 //! of the same state hash alike, so the host's baseline reports no update when one
 //! source follows the other; and through the host's real baseline (`Hub`), a later poll
-//! of the state a notification reported emits nothing, while a poll older than the
-//! notification cannot undo it.
+//! of the state a notification reported emits nothing, while a poll whose call was under
+//! way when the notification arrived cannot undo it (host/src/baseline.rs, "The ordering
+//! rule").
 //!
 //! All captured from the same Nova 30.3 run (plugins/nova/tests/fixtures and
 //! tests/fixtures/nova-30; see their PROVENANCE.md). No broker needed.
@@ -191,14 +192,20 @@ fn a_later_poll_of_the_same_state_emits_nothing_and_an_older_poll_cannot_undo_it
     assert_eq!(counts(&a), (0, 0, 0), "{a:?}");
     assert_eq!(drain(&mut rx), vec![]);
 
-    // A poll sampled before the power-off notification (vm-a3 still ACTIVE, updated at
-    // 08:37:42, older than the notification's 08:37:47.27 the baseline holds): dropped as
-    // stale. Nothing is reported and vm-a3 stays SHUTOFF.
+    // A poll whose call was under way when the power-off notification arrived (here its
+    // redelivery: dropped as a repeat, but news of the key while the call runs) answers
+    // with vm-a3 still ACTIVE: the notification wins, nothing is reported, vm-a3 stays
+    // SHUTOFF.
     let before = servers_before_power_off();
     let old_a3 = polled_one(&before, VM_A3);
     assert_eq!(old_a3.state(), Some("ACTIVE"));
     assert!(old_a3.source_updated_micros() < Some(at("2026-11-25 08:37:47.268865")));
-    let a = poll(&hub, &collector, &before, "2026-11-25 08:37:43");
+    let start = hub.begin_snapshot(&collector);
+    let a = hub.apply_push(&bus, upsert(notified(V_POWER_OFF)));
+    assert_eq!((counts(&a), a.dropped), ((0, 0, 0), 1));
+    let types = ["nova.instance".to_owned()];
+    let (_, a) =
+        hub.apply_snapshot_started(&collector, snapshot(polled(&before)), &types, start, false);
     assert_eq!(counts(&a), (0, 0, 0), "{a:?}");
     assert_eq!(drain(&mut rx), vec![]);
     let current = hub.entities(&TypeFilter::new(&["nova.instance"]));

@@ -409,6 +409,20 @@ fn in_queue(vhost: &str, queue: &str) -> Option<u64> {
     .and_then(|(_, n)| n.trim().parse().ok())
 }
 
+/// The queues and exchanges of `vhost` whose names start with `prefix`: what an earlier
+/// run that failed left (a queue bound to Nova's exchange fills up while nobody reads it).
+fn leftovers(vhost: &str, prefix: &str) -> (Vec<String>, Vec<String>) {
+    let names = |what: &str| -> Vec<String> {
+        common::rabbitmqctl(&["-q", what, "--no-table-headers", "-p", vhost, "name"])
+            .lines()
+            .map(str::trim)
+            .filter(|n| n.starts_with(prefix))
+            .map(str::to_owned)
+            .collect()
+    };
+    (names("list_queues"), names("list_exchanges"))
+}
+
 /// Writes the notifications about the server as the fixtures of this test, when
 /// `SYNCHRONIZER_CAPTURE_NOVA_DELETES` names a directory.
 fn capture(seen: &[Seen]) {
@@ -502,6 +516,8 @@ async fn a_real_nova_deleting_a_server_with_both_plugins() {
     };
     let vhost = vhost(&amqp);
     api.delete_named("real-nova-deletes-").await;
+    let (queues, exchanges) = leftovers(&vhost, "real-nova-deletes-");
+    common::cleanup(connect(&amqp).await, &queues, &exchanges).await;
     let tag = common::unique("real-nova-deletes");
     let conn = connect(&amqp).await;
     let ch = conn.create_channel().await.expect("channel");

@@ -9,15 +9,22 @@
 //!   that run printed, and the queue ends empty: nothing was acknowledged unseen.
 //!   Duplicates (at-least-once) are counted and printed.
 //! - `shutdown_mid_catch_up_delivers_every_acked_change_to_a_callback`: an embedded host
-//!   with a callback subscriber, `Synchronizer::shutdown` mid-catch-up: every
-//!   notification is either still in the queue or was given to the callback before
-//!   `shutdown` returned.
+//!   with a callback subscriber fed from a backlog of 10,000, `Synchronizer::shutdown`
+//!   mid-catch-up: every notification is either still in the queue or was given to the
+//!   callback before `shutdown` returned. (With the callback cancelled before
+//!   `shutdown`, as the old order did, 256 of them, the prefetch, were acknowledged and
+//!   never seen.)
+//!
+//! The first test takes about a minute in a debug build (the queue fills at about 2,500
+//! notifications a second, the binary drains about 1,200 a second, on a loaded 2-core
+//! machine), so it is `#[ignore]`d in a plain `cargo test`; `scripts/test.sh` runs it:
+//! `cargo test -p synchronizer-bus --test shutdown_backlog -- --ignored`.
 //!
 //! The first notifications are sent by the real oslo.messaging Notifier
 //! (`scripts/oslo/publish.py`), which proves the format and declares the queue as Nova
 //! would; the bulk is published with lapin, in the same envelope (the captured versioned
 //! `instance.update` body with its own message id, `_unique_id` and instance uuid each,
-//! like `benches/drain.rs`), because the Python publisher sends about 1,000 a second.
+//! like `benches/drain.rs`), because the Python publisher is slow (1,000 took 6 s here).
 //!
 //! The binary is `target/debug/synchronizer`: `scripts/test.sh` builds it first; alone,
 //! `cargo build -p synchronizer --bin synchronizer` before
@@ -78,8 +85,8 @@ fn binary() -> PathBuf {
 
 /// Notification bodies in the oslo 2.0 envelope: the captured versioned
 /// `instance.update`, with message id, `_unique_id` and instance uuid of their own. The
-/// envelope is serialised once with placeholders (a debug build serialises about 1,000
-/// bodies a second).
+/// envelope is serialised once, with placeholders: serialising 50,000 bodies takes longer
+/// than publishing them in a debug build.
 struct Bodies {
     template: String,
 }
@@ -415,6 +422,7 @@ impl Drop for Guard {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "about 65 s in a debug build (50,000 notifications); scripts/test.sh runs it with --ignored"]
 async fn sigterm_during_catch_up_loses_nothing() {
     logs();
     require_broker().await;
@@ -479,6 +487,10 @@ async fn sigterm_during_catch_up_loses_nothing() {
             streamed.difference(&printed).count(),
             logs.join("\n")
         );
+        assert_eq!(
+            sse.last_seq, stdout.last_seq,
+            "run {round}: the SSE stream ended before the last change printed"
+        );
         let left = wait_queue_settled(&conn, &queue).await;
         if left > 0 && !last {
             mid_catch_up += 1;
@@ -534,24 +546,11 @@ async fn sigterm_during_catch_up_loses_nothing() {
 /// The messages ready in `queue` once the broker has taken back what a stopped
 /// consumer left unacknowledged: it drops the consumer when it requeues its messages.
 async fn wait_queue_settled(conn: &lapin::Connection, queue: &str) -> u32 {
-    use lapin::options::QueueDeclareOptions;
-    let ch = conn.create_channel().await.expect("channel");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let q = ch
-            .queue_declare(
-                queue,
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                lapin::types::FieldTable::default(),
-            )
-            .await
-            .expect("queue");
-        if q.consumer_count() == 0 {
-            let _ = ch.close(200, "done").await;
-            return q.message_count();
+        let (messages, consumers) = counts(conn, queue).await.expect("queue");
+        if consumers == 0 {
+            return messages;
         }
         assert!(
             Instant::now() < deadline,
@@ -564,7 +563,7 @@ async fn wait_queue_settled(conn: &lapin::Connection, queue: &str) -> u32 {
 async fn shutdown_mid_catch_up_delivers_every_acked_change_to_a_callback() {
     logs();
     require_broker().await;
-    let n = (backlog() / 2).max(2_000);
+    let n = (backlog() / 5).max(2_000);
     let tag = unique("callback");
     let exchange = format!("nova-{tag}");
     let topic = format!("t-{tag}");

@@ -3,8 +3,9 @@
 //! `.so` consuming the notifications the same Nova sent, published by the real
 //! oslo.messaging on the real broker; both loaded by the real host, one shared baseline.
 //!
-//! A notification's change is not undone by a poll taken before it, and a later poll of
-//! the same state emits nothing: the two plugins build the same entity.
+//! A notification's change is reported at once; a poll taken after it is the authority
+//! (host/src/baseline.rs, "The ordering rule"), and a poll of the state the notification
+//! reported emits nothing: the two plugins build the same entity.
 
 mod common;
 #[path = "../../nova/tests/common/mod.rs"]
@@ -136,14 +137,21 @@ async fn a_notification_and_the_polls_around_it_agree() {
         other => panic!("expected vm-a3's update, got {other:?}"),
     }
 
-    // A poll that still shows vm-a3 ACTIVE (sampled before the notification): nothing.
+    // A poll taken after the notification describes the cloud as of that moment, even
+    // though the API (a lagging replica, say) still shows vm-a3 ACTIVE with an older
+    // `updated`: a complete snapshot is never refused as stale (host/src/baseline.rs,
+    // "The ordering rule"). vm-a3 is reported ACTIVE again, by the collector.
     let polled = sync.get_all(&["nova.instance"]).await.expect("poll");
     assert_eq!(polled.len(), 5);
-    assert_eq!(queued(&mut sub), vec![], "an older poll cannot undo it");
-    assert_eq!(state_of(&sync, nova::VM_A3).as_deref(), Some("SHUTOFF"));
+    assert_eq!(
+        queued(&mut sub),
+        vec![(Action::Updated, a3_key.clone(), Some("ACTIVE".into()))],
+        "the later poll is the authority"
+    );
+    assert_eq!(state_of(&sync, nova::VM_A3).as_deref(), Some("ACTIVE"));
 
-    // The API catches up: the captured SHUTOFF server, updated after the notification.
-    // Same state, built by the other plugin: nothing.
+    // The API catches up: the captured SHUTOFF server, updated after the notification:
+    // SHUTOFF again, the same entity the bus built from the notification.
     {
         let captured = nova::Cloud::captured();
         let mut a3 = captured
@@ -156,7 +164,12 @@ async fn a_notification_and_the_polls_around_it_agree() {
         *cloud.cloud().server_mut(nova::VM_A3) = a3;
     }
     sync.get_all(&["nova.instance"]).await.expect("poll");
-    assert_eq!(queued(&mut sub), vec![], "the same state from the API");
+    assert_eq!(
+        queued(&mut sub),
+        vec![(Action::Updated, a3_key.clone(), Some("SHUTOFF".into()))],
+        "the API caught up"
+    );
+    assert_eq!(state_of(&sync, nova::VM_A3).as_deref(), Some("SHUTOFF"));
 
     // And a real change in a poll still shows (the polls above were not ignored).
     {

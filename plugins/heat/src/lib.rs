@@ -34,9 +34,11 @@
 //! the token's own project shows another project's stack, that listing is taken as
 //! complete and no other project is listed; stacks are deduplicated by id either way.
 //!
-//! Should Heat list a stack in `DELETE_COMPLETE` (its listing normally hides deleted
-//! stacks), it is left out and its resources are not asked for, so the baseline deletes
-//! it and its relations: it is never reported as an entity in that state.
+//! A stack Heat lists in `DELETE_COMPLETE` is left out and its resources are not asked
+//! for, so the baseline deletes it and its relations: it is never reported as an entity
+//! in that state. (Heat 24 records `DELETE_COMPLETE` in `Stack.delete` before it marks
+//! the stack's row deleted, which hides it from the listing: a listing in between shows
+//! it.)
 //!
 //! Failure semantics: any failure to list the stacks, or the resources of a stack, fails
 //! the snapshot (the host then deletes nothing and retries with backoff), because a stack

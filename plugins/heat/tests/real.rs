@@ -220,6 +220,13 @@ async fn a_real_heat() {
         "{seen:?}"
     );
     assert_eq!(seen.last().map(|c| c.0), Some(Action::Deleted), "{seen:?}");
+    // A stack in DELETE_COMPLETE is gone, never an entity in that state.
+    assert!(
+        !seen
+            .iter()
+            .any(|(a, _, s)| *a != Action::Deleted && s.as_deref() == Some("DELETE_COMPLETE")),
+        "{seen:?}"
+    );
     sync.shutdown().await;
 }
 

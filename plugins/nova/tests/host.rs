@@ -57,6 +57,16 @@ async fn ready(sync: &Synchronizer) {
     panic!("the initial snapshot did not complete: {:?}", sync.status());
 }
 
+/// A host with the plugin for `types`, after its initial snapshot.
+async fn started(nova: &Nova, types: &[&str]) -> Synchronizer {
+    let sync =
+        Synchronizer::start(synchronizer::Config::from_toml(&host_config(nova, types)).unwrap())
+            .await
+            .unwrap();
+    ready(&sync).await;
+    sync
+}
+
 /// The changes queued for `sub`, as `(action, key, state)`, sorted.
 fn drain(sub: &mut synchronizer::Subscription) -> Vec<(Action, String, Option<String>)> {
     let mut out = Vec::new();
@@ -218,12 +228,7 @@ const CHANGES_SINCE: &str =
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_nova_lists_as_deleted_is_deleted_not_updated() {
     let nova = Nova::start(Cloud::captured()).await;
-    let sync = Synchronizer::start(
-        synchronizer::Config::from_toml(&host_config(&nova, &["nova.instance"])).unwrap(),
-    )
-    .await
-    .unwrap();
-    ready(&sync).await;
+    let sync = started(&nova, &["nova.instance"]).await;
     assert_eq!(sync.current(&["nova.instance"]).len(), 5);
     let mut sub = sync.subscribe(&SubscribeOptions::types(&["nova.instance"]));
 
@@ -278,12 +283,7 @@ async fn a_server_nova_lists_as_deleted_is_deleted_not_updated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_poll_deletes_nothing() {
     let nova = Nova::start(Cloud::captured()).await;
-    let sync = Synchronizer::start(
-        synchronizer::Config::from_toml(&host_config(&nova, &["nova.instance"])).unwrap(),
-    )
-    .await
-    .unwrap();
-    ready(&sync).await;
+    let sync = started(&nova, &["nova.instance"]).await;
     assert_eq!(sync.current(&TYPES).len(), 5);
     let mut sub = sync.subscribe(&SubscribeOptions::types(&TYPES));
     {

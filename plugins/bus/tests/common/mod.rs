@@ -341,6 +341,11 @@ where
 
 /// Messages ready in `queue` (None when it does not exist).
 pub async fn ready(conn: &Connection, queue: &str) -> Option<u32> {
+    counts(conn, queue).await.map(|(messages, _)| messages)
+}
+
+/// Messages ready in `queue` and its consumers (None when it does not exist).
+pub async fn counts(conn: &Connection, queue: &str) -> Option<(u32, u32)> {
     let ch = conn.create_channel().await.ok()?;
     let q = ch
         .queue_declare(
@@ -354,7 +359,7 @@ pub async fn ready(conn: &Connection, queue: &str) -> Option<u32> {
         .await
         .ok()?;
     let _ = ch.close(200, "done").await;
-    Some(q.message_count())
+    Some((q.message_count(), q.consumer_count()))
 }
 
 /// Takes every message of `queue` (acknowledging them).
