@@ -109,7 +109,11 @@ fn error(u: &mut Unstructured<'_>) -> Result<FfiError> {
 }
 
 fn unit_result(u: &mut Unstructured<'_>) -> Result<std::result::Result<(), FfiError>> {
-    Ok(if u.arbitrary()? { Ok(()) } else { Err(error(u)?) })
+    Ok(if u.arbitrary()? {
+        Ok(())
+    } else {
+        Err(error(u)?)
+    })
 }
 
 fn strings(u: &mut Unstructured<'_>) -> Result<Vec<String>> {

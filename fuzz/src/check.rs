@@ -56,7 +56,9 @@ pub fn pushed(changes: &[synchronizer_plugin_api::Change]) {
 
 fn change_entity(c: &synchronizer_plugin_api::Change) -> &Entity {
     match c {
-        synchronizer_plugin_api::Change::Upsert(e) | synchronizer_plugin_api::Change::Delete(e) => e,
+        synchronizer_plugin_api::Change::Upsert(e) | synchronizer_plugin_api::Change::Delete(e) => {
+            e
+        }
     }
 }
 
@@ -91,8 +93,14 @@ fn entity_fields(what: &str, v: &Value, e: &Entity) {
         };
         assert_eq!(j["direction"], direction, "{what}: relation direction");
     }
-    let properties = parse(&format!("{what}: the entity's properties"), e.properties_json());
-    assert!(properties.is_object(), "{what}: properties are not an object");
+    let properties = parse(
+        &format!("{what}: the entity's properties"),
+        e.properties_json(),
+    );
+    assert!(
+        properties.is_object(),
+        "{what}: properties are not an object"
+    );
     assert_eq!(field("properties"), &properties, "{what}: properties");
     time_field(what, field("source_updated"), e.source_updated_micros());
 }
@@ -123,7 +131,10 @@ fn one(e: &Entity, seq: u64) {
     let v = parse("entity_to_json", &output::entity_to_json(e));
     entity_fields("entity_to_json", &v, e);
 
-    let v = parse("snapshot_entity_to_json", &output::snapshot_entity_to_json(e));
+    let v = parse(
+        "snapshot_entity_to_json",
+        &output::snapshot_entity_to_json(e),
+    );
     assert_eq!(v["action"], "snapshot");
     entity_fields("snapshot_entity_to_json", &v, e);
 
@@ -139,7 +150,7 @@ fn one(e: &Entity, seq: u64) {
             entity: entity.clone(),
             instance: Arc::from("fuzz-instance"),
             sampled_us,
-            initial: seq % 2 == 0,
+            initial: seq.is_multiple_of(2),
         });
         let json = output::change_to_json(&change);
         let v = parse("change_to_json", &json);
@@ -147,7 +158,11 @@ fn one(e: &Entity, seq: u64) {
         assert_eq!(v["seq"], seq, "change_to_json: seq");
         assert_eq!(v["instance"], "fuzz-instance", "change_to_json: instance");
         assert_eq!(v["initial"], change.initial, "change_to_json: initial");
-        time_field("change_to_json: sampled_at", &v["sampled_at"], Some(sampled_us));
+        time_field(
+            "change_to_json: sampled_at",
+            &v["sampled_at"],
+            Some(sampled_us),
+        );
         entity_fields("change_to_json", &v, e);
 
         // stdout: one line, the same object.
@@ -174,7 +189,12 @@ fn one(e: &Entity, seq: u64) {
     let mut out = Vec::new();
     output::write_event(&mut out, &Event::Resync(ResyncReason::Lagged))
         .unwrap_or_else(|err| panic!("write_event into memory failed: {err}"));
-    assert_eq!(parse("resync", std::str::from_utf8(&out).unwrap_or("")).get("action").and_then(Value::as_str), Some("resync"));
+    assert_eq!(
+        parse("resync", std::str::from_utf8(&out).unwrap_or(""))
+            .get("action")
+            .and_then(Value::as_str),
+        Some("resync")
+    );
 }
 
 /// The events of an SSE text: (id, data) each.
@@ -184,7 +204,10 @@ fn sse_events(text: &str) -> Vec<(Option<String>, String)> {
         let mut id = None;
         let mut data = Vec::new();
         for line in block.split('\n') {
-            assert!(!line.contains('\r'), "SSE line holds a carriage return: {line:?}");
+            assert!(
+                !line.contains('\r'),
+                "SSE line holds a carriage return: {line:?}"
+            );
             if let Some(v) = line.strip_prefix("id: ") {
                 id = Some(v.to_owned());
             } else if let Some(v) = line.strip_prefix("data: ") {
@@ -206,7 +229,11 @@ fn snapshot(entities: &[Entity]) {
         .unwrap_or_else(|err| panic!("write_event into memory failed: {err}"));
     let text = String::from_utf8(out).unwrap_or_else(|err| panic!("snapshot lines: {err}"));
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), entities.len() + 1, "snapshot: one line per entity and the end");
+    assert_eq!(
+        lines.len(),
+        entities.len() + 1,
+        "snapshot: one line per entity and the end"
+    );
     for (line, e) in lines.iter().zip(entities) {
         let v = parse("snapshot line", line);
         assert_eq!(v["action"], "snapshot");
@@ -293,12 +320,18 @@ fn wire_round_trip(entities: &[Entity]) {
 
 fn push_round_trip(id: u64, batch: &[FfiPushed]) {
     match decode(&wire::encode_push(id, batch)) {
-        FromChild::Push { id: got_id, batch: got } => {
+        FromChild::Push {
+            id: got_id,
+            batch: got,
+        } => {
             assert_eq!(got_id, id);
             assert_eq!(got.len(), batch.len(), "Push: batch size");
             for (a, b) in batch.iter().zip(&got) {
                 assert_eq!(a.action, b.action, "Push: action");
-                assert!(same(&a.entity, &b.entity), "Push: sent {a:?}, decoded {b:?}");
+                assert!(
+                    same(&a.entity, &b.entity),
+                    "Push: sent {a:?}, decoded {b:?}"
+                );
             }
         }
         other => panic!("a Push decoded as {other:?}"),

@@ -14,6 +14,6 @@
 //! How to run them (`scripts/fuzz.sh`) and where the corpus and the regression inputs
 //! are: the README's "Fuzzing" section.
 
-pub mod check;
 pub mod arb;
+pub mod check;
 pub mod targets;

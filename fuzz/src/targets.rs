@@ -12,14 +12,17 @@ use std::sync::{Mutex, OnceLock};
 
 use arbitrary::Unstructured;
 use axum::http::{HeaderValue, Uri};
-use url::Url;
 use synchronizer::isolation::wire::{FromChild, ToChild};
 use synchronizer_nagios::{HostRules, HostRulesConfig};
+use url::Url;
 
 use crate::{arb, check};
 
+/// A target: the fuzzer's bytes in, a panic on a finding.
+pub type Target = fn(&[u8]);
+
 /// Every target, by name (the names of `fuzz_targets/*.rs` and `corpus/*`).
-pub const ALL: &[(&str, fn(&[u8]))] = &[
+pub const ALL: &[(&str, Target)] = &[
     ("nagios_html", nagios_html),
     ("nagios_json", nagios_json),
     ("bus_message", bus_message),
@@ -102,10 +105,10 @@ fn bus_interpret(body: &[u8]) {
         Families::of(&[Family::NovaLegacy]),
         Families::default(),
     ] {
-        if let Ok(interpreted) = interpret(body, families) {
-            if let Interpretation::Change(change) = interpreted.interpretation {
-                check::pushed(&[change]);
-            }
+        if let Ok(interpreted) = interpret(body, families)
+            && let Interpretation::Change(change) = interpreted.interpretation
+        {
+            check::pushed(&[change]);
         }
     }
 }
@@ -154,7 +157,8 @@ pub fn nova_pages(data: &[u8]) {
 /// A stacks page that lists one stack, for inputs that are a resources page only.
 const ONE_STACK: &[u8] = br#"{"stacks": [{"id": "5b0a1f3e-0000-4000-8000-000000000001", "stack_name": "s", "stack_status": "CREATE_COMPLETE", "creation_time": "2026-11-25T08:56:57Z", "updated_time": null, "tags": ["a"]}]}"#;
 /// A resources page with one mapped resource, for inputs that are a stacks page only.
-const ONE_RESOURCE: &[u8] = br#"{"resources": [{"resource_type": "OS::Nova::Server", "physical_resource_id": "e1"}]}"#;
+const ONE_RESOURCE: &[u8] =
+    br#"{"resources": [{"resource_type": "OS::Nova::Server", "physical_resource_id": "e1"}]}"#;
 
 /// Heat's answers through the collector's types: `<stacks page>\0<resources page>`, or
 /// one body read as a stacks page, a resources page and a Keystone project list.
@@ -183,7 +187,11 @@ pub fn openstack_time(data: &[u8]) {
     };
     if let Some(us) = parse_timestamp(text) {
         let written = format_timestamp(us);
-        assert_eq!(parse_timestamp(&written), Some(us), "{text:?} written {written:?}");
+        assert_eq!(
+            parse_timestamp(&written),
+            Some(us),
+            "{text:?} written {written:?}"
+        );
         let whole = format_isotime(us);
         assert_eq!(
             parse_timestamp(&whole),
@@ -280,7 +288,9 @@ pub fn static_yaml(data: &[u8]) {
             Some(synchronizer_static::YamlFile {
                 path: format!("f{i}.yaml").into(),
                 text: String::from_utf8(text.to_vec()).ok()?,
-                modified: Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_595_860)),
+                modified: Some(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_595_860),
+                ),
             })
         })
         .collect();
@@ -298,9 +308,14 @@ pub fn wire_from_child(data: &[u8]) {
         return;
     };
     let frame = msg.encode();
-    let again = FromChild::decode(check::body(&frame))
-        .unwrap_or_else(|e| panic!("a decoded message encodes to a frame that does not decode ({e}): {msg:?}"));
-    assert_eq!(again.encode(), frame, "decode(encode(m)) encodes differently: {msg:?}");
+    let again = FromChild::decode(check::body(&frame)).unwrap_or_else(|e| {
+        panic!("a decoded message encodes to a frame that does not decode ({e}): {msg:?}")
+    });
+    assert_eq!(
+        again.encode(),
+        frame,
+        "decode(encode(m)) encodes differently: {msg:?}"
+    );
     match msg {
         FromChild::Snapshot {
             result: Ok(snapshot),
@@ -322,9 +337,14 @@ pub fn wire_to_child(data: &[u8]) {
         return;
     };
     let frame = msg.encode();
-    let again = ToChild::decode(check::body(&frame))
-        .unwrap_or_else(|e| panic!("a decoded message encodes to a frame that does not decode ({e}): {msg:?}"));
-    assert_eq!(again.encode(), frame, "decode(encode(m)) encodes differently: {msg:?}");
+    let again = ToChild::decode(check::body(&frame)).unwrap_or_else(|e| {
+        panic!("a decoded message encodes to a frame that does not decode ({e}): {msg:?}")
+    });
+    assert_eq!(
+        again.encode(),
+        frame,
+        "decode(encode(m)) encodes differently: {msg:?}"
+    );
 }
 
 /// Arbitrary messages of both directions: each encodes to a frame that decodes to the
@@ -336,8 +356,9 @@ pub fn wire_roundtrip(data: &[u8]) {
             return;
         };
         let frame = msg.encode();
-        let got = ToChild::decode(check::body(&frame))
-            .unwrap_or_else(|e| panic!("the child refuses a frame the host encoder wrote ({e}): {msg:?}"));
+        let got = ToChild::decode(check::body(&frame)).unwrap_or_else(|e| {
+            panic!("the child refuses a frame the host encoder wrote ({e}): {msg:?}")
+        });
         assert_eq!(got.encode(), frame, "{msg:?} decoded as {got:?}");
         return;
     }
@@ -345,19 +366,25 @@ pub fn wire_roundtrip(data: &[u8]) {
         return;
     };
     let frame = msg.encode();
-    let got = FromChild::decode(check::body(&frame))
-        .unwrap_or_else(|e| panic!("the host refuses a frame the child encoder wrote ({e}): {msg:?}"));
+    let got = FromChild::decode(check::body(&frame)).unwrap_or_else(|e| {
+        panic!("the host refuses a frame the child encoder wrote ({e}): {msg:?}")
+    });
     assert_eq!(got.encode(), frame, "{msg:?} decoded as {got:?}");
     match (&msg, &got) {
-        (FromChild::SnapshotPart { entities: a, .. }, FromChild::SnapshotPart { entities: b, .. }) => {
+        (
+            FromChild::SnapshotPart { entities: a, .. },
+            FromChild::SnapshotPart { entities: b, .. },
+        ) => {
             assert!(a.iter().zip(b).all(|(a, b)| check::same(a, b)) && a.len() == b.len());
             check::entities(b);
         }
-        (
-            FromChild::Snapshot { result: Ok(a), .. },
-            FromChild::Snapshot { result: Ok(b), .. },
-        ) => {
-            assert!(a.entities.iter().zip(b.entities.iter()).all(|(a, b)| check::same(a, b)));
+        (FromChild::Snapshot { result: Ok(a), .. }, FromChild::Snapshot { result: Ok(b), .. }) => {
+            assert!(
+                a.entities
+                    .iter()
+                    .zip(b.entities.iter())
+                    .all(|(a, b)| check::same(a, b))
+            );
             check::entities(&b.entities);
         }
         _ => {}
@@ -386,7 +413,10 @@ pub fn http_query(data: &[u8]) {
             Ok((types, on)) => {
                 assert!(types.len() <= 256, "{} types", types.len());
                 for t in &types {
-                    assert!(!t.is_empty() && !t.contains(',') && t.len() <= 256, "type {t:?}");
+                    assert!(
+                        !t.is_empty() && !t.contains(',') && t.len() <= 256,
+                        "type {t:?}"
+                    );
                     assert_eq!(t.trim(), t, "type {t:?} is not trimmed");
                 }
                 assert!(on.iter().all(|f| flags.contains(&f.as_str())));

@@ -14,7 +14,11 @@ fn every_saved_input_of_every_target_passes() {
         let dir = corpus.join(name);
         let mut files: Vec<_> = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-            .map(|entry| entry.unwrap_or_else(|e| panic!("{}: {e}", dir.display())).path())
+            .map(|entry| {
+                entry
+                    .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+                    .path()
+            })
             .collect();
         files.sort();
         assert!(!files.is_empty(), "{name}: no saved input");
@@ -33,9 +37,20 @@ fn every_saved_input_of_every_target_passes() {
 fn every_target_has_a_binary_and_a_corpus() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     for (name, _) in ALL {
-        assert!(root.join("fuzz_targets").join(format!("{name}.rs")).is_file(), "{name}");
+        assert!(
+            root.join("fuzz_targets")
+                .join(format!("{name}.rs"))
+                .is_file(),
+            "{name}"
+        );
         assert!(root.join("corpus").join(name).is_dir(), "{name}");
     }
-    let binaries = std::fs::read_dir(root.join("fuzz_targets")).map(|d| d.count()).unwrap_or(0);
-    assert_eq!(binaries, ALL.len(), "a fuzz target missing from targets::ALL");
+    let binaries = std::fs::read_dir(root.join("fuzz_targets"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(
+        binaries,
+        ALL.len(),
+        "a fuzz target missing from targets::ALL"
+    );
 }

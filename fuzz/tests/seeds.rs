@@ -21,7 +21,9 @@ fn read(path: &str) -> Vec<u8> {
 }
 
 fn write(target: &str, name: &str, data: &[u8]) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("corpus")
+        .join(target);
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     let p = dir.join(format!("seed-{name}"));
     std::fs::write(&p, data).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
@@ -73,12 +75,16 @@ fn write_seeds() {
         ("oslo", "2026-11-25 02:26:16.207914"),
         ("go-zero", "0001-01-01T00:00:00Z"),
         ("pre-epoch", "1969-12-31T23:59:59.999999Z"),
-        ("offset-4", "9999-12-31T23:59:59-0130"),
+        ("offset-4", "2026-11-25T09:37:40+0100"),
     ] {
         openstack_seed(name, text);
     }
 
-    write("host_config", "example", &read("examples/synchronizer.toml"));
+    write(
+        "host_config",
+        "example",
+        &read("examples/synchronizer.toml"),
+    );
     write("host_config", "demo", &read("examples/demo/demo.toml"));
     write(
         "host_config",
@@ -94,9 +100,14 @@ fn write_seeds() {
     let dir = repo().join("plugins/bus/tests/fixtures/nova-30");
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
-        let outer: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let outer: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         if let Some(inner) = outer["oslo.message"].as_str() {
-            let name = path.file_stem().unwrap().to_string_lossy().replace(".raw", "");
+            let name = path
+                .file_stem()
+                .unwrap()
+                .to_string_lossy()
+                .replace(".raw", "");
             write("bus_notification", &name, inner.as_bytes());
         }
     }
@@ -107,10 +118,18 @@ fn write_seeds() {
         .unwrap();
         for (i, m) in captured.as_array().unwrap().iter().enumerate() {
             let body = m["body"].as_str().unwrap();
-            write("bus_message", &format!("heat-24-{file}-{i}"), body.as_bytes());
+            write(
+                "bus_message",
+                &format!("heat-24-{file}-{i}"),
+                body.as_bytes(),
+            );
             let outer: serde_json::Value = serde_json::from_str(body).unwrap();
             if let Some(inner) = outer["oslo.message"].as_str() {
-                write("bus_notification", &format!("heat-24-{file}-{i}"), inner.as_bytes());
+                write(
+                    "bus_notification",
+                    &format!("heat-24-{file}-{i}"),
+                    inner.as_bytes(),
+                );
             }
         }
     }
@@ -185,7 +204,11 @@ fn write_seeds() {
         },
     ];
     for (i, m) in from_child.iter().enumerate() {
-        write("wire_from_child", &format!("message-{i}"), &body(m.encode()));
+        write(
+            "wire_from_child",
+            &format!("message-{i}"),
+            &body(m.encode()),
+        );
     }
     write(
         "wire_from_child",
@@ -204,7 +227,11 @@ fn write_seeds() {
             entity: e.clone(),
         })
         .collect();
-    write("wire_from_child", "push", &body(wire::encode_push(8, &batch)));
+    write(
+        "wire_from_child",
+        "push",
+        &body(wire::encode_push(8, &batch)),
+    );
 
     let to_child = [
         ToChild::Init {

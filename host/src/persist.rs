@@ -29,10 +29,12 @@
 //! Keys are `<type> NUL <id>`. `entities` values: content hash (u64 LE), source
 //! timestamp (i64 LE), owner name (u16 LE length, bytes), then the entity in the
 //! isolation wire encoding ([`crate::isolation::wire`]). `tombstones`: source time of
-//! the deletion (i64 LE), owner name. `journal`: the changes in doubt, keyed by a number
-//! that only grows (across runs), so that writing one is an append and clearing the
-//! settled ones removes a prefix: action (u8), key (u16 LE length, bytes), instance (u16
-//! LE length, bytes), and for a deletion the entity as last known. The file carries a format marker; a file from another format or
+//! the deletion (i64 LE), owner name. `journal`: the changes in doubt, one row per
+//! committed group, keyed by a number that only grows (across runs), so that writing a
+//! group is one append and clearing the settled ones removes a few rows at the front:
+//! the group's last number (u64 LE), then per change its action (u8), key (u16 LE
+//! length, bytes), instance (u16 LE length, bytes) and, for a deletion, the entity as
+//! last known (u32 LE length, bytes). The file carries a format marker; a file from another format or
 //! another program is refused with a message that says what was found.
 
 use std::path::{Path, PathBuf};
@@ -104,7 +106,7 @@ pub struct Store {
     base: u64,
     /// Whether the previous runs' journal rows are still there (they go with the first
     /// write, which announces them again).
-    old_rows: std::cell::Cell<bool>,
+    old_rows: std::cell::RefCell<bool>,
 }
 
 /// One entity as restored.
@@ -266,30 +268,52 @@ fn action_from_u8(b: u8) -> Option<Action> {
     })
 }
 
-/// A journal row: the action, the key, the instance, and for a deletion the entity as
-/// last known (any other change's entity is the `entities` row of the same key).
-fn encode_journal(action: Action, key: &[u8], instance: &str, entity: &Entity) -> Vec<u8> {
-    let body = match action {
-        Action::Deleted => wire::encode_entity(entity),
-        Action::Created | Action::Updated => Vec::new(),
-    };
-    let mut v = Vec::with_capacity(5 + key.len() + instance.len() + body.len());
-    v.push(action_to_u8(action));
+/// Appends one change to a journal row: its action, key, instance, and for a deletion
+/// the entity as last known (any other change's entity is the `entities` row of its key).
+fn encode_journal(row: &mut Vec<u8>, action: Action, key: &[u8], instance: &str, entity: &Entity) {
+    row.push(action_to_u8(action));
     let len = key.len().min(u16::MAX as usize);
-    v.extend_from_slice(&(len as u16).to_le_bytes());
-    v.extend_from_slice(&key[..len]);
-    put_name(&mut v, instance);
-    v.extend_from_slice(&body);
-    v
+    row.extend_from_slice(&(len as u16).to_le_bytes());
+    row.extend_from_slice(&key[..len]);
+    put_name(row, instance);
+    if action == Action::Deleted {
+        let body = wire::encode_entity(entity);
+        row.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_le_bytes());
+        row.extend_from_slice(&body);
+    }
 }
 
-/// A journal row read back: action, key, instance, and the rest (a deletion's entity).
-fn decode_journal(v: &[u8]) -> Option<(Action, Vec<u8>, String, &[u8])> {
+/// One change of a journal row read back: action, key, instance, a deletion's entity;
+/// and the rest of the row.
+type JournalEntry = (Action, Vec<u8>, String, Option<Entity>);
+
+fn decode_journal(v: &[u8]) -> Option<(JournalEntry, &[u8])> {
     let action = action_from_u8(*v.first()?)?;
     let len = u16::from_le_bytes(v.get(1..3)?.try_into().ok()?) as usize;
     let key = v.get(3..3 + len)?.to_vec();
     let (instance, rest) = take_name(v.get(3 + len..)?)?;
-    Some((action, key, instance, rest))
+    let (entity, rest) = if action == Action::Deleted {
+        let n = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        let e = wire::decode_entity(rest.get(4..4 + n)?).ok()?;
+        (Some(e), rest.get(4 + n..)?)
+    } else {
+        (None, rest)
+    };
+    Some(((action, key, instance, entity), rest))
+}
+
+/// The last change number a journal row covers.
+fn journal_last(v: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(v.get(..8)?.try_into().ok()?))
+}
+
+/// What the journal says of one key: its changes combined, the instance of the last one,
+/// and the entity if it ends deleted.
+struct JournalKey {
+    key: Vec<u8>,
+    action: Action,
+    instance: String,
+    gone: Option<Arc<Entity>>,
 }
 
 /// What a key's in-doubt change becomes when another change to it is committed before
@@ -340,11 +364,11 @@ impl Store {
             db,
             path: path.to_owned(),
             base: 0,
-            old_rows: std::cell::Cell::new(false),
+            old_rows: std::cell::RefCell::new(false),
         };
         let (restored, next) = store.check_and_read()?;
         store.base = next;
-        store.old_rows.set(next > 0);
+        *store.old_rows.borrow_mut() = next > 0;
         Ok((store, restored))
     }
 
@@ -423,35 +447,48 @@ impl Store {
         // The journal, in order: per key, what its changes in doubt amount to.
         let journal = txn.open_table(JOURNAL).map_err(|e| io(&e))?;
         let mut next = 0u64;
-        let mut per_key: Vec<(Vec<u8>, Action, String, Option<Arc<Entity>>)> = Vec::new();
+        let mut per_key: Vec<JournalKey> = Vec::new();
         let mut at: std::collections::HashMap<Vec<u8>, usize> = Default::default();
         for row in journal.iter().map_err(|e| io(&e))? {
-            let (n, v) = row.map_err(|e| io(&e))?;
-            next = next.max(n.value().saturating_add(1));
-            let Some((action, k, instance, rest)) = decode_journal(v.value()) else {
+            let (_, v) = row.map_err(|e| io(&e))?;
+            let v = v.value();
+            let Some(last) = journal_last(v) else {
                 return Err(foreign("a journal row it cannot read".into()));
             };
-            let gone = match action {
-                Action::Deleted => match wire::decode_entity(rest) {
-                    Ok(e) => Some(Arc::new(e)),
-                    Err(_) => return Err(foreign("a journal row it cannot read".into())),
-                },
-                Action::Created | Action::Updated => None,
-            };
-            match at.get(&k) {
-                Some(&i) => {
-                    let entry = &mut per_key[i];
-                    entry.1 = combine(entry.1, action);
-                    entry.2 = instance;
-                    entry.3 = gone;
-                }
-                None => {
-                    at.insert(k.clone(), per_key.len());
-                    per_key.push((k, action, instance, gone));
+            next = next.max(last.saturating_add(1));
+            let mut rest = &v[8..];
+            while !rest.is_empty() {
+                let Some(((action, k, instance, gone), more)) = decode_journal(rest) else {
+                    return Err(foreign("a journal row it cannot read".into()));
+                };
+                rest = more;
+                let gone = gone.map(Arc::new);
+                match at.get(&k) {
+                    Some(&i) => {
+                        let entry = &mut per_key[i];
+                        entry.action = combine(entry.action, action);
+                        entry.instance = instance;
+                        entry.gone = gone;
+                    }
+                    None => {
+                        at.insert(k.clone(), per_key.len());
+                        per_key.push(JournalKey {
+                            key: k,
+                            action,
+                            instance,
+                            gone,
+                        });
+                    }
                 }
             }
         }
-        for (k, action, instance, gone) in per_key {
+        for JournalKey {
+            key: k,
+            action,
+            instance,
+            gone,
+        } in per_key
+        {
             let entity = match (action, gone) {
                 (Action::Deleted, Some(e)) => e,
                 _ => match entities.get(k.as_slice()).map_err(|e| io(&e))? {
@@ -473,9 +510,14 @@ impl Store {
         Ok((restored, next))
     }
 
-    /// Commits `commits` in one transaction (a journal row per change), and clears the
-    /// journal through change `settled_through` of this run (every earlier row too).
-    pub fn write(&self, commits: &[Commit], settled_through: Option<u64>) -> Result<(), StoreError> {
+    /// Commits `commits` in one transaction (one journal row for all their changes), and
+    /// clears the journal rows whose changes are all settled: through `settled_through`
+    /// of this run.
+    pub fn write(
+        &self,
+        commits: &[Commit],
+        settled_through: Option<u64>,
+    ) -> Result<(), StoreError> {
         let io = |e: &dyn std::fmt::Display| StoreError::Io {
             path: self.path.clone(),
             reason: e.to_string(),
@@ -488,7 +530,9 @@ impl Store {
             .map(|op| {
                 let k = match op {
                     Op::Upsert { entity, .. } => key(entity.entity_type(), entity.id()),
-                    Op::Delete { entity_type, id, .. } => key(entity_type, id),
+                    Op::Delete {
+                        entity_type, id, ..
+                    } => key(entity_type, id),
                 };
                 (k, op)
             })
@@ -528,23 +572,47 @@ impl Store {
                     }
                 }
             }
-            // The previous runs' rows were announced again by this run's first commit.
-            if self.old_rows.get() && self.base > 0 {
-                journal
-                    .retain_in(..self.base, |_, _| false)
-                    .map_err(|e| io(&e))?;
-                self.old_rows.set(false);
+            // The rows to go: the previous runs' (announced again by this run's first
+            // commit), and this run's whose every change is settled. Rows are few (one
+            // per committed group): read their heads from the front.
+            let mut gone: Vec<u64> = Vec::new();
+            let old = std::mem::replace(&mut *self.old_rows.borrow_mut(), false);
+            for row in journal.iter().map_err(|e| io(&e))? {
+                let (n, v) = row.map_err(|e| io(&e))?;
+                let n = n.value();
+                let settled = n < self.base && old
+                    || settled_through.is_some_and(|t| {
+                        n >= self.base
+                            && journal_last(v.value())
+                                .is_some_and(|last| last <= self.base.saturating_add(t))
+                    });
+                if settled {
+                    gone.push(n);
+                } else if n >= self.base {
+                    break;
+                }
             }
-            for change in commits.iter().flat_map(|c| c.changes.iter()) {
-                let k = key(change.entity.entity_type(), change.entity.id());
-                let row = encode_journal(change.action, &k, &change.instance, &change.entity);
-                journal
-                    .insert(self.base.saturating_add(change.seq), row.as_slice())
-                    .map_err(|e| io(&e))?;
+            for n in gone {
+                journal.remove(n).map_err(|e| io(&e))?;
             }
-            if let Some(seq) = settled_through {
+            let mut changes = commits.iter().flat_map(|c| c.changes.iter()).peekable();
+            if let Some(first) = changes.peek().map(|c| c.seq) {
+                let mut row = vec![0u8; 8];
+                let mut last = first;
+                for change in changes {
+                    let k = key(change.entity.entity_type(), change.entity.id());
+                    encode_journal(
+                        &mut row,
+                        change.action,
+                        &k,
+                        &change.instance,
+                        &change.entity,
+                    );
+                    last = change.seq;
+                }
+                row[..8].copy_from_slice(&self.base.saturating_add(last).to_le_bytes());
                 journal
-                    .retain_in(..=self.base.saturating_add(seq), |_, _| false)
+                    .insert(self.base.saturating_add(first), row.as_slice())
                     .map_err(|e| io(&e))?;
             }
         }
@@ -577,8 +645,7 @@ impl Store {
         deliveries: Arc<Deliveries>,
     ) {
         // This run's changes in doubt, in seq order, with the time they were announced.
-        let mut doubt: std::collections::VecDeque<(u64, std::time::Instant)> =
-            Default::default();
+        let mut doubt: std::collections::VecDeque<(u64, std::time::Instant)> = Default::default();
         // Once every sender is gone, one last round settles what was announced (the
         // outputs were drained before the store stops), then the writer ends.
         let mut disconnected = false;
@@ -715,9 +782,10 @@ mod tests {
                 changes: vec![change(3, Action::Deleted, &gone)],
             },
         ];
-        store.write(&commits, None).unwrap();
-        // `abc`'s creation was settled; `gone`'s creation and deletion were not.
-        store.write(&[], Some(1)).unwrap();
+        store.write(&commits[..1], None).unwrap();
+        store.write(&commits[1..], None).unwrap();
+        // Both creations were settled; `gone`'s deletion was not.
+        store.write(&[], Some(2)).unwrap();
         drop(store);
         let (_, restored) = Store::open(&path).unwrap();
         assert_eq!(restored.entities.len(), 1);
@@ -740,7 +808,7 @@ mod tests {
         assert_eq!(
             restored.in_doubt[0].action,
             Action::Deleted,
-            "created then deleted: deleted"
+            "the deletion is in doubt"
         );
         assert_eq!(*restored.in_doubt[0].entity, *gone);
         let _ = std::fs::remove_dir_all(&dir);

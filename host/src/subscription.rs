@@ -133,7 +133,16 @@ impl Subscription {
         let periodic = options.resync_every.map(|every| {
             let weak = Arc::downgrade(hub);
             AbortOnDropHandle::new(tokio::spawn(async move {
-                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                // A period too long to add to the clock (`--resync-every 500000000000years`)
+                // means never.
+                let now = tokio::time::Instant::now();
+                let Some(first) = now
+                    .checked_add(every)
+                    .filter(|t| t.checked_add(every).is_some())
+                else {
+                    return;
+                };
+                let mut tick = tokio::time::interval_at(first, every);
                 loop {
                     tick.tick().await;
                     match weak.upgrade() {

@@ -347,9 +347,7 @@ fn run_model(ops: &[Op]) -> (Vec<Vec<(u8, Verdict)>>, BTreeSet<u8>, Model) {
                     *owner,
                     entities,
                     *complete,
-                    g,
-                    started,
-                    started + 2,
+                    (g, started, started + 2),
                     &mut out,
                 );
             }

@@ -68,17 +68,29 @@ fn entities_of_an_undeclared_type_are_refused_and_counted() {
         false,
     );
     assert_eq!(applied.created, 1);
-    assert_eq!(changes(&mut rx), vec![(Action::Created, "nagios:a".to_owned())]);
+    assert_eq!(
+        changes(&mut rx),
+        vec![(Action::Created, "nagios:a".to_owned())]
+    );
     assert_eq!(returned.len(), 1, "get-all does not return them either");
     assert_eq!(
-        metric(&hub, "synchronizer_refused_entities_total{instance=\"nagios\",reason=\"unlisted_type\"}"),
+        metric(
+            &hub,
+            "synchronizer_refused_entities_total{instance=\"nagios\",reason=\"unlisted_type\"}"
+        ),
         Some(2)
     );
     // Pushed ones too.
-    hub.apply_push(&nagios, vec![push(PushAction::Upsert, Entity::alarm("nagios.typo", "d"))]);
+    hub.apply_push(
+        &nagios,
+        vec![push(PushAction::Upsert, Entity::alarm("nagios.typo", "d"))],
+    );
     assert!(changes(&mut rx).is_empty());
     assert_eq!(
-        metric(&hub, "synchronizer_refused_entities_total{instance=\"nagios\",reason=\"unlisted_type\"}"),
+        metric(
+            &hub,
+            "synchronizer_refused_entities_total{instance=\"nagios\",reason=\"unlisted_type\"}"
+        ),
         Some(3)
     );
 }
@@ -91,8 +103,14 @@ fn a_source_timestamp_out_of_range_is_discarded_and_the_entity_kept() {
     hub.apply_push(
         &bus,
         vec![
-            push(PushAction::Upsert, Entity::resource("t", "year-0").with_source_updated_micros(i64::MIN)),
-            push(PushAction::Upsert, Entity::resource("t", "1969").with_source_updated_micros(-1)),
+            push(
+                PushAction::Upsert,
+                Entity::resource("t", "year-0").with_source_updated_micros(i64::MIN),
+            ),
+            push(
+                PushAction::Upsert,
+                Entity::resource("t", "1969").with_source_updated_micros(-1),
+            ),
         ],
     );
     let got: Vec<(Action, String, Option<i64>)> = {
@@ -109,7 +127,13 @@ fn a_source_timestamp_out_of_range_is_discarded_and_the_entity_kept() {
             (Action::Created, "t:1969".to_owned(), Some(-1)),
         ]
     );
-    assert_eq!(metric(&hub, "synchronizer_invalid_timestamps_total{instance=\"bus\"}"), Some(1));
+    assert_eq!(
+        metric(
+            &hub,
+            "synchronizer_invalid_timestamps_total{instance=\"bus\"}"
+        ),
+        Some(1)
+    );
 }
 
 #[test]

@@ -46,11 +46,11 @@ fn apply(view: &mut View, action: Action, e: &Entity) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(300))]
+    #![proptest_config(ProptestConfig::with_cases(48))]
 
     #[test]
     fn a_consumer_that_applies_the_changes_in_doubt_holds_the_restored_view(
-        steps in prop::collection::vec(step(), 1..30),
+        steps in prop::collection::vec(step(), 1..20),
         batch in 1usize..4,
         settled_frac in 0.0f64..=1.0,
         seen_frac in 0.0f64..=1.0,

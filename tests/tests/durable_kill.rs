@@ -46,7 +46,9 @@ fn write_config(dir: &Path, port: u16) {
 fn publish(dir: &Path, state: &State) {
     let mut s = String::from("entities:\n");
     for (id, st) in state {
-        s.push_str(&format!("  - type: switch\n    id: {id}\n    state: {st}\n"));
+        s.push_str(&format!(
+            "  - type: switch\n    id: {id}\n    state: {st}\n"
+        ));
     }
     let tmp = dir.join("switches.yaml.tmp");
     std::fs::write(&tmp, s).unwrap();
@@ -175,7 +177,9 @@ fn every_consumer_ends_with_the_source_state_after_50_kill_9s() {
     let port = free_port();
     write_config(dir.path(), port);
     let source: Arc<Mutex<State>> = Arc::new(Mutex::new(
-        (0..IDS / 2).map(|i| (format!("s{i:02}"), "up".to_owned())).collect(),
+        (0..IDS / 2)
+            .map(|i| (format!("s{i:02}"), "up".to_owned()))
+            .collect(),
     ));
     publish(dir.path(), &source.lock().unwrap());
 
@@ -247,6 +251,9 @@ fn every_consumer_ends_with_the_source_state_after_50_kill_9s() {
         out.changes, sse.changes
     );
     assert!(steps > 100, "the source hardly changed ({steps} steps)");
-    assert_eq!(out.state, want, "the stdout consumer's state after the kills");
+    assert_eq!(
+        out.state, want,
+        "the stdout consumer's state after the kills"
+    );
     assert_eq!(sse.state, want, "the SSE consumer's state after the kills");
 }

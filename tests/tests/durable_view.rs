@@ -19,7 +19,7 @@ const TYPE: &str = "pushed.item";
 fn entity(i: u64) -> Entity {
     Entity::resource(TYPE, &format!("item-{i:06}"))
         .with_name(format!("item {i}"))
-        .with_state(if i % 3 == 0 { "down" } else { "up" })
+        .with_state(if i.is_multiple_of(3) { "down" } else { "up" })
         .with_source_updated_micros(1_764_000_000_000_000 + i as i64)
         .with_properties(serde_json::json!({ "n": i }))
 }
@@ -31,14 +31,21 @@ fn config(dir: &std::path::Path) -> synchronizer::Config {
     ))
 }
 
-async fn start(dir: &std::path::Path) -> (Arc<Synchronizer>, std::net::SocketAddr, CancellationToken) {
+async fn start(
+    dir: &std::path::Path,
+) -> (Arc<Synchronizer>, std::net::SocketAddr, CancellationToken) {
     let config = config(dir);
     let http = config.http.clone().expect("[http]");
     let sync = Arc::new(Synchronizer::start(config).await.expect("host starts"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
-    tokio::spawn(synchronizer::http::serve_on(listener, sync.clone(), http, stop.clone()));
+    tokio::spawn(synchronizer::http::serve_on(
+        listener,
+        sync.clone(),
+        http,
+        stop.clone(),
+    ));
     (sync, addr, stop)
 }
 
@@ -92,10 +99,13 @@ async fn push_only_entities_are_all_in_every_view_after_a_restart() {
     }
     // As a bus plugin would before it acknowledges: wait until the store committed it.
     let last = last.expect("changes");
-    tokio::time::timeout(Duration::from_secs(60), sync.hub().deliveries().delivered(last))
-        .await
-        .expect("committed within 60 s")
-        .expect("committed");
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        sync.hub().deliveries().delivered(last),
+    )
+    .await
+    .expect("committed within 60 s")
+    .expect("committed");
     stop.cancel();
     sync.shutdown().await;
     drop(sync);
@@ -117,10 +127,16 @@ async fn push_only_entities_are_all_in_every_view_after_a_restart() {
         .iter()
         .find(|e| e["id"] == "item-000003")
         .expect("item 3 is there");
-    assert_eq!(one["state"], "down", "the entity's content came back, not only its key");
+    assert_eq!(
+        one["state"], "down",
+        "the entity's content came back, not only its key"
+    );
     assert_eq!(one["properties"]["n"], 3);
     // Get-all of a push-only type: the view.
-    let all = sync.get_all(&[TYPE]).await.expect("get-all of a push-only type");
+    let all = sync
+        .get_all(&[TYPE])
+        .await
+        .expect("get-all of a push-only type");
     assert_eq!(all.len() as u64, N, "get-all");
     assert_eq!(*all[3], entity(3), "the whole entity");
     // An SSE snapshot.

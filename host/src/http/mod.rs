@@ -205,13 +205,19 @@ pub mod fuzzing {
     use axum::http::{HeaderMap, HeaderValue, Uri};
     use axum::response::IntoResponse;
 
+    /// An error answer: its status and JSON body.
+    pub type Answer = (u16, Vec<u8>);
+
+    /// What a query is read as: the types, and the flags that are on.
+    pub type ParsedQuery = (Vec<String>, Vec<String>);
+
     /// The flags each endpoint knows (`/v1/entities` and `/v1/snapshot` know none).
     pub const ENDPOINT_FLAGS: [&[&str]; 3] = [&[], &["snapshot"], &["health"]];
 
     /// A request's query, read as the handlers read it (axum's `Query`, then the
     /// endpoint's parameters): the types and the flags that are on, or the error answer
     /// (its status and JSON body).
-    pub fn query(uri: &Uri, flags: &[&str]) -> Result<(Vec<String>, Vec<String>), (u16, Vec<u8>)> {
+    pub fn query(uri: &Uri, flags: &[&str]) -> Result<ParsedQuery, Answer> {
         match super::handlers::params(Query::try_from_uri(uri), flags) {
             Ok(params) => {
                 let on = flags
@@ -226,10 +232,7 @@ pub mod fuzzing {
 
     /// A `Last-Event-ID` header value as the change stream reads it: `Ok(None)` for none,
     /// `Ok(Some(Some(seq)))` for a seq of run `epoch`, `Ok(Some(None))` for another run's.
-    pub fn last_event_id(
-        value: HeaderValue,
-        epoch: &str,
-    ) -> Result<Option<Option<u64>>, (u16, Vec<u8>)> {
+    pub fn last_event_id(value: HeaderValue, epoch: &str) -> Result<Option<Option<u64>>, Answer> {
         let mut headers = HeaderMap::new();
         headers.insert("last-event-id", value);
         match super::sse::last_event_id(&headers, epoch) {
@@ -246,7 +249,7 @@ pub mod fuzzing {
         super::sse::push_event(out, id, json);
     }
 
-    fn error_answer(e: super::ApiError) -> (u16, Vec<u8>) {
+    fn error_answer(e: super::ApiError) -> Answer {
         let response = e.into_response();
         let status = response.status().as_u16();
         let body = futures::executor::block_on(axum::body::to_bytes(response.into_body(), 1 << 20));

@@ -72,6 +72,10 @@ pub fn parse_timestamp(text: &str) -> Option<i64> {
                 2 => (num(i + 1, 2)?, 0),
                 _ => return None,
             };
+            // ISO 8601 offsets: at most 23:59 (real ones stay within ±14:00).
+            if h > 23 || m > 59 {
+                return None;
+            }
             let off = h * 3600 + m * 60;
             if sign == b'+' { off } else { -off }
         }
@@ -79,8 +83,16 @@ pub fn parse_timestamp(text: &str) -> Option<i64> {
     };
     let days = days_from_civil(year, month, day);
     let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs;
-    Some(secs * 1_000_000 + micros)
+    let us = secs * 1_000_000 + micros;
+    // An offset can move a time of year 0000 or 9999 out of the years this module writes
+    // (`9999-12-31T23:59:59-01:00` is in year 10000): not a time OpenStack means.
+    (FIRST_MICROS..=LAST_MICROS).contains(&us).then_some(us)
 }
+
+/// `0000-01-01T00:00:00Z` and `9999-12-31T23:59:59.999999Z`: the times written with a
+/// four-digit year, the only ones [`parse_timestamp`] returns.
+const FIRST_MICROS: i64 = -62_167_219_200 * 1_000_000;
+const LAST_MICROS: i64 = 253_402_300_800 * 1_000_000 - 1;
 
 /// Formats microseconds since the Unix epoch the way Keystone writes `expires_at`:
 /// `2026-11-25T09:58:35.000000Z`.
@@ -241,6 +253,25 @@ mod tests {
             let full = format_timestamp(t);
             assert_eq!(format_isotime(t), format!("{}Z", &full[..full.len() - 8]));
         }
+    }
+
+    #[test]
+    fn offsets_are_checked_and_keep_the_year_within_four_digits() {
+        // Found by the fuzz target `openstack_time` (fuzz/corpus/openstack_time/regress-*):
+        // the year-10000 result was returned, and written back it no longer parsed.
+        assert_eq!(parse_timestamp("9999-12-31T23:59:59-0130"), None);
+        assert_eq!(parse_timestamp("0000-01-01T00:30:00+01:00"), None);
+        assert_eq!(parse_timestamp("2026-11-25T08:37:40+00:60"), None);
+        assert_eq!(parse_timestamp("2026-11-25T08:37:40+24:00"), None);
+        assert_eq!(
+            parse_timestamp("9999-12-31T23:59:59.999999Z").map(format_timestamp),
+            Some("9999-12-31T23:59:59.999999Z".to_owned())
+        );
+        assert_eq!(parse_timestamp("0000-01-01T00:00:00Z"), Some(FIRST_MICROS));
+        assert_eq!(
+            parse_timestamp("2026-11-25T22:37:40+14:00"),
+            parse_timestamp("2026-11-25T08:37:40Z")
+        );
     }
 
     #[test]
