@@ -8,6 +8,9 @@
 #                                        fuzz/corpus/TARGET, crashes to fuzz/artifacts/TARGET
 #   scripts/fuzz.sh cmin TARGET|all      minimize fuzz/corpus/TARGET (regress-* are kept)
 #   scripts/fuzz.sh list                 the targets
+#   scripts/fuzz.sh replay               every saved input of every target, without
+#                                        libFuzzer (`cargo test`; what scripts/test.sh runs)
+#   scripts/fuzz.sh seed                 (re)write the generated seeds, corpus/*/seed-*
 #
 # Each run also reads the repository's real fixtures for its input (see `seeds` below),
 # so the corpus needs to hold only what adds to them. The log of each run is
@@ -15,6 +18,25 @@
 # Environment: FUZZ_ARGS (more libFuzzer options, e.g. "-max_len=65536").
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# The replay builds without libFuzzer, in the main target directory: the dependencies are
+# those the main workspace compiled, kept at the same versions by starting the fuzz
+# workspace's lock from the main one (cargo adds the fuzz-only crates to it).
+without_libfuzzer() {
+    cp Cargo.lock fuzz/Cargo.lock
+    CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}" cargo "$@" --manifest-path fuzz/Cargo.toml
+}
+case "${1:-}" in
+    replay)
+        cargo fmt --manifest-path fuzz/Cargo.toml -- --check
+        without_libfuzzer test --test replay
+        exit 0
+        ;;
+    seed)
+        without_libfuzzer test --test seeds -- --ignored
+        exit 0
+        ;;
+esac
 
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
@@ -37,7 +59,7 @@ seeds() {
 }
 
 usage() {
-    sed -n '7,11p' "$0" >&2
+    sed -n '7,15p' "$0" >&2
     exit 2
 }
 

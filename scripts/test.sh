@@ -7,8 +7,9 @@
 #    run — real Keystone + Heat and Nova from PyPI on loopback.
 # 2. cargo fmt --check; every plugin .so built once into target/debug, plus a plugin built
 #    against an incompatible plugin-api (scripts/build-test-plugins.sh); clippy -D warnings.
-# 3. cargo test for the whole workspace, then the tests against the real OpenStack
-#    services (marked #[ignore] in a plain `cargo test`, run here with --ignored).
+# 3. cargo test for the whole workspace, the replay of the fuzz targets' saved inputs
+#    (fuzz/, scripts/fuzz.sh replay), then the tests against the real OpenStack services
+#    (marked #[ignore] in a plain `cargo test`, run here with --ignored).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -51,6 +52,11 @@ trap 'wait "$os_pid" 2>/dev/null || true; bash scripts/openstack/stop.sh >/dev/n
 
 step "tests"
 cargo test --workspace
+
+# The fuzz crate is its own workspace; its replay shares this target directory, so only
+# the path crates compile again (the fuzz workspace builds them with its own profile).
+step "fuzz corpus replay: every saved input of every fuzz target"
+bash scripts/fuzz.sh replay
 # SIGTERM during the catch-up of a 50,000-notification backlog (about a minute in a
 # debug build, so #[ignore]d in a plain `cargo test`).
 cargo test -p synchronizer-bus --test shutdown_backlog -- --ignored

@@ -16,7 +16,7 @@
 
 use std::sync::Arc;
 
-use abi_stable::std_types::{RString, RVec};
+use abi_stable::std_types::RString;
 use serde_json::Value;
 use synchronizer::isolation::wire::{self, FromChild};
 use synchronizer::output;
@@ -336,9 +336,4 @@ fn push_round_trip(id: u64, batch: &[FfiPushed]) {
         }
         other => panic!("a Push decoded as {other:?}"),
     }
-}
-
-/// An `RVec` of the entities (the snapshot type of the ABI).
-pub fn rvec(entities: &[Entity]) -> RVec<Entity> {
-    entities.iter().cloned().collect()
 }

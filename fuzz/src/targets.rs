@@ -99,16 +99,32 @@ pub fn nagios_json(data: &[u8]) {
 }
 
 fn bus_interpret(body: &[u8]) {
-    use synchronizer_bus::mapping::{Families, Family, Interpretation, interpret};
+    use synchronizer_bus::mapping::{
+        Families, Family, Interpretation, MAX_FIELD, MAX_REASON, interpret,
+    };
     for families in [
         Families::all(),
         Families::of(&[Family::NovaLegacy]),
         Families::default(),
     ] {
-        if let Ok(interpreted) = interpret(body, families)
-            && let Interpretation::Change(change) = interpreted.interpretation
-        {
-            check::pushed(&[change]);
+        match interpret(body, families) {
+            Ok(interpreted) => {
+                if let Interpretation::Change(change) = interpreted.interpretation {
+                    check::pushed(&[change]);
+                }
+            }
+            // What goes into the dead-letter copy's headers and the log.
+            Err(m) => {
+                assert!(
+                    m.reason.len() <= MAX_REASON,
+                    "reason of {} bytes",
+                    m.reason.len()
+                );
+                for field in [&m.event_type, &m.message_id].into_iter().flatten() {
+                    assert!(field.len() <= MAX_FIELD, "field of {} bytes", field.len());
+                }
+                let _ = m.to_string();
+            }
         }
     }
 }

@@ -279,8 +279,11 @@ fn push_real(b: &mut Baseline, p: &Push, skew: i64, now: i64) -> Option<(u8, Ver
     }
 }
 
+/// The verdicts of each step.
+type Steps = Vec<Vec<(u8, Verdict)>>;
+
 /// Runs `ops` on a real baseline; the host clock moves on by 10 per step.
-fn run_real(ops: &[Op], skew: i64) -> (Vec<Vec<(u8, Verdict)>>, BTreeSet<u8>) {
+fn run_real(ops: &[Op], skew: i64) -> (Steps, BTreeSet<u8>) {
     let mut b = Baseline::new(Duration::from_secs(3600));
     let mut steps = Vec::new();
     for (i, op) in ops.iter().enumerate() {
@@ -325,7 +328,7 @@ fn run_real(ops: &[Op], skew: i64) -> (Vec<Vec<(u8, Verdict)>>, BTreeSet<u8>) {
     (steps, keys)
 }
 
-fn run_model(ops: &[Op]) -> (Vec<Vec<(u8, Verdict)>>, BTreeSet<u8>, Model) {
+fn run_model(ops: &[Op]) -> (Steps, BTreeSet<u8>, Model) {
     let mut m = Model::default();
     let mut steps = Vec::new();
     for (i, op) in ops.iter().enumerate() {

@@ -120,13 +120,23 @@ impl Plugin for StaticPlugin {
         let paths = yaml_files(&self.directory).await?;
         let mut files = Vec::with_capacity(paths.len());
         for path in paths {
+            // Checked before reading, so that a huge file is not read into memory first.
+            let meta = tokio::fs::metadata(&path).await.ok();
+            if let Some(len) = meta
+                .as_ref()
+                .map(|m| m.len())
+                .filter(|&n| n > MAX_FILE_BYTES)
+            {
+                return Err(Error::failed(format!(
+                    "{}: {}",
+                    path.display(),
+                    too_large(len)
+                )));
+            }
             let text = tokio::fs::read_to_string(&path)
                 .await
                 .map_err(|e| Error::failed(format!("cannot read {}: {e}", path.display())))?;
-            let modified = tokio::fs::metadata(&path)
-                .await
-                .and_then(|m| m.modified())
-                .ok();
+            let modified = meta.and_then(|m| m.modified().ok());
             files.push(YamlFile {
                 path,
                 text,
@@ -176,6 +186,7 @@ pub fn entities_of(files: &[YamlFile]) -> Result<Vec<Entity>, Error> {
     let mut relations = Vec::new();
     for f in files {
         let path = &f.path;
+        check_bounds(&f.text).map_err(|e| Error::failed(format!("{}: {e}", path.display())))?;
         let file: File = serde_yaml::from_str(&f.text)
             .map_err(|e| Error::failed(format!("{}: {e}", path.display())))?;
         for def in file.entities {
@@ -208,6 +219,74 @@ pub fn entities_of(files: &[YamlFile]) -> Result<Vec<Entity>, Error> {
         }
     }
     Ok(entities)
+}
+
+/// The largest file read, in bytes.
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+
+/// The deepest nesting of flow collections (`[...]`, `{...}`) read. serde_yaml refuses
+/// documents nested deeper than 128 levels anyway, but only after libyaml has scanned
+/// them, and libyaml's scan costs time in proportion to the depth for every token: 50,000
+/// open brackets took 8 s, 50,000 `{a: ` 86 s, found by the fuzz target `static_yaml`.
+pub const MAX_FLOW_DEPTH: usize = 128;
+
+fn too_large(len: u64) -> String {
+    format!("the file is larger than {MAX_FILE_BYTES} bytes ({len} bytes)")
+}
+
+/// Refuses, before parsing, a text larger than [`MAX_FILE_BYTES`] or nested deeper than
+/// [`MAX_FLOW_DEPTH`] flow collections. The depth is counted over the brackets outside
+/// quoted scalars and comments; brackets inside plain or block scalars count too, but they
+/// only make the count larger when they are unbalanced by the hundred.
+fn check_bounds(text: &str) -> Result<(), String> {
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_large(text.len() as u64));
+    }
+    let b = text.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    // Whether the byte before `i` lets a quoted scalar or a comment start at `i`.
+    let mut at_token_start = true;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'#' if at_token_start => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'\'' | b'"' if at_token_start => {
+                i += 1;
+                while i < b.len() {
+                    match b[i] {
+                        b'\\' if c == b'"' => i += 1,
+                        // `''` is an escaped quote inside a single-quoted scalar.
+                        b'\'' if c == b'\'' && b.get(i + 1) == Some(&b'\'') => i += 1,
+                        q if q == c => break,
+                        _ => {}
+                    }
+                    i += 1;
+                }
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_FLOW_DEPTH {
+                    return Err(format!(
+                        "flow collections are nested deeper than {MAX_FLOW_DEPTH} levels"
+                    ));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        at_token_start = matches!(
+            b.get(i),
+            Some(b' ' | b'\t' | b'\r' | b'\n' | b'[' | b'{' | b',' | b':' | b'-' | b'?')
+        );
+        i += 1;
+    }
+    Ok(())
 }
 
 fn to_entity(def: EntityDef, modified: Option<std::time::SystemTime>) -> Entity {
@@ -255,3 +334,57 @@ async fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
 }
 
 synchronizer_plugin_api::export_plugin!(StaticPlugin);
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    fn parse(text: &str) -> Result<Vec<Entity>, Error> {
+        entities_of(&[YamlFile {
+            path: "t.yaml".into(),
+            text: text.to_owned(),
+            modified: None,
+        }])
+    }
+
+    #[test]
+    fn deep_flow_nesting_is_refused_before_parsing() {
+        // Found by the fuzz target `static_yaml` (its regression inputs are
+        // fuzz/corpus/static_yaml/regress-deep-*): 50,000 `{a: ` took 86 s to refuse.
+        for deep in [
+            "[".repeat(50_000),
+            "{a: ".repeat(50_000),
+            format!("entities: {}", "[".repeat(MAX_FLOW_DEPTH + 1)),
+        ] {
+            let started = Instant::now();
+            let e = parse(&deep).unwrap_err();
+            assert!(e.to_string().contains("nested deeper than 128"), "{e}");
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "{:?}",
+                started.elapsed()
+            );
+        }
+        let huge = " ".repeat(MAX_FILE_BYTES as usize + 1);
+        assert!(
+            parse(&huge)
+                .unwrap_err()
+                .to_string()
+                .contains("larger than")
+        );
+    }
+
+    #[test]
+    fn brackets_in_quotes_and_comments_do_not_count() {
+        let opens = "[".repeat(200);
+        let text = format!(
+            "entities:  # {opens}\n  - type: t\n    id: '{opens}'' {{'\n    name: \"{opens}\\\" {{\"\n    properties: {{a: [[1]], b: '}}'}}\n"
+        );
+        let e = parse(&text).unwrap();
+        assert_eq!(e[0].id(), format!("{opens}' {{"));
+        assert_eq!(e[0].name(), format!("{opens}\" {{"));
+        assert_eq!(e[0].properties(), serde_json::json!({"a": [[1]], "b": "}"}));
+    }
+}

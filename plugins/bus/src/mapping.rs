@@ -215,6 +215,39 @@ impl fmt::Display for Malformed {
 
 impl std::error::Error for Malformed {}
 
+/// The longest [`Malformed::reason`], in bytes: the reason goes into a header of the
+/// dead-letter copy and into the log, and the text it quotes comes from the message (a
+/// `timestamp` or a payload string of any length, which serde's messages quote whole). A
+/// header larger than the broker's frame size fails the dead-lettering, and the message
+/// would come back forever.
+pub const MAX_REASON: usize = 1024;
+
+/// The longest [`Malformed::event_type`] and [`Malformed::message_id`] kept, in bytes.
+pub const MAX_FIELD: usize = 255;
+
+impl Malformed {
+    fn new(reason: String, event_type: Option<&str>, message_id: Option<&str>) -> Self {
+        Malformed {
+            reason: cut(reason, MAX_REASON),
+            event_type: event_type.map(|t| cut(t.to_owned(), MAX_FIELD)),
+            message_id: message_id.map(|m| cut(m.to_owned(), MAX_FIELD)),
+        }
+    }
+}
+
+/// `s` cut to at most `max` bytes at a character boundary, `…` marking the cut.
+fn cut(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut at = max - '…'.len_utf8();
+        while !s.is_char_boundary(at) {
+            at -= 1;
+        }
+        s.truncate(at);
+        s.push('…');
+    }
+    s
+}
+
 /// The fields of an oslo message this plugin reads, in both wire forms: `oslo_message`
 /// is set in the messagingv2 envelope, the rest in the notification itself.
 #[derive(Deserialize)]
@@ -235,17 +268,21 @@ struct Wire<'a> {
 
 /// Decodes and interprets one message body.
 pub fn interpret(body: &[u8], families: Families) -> Result<Interpreted, Malformed> {
-    let outer: Wire<'_> = serde_json::from_slice(body).map_err(|e| Malformed {
-        reason: format!("body is not an oslo.messaging JSON object: {e}"),
-        event_type: None,
-        message_id: None,
+    let outer: Wire<'_> = serde_json::from_slice(body).map_err(|e| {
+        Malformed::new(
+            format!("body is not an oslo.messaging JSON object: {e}"),
+            None,
+            None,
+        )
     })?;
     match text(&outer.oslo_message) {
         Some(inner_text) => {
-            let inner: Wire<'_> = serde_json::from_str(inner_text).map_err(|e| Malformed {
-                reason: format!("`oslo.message` is not a JSON notification: {e}"),
-                event_type: None,
-                message_id: None,
+            let inner: Wire<'_> = serde_json::from_str(inner_text).map_err(|e| {
+                Malformed::new(
+                    format!("`oslo.message` is not a JSON notification: {e}"),
+                    None,
+                    None,
+                )
             })?;
             interpret_notification(&inner, families)
         }
@@ -255,11 +292,8 @@ pub fn interpret(body: &[u8], families: Families) -> Result<Interpreted, Malform
 
 fn interpret_notification(n: &Wire<'_>, families: Families) -> Result<Interpreted, Malformed> {
     let message_id = text(&n.message_id).filter(|s| !s.is_empty());
-    let malformed = |reason: String, event_type: Option<&str>| Malformed {
-        reason,
-        event_type: event_type.map(str::to_owned),
-        message_id: message_id.map(str::to_owned),
-    };
+    let malformed =
+        |reason: String, event_type: Option<&str>| Malformed::new(reason, event_type, message_id);
     let Some(event_type) = text(&n.event_type).filter(|s| !s.is_empty()) else {
         return Err(malformed("no `event_type`".into(), None));
     };
@@ -284,7 +318,10 @@ fn interpret_notification(n: &Wire<'_>, families: Families) -> Result<Interprete
     };
     let Some(at_us) = parse_timestamp(timestamp) else {
         return Err(malformed(
-            format!("`timestamp` {timestamp:?} is not a date and time"),
+            format!(
+                "`timestamp` {:?} is not a date and time",
+                cut(timestamp.to_owned(), 64)
+            ),
             Some(event_type),
         ));
     };
@@ -1127,6 +1164,34 @@ mod tests {
             Some("ccd2fd7f-5ab5-4bdb-9412-5d6dd8774cb6")
         );
         assert_eq!(err.event_type.as_deref(), Some("instance.create.end"));
+    }
+
+    #[test]
+    fn malformed_reasons_are_bounded() {
+        // A reason quotes the message (a timestamp, a payload string, whole): unbounded,
+        // it no longer fits in the dead-letter copy's headers (fuzz target `bus_message`).
+        let long = "é".repeat(100_000);
+        let bodies = [
+            rewrite(V_CREATE, |n| n["timestamp"] = long.as_str().into()),
+            rewrite(V_CREATE, |n| {
+                n["payload"]["nova_object.data"] = long.as_str().into()
+            }),
+            // An inner notification that is a JSON string: serde quotes it whole.
+            format!(r#"{{"oslo.message": "\"{long}\""}}"#),
+            rewrite(V_CREATE, |n| {
+                n["message_id"] = long.as_str().into();
+                n["event_type"] = format!("instance.{long}").into();
+                n["timestamp"] = "x".into();
+            }),
+        ];
+        for (i, body) in bodies.iter().enumerate() {
+            let err = interpret(body.as_bytes(), Families::all()).unwrap_err();
+            assert!(err.reason.len() <= MAX_REASON, "{}", err.reason.len());
+            // The first three quote the long text, cut; the last only its own `x`.
+            assert_eq!(err.reason.contains('…'), i < 3, "{}", err.reason);
+            assert!(err.event_type.as_ref().is_none_or(|t| t.len() <= MAX_FIELD));
+            assert!(err.message_id.as_ref().is_none_or(|t| t.len() <= MAX_FIELD));
+        }
     }
 
     #[test]
