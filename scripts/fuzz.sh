@@ -6,16 +6,20 @@
 #   scripts/fuzz.sh TARGET|all SECONDS   fuzz each target for SECONDS, one after another,
 #                                        with one libFuzzer process: new inputs go to
 #                                        fuzz/corpus/TARGET, crashes to fuzz/artifacts/TARGET
-#   scripts/fuzz.sh cmin TARGET|all      minimize fuzz/corpus/TARGET (regress-* are kept)
+#   scripts/fuzz.sh cmin TARGET|all [DIR...]  minimize fuzz/corpus/TARGET (with DIRs merged
+#                                        in): what adds coverage, inputs of 8 KiB at most;
+#                                        regress-* and seed-* are always kept
 #   scripts/fuzz.sh list                 the targets
 #   scripts/fuzz.sh replay               every saved input of every target, without
 #                                        libFuzzer (`cargo test`; what scripts/test.sh runs)
 #   scripts/fuzz.sh seed                 (re)write the generated seeds, corpus/*/seed-*
 #
 # Each run also reads the repository's real fixtures for its input (see `seeds` below),
-# so the corpus needs to hold only what adds to them. The log of each run is
-# fuzz/target/logs/TARGET.log; its last line says the seconds, executions and corpus size.
-# Environment: FUZZ_ARGS (more libFuzzer options, e.g. "-max_len=65536").
+# so the corpus needs to hold only what adds to them. libFuzzer's output of each run is in
+# fuzz/target/logs/TARGET.log; one line per target sums it up (seconds, executions from
+# libFuzzer's final stats, corpus size). Environment: FUZZ_ARGS (more libFuzzer options,
+# e.g. "-max_len=65536"); FUZZ_SKIP (checks of known, unfixed findings to skip, see
+# fuzz/src/check.rs).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -43,6 +47,9 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
 fi
 export RUSTC_BOOTSTRAP=1
 build_flags=(--fuzz-dir fuzz --sanitizer none --debug-assertions --features libfuzzer)
+bin=fuzz/target/x86_64-unknown-linux-gnu/release
+# The largest input the saved corpus keeps (scripts/fuzz.sh cmin).
+MAX_INPUT=8192
 
 targets() { sed -n 's/^name = "\(.*\)"$/\1/p' fuzz/Cargo.toml | grep -v '^synchronizer-fuzz$'; }
 
@@ -59,7 +66,7 @@ seeds() {
 }
 
 usage() {
-    sed -n '7,15p' "$0" >&2
+    sed -n '6,15p' "$0" >&2
     exit 2
 }
 
@@ -70,17 +77,28 @@ case "$1" in
         exit 0
         ;;
     cmin)
-        [ $# -eq 2 ] || usage
+        # The saved corpus is kept small: the inputs of at most MAX_INPUT bytes that add
+        # coverage (edges, not hit counts), on top of the regression and seed inputs,
+        # which are always kept. DIRs (other corpora) are merged in too.
+        [ $# -ge 2 ] || usage
         selected=$([ "$2" = all ] && targets || echo "$2")
+        shift 2
+        cargo +stable fuzz build "${build_flags[@]}"
         for t in $selected; do
             dir="fuzz/corpus/$t"
-            keep=$(mktemp -d)
-            find "$dir" -maxdepth 1 -name 'regress-*' -exec cp {} "$keep/" \;
+            work=$(mktemp -d)
+            mkdir -p "$dir" "$work/in" "$work/out"
+            for from in "$dir" "$@"; do
+                find "$from" -maxdepth 1 -type f -size "-$((MAX_INPUT + 1))c" -exec cp {} "$work/in/" \;
+            done
+            find "$dir" -maxdepth 1 -type f \( -name 'regress-*' -o -name 'seed-*' \) -exec cp {} "$work/out/" \;
             before=$(find "$dir" -type f | wc -l)
-            cargo +stable fuzz cmin "${build_flags[@]}" "$t" "$dir" -- -timeout=30
-            cp "$keep"/* "$dir/" 2>/dev/null || true
-            rm -rf "$keep"
-            echo "$t: corpus $before -> $(find "$dir" -type f | wc -l) files, $(du -sh "$dir" | cut -f1)"
+            "$bin/$t" -merge=1 -use_counters=0 -timeout=30 "$work/out" "$work/in" > "$work/log" 2>&1 ||
+                { tail -n 20 "$work/log"; exit 1; }
+            rm -rf "$dir"
+            mv "$work/out" "$dir"
+            rm -rf "$work"
+            echo "$t: corpus $before -> $(find "$dir" -type f | wc -l) files, $(du -sb "$dir" | cut -f1) bytes"
         done
         exit 0
         ;;

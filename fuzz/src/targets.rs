@@ -13,6 +13,7 @@ use std::sync::{Mutex, OnceLock};
 use arbitrary::Unstructured;
 use axum::http::{HeaderValue, Uri};
 use synchronizer::isolation::wire::{FromChild, ToChild};
+use synchronizer::metrics::PluginCounterLabels;
 use synchronizer_nagios::{HostRules, HostRulesConfig};
 use url::Url;
 
@@ -342,6 +343,21 @@ pub fn wire_from_child(data: &[u8]) {
             let entities: Vec<_> = batch.into_iter().map(|p| p.entity).collect();
             check::entities(&entities);
         }
+        // The host shows a child's counters in `/metrics`.
+        FromChild::Pong { counters, .. } => check::metrics(|m| {
+            let mut names: Vec<&str> = counters.iter().map(|(n, _)| n.as_str()).collect();
+            names.sort_unstable();
+            names.dedup();
+            for name in &names {
+                m.plugin_counters
+                    .get_or_create(&PluginCounterLabels {
+                        instance: "fuzz".into(),
+                        name: (*name).to_owned(),
+                    })
+                    .set(1);
+            }
+            names.len()
+        }),
         _ => {}
     }
 }

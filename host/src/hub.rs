@@ -299,7 +299,7 @@ impl Hub {
             self.metrics
                 .entities
                 .get_or_create(&TypeLabels {
-                    r#type: entity_type,
+                    r#type: crate::metrics::label_value(&entity_type),
                 })
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }

@@ -52,6 +52,23 @@ pub struct TypeLabels {
     pub r#type: String,
 }
 
+/// A label value from outside (an entity type, a plugin counter's name, an instance
+/// name) as the text exposition format needs it: prometheus-client writes label values as
+/// they are, so a `"`, `\` or line break would break the line (found by the `outputs`
+/// fuzz target).
+pub fn label_value(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for c in raw.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Labels: action.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActionLabels {

@@ -612,8 +612,8 @@ impl Synchronizer {
                 metrics
                     .plugin_counters
                     .get_or_create(&crate::metrics::PluginCounterLabels {
-                        instance: i.name.clone(),
-                        name,
+                        instance: crate::metrics::label_value(&i.name),
+                        name: crate::metrics::label_value(&name),
                     })
                     .set(value);
             }
