@@ -14,7 +14,7 @@
 #                                        libFuzzer (`cargo test`; what scripts/test.sh runs)
 #   scripts/fuzz.sh seed                 (re)write the generated seeds, corpus/*/seed-*
 #
-# Each run also reads the repository's real fixtures for its input (see `seeds` below),
+# Each run also reads the repository's real fixtures for its input (fuzz/seed-dirs),
 # so the corpus needs to hold only what adds to them. libFuzzer's output of each run is in
 # fuzz/target/logs/TARGET.log; one line per target sums it up (seconds, executions from
 # libFuzzer's final stats, corpus size). Environment: FUZZ_ARGS (more libFuzzer options,
@@ -53,17 +53,8 @@ MAX_INPUT=8192
 
 targets() { sed -n 's/^name = "\(.*\)"$/\1/p' fuzz/Cargo.toml | grep -v '^synchronizer-fuzz$'; }
 
-# Directories of real inputs each target also reads (never written to).
-seeds() {
-    case "$1" in
-        nagios_html | nagios_json) echo plugins/nagios/tests/fixtures ;;
-        bus_message) echo plugins/bus/tests/fixtures ;;
-        bus_notification) echo plugins/bus/tests/fixtures/nova ;;
-        nova_pages) echo plugins/nova/tests/fixtures ;;
-        heat_pages) echo plugins/heat/tests/fixtures ;;
-        static_yaml) echo examples/demo/static ;;
-    esac
-}
+# Directories of real inputs each target also reads (never written to): fuzz/seed-dirs.
+seeds() { sed -n "s|^$1 ||p" fuzz/seed-dirs; }
 
 usage() {
     sed -n '6,15p' "$0" >&2

@@ -302,7 +302,7 @@ fn snapshot(entities: &[Entity]) {
 }
 
 /// Whether two entities say the same thing (the wire writes `{}` properties as none).
-pub fn same(a: &Entity, b: &Entity) -> bool {
+fn same(a: &Entity, b: &Entity) -> bool {
     a.entity_type() == b.entity_type()
         && a.id() == b.id()
         && a.category() == b.category()
@@ -314,7 +314,8 @@ pub fn same(a: &Entity, b: &Entity) -> bool {
         && a.properties_json() == b.properties_json()
 }
 
-fn assert_same_list(what: &str, sent: &[Entity], got: &[Entity]) {
+/// Panics unless `got` are the entities `sent`, in order ([`same`]).
+pub fn assert_same_list(what: &str, sent: &[Entity], got: &[Entity]) {
     assert_eq!(sent.len(), got.len(), "{what}: entity count");
     for (a, b) in sent.iter().zip(got) {
         assert!(same(a, b), "{what}: sent {a:?}, decoded {b:?}");

@@ -12,9 +12,10 @@ use std::sync::{Mutex, OnceLock};
 
 use arbitrary::Unstructured;
 use axum::http::{HeaderValue, Uri};
-use synchronizer::isolation::wire::{FromChild, ToChild};
+use synchronizer::isolation::wire::{FromChild, ToChild, WireError};
 use synchronizer::metrics::PluginCounterLabels;
 use synchronizer_nagios::{HostRules, HostRulesConfig};
+use synchronizer_plugin_api::Entity;
 use url::Url;
 
 use crate::{arb, check};
@@ -316,23 +317,24 @@ pub fn static_yaml(data: &[u8]) {
     }
 }
 
-/// Frames from a child (their body, after the length), as the host decodes them: what
-/// decodes encodes to a frame that decodes to the same; its entities go through every
-/// output.
-pub fn wire_from_child(data: &[u8]) {
-    let _ = synchronizer::isolation::wire::snapshot_part_id(data);
-    let Ok(msg) = FromChild::decode(data) else {
-        return;
-    };
-    let frame = msg.encode();
-    let again = FromChild::decode(check::body(&frame)).unwrap_or_else(|e| {
-        panic!("a decoded message encodes to a frame that does not decode ({e}): {msg:?}")
+/// `msg` encoded, then decoded: the frame must decode, to a message that encodes to the
+/// same frame. Returns the decoded message.
+fn reencode<M: std::fmt::Debug>(
+    msg: &M,
+    encode: fn(&M) -> Vec<u8>,
+    decode: fn(&[u8]) -> Result<M, WireError>,
+) -> M {
+    let frame = encode(msg);
+    let got = decode(check::body(&frame)).unwrap_or_else(|e| {
+        panic!("the encoder wrote a frame that does not decode ({e}): {msg:?}")
     });
-    assert_eq!(
-        again.encode(),
-        frame,
-        "decode(encode(m)) encodes differently: {msg:?}"
-    );
+    assert_eq!(encode(&got), frame, "{msg:?} decoded as {got:?}");
+    got
+}
+
+/// What the host does with a child's message: its entities go through every output, its
+/// counters into `/metrics`.
+fn from_child_used(msg: FromChild) {
     match msg {
         FromChild::Snapshot {
             result: Ok(snapshot),
@@ -343,7 +345,6 @@ pub fn wire_from_child(data: &[u8]) {
             let entities: Vec<_> = batch.into_iter().map(|p| p.entity).collect();
             check::entities(&entities);
         }
-        // The host shows a child's counters in `/metrics`.
         FromChild::Pong { counters, .. } => check::metrics(|m| {
             let mut names: Vec<&str> = counters.iter().map(|(n, _)| n.as_str()).collect();
             names.sort_unstable();
@@ -362,65 +363,49 @@ pub fn wire_from_child(data: &[u8]) {
     }
 }
 
+/// Frames from a child (their body, after the length), as the host decodes them: what
+/// decodes encodes to a frame that decodes to the same, and is used as the host uses it.
+pub fn wire_from_child(data: &[u8]) {
+    let _ = synchronizer::isolation::wire::snapshot_part_id(data);
+    if let Ok(msg) = FromChild::decode(data) {
+        reencode(&msg, FromChild::encode, FromChild::decode);
+        from_child_used(msg);
+    }
+}
+
 /// Frames from the host, as the child decodes them: what decodes encodes to a frame that
 /// decodes to the same.
 pub fn wire_to_child(data: &[u8]) {
-    let Ok(msg) = ToChild::decode(data) else {
-        return;
-    };
-    let frame = msg.encode();
-    let again = ToChild::decode(check::body(&frame)).unwrap_or_else(|e| {
-        panic!("a decoded message encodes to a frame that does not decode ({e}): {msg:?}")
-    });
-    assert_eq!(
-        again.encode(),
-        frame,
-        "decode(encode(m)) encodes differently: {msg:?}"
-    );
+    if let Ok(msg) = ToChild::decode(data) {
+        reencode(&msg, ToChild::encode, ToChild::decode);
+    }
 }
 
-/// Arbitrary messages of both directions: each encodes to a frame that decodes to the
-/// same message; the entities go through every output.
+/// Arbitrary messages of both directions (entities of any content, any `i64` time): each
+/// encodes to a frame that decodes to the same message, whose entities are the ones sent;
+/// the decoded message is used as the host uses it.
 pub fn wire_roundtrip(data: &[u8]) {
     let mut u = Unstructured::new(data);
     if u.arbitrary::<bool>().unwrap_or(false) {
-        let Ok(msg) = arb::to_child(&mut u) else {
-            return;
-        };
-        let frame = msg.encode();
-        let got = ToChild::decode(check::body(&frame)).unwrap_or_else(|e| {
-            panic!("the child refuses a frame the host encoder wrote ({e}): {msg:?}")
-        });
-        assert_eq!(got.encode(), frame, "{msg:?} decoded as {got:?}");
+        if let Ok(msg) = arb::to_child(&mut u) {
+            reencode(&msg, ToChild::encode, ToChild::decode);
+        }
         return;
     }
     let Ok(msg) = arb::from_child(&mut u) else {
         return;
     };
-    let frame = msg.encode();
-    let got = FromChild::decode(check::body(&frame)).unwrap_or_else(|e| {
-        panic!("the host refuses a frame the child encoder wrote ({e}): {msg:?}")
-    });
-    assert_eq!(got.encode(), frame, "{msg:?} decoded as {got:?}");
-    match (&msg, &got) {
-        (
-            FromChild::SnapshotPart { entities: a, .. },
-            FromChild::SnapshotPart { entities: b, .. },
-        ) => {
-            assert!(a.iter().zip(b).all(|(a, b)| check::same(a, b)) && a.len() == b.len());
-            check::entities(b);
+    let got = reencode(&msg, FromChild::encode, FromChild::decode);
+    let entities = |m: &FromChild| -> Vec<Entity> {
+        match m {
+            FromChild::SnapshotPart { entities, .. } => entities.clone(),
+            FromChild::Snapshot { result: Ok(s), .. } => s.entities.to_vec(),
+            FromChild::Push { batch, .. } => batch.iter().map(|p| p.entity.clone()).collect(),
+            _ => Vec::new(),
         }
-        (FromChild::Snapshot { result: Ok(a), .. }, FromChild::Snapshot { result: Ok(b), .. }) => {
-            assert!(
-                a.entities
-                    .iter()
-                    .zip(b.entities.iter())
-                    .all(|(a, b)| check::same(a, b))
-            );
-            check::entities(&b.entities);
-        }
-        _ => {}
-    }
+    };
+    check::assert_same_list("round trip", &entities(&msg), &entities(&got));
+    from_child_used(got);
 }
 
 /// The HTTP API's query strings and `Last-Event-ID` headers, parsed as its handlers

@@ -1,27 +1,57 @@
 //! Replays every saved input of every target (`corpus/<target>/*`, the regression inputs
-//! `regress-*` among them) through the target's function, without libFuzzer: a crash
-//! that was fixed stays fixed. `scripts/test.sh` runs this.
+//! `regress-*` among them) and the fixtures it reads as seeds (`seed-dirs`) through the
+//! target's function, without libFuzzer: a crash that was fixed stays fixed.
+//! `scripts/test.sh` runs this (`scripts/fuzz.sh replay`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use synchronizer_fuzz::targets::ALL;
 
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The files under `dir`, subdirectories included, sorted.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display())) {
+            let path = entry
+                .unwrap_or_else(|e| panic!("{}: {e}", d.display()))
+                .path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The seed directories of `target` (`seed-dirs`).
+fn seed_dirs(target: &str) -> Vec<PathBuf> {
+    let list = std::fs::read_to_string(root().join("seed-dirs"))
+        .unwrap_or_else(|e| panic!("seed-dirs: {e}"));
+    list.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(t, _)| *t == target)
+        .map(|(_, dir)| root().join("..").join(dir))
+        .collect()
+}
+
 #[test]
 fn every_saved_input_of_every_target_passes() {
-    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
     let mut total = 0;
     for (name, target) in ALL {
-        let dir = corpus.join(name);
-        let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-            .map(|entry| {
-                entry
-                    .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-                    .path()
-            })
-            .collect();
-        files.sort();
+        let mut files = files_under(&root().join("corpus").join(name));
         assert!(!files.is_empty(), "{name}: no saved input");
+        for dir in seed_dirs(name) {
+            files.extend(files_under(&dir));
+        }
         for file in &files {
             let data = std::fs::read(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
             let outcome = std::panic::catch_unwind(|| target(&data));
@@ -34,18 +64,13 @@ fn every_saved_input_of_every_target_passes() {
 }
 
 #[test]
-fn every_target_has_a_binary_and_a_corpus() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+fn every_target_has_a_binary_a_corpus_and_known_seed_dirs() {
     for (name, _) in ALL {
-        assert!(
-            root.join("fuzz_targets")
-                .join(format!("{name}.rs"))
-                .is_file(),
-            "{name}"
-        );
-        assert!(root.join("corpus").join(name).is_dir(), "{name}");
+        let binary = root().join("fuzz_targets").join(format!("{name}.rs"));
+        assert!(binary.is_file(), "{}", binary.display());
+        assert!(root().join("corpus").join(name).is_dir(), "{name}");
     }
-    let binaries = std::fs::read_dir(root.join("fuzz_targets"))
+    let binaries = std::fs::read_dir(root().join("fuzz_targets"))
         .map(|d| d.count())
         .unwrap_or(0);
     assert_eq!(
@@ -53,4 +78,12 @@ fn every_target_has_a_binary_and_a_corpus() {
         ALL.len(),
         "a fuzz target missing from targets::ALL"
     );
+    let list = std::fs::read_to_string(root().join("seed-dirs")).unwrap_or_default();
+    for line in list.lines().filter(|l| !l.starts_with('#')) {
+        let (target, dir) = line
+            .split_once(' ')
+            .unwrap_or_else(|| panic!("seed-dirs: {line:?}"));
+        assert!(ALL.iter().any(|(n, _)| *n == target), "seed-dirs: {target}");
+        assert!(root().join("..").join(dir).is_dir(), "seed-dirs: {dir}");
+    }
 }
