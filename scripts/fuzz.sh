@@ -23,12 +23,18 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# The replay builds without libFuzzer, in the main target directory: the dependencies are
-# those the main workspace compiled, kept at the same versions by starting the fuzz
-# workspace's lock from the main one (cargo adds the fuzz-only crates to it).
+# The replay builds without libFuzzer, in the main target directory, with the main
+# workspace's dependency versions: the fuzz workspace's lock starts from the main one
+# (cargo adds the fuzz-only crates to it). The explicit --target puts its build in
+# target/<host triple>/: the plugins are cdylibs, whose files carry no hash in their
+# names, so a build in target/debug/ would overwrite the main workspace's (and its .so
+# files). Build scripts and proc macros stay shared.
 without_libfuzzer() {
+    local command=$1
+    shift
     cp Cargo.lock fuzz/Cargo.lock
-    CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}" cargo "$@" --manifest-path fuzz/Cargo.toml
+    CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}" cargo "$command" \
+        --manifest-path fuzz/Cargo.toml --target "$(rustc -vV | sed -n 's/^host: //p')" "$@"
 }
 case "${1:-}" in
     replay)
@@ -84,10 +90,15 @@ case "$1" in
             done
             find "$dir" -maxdepth 1 -type f \( -name 'regress-*' -o -name 'seed-*' \) -exec cp {} "$work/out/" \;
             before=$(find "$dir" -type f | wc -l)
-            "$bin/$t" -merge=1 -use_counters=0 -timeout=30 "$work/out" "$work/in" > "$work/log" 2>&1 ||
+            "$bin/$t" -merge=1 -use_counters=0 -timeout=30 -artifact_prefix="$work/" "$work/out" "$work/in" > "$work/log" 2>&1 ||
                 { tail -n 20 "$work/log"; exit 1; }
             rm -rf "$dir"
             mv "$work/out" "$dir"
+            if ls "$work"/crash-* > /dev/null 2>&1; then
+                mkdir -p "fuzz/artifacts/$t"
+                mv "$work"/crash-* "fuzz/artifacts/$t/"
+                echo "$t: inputs that crash, left out: fuzz/artifacts/$t" >&2
+            fi
             rm -rf "$work"
             echo "$t: corpus $before -> $(find "$dir" -type f | wc -l) files, $(du -sb "$dir" | cut -f1) bytes"
         done

@@ -53,8 +53,8 @@ trap 'wait "$os_pid" 2>/dev/null || true; bash scripts/openstack/stop.sh >/dev/n
 step "tests"
 cargo test --workspace
 
-# The fuzz crate is its own workspace; its replay shares this target directory, so only
-# the path crates compile again (the fuzz workspace builds them with its own profile).
+# The fuzz crate is its own workspace, built without libFuzzer in target/<host triple>/
+# (its build scripts and proc macros shared with the main build; see scripts/fuzz.sh).
 step "fuzz corpus replay: every saved input of every fuzz target"
 bash scripts/fuzz.sh replay
 # SIGTERM during the catch-up of a 50,000-notification backlog (about a minute in a

@@ -24,7 +24,7 @@ use std::sync::{Arc, OnceLock};
 use abi_stable::std_types::RString;
 use serde_json::Value;
 use synchronizer::isolation::wire::{self, FromChild};
-use synchronizer::metrics::{Metrics, TypeLabels};
+use synchronizer::metrics::{Metrics, TypeLabels, label_value};
 use synchronizer::output;
 use synchronizer::{Action, Change, Event, ResyncReason};
 use synchronizer_plugin_api::abi::{FfiIncomplete, FfiPushed, PushAction};
@@ -45,9 +45,10 @@ pub fn entities(entities: &[Entity]) {
     types.dedup();
     metrics(|m| {
         for t in &types {
+            // As the hub sets the gauge (`hub.rs`).
             m.entities
                 .get_or_create(&TypeLabels {
-                    r#type: (*t).to_owned(),
+                    r#type: label_value(t),
                 })
                 .set(1);
         }

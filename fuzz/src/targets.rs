@@ -13,7 +13,7 @@ use std::sync::{Mutex, OnceLock};
 use arbitrary::Unstructured;
 use axum::http::{HeaderValue, Uri};
 use synchronizer::isolation::wire::{FromChild, ToChild, WireError};
-use synchronizer::metrics::PluginCounterLabels;
+use synchronizer::metrics::{PluginCounterLabels, label_value};
 use synchronizer_nagios::{HostRules, HostRulesConfig};
 use synchronizer_plugin_api::Entity;
 use url::Url;
@@ -350,10 +350,11 @@ fn from_child_used(msg: FromChild) {
             names.sort_unstable();
             names.dedup();
             for name in &names {
+                // As the host shows a child's counters (`synchronizer.rs`).
                 m.plugin_counters
                     .get_or_create(&PluginCounterLabels {
                         instance: "fuzz".into(),
-                        name: (*name).to_owned(),
+                        name: label_value(name),
                     })
                     .set(1);
             }
