@@ -579,7 +579,7 @@ impl Publisher {
         let Some(change) = change else {
             return Ok(Box::pin(async { Ok(()) }));
         };
-        let routing_key = format!("{}.{}", change.entity.entity_type(), change.action.as_str());
+        let routing_key = routing_key(change.entity.entity_type(), change.action.as_str());
         let body = crate::output::change_to_json(change);
         let props = BasicProperties::default()
             .with_content_type(ShortString::from("application/json"))
@@ -619,9 +619,51 @@ fn far_future() -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
+/// The longest routing key AMQP carries (a short string: one length byte).
+const MAX_ROUTING_KEY: usize = 255;
+
+/// The routing key of a change: `<type>.<action>`. An entity type too long for that to
+/// fit in AMQP's 255 bytes (a broker closes the connection on a longer one) is cut at a
+/// character boundary and followed by `~` and 16 hex digits of its seahash, so that the
+/// key stays distinct per type and consumers can still bind to it exactly.
+pub fn routing_key(entity_type: &str, action: &str) -> String {
+    let key = format!("{entity_type}.{action}");
+    if key.len() <= MAX_ROUTING_KEY {
+        return key;
+    }
+    let room = MAX_ROUTING_KEY - action.len() - 1 - 17;
+    let mut cut = room.min(entity_type.len());
+    while !entity_type.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(
+        "{}~{:016x}.{action}",
+        &entity_type[..cut],
+        seahash::hash(entity_type.as_bytes())
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_routing_key_fits_in_an_amqp_short_string_and_stays_distinct() {
+        assert_eq!(
+            routing_key("nova.instance", "created"),
+            "nova.instance.created"
+        );
+        let long = "t".repeat(250);
+        let key = routing_key(&long, "deleted");
+        assert_eq!(key.len(), 255);
+        assert!(key.ends_with(".deleted"));
+        assert_ne!(key, routing_key(&format!("{long}x"), "deleted"));
+        // Cut on a character boundary.
+        let wide = "é".repeat(200);
+        let key = routing_key(&wide, "updated");
+        assert!(key.len() <= 255);
+        assert!(key.starts_with("éé"));
+    }
 
     #[test]
     fn urls_are_redacted_and_messages_scrubbed() {

@@ -689,8 +689,9 @@ impl Baseline {
         table.insert(obs, id, owner, 0);
     }
 
-    /// Puts back a tombstone read from the durable store, as made at `now_us` (so that it
-    /// blocks no snapshot taken after the restart); it expires the TTL after `now_us`.
+    /// Puts back a tombstone read from the durable store, as made at `now_us` (the hub
+    /// passes the time the store recorded, so the retention counts from the deletion
+    /// across restarts); it expires the TTL after `now_us`.
     pub fn restore_tombstone(
         &mut self,
         entity_type: &str,

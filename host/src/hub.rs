@@ -239,7 +239,8 @@ impl Hub {
                 &t.id,
                 t.deleted_us,
                 owner_of(&t.owner),
-                now,
+                // Kept for the retention from when it was made, across restarts.
+                t.made_us.min(now),
             );
         }
         state.persist = Some(persist);

@@ -50,7 +50,7 @@ struct EntityJson<'a> {
     project: Option<&'a str>,
     relations: Vec<RelationJson<'a>>,
     source_updated: Option<String>,
-    properties: &'a RawValue,
+    properties: std::borrow::Cow<'a, RawValue>,
 }
 
 #[derive(Serialize)]
@@ -68,6 +68,21 @@ struct ChangeJson<'a> {
 /// host keeps source times within RFC 3339's range, `crate::ingress`).
 fn time(us: i64) -> String {
     format_rfc3339_micros(us)
+}
+
+/// An entity's properties as they go out, on one line: a change is one line on stdout
+/// and one `data:` line in SSE. A line break in valid JSON is whitespace between tokens
+/// (inside a string it is escaped), so it becomes a space; properties that do not read
+/// as JSON at all (an older plugin can set them freely) go out as `{}`.
+fn properties_raw<'a>(json: &'a str, empty: &'a RawValue) -> std::borrow::Cow<'a, RawValue> {
+    use std::borrow::Cow;
+    if json.contains(['\n', '\r']) {
+        return match RawValue::from_string(json.replace(['\n', '\r'], " ")) {
+            Ok(one_line) => Cow::Owned(one_line),
+            Err(_) => Cow::Borrowed(empty),
+        };
+    }
+    Cow::Borrowed(serde_json::from_str(json).unwrap_or(empty))
 }
 
 fn entity_json(e: &Entity) -> EntityJson<'_> {
@@ -90,7 +105,7 @@ fn entity_json(e: &Entity) -> EntityJson<'_> {
             })
             .collect(),
         source_updated: e.source_updated_micros().map(time),
-        properties: serde_json::from_str(e.properties_json()).unwrap_or(empty),
+        properties: properties_raw(e.properties_json(), empty),
     }
 }
 
@@ -194,5 +209,20 @@ mod tests {
             let first = String::from_utf8(out).unwrap();
             assert!(first.contains(expected), "{first}");
         }
+    }
+
+    #[test]
+    fn properties_with_line_breaks_between_tokens_go_out_on_one_line() {
+        let e = Entity::resource("t", "i")
+            .with_properties_json("{\"a\":1,\r\n\"b\":\"x\\ny\"\n}".into())
+            .unwrap();
+        let c = Change {
+            entity: Arc::new(e),
+            ..change(0, 0)
+        };
+        let line = change_to_json(&c);
+        assert!(!line.contains(['\n', '\r']), "{line}");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["properties"], serde_json::json!({"a": 1, "b": "x\ny"}));
     }
 }

@@ -277,7 +277,9 @@ impl Synchronizer {
             Some(path) => {
                 let opened = {
                     let path = path.clone();
-                    tokio::task::spawn_blocking(move || crate::persist::Store::open(&path)).await
+                    let ttl = config.tombstone_ttl;
+                    tokio::task::spawn_blocking(move || crate::persist::Store::open(&path, ttl))
+                        .await
                 };
                 let (store, restored) = match opened {
                     Ok(r) => r?,

@@ -63,7 +63,7 @@ proptest! {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("b.redb");
-        let (store, _) = Store::open(&path).unwrap();
+        let (mut store, _) = Store::open(&path, std::time::Duration::from_secs(600)).unwrap();
         // The changes as the hub decides them: a step that changes nothing has no change.
         let mut truth: View = BTreeMap::new();
         let mut changes: Vec<Arc<Change>> = Vec::new();
@@ -128,7 +128,7 @@ proptest! {
         }
         drop(store); // the crash
 
-        let (_, restored) = Store::open(&path).unwrap();
+        let (_, restored) = Store::open(&path, std::time::Duration::from_secs(600)).unwrap();
         let view: View = restored
             .entities
             .iter()

@@ -977,16 +977,17 @@ pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
     Ok(Some(body))
 }
 
-/// One entity in the wire encoding, on its own (the durable store keeps the view so).
-pub(crate) fn encode_entity(e: &Entity) -> Vec<u8> {
+/// Appends one entity in the wire encoding to `buf`, on its own (the durable store
+/// keeps the view so).
+pub(crate) fn encode_entity_into(e: &Entity, buf: &mut Vec<u8>) {
     let mut w = FrameWriter {
-        buf: Vec::with_capacity(128),
+        buf: std::mem::take(buf),
     };
     w.entity(e);
-    w.buf
+    *buf = w.buf;
 }
 
-/// Reads back what [`encode_entity`] wrote; anything else is an error.
+/// Reads back what [`encode_entity_into`] wrote; anything else is an error.
 pub(crate) fn decode_entity(bytes: &[u8]) -> Result<Entity, WireError> {
     let mut r = Reader::new(bytes);
     let e = r.entity()?;

@@ -26,34 +26,56 @@
 //!
 //! # Layout
 //!
-//! Keys are `<type> NUL <id>`. `entities` values: content hash (u64 LE), source
-//! timestamp (i64 LE), owner name (u16 LE length, bytes), then the entity in the
-//! isolation wire encoding ([`crate::isolation::wire`]). `tombstones`: source time of
-//! the deletion (i64 LE), owner name. `journal`: the changes in doubt, one row per
-//! committed group, keyed by a number that only grows (across runs), so that writing a
-//! group is one append and clearing the settled ones removes a few rows at the front:
-//! the group's last number (u64 LE), then per change its action (u8), key (u16 LE
-//! length, bytes), instance (u16 LE length, bytes) and, for a deletion, the entity as
-//! last known (u32 LE length, bytes). The file carries a format marker; a file from another format or
-//! another program is refused with a message that says what was found.
+//! The view is a *log*: table `log` holds rows numbered in the order they were
+//! written, each a run of records (the entity's state with what the baseline compares,
+//! or a tombstone; [`records`]). A commit appends the records of what it changed, in
+//! rows of about a MiB, so that a first snapshot of a million entities is a few hundred
+//! sequential writes and a round of ten thousand changes a few, wherever their keys
+//! fall. A key's latest record is its state. An index in memory ([`liveness`]) knows
+//! which record is the latest of its key; when the log holds more garbage than live
+//! records, each commit also cleans a few rows (those with the fewest live records
+//! first): it copies their live records to the end and removes them, so the file stays
+//! within about twice the view. Tombstones past the retention are left out when their
+//! row is cleaned, and are not restored.
+//!
+//! `journal`: the changes in doubt, one row per committed group, keyed by a number that
+//! only grows (across runs), so that writing a group is one append and clearing the
+//! settled ones removes a few rows at the front: the group's last number (u64 LE), then
+//! its changes ([`records::put_change`]). The file carries a format marker; a file from
+//! another format or another program is refused with a message that says what was
+//! found.
+
+mod liveness;
+mod records;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle};
+use redb::{Database, ReadableTable, TableDefinition, TableHandle};
 use synchronizer_plugin_api::Entity;
 
 use crate::change::{Action, Change};
 use crate::delivery::{Confirmer, Deliveries};
 use crate::isolation::wire;
+use liveness::{Liveness, digest};
+use records::Held;
 
-const FORMAT: &str = "synchronizer-baseline/2";
+const FORMAT: &str = "synchronizer-baseline/3";
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
-const ENTITIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entities");
-const TOMBSTONES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tombstones");
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
+
+/// A log row holds at most this many bytes (unless one record is larger): a MiB less
+/// room for the page's own header, as redb gives a value a power of two of pages.
+const ROW_BYTES: usize = (1 << 20) - 4096;
+
+/// Cleaning starts once the garbage is above the live records and above this.
+const MIN_GARBAGE: u64 = 100_000;
+
+/// A commit of this many writes or more is encoded on several threads.
+const PARALLEL_FROM: usize = 20_000;
 
 /// How long after its announcement a change counts as received by the consumers that
 /// do not confirm (stdout, SSE clients, callbacks): until then it stays in doubt, and a
@@ -102,11 +124,18 @@ pub enum StoreError {
 pub struct Store {
     db: Database,
     path: PathBuf,
+    /// How long a tombstone is kept (the baseline's retention).
+    tombstone_ttl_us: i64,
     /// The journal number of this run's change `seq` 0: above every row already there.
     base: u64,
     /// Whether the previous runs' journal rows are still there (they go with the first
     /// write, which announces them again).
-    old_rows: std::cell::RefCell<bool>,
+    old_rows: bool,
+    /// Which records of the log are live; `None` after a failed write (read again from
+    /// the file before the next one).
+    liveness: Option<Liveness>,
+    /// Cleaning starts once the garbage is above the live records and above this.
+    min_garbage: u64,
 }
 
 /// One entity as restored.
@@ -131,6 +160,9 @@ pub struct StoredTombstone {
     pub id: String,
     /// Source time of the deletion.
     pub deleted_us: i64,
+    /// Host time (µs since the epoch) the tombstone was made: it is kept for the
+    /// retention from then, across restarts.
+    pub made_us: i64,
     /// The instance that owned it.
     pub owner: String,
 }
@@ -192,128 +224,18 @@ pub enum Op {
     },
 }
 
-fn key(entity_type: &str, id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(entity_type.len() + 1 + id.len());
-    k.extend_from_slice(entity_type.as_bytes());
-    k.push(0);
-    k.extend_from_slice(id.as_bytes());
-    k
-}
-
-fn split_key(k: &[u8]) -> Option<(String, String)> {
-    let at = k.iter().position(|&b| b == 0)?;
-    Some((
-        String::from_utf8(k[..at].to_vec()).ok()?,
-        String::from_utf8(k[at + 1..].to_vec()).ok()?,
-    ))
-}
-
-fn put_name(v: &mut Vec<u8>, name: &str) {
-    let len = name.len().min(u16::MAX as usize);
-    v.extend_from_slice(&(len as u16).to_le_bytes());
-    v.extend_from_slice(&name.as_bytes()[..len]);
-}
-
-/// Reads a name written by [`put_name`]; returns it and the rest.
-fn take_name(v: &[u8]) -> Option<(String, &[u8])> {
-    let len = u16::from_le_bytes(v.get(..2)?.try_into().ok()?) as usize;
-    let name = std::str::from_utf8(v.get(2..2 + len)?).ok()?.to_owned();
-    Some((name, v.get(2 + len..)?))
-}
-
-fn take_i64(v: &[u8]) -> Option<(i64, &[u8])> {
-    Some((
-        i64::from_le_bytes(v.get(..8)?.try_into().ok()?),
-        v.get(8..)?,
-    ))
-}
-
-fn encode_entity_row(entity: &Entity, updated_us: i64, owner: &str) -> Vec<u8> {
-    let body = wire::encode_entity(entity);
-    let mut v = Vec::with_capacity(18 + owner.len() + body.len());
-    v.extend_from_slice(&entity.content_hash().to_le_bytes());
-    v.extend_from_slice(&updated_us.to_le_bytes());
-    put_name(&mut v, owner);
-    v.extend_from_slice(&body);
-    v
-}
-
-fn decode_entity_row(v: &[u8]) -> Option<StoredEntity> {
-    let (content, rest) = take_i64(v)?;
-    let (updated_us, rest) = take_i64(rest)?;
-    let (owner, rest) = take_name(rest)?;
-    let entity = wire::decode_entity(rest).ok()?;
-    Some(StoredEntity {
-        entity: Arc::new(entity),
-        content: content as u64,
-        updated_us,
-        owner,
-    })
-}
-
-fn action_to_u8(a: Action) -> u8 {
-    match a {
-        Action::Created => 0,
-        Action::Updated => 1,
-        Action::Deleted => 2,
-    }
-}
-
-fn action_from_u8(b: u8) -> Option<Action> {
-    Some(match b {
-        0 => Action::Created,
-        1 => Action::Updated,
-        2 => Action::Deleted,
-        _ => return None,
-    })
-}
-
-/// Appends one change to a journal row: its action, key, instance, and for a deletion
-/// the entity as last known (any other change's entity is the `entities` row of its key).
-fn encode_journal(row: &mut Vec<u8>, action: Action, key: &[u8], instance: &str, entity: &Entity) {
-    row.push(action_to_u8(action));
-    let len = key.len().min(u16::MAX as usize);
-    row.extend_from_slice(&(len as u16).to_le_bytes());
-    row.extend_from_slice(&key[..len]);
-    put_name(row, instance);
-    if action == Action::Deleted {
-        let body = wire::encode_entity(entity);
-        row.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_le_bytes());
-        row.extend_from_slice(&body);
-    }
-}
-
-/// One change of a journal row read back: action, key, instance, a deletion's entity;
-/// and the rest of the row.
-type JournalEntry = (Action, Vec<u8>, String, Option<Entity>);
-
-fn decode_journal(v: &[u8]) -> Option<(JournalEntry, &[u8])> {
-    let action = action_from_u8(*v.first()?)?;
-    let len = u16::from_le_bytes(v.get(1..3)?.try_into().ok()?) as usize;
-    let key = v.get(3..3 + len)?.to_vec();
-    let (instance, rest) = take_name(v.get(3 + len..)?)?;
-    let (entity, rest) = if action == Action::Deleted {
-        let n = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-        let e = wire::decode_entity(rest.get(4..4 + n)?).ok()?;
-        (Some(e), rest.get(4 + n..)?)
-    } else {
-        (None, rest)
-    };
-    Some(((action, key, instance, entity), rest))
-}
-
-/// The last change number a journal row covers.
-fn journal_last(v: &[u8]) -> Option<u64> {
-    Some(u64::from_le_bytes(v.get(..8)?.try_into().ok()?))
+fn now_us() -> i64 {
+    synchronizer_plugin_api::entity::system_time_to_micros(SystemTime::now())
 }
 
 /// What the journal says of one key: its changes combined, the instance of the last one,
 /// and the entity if it ends deleted.
 struct JournalKey {
-    key: Vec<u8>,
     action: Action,
     instance: String,
     gone: Option<Arc<Entity>>,
+    /// The key's entity in the log, if it exists.
+    now: Option<Arc<Entity>>,
 }
 
 /// What a key's in-doubt change becomes when another change to it is committed before
@@ -326,9 +248,151 @@ fn combine(before: Action, after: Action) -> Action {
     }
 }
 
+/// The records of a commit waiting to become a log row, with the keys they are the
+/// latest of once written.
+#[derive(Default)]
+struct RowWriter {
+    buf: Vec<u8>,
+    /// Per record: its key's digest, and for a tombstone the time it was made.
+    keys: Vec<(liveness::Digest, Option<i64>)>,
+}
+
+impl RowWriter {
+    /// Appends one record, writing the row first if the record would not fit in it.
+    fn push(
+        &mut self,
+        record: &[u8],
+        key: liveness::Digest,
+        tombstone_made_us: Option<i64>,
+        log: &mut redb::Table<u64, &[u8]>,
+        liveness: &mut Liveness,
+    ) -> Result<(), redb::StorageError> {
+        if !self.buf.is_empty() && self.buf.len() + record.len() > ROW_BYTES {
+            self.flush(log, liveness)?;
+        }
+        self.buf.extend_from_slice(record);
+        self.keys.push((key, tombstone_made_us));
+        Ok(())
+    }
+
+    /// Writes what is buffered as the next row.
+    fn flush(
+        &mut self,
+        log: &mut redb::Table<u64, &[u8]>,
+        liveness: &mut Liveness,
+    ) -> Result<(), redb::StorageError> {
+        if self.keys.is_empty() {
+            return Ok(());
+        }
+        let row = liveness.next_row();
+        log.insert(row, self.buf.as_slice())?;
+        liveness.add_row_of(row, &self.keys);
+        self.keys.clear();
+
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+/// The records of `ops` as log rows, in order. Encoding is most of a large commit's
+/// work: from [`PARALLEL_FROM`] ops on, chunks are encoded on several threads (each
+/// chunk makes its own rows).
+fn encode_rows(ops: &[&Op], now: i64) -> Vec<RowWriter> {
+    let threads = if ops.len() >= PARALLEL_FROM {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+    } else {
+        1
+    };
+    if threads <= 1 {
+        return encode_chunk(ops, now);
+    }
+    let chunk = ops.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = ops
+            .chunks(chunk)
+            .map(|c| s.spawn(move || encode_chunk(c, now)))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
+}
+
+/// The records of `ops` as rows of at most [`ROW_BYTES`] (or one record).
+fn encode_chunk(ops: &[&Op], now: i64) -> Vec<RowWriter> {
+    // A row's buffer is allocated once at its final size: growing it would copy it
+    // and touch fresh pages several times over.
+    let fresh = || RowWriter {
+        buf: Vec::with_capacity(if ops.len() > 64 { ROW_BYTES + 4096 } else { 0 }),
+        keys: Vec::new(),
+    };
+    let mut rows = Vec::new();
+    let mut row = fresh();
+    for op in ops {
+        let at = row.buf.len();
+        let (key, made) = match op {
+            Op::Upsert {
+                entity,
+                updated_us,
+                owner,
+            } => {
+                records::put_entity(&mut row.buf, entity, *updated_us, owner);
+                (digest(entity.entity_type(), entity.id()), None)
+            }
+            Op::Delete {
+                entity_type,
+                id,
+                deleted_us,
+                owner,
+            } => {
+                records::put_tombstone(&mut row.buf, entity_type, id, *deleted_us, now, owner);
+                (digest(entity_type, id), Some(now))
+            }
+        };
+        if row.buf.len() > ROW_BYTES && at > 0 {
+            // The record goes to the next row.
+            let mut next = fresh();
+            next.buf.extend_from_slice(&row.buf[at..]);
+            row.buf.truncate(at);
+            rows.push(std::mem::replace(&mut row, next));
+        }
+        row.keys.push((key, made));
+    }
+    if !row.keys.is_empty() {
+        rows.push(row);
+    }
+    rows
+}
+
+/// The live records of row `n`, in order: those of a key whose latest record is in this
+/// row, and of them the last (a row can hold a key twice: a creation and a deletion of
+/// one commit, or a cleaned copy and the commit's own record). `Err(())` if a record
+/// cannot be read.
+fn live_records<'a>(
+    row: &'a [u8],
+    n: u64,
+    liveness: &Liveness,
+) -> Result<Vec<(liveness::Digest, records::Record<'a>)>, ()> {
+    let all: Vec<records::Record<'a>> = records::records(row).collect::<Result<_, _>>()?;
+    let mut seen = std::collections::HashSet::new();
+    let mut live: Vec<_> = all
+        .into_iter()
+        .rev()
+        .filter_map(|r| {
+            let key = r.digest();
+            (liveness.is_live(key, n) && seen.insert(key)).then_some((key, r))
+        })
+        .collect();
+    live.reverse();
+    Ok(live)
+}
+
 impl Store {
-    /// Opens (or creates) the store at `path` and reads what it holds.
-    pub fn open(path: &Path) -> Result<(Store, Restored), StoreError> {
+    /// Opens (or creates) the store at `path` and reads what it holds. Tombstones are
+    /// kept for `tombstone_ttl` from the time they were made (the baseline's retention);
+    /// older ones are not restored and go when their row is cleaned.
+    pub fn open(path: &Path, tombstone_ttl: Duration) -> Result<(Store, Restored), StoreError> {
         let io = |e: &dyn std::fmt::Display| StoreError::Io {
             path: path.to_owned(),
             reason: e.to_string(),
@@ -363,31 +427,42 @@ impl Store {
         let mut store = Store {
             db,
             path: path.to_owned(),
+            tombstone_ttl_us: i64::try_from(tombstone_ttl.as_micros()).unwrap_or(i64::MAX),
             base: 0,
-            old_rows: std::cell::RefCell::new(false),
+            old_rows: false,
+            liveness: None,
+            min_garbage: MIN_GARBAGE,
         };
-        let (restored, next) = store.check_and_read()?;
+        store.check_marker()?;
+        let (restored, liveness, next) = store.read()?;
         store.base = next;
-        *store.old_rows.borrow_mut() = next > 0;
+        store.old_rows = next > 0;
+        store.liveness = Some(liveness);
         Ok((store, restored))
     }
 
-    /// Checks the marker, reads everything back; returns it and the next journal number.
-    fn check_and_read(&self) -> Result<(Restored, u64), StoreError> {
-        let io = |e: &dyn std::fmt::Display| StoreError::Io {
+    fn io(&self, e: &dyn std::fmt::Display) -> StoreError {
+        StoreError::Io {
             path: self.path.clone(),
             reason: e.to_string(),
-        };
-        let foreign = |found: String| StoreError::Foreign {
+        }
+    }
+
+    fn foreign(&self, found: &str) -> StoreError {
+        StoreError::Foreign {
             path: self.path.clone(),
-            found,
-        };
-        // A new store gets the marker; an existing one must carry ours.
+            found: found.to_owned(),
+        }
+    }
+
+    /// A new store gets the format marker; an existing one must carry ours.
+    fn check_marker(&self) -> Result<(), StoreError> {
+        let io = |e: &dyn std::fmt::Display| self.io(e);
         let txn = self.db.begin_write().map_err(|e| io(&e))?;
         {
             let mut meta = txn.open_table(META).map_err(|e| match e {
                 redb::TableError::TableTypeMismatch { .. } => {
-                    foreign("a `meta` table of another shape".into())
+                    self.foreign("a `meta` table of another shape")
                 }
                 other => io(&other),
             })?;
@@ -397,71 +472,68 @@ impl Store {
                 .map(|v| v.value().to_owned());
             match found {
                 Some(f) if f == FORMAT => {}
-                Some(f) => return Err(foreign(f)),
+                Some(f) => return Err(self.foreign(&f)),
                 None => {
                     let other_tables = txn
                         .list_tables()
                         .map_err(|e| io(&e))?
                         .any(|t| t.name() != "meta");
                     if other_tables {
-                        return Err(foreign(
-                            "tables of another program, no format marker".into(),
-                        ));
+                        return Err(self.foreign("tables of another program, no format marker"));
                     }
                     meta.insert("format", FORMAT).map_err(|e| io(&e))?;
                 }
             }
-            txn.open_table(ENTITIES).map_err(|e| io(&e))?;
-            txn.open_table(TOMBSTONES).map_err(|e| io(&e))?;
+            txn.open_table(LOG).map_err(|e| io(&e))?;
             txn.open_table(JOURNAL).map_err(|e| io(&e))?;
         }
-        txn.commit().map_err(|e| io(&e))?;
+        txn.commit().map_err(|e| io(&e))
+    }
 
-        let mut restored = Restored::default();
-        let txn = self.db.begin_read().map_err(|e| io(&e))?;
-        let entities = txn.open_table(ENTITIES).map_err(|e| io(&e))?;
-        for row in entities.iter().map_err(|e| io(&e))? {
-            let (_, v) = row.map_err(|e| io(&e))?;
-            match decode_entity_row(v.value()) {
-                Some(e) => restored.entities.push(e),
-                None => return Err(foreign("an entity row it cannot read".into())),
+    /// Which record of the log is the latest of its key: the first pass over the log,
+    /// reading the records' heads only.
+    fn scan(&self, txn: &redb::ReadTransaction) -> Result<Liveness, StoreError> {
+        let io = |e: &dyn std::fmt::Display| self.io(e);
+        let log = txn.open_table(LOG).map_err(|e| io(&e))?;
+        let mut liveness = Liveness::default();
+        let mut keys = Vec::new();
+        for row in log.iter().map_err(|e| io(&e))? {
+            let (n, v) = row.map_err(|e| io(&e))?;
+            let n = n.value();
+            keys.clear();
+            for r in records::records(v.value()) {
+                let r = r.map_err(|()| self.foreign("a log row it cannot read"))?;
+                let made = match r.held {
+                    Held::Entity { .. } => None,
+                    Held::Tombstone { made_us, .. } => Some(made_us),
+                };
+                keys.push((r.digest(), made));
             }
+            liveness.add_row_of(n, &keys);
         }
-        let tombstones = txn.open_table(TOMBSTONES).map_err(|e| io(&e))?;
-        for row in tombstones.iter().map_err(|e| io(&e))? {
-            let (k, v) = row.map_err(|e| io(&e))?;
-            let row = split_key(k.value()).zip(take_i64(v.value()));
-            let Some(((entity_type, id), (deleted_us, rest))) = row else {
-                return Err(foreign("a tombstone row it cannot read".into()));
-            };
-            let Some((owner, _)) = take_name(rest) else {
-                return Err(foreign("a tombstone row it cannot read".into()));
-            };
-            restored.tombstones.push(StoredTombstone {
-                entity_type,
-                id,
-                deleted_us,
-                owner,
-            });
-        }
+        Ok(liveness)
+    }
+
+    /// Reads everything back: the view and the tombstones (the latest record of each
+    /// key), the changes in doubt; returns them, the log's index and the next journal
+    /// number.
+    fn read(&self) -> Result<(Restored, Liveness, u64), StoreError> {
+        let io = |e: &dyn std::fmt::Display| self.io(e);
+        let txn = self.db.begin_read().map_err(|e| io(&e))?;
+        let mut liveness = self.scan(&txn)?;
+
         // The journal, in order: per key, what its changes in doubt amount to.
         let journal = txn.open_table(JOURNAL).map_err(|e| io(&e))?;
         let mut next = 0u64;
         let mut per_key: Vec<JournalKey> = Vec::new();
-        let mut at: std::collections::HashMap<Vec<u8>, usize> = Default::default();
+        let mut at: liveness::DigestMap<usize> = Default::default();
         for row in journal.iter().map_err(|e| io(&e))? {
             let (_, v) = row.map_err(|e| io(&e))?;
             let v = v.value();
-            let Some(last) = journal_last(v) else {
-                return Err(foreign("a journal row it cannot read".into()));
-            };
+            let unreadable = || self.foreign("a journal row it cannot read");
+            let last = records::journal_last(v).ok_or_else(unreadable)?;
             next = next.max(last.saturating_add(1));
-            let mut rest = &v[8..];
-            while !rest.is_empty() {
-                let Some(((action, k, instance, gone), more)) = decode_journal(rest) else {
-                    return Err(foreign("a journal row it cannot read".into()));
-                };
-                rest = more;
+            for (action, k, instance, gone) in records::changes(v).ok_or_else(unreadable)? {
                 let gone = gone.map(Arc::new);
                 match at.get(&k) {
                     Some(&i) => {
@@ -471,50 +543,132 @@ impl Store {
                         entry.gone = gone;
                     }
                     None => {
-                        at.insert(k.clone(), per_key.len());
+                        at.insert(k, per_key.len());
                         per_key.push(JournalKey {
-                            key: k,
                             action,
                             instance,
                             gone,
+                            now: None,
                         });
                     }
                 }
             }
         }
-        for JournalKey {
-            key: k,
-            action,
-            instance,
-            gone,
-        } in per_key
-        {
-            let entity = match (action, gone) {
-                (Action::Deleted, Some(e)) => e,
-                _ => match entities.get(k.as_slice()).map_err(|e| io(&e))? {
-                    Some(row) => match decode_entity_row(row.value()) {
-                        Some(e) => e.entity,
-                        None => return Err(foreign("an entity row it cannot read".into())),
-                    },
-                    // A change to an entity that is gone, and no deletion after it in
-                    // the journal: nothing a consumer could miss.
-                    None => continue,
-                },
+        let wanted = at;
+
+        // The second pass decodes the live records only.
+        let mut restored = Restored::default();
+        let expired_before = now_us().saturating_sub(self.tombstone_ttl_us);
+        let mut expired = Vec::new();
+        let log = txn.open_table(LOG).map_err(|e| io(&e))?;
+        for row in log.iter().map_err(|e| io(&e))? {
+            let (n, v) = row.map_err(|e| io(&e))?;
+            let n = n.value();
+            let live = live_records(v.value(), n, &liveness)
+                .map_err(|()| self.foreign("a log row it cannot read"))?;
+            for (key, r) in live {
+                match r.held {
+                    Held::Entity {
+                        content,
+                        updated_us,
+                        owner,
+                        body,
+                    } => {
+                        let entity = wire::decode_entity(body)
+                            .map_err(|_| self.foreign("an entity it cannot read"))?;
+                        let entity = Arc::new(entity);
+                        if let Some(&i) = wanted.get(&key) {
+                            per_key[i].now = Some(entity.clone());
+                        }
+                        restored.entities.push(StoredEntity {
+                            entity,
+                            content,
+                            updated_us,
+                            owner: owner.to_owned(),
+                        });
+                    }
+                    Held::Tombstone {
+                        deleted_us,
+                        made_us,
+                        owner,
+                    } => {
+                        if made_us < expired_before {
+                            expired.push(key);
+                            continue;
+                        }
+                        restored.tombstones.push(StoredTombstone {
+                            entity_type: r.entity_type.to_owned(),
+                            id: r.id.to_owned(),
+                            deleted_us,
+                            made_us,
+                            owner: owner.to_owned(),
+                        });
+                    }
+                }
+            }
+        }
+        for key in expired {
+            liveness.forget(key);
+        }
+        // Oldest first: the baseline expires them in the order they come.
+        restored.tombstones.sort_by_key(|t| t.made_us);
+        for j in per_key {
+            let entity = match (j.action, j.gone, j.now) {
+                (Action::Deleted, Some(e), _) => e,
+                (_, _, Some(e)) => e,
+                // A change to an entity that is gone, and no deletion after it in the
+                // journal: nothing a consumer could miss.
+                _ => continue,
             };
             restored.in_doubt.push(InDoubt {
-                action,
+                action: j.action,
                 entity,
-                instance,
+                instance: j.instance,
             });
         }
-        Ok((restored, next))
+        Ok((restored, liveness, next))
     }
 
-    /// Commits `commits` in one transaction (one journal row for all their changes), and
-    /// clears the journal rows whose changes are all settled: through `settled_through`
-    /// of this run.
+    /// Cleans the log as soon as it holds more garbage than live records, however
+    /// little (tests; the default waits for [`MIN_GARBAGE`] records of garbage).
+    pub fn clean_eagerly(mut self) -> Self {
+        self.min_garbage = 0;
+        self
+    }
+
+    /// The log's rows, its keys with a live record and its garbage records (tests and
+    /// the benchmark); `None` right after a failed write.
+    pub fn log_shape(&self) -> Option<(usize, usize, u64)> {
+        self.liveness
+            .as_ref()
+            .map(|l| (l.rows(), l.keys(), l.garbage()))
+    }
+
+    /// Commits `commits` in one transaction (their records appended to the log, one
+    /// journal row for all their changes, a few rows cleaned when the log holds more
+    /// garbage than live records), and clears the journal rows whose changes are all
+    /// settled: through `settled_through` of this run.
     pub fn write(
-        &self,
+        &mut self,
+        commits: &[Commit],
+        settled_through: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let mut liveness = match self.liveness.take() {
+            Some(l) => l,
+            // A write failed: what the file holds is what counts.
+            None => {
+                let txn = self.db.begin_read().map_err(|e| self.io(&e))?;
+                self.scan(&txn)?
+            }
+        };
+        self.write_with(&mut liveness, commits, settled_through)?;
+        self.liveness = Some(liveness);
+        Ok(())
+    }
+
+    fn write_with(
+        &mut self,
+        liveness: &mut Liveness,
         commits: &[Commit],
         settled_through: Option<u64>,
     ) -> Result<(), StoreError> {
@@ -522,68 +676,63 @@ impl Store {
             path: self.path.clone(),
             reason: e.to_string(),
         };
-        // The entities' writes in key order (stable: a key's writes keep their order),
-        // so that the B-tree is walked once instead of at random.
-        let mut ops: Vec<(Vec<u8>, &Op)> = commits
-            .iter()
-            .flat_map(|c| c.ops.iter())
-            .map(|op| {
-                let k = match op {
-                    Op::Upsert { entity, .. } => key(entity.entity_type(), entity.id()),
-                    Op::Delete {
-                        entity_type, id, ..
-                    } => key(entity_type, id),
-                };
-                (k, op)
-            })
-            .collect();
-        ops.sort_by(|a, b| a.0.cmp(&b.0));
+        let now = now_us();
         let txn = self.db.begin_write().map_err(|e| io(&e))?;
         {
-            let mut entities = txn.open_table(ENTITIES).map_err(|e| io(&e))?;
-            let mut tombstones = txn.open_table(TOMBSTONES).map_err(|e| io(&e))?;
+            let mut log = txn.open_table(LOG).map_err(|e| io(&e))?;
             let mut journal = txn.open_table(JOURNAL).map_err(|e| io(&e))?;
-            let mut buried = !tombstones.is_empty().map_err(|e| io(&e))?;
-            for (k, op) in &ops {
-                match op {
-                    Op::Upsert {
-                        entity,
-                        updated_us,
-                        owner,
-                    } => {
-                        let row = encode_entity_row(entity, *updated_us, owner);
-                        entities
-                            .insert(k.as_slice(), row.as_slice())
+            let mut out = RowWriter::default();
+            let written: u64 = commits.iter().map(|c| c.ops.len() as u64).sum();
+            // Cleaning first: this commit's records come after the copies, so they win.
+            {
+                let expired_before = now.saturating_sub(self.tombstone_ttl_us);
+                let budget = written.saturating_mul(2).max(4096);
+                for row in liveness.pick(budget, self.min_garbage, expired_before) {
+                    let bytes = match log.get(row).map_err(|e| io(&e))? {
+                        Some(v) => v.value().to_vec(),
+                        None => Vec::new(),
+                    };
+                    let live =
+                        live_records(&bytes, row, liveness).map_err(|()| StoreError::Foreign {
+                            path: self.path.clone(),
+                            found: "a log row it cannot read".into(),
+                        })?;
+                    for (key, r) in live {
+                        let made = match r.held {
+                            Held::Tombstone { made_us, .. } if made_us < expired_before => {
+                                liveness.forget(key);
+                                continue;
+                            }
+                            Held::Tombstone { made_us, .. } => Some(made_us),
+                            Held::Entity { .. } => None,
+                        };
+                        out.push(r.raw, key, made, &mut log, liveness)
                             .map_err(|e| io(&e))?;
-                        if buried {
-                            tombstones.remove(k.as_slice()).map_err(|e| io(&e))?;
-                        }
                     }
-                    Op::Delete {
-                        deleted_us, owner, ..
-                    } => {
-                        entities.remove(k.as_slice()).map_err(|e| io(&e))?;
-                        let mut v = deleted_us.to_le_bytes().to_vec();
-                        put_name(&mut v, owner);
-                        tombstones
-                            .insert(k.as_slice(), v.as_slice())
-                            .map_err(|e| io(&e))?;
-                        buried = true;
-                    }
+                    log.remove(row).map_err(|e| io(&e))?;
+                    liveness.remove_row(row);
                 }
             }
-            // The rows to go: the previous runs' (announced again by this run's first
-            // commit), and this run's whose every change is settled. Rows are few (one
-            // per committed group): read their heads from the front.
+            // Then this commit's records, encoded on several threads when there are many.
+            out.flush(&mut log, liveness).map_err(|e| io(&e))?;
+            let ops: Vec<&Op> = commits.iter().flat_map(|c| c.ops.iter()).collect();
+            liveness.reserve(ops.len().saturating_sub(liveness.keys()));
+            for mut row in encode_rows(&ops, now) {
+                row.flush(&mut log, liveness).map_err(|e| io(&e))?;
+            }
+
+            // The journal rows to go: the previous runs' (announced again by this run's
+            // first commit), and this run's whose every change is settled. Rows are few
+            // (one per committed group): read their heads from the front.
             let mut gone: Vec<u64> = Vec::new();
-            let old = std::mem::replace(&mut *self.old_rows.borrow_mut(), false);
+            let old = std::mem::replace(&mut self.old_rows, false);
             for row in journal.iter().map_err(|e| io(&e))? {
                 let (n, v) = row.map_err(|e| io(&e))?;
                 let n = n.value();
                 let settled = n < self.base && old
                     || settled_through.is_some_and(|t| {
                         n >= self.base
-                            && journal_last(v.value())
+                            && records::journal_last(v.value())
                                 .is_some_and(|last| last <= self.base.saturating_add(t))
                     });
                 if settled {
@@ -597,20 +746,14 @@ impl Store {
             }
             let mut changes = commits.iter().flat_map(|c| c.changes.iter()).peekable();
             if let Some(first) = changes.peek().map(|c| c.seq) {
-                let mut row = vec![0u8; 8];
+                let mut row = records::JournalRow::default();
                 let mut last = first;
                 for change in changes {
-                    let k = key(change.entity.entity_type(), change.entity.id());
-                    encode_journal(
-                        &mut row,
-                        change.action,
-                        &k,
-                        &change.instance,
-                        &change.entity,
-                    );
+                    let key = digest(change.entity.entity_type(), change.entity.id());
+                    row.push(change.action, key, &change.instance, &change.entity);
                     last = change.seq;
                 }
-                row[..8].copy_from_slice(&self.base.saturating_add(last).to_le_bytes());
+                let row = row.finish(self.base.saturating_add(last));
                 journal
                     .insert(self.base.saturating_add(first), row.as_slice())
                     .map_err(|e| io(&e))?;
@@ -638,7 +781,7 @@ impl Store {
     }
 
     fn run_writer(
-        self,
+        mut self,
         rx: mpsc::Receiver<Commit>,
         announce: impl Fn(Vec<Arc<Change>>),
         mark: Confirmer,
@@ -755,7 +898,7 @@ mod tests {
     fn the_view_tombstones_and_changes_in_doubt_survive_reopening() {
         let dir = tempfile_dir();
         let path = dir.join("b.redb");
-        let (store, restored) = Store::open(&path).unwrap();
+        let (mut store, restored) = Store::open(&path, Duration::from_secs(600)).unwrap();
         assert!(restored.entities.is_empty());
         let (kept, gone) = (entity("abc"), entity("gone"));
         let owner: Arc<str> = Arc::from("nova");
@@ -787,7 +930,7 @@ mod tests {
         // Both creations were settled; `gone`'s deletion was not.
         store.write(&[], Some(2)).unwrap();
         drop(store);
-        let (_, restored) = Store::open(&path).unwrap();
+        let (_, restored) = Store::open(&path, Duration::from_secs(600)).unwrap();
         assert_eq!(restored.entities.len(), 1);
         assert_eq!(
             *restored.entities[0].entity, *kept,
@@ -795,14 +938,20 @@ mod tests {
         );
         assert_eq!(restored.entities[0].content, kept.content_hash());
         assert_eq!(restored.entities[0].updated_us, 9);
+        assert_eq!(restored.tombstones.len(), 1);
+        let t = &restored.tombstones[0];
         assert_eq!(
-            restored.tombstones,
-            vec![StoredTombstone {
-                entity_type: "nova.instance".into(),
-                id: "gone".into(),
-                deleted_us: 11,
-                owner: "nova".into(),
-            }]
+            (
+                t.entity_type.as_str(),
+                t.id.as_str(),
+                t.deleted_us,
+                t.owner.as_str()
+            ),
+            ("nova.instance", "gone", 11, "nova")
+        );
+        assert!(
+            t.made_us > 0 && t.made_us <= now_us(),
+            "made on the host's clock"
         );
         assert_eq!(restored.in_doubt.len(), 1);
         assert_eq!(
