@@ -53,7 +53,13 @@ fn every_saved_input_of_every_target_passes() {
             files.extend(files_under(&dir));
         }
         for file in &files {
-            let data = std::fs::read(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            let data = match std::fs::read(file) {
+                Ok(data) => data,
+                // A fuzzer running on this target meanwhile (scripts/fuzz.sh) replaces
+                // inputs by smaller ones: one gone since the listing is no saved input.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => panic!("{}: {e}", file.display()),
+            };
             let outcome = std::panic::catch_unwind(|| target(&data));
             assert!(outcome.is_ok(), "{name}: {} fails", file.display());
         }
