@@ -209,3 +209,64 @@ fn tombstones_past_the_retention_are_not_restored_and_go_with_their_row() {
     assert_eq!(restored.entities.len(), 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_large_commit_encoded_on_several_threads_keeps_the_order_of_its_writes() {
+    // Large enough for the store to encode it in chunks on several threads; every key
+    // is written in several chunks, so the last write of each must win.
+    let dir = std::env::temp_dir().join(format!("synchronizer-store-big-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("b.redb");
+    let (mut store, _) = Store::open(&path, Duration::from_secs(3600)).unwrap();
+    let keys = 7_000;
+    let mut truth = Model::new();
+    let mut ops = Vec::new();
+    for i in 0..60_000i64 {
+        let id = format!("e{}", i % keys);
+        if i % 11 == 0 {
+            truth.insert(
+                id.clone(),
+                Last::Tombstone {
+                    deleted_us: i,
+                    owner: "i0".into(),
+                },
+            );
+            ops.push(Op::Delete {
+                entity_type: "t".into(),
+                id,
+                deleted_us: i,
+                owner: Arc::from("i0"),
+            });
+        } else {
+            let state = format!("s{i}");
+            truth.insert(
+                id.clone(),
+                Last::Entity {
+                    state: state.clone(),
+                    updated_us: i,
+                    owner: "i1".into(),
+                },
+            );
+            ops.push(Op::Upsert {
+                entity: Arc::new(Entity::resource("t", &id).with_state(state)),
+                updated_us: i,
+                owner: Arc::from("i1"),
+            });
+        }
+    }
+    store
+        .write(
+            &[Commit {
+                ops,
+                changes: Vec::new(),
+            }],
+            None,
+        )
+        .unwrap();
+    assert_eq!(store.log_shape().unwrap().1, keys as usize);
+    drop(store);
+    let (_, restored) = restored_model(&path);
+    assert_eq!(restored, truth);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -294,40 +294,55 @@ impl RowWriter {
     }
 }
 
-/// The records of `ops` as log rows, in order. Encoding is most of a large commit's
-/// work: from [`PARALLEL_FROM`] ops on, chunks are encoded on several threads (each
-/// chunk makes its own rows).
-fn encode_rows(ops: &[&Op], now: i64) -> Vec<RowWriter> {
+/// Writes the records of `ops` to the log as rows, in order, handing each row to
+/// `write` (which inserts it). Encoding is most of a large commit's work: from
+/// [`PARALLEL_FROM`] ops on, chunks are encoded on their own threads while the rows
+/// already encoded are written (each chunk makes its own rows; a few rows per chunk
+/// wait at most), so that encoding and the B-tree's work overlap.
+fn encode_rows<E>(
+    ops: &[&Op],
+    now: i64,
+    mut write: impl FnMut(RowWriter) -> Result<(), E>,
+) -> Result<(), E> {
     let threads = if ops.len() >= PARALLEL_FROM {
         std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
     } else {
         1
     };
     if threads <= 1 {
-        return encode_chunk(ops, now);
+        let mut rows = Vec::new();
+        encode_chunk(ops, now, |row| {
+            rows.push(row);
+            true
+        });
+        return rows.into_iter().try_for_each(write);
     }
     let chunk = ops.len().div_ceil(threads);
     std::thread::scope(|s| {
-        let handles: Vec<_> = ops
+        let chunks: Vec<mpsc::Receiver<RowWriter>> = ops
             .chunks(chunk)
-            .map(|c| s.spawn(move || encode_chunk(c, now)))
+            .map(|c| {
+                let (tx, rx) = mpsc::sync_channel(8);
+                // A send fails once the writer gave up (an error): the thread stops.
+                s.spawn(move || encode_chunk(c, now, |row| tx.send(row).is_ok()));
+                rx
+            })
             .collect();
-        handles
+        chunks
             .into_iter()
-            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
+            .try_for_each(|rows| rows.into_iter().try_for_each(&mut write))
     })
 }
 
-/// The records of `ops` as rows of at most [`ROW_BYTES`] (or one record).
-fn encode_chunk(ops: &[&Op], now: i64) -> Vec<RowWriter> {
+/// The records of `ops` as rows of at most [`ROW_BYTES`] (or one record), each handed
+/// to `row` as it is full; stops when `row` returns false.
+fn encode_chunk(ops: &[&Op], now: i64, mut row_done: impl FnMut(RowWriter) -> bool) {
     // A row's buffer is allocated once at its final size: growing it would copy it
     // and touch fresh pages several times over.
     let fresh = || RowWriter {
         buf: Vec::with_capacity(if ops.len() > 64 { ROW_BYTES + 4096 } else { 0 }),
         keys: Vec::new(),
     };
-    let mut rows = Vec::new();
     let mut row = fresh();
     for op in ops {
         let at = row.buf.len();
@@ -355,14 +370,30 @@ fn encode_chunk(ops: &[&Op], now: i64) -> Vec<RowWriter> {
             let mut next = fresh();
             next.buf.extend_from_slice(&row.buf[at..]);
             row.buf.truncate(at);
-            rows.push(std::mem::replace(&mut row, next));
+            if !row_done(std::mem::replace(&mut row, next)) {
+                return;
+            }
         }
         row.keys.push((key, made));
     }
     if !row.keys.is_empty() {
-        rows.push(row);
+        row_done(row);
     }
-    rows
+}
+
+/// The journal row of `commits`' changes (`None` without changes): its key, the
+/// journal number of its first change, and the row.
+fn journal_row(commits: &[Commit], base: u64) -> Option<(u64, Vec<u8>)> {
+    let mut changes = commits.iter().flat_map(|c| c.changes.iter()).peekable();
+    let first = changes.peek()?.seq;
+    let mut row = records::JournalRow::default();
+    let mut last = first;
+    for change in changes {
+        let key = digest(change.entity.entity_type(), change.entity.id());
+        row.push(change.action, key, &change.instance, &change.entity);
+        last = change.seq;
+    }
+    Some((first, row.finish(base.saturating_add(last))))
 }
 
 /// The live records of row `n`, in order: those of a key whose latest record is in this
@@ -717,9 +748,8 @@ impl Store {
             out.flush(&mut log, liveness).map_err(|e| io(&e))?;
             let ops: Vec<&Op> = commits.iter().flat_map(|c| c.ops.iter()).collect();
             liveness.reserve(ops.len().saturating_sub(liveness.keys()));
-            for mut row in encode_rows(&ops, now) {
-                row.flush(&mut log, liveness).map_err(|e| io(&e))?;
-            }
+            encode_rows(&ops, now, |mut row| row.flush(&mut log, liveness)).map_err(|e| io(&e))?;
+            let journal_row = journal_row(commits, self.base);
 
             // The journal rows to go: the previous runs' (announced again by this run's
             // first commit), and this run's whose every change is settled. Rows are few
@@ -744,16 +774,7 @@ impl Store {
             for n in gone {
                 journal.remove(n).map_err(|e| io(&e))?;
             }
-            let mut changes = commits.iter().flat_map(|c| c.changes.iter()).peekable();
-            if let Some(first) = changes.peek().map(|c| c.seq) {
-                let mut row = records::JournalRow::default();
-                let mut last = first;
-                for change in changes {
-                    let key = digest(change.entity.entity_type(), change.entity.id());
-                    row.push(change.action, key, &change.instance, &change.entity);
-                    last = change.seq;
-                }
-                let row = row.finish(self.base.saturating_add(last));
+            if let Some((first, row)) = journal_row {
                 journal
                     .insert(self.base.saturating_add(first), row.as_slice())
                     .map_err(|e| io(&e))?;
