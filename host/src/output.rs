@@ -225,4 +225,27 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["properties"], serde_json::json!({"a": 1, "b": "x\ny"}));
     }
+
+    #[test]
+    fn properties_as_deep_as_allowed_leave_every_output_readable() {
+        use synchronizer_plugin_api::entity::MAX_PROPERTIES_DEPTH;
+        let levels = MAX_PROPERTIES_DEPTH - 1;
+        let json = format!("{{\"a\":{}{}}}", "[".repeat(levels), "]".repeat(levels));
+        let e = Arc::new(
+            Entity::resource("t", "i")
+                .with_properties_json(json)
+                .unwrap(),
+        );
+        let c = Change {
+            entity: e.clone(),
+            ..change(0, 0)
+        };
+        let line = change_to_json(&c);
+        serde_json::from_str::<serde_json::Value>(&line).expect("a change reads back");
+        let mut out = Vec::new();
+        write_event(&mut out, &Event::Snapshot(vec![e])).unwrap();
+        for line in String::from_utf8(out).unwrap().lines() {
+            serde_json::from_str::<serde_json::Value>(line).expect("a snapshot line reads back");
+        }
+    }
 }

@@ -198,7 +198,7 @@ impl Entity {
     ///
     /// A `Value` cannot hold a number JSON readers cannot read back (serde_json refuses
     /// NaN and infinities when building one). One nested deeper than JSON readers go
-    /// ([`MAX_PROPERTIES_DEPTH`] levels, serde_json's limit) is stored as
+    /// ([`MAX_PROPERTIES_DEPTH`] levels) is stored as
     /// `{"value": "<its JSON text>"}`, a string, so that the properties stay readable.
     pub fn with_properties(mut self, properties: serde_json::Value) -> Self {
         let object = match properties {
@@ -350,9 +350,10 @@ fn write_opt(h: &mut seahash::SeaHasher, s: Option<&str>) {
 }
 
 /// The deepest nesting of arrays and objects in properties (the properties object
-/// itself is level 1): serde_json's recursion limit, past which it refuses to read text
-/// back into a `Value`.
-pub const MAX_PROPERTIES_DEPTH: usize = 127;
+/// itself is level 1). JSON readers stop at some depth (serde_json at 128 levels), and
+/// the host's outputs nest the properties inside a change, a snapshot or a page of
+/// entities: the room left keeps every output readable.
+pub const MAX_PROPERTIES_DEPTH: usize = 100;
 
 /// How deeply `v` nests arrays and objects (a scalar is 0, `{}` is 1); iterative, so any
 /// depth is measured without recursion.
@@ -380,28 +381,48 @@ fn depth(v: &serde_json::Value) -> usize {
 /// limit), while nothing is kept: no tree, no strings. The top level must be an object.
 struct Readable;
 
-/// Any JSON value, read as [`Readable`] reads it.
-struct AnyValue;
-
 impl<'de> serde::Deserialize<'de> for Readable {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(ReadVisitor { object_only: true })?;
+        d.deserialize_any(ReadVisitor {
+            object_only: true,
+            depth: 1,
+        })?;
         Ok(Readable)
     }
 }
 
-impl<'de> serde::Deserialize<'de> for AnyValue {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(ReadVisitor { object_only: false })?;
-        Ok(AnyValue)
+/// Any JSON value at nesting level `.0`, read as [`Readable`] reads it.
+struct AnyValue(usize);
+
+impl<'de> serde::de::DeserializeSeed<'de> for AnyValue {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(ReadVisitor {
+            object_only: false,
+            depth: self.0,
+        })
     }
 }
 
 struct ReadVisitor {
     object_only: bool,
+    /// The nesting level of what is read (the properties object is 1).
+    depth: usize,
 }
 
 impl ReadVisitor {
+    /// An array or object at this level: refused past [`MAX_PROPERTIES_DEPTH`].
+    fn nest<E: serde::de::Error>(&self) -> Result<(), E> {
+        if self.depth > MAX_PROPERTIES_DEPTH {
+            Err(E::custom(format_args!(
+                "nested deeper than {MAX_PROPERTIES_DEPTH} levels"
+            )))
+        } else {
+            Ok(())
+        }
+    }
+
     fn scalar<E: serde::de::Error>(&self, unexpected: serde::de::Unexpected<'_>) -> Result<(), E> {
         if self.object_only {
             Err(E::invalid_type(unexpected, self))
@@ -453,12 +474,17 @@ impl<'de> serde::de::Visitor<'de> for ReadVisitor {
                 &self,
             ));
         }
-        while seq.next_element::<AnyValue>()?.is_some() {}
+        self.nest()?;
+        while seq.next_element_seed(AnyValue(self.depth + 1))?.is_some() {}
         Ok(())
     }
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while map.next_entry::<AnyValue, AnyValue>()?.is_some() {}
+        self.nest()?;
+        while map
+            .next_entry_seed(AnyValue(self.depth + 1), AnyValue(self.depth + 1))?
+            .is_some()
+        {}
         Ok(())
     }
 }
@@ -592,7 +618,7 @@ mod tests {
         // A lone surrogate, in a value and in a key.
         assert!(refused(r#"{"s":"\ud800"}"#).contains("hex escape"));
         assert!(refused(r#"{"\udfff":1}"#).contains("surrogate"));
-        // Deeper than serde_json reads back.
+        // Deeper than the outputs can nest and JSON readers still read back.
         let nested = |levels: usize| {
             format!(
                 "{{\"a\":{}{}}}",
@@ -600,12 +626,12 @@ mod tests {
                 "]".repeat(levels - 1)
             )
         };
-        assert!(refused(&nested(MAX_PROPERTIES_DEPTH + 1)).contains("recursion limit"));
+        assert!(refused(&nested(MAX_PROPERTIES_DEPTH + 1)).contains("nested deeper than 100"));
+        assert!(refused(&nested(5_000)).contains("nested deeper than 100"));
         let deepest = nested(MAX_PROPERTIES_DEPTH);
-        assert!(serde_json::from_str::<serde_json::Value>(&deepest).is_ok());
-        assert!(
-            serde_json::from_str::<serde_json::Value>(&nested(MAX_PROPERTIES_DEPTH + 1)).is_err()
-        );
+        // Room for the outputs' own levels under serde_json's limit of 128.
+        let wrapped = format!("{}{deepest}{}", "[".repeat(20), "]".repeat(20));
+        assert!(serde_json::from_str::<serde_json::Value>(&wrapped).is_ok());
         let e = Entity::resource("t", "i")
             .with_properties_json(deepest.clone())
             .unwrap();
