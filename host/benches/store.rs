@@ -1,4 +1,4 @@
-//! The durable baseline store (host/src/persist.rs) at 1,000,000 entities, on redb:
+//! The durable baseline store (host/src/persist/) at 1,000,000 entities, on redb:
 //!
 //! - the commit of a first snapshot (1,000,000 creations: the log's records, the
 //!   in-doubt row), one transaction; target ≤ 2 s;

@@ -1,4 +1,4 @@
-//! Property test of the durable store's in-doubt resolution (host/src/persist.rs): random
+//! Property test of the durable store's in-doubt resolution (host/src/persist/): random
 //! sequences of committed changes (creations, updates, deletions of a few keys), of which
 //! a prefix was settled and a longer prefix reached a consumer, then a crash; and again
 //! a crash after the restart's own first commit. After reopening the store, a consumer that applies the changes the store
