@@ -77,6 +77,19 @@ fn restored_model(store_path: &std::path::Path) -> (Store, Model) {
 
 static CASE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// An empty directory of this test run, and the store's path in it.
+fn fresh_dir(what: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!(
+        "synchronizer-store-{what}-{}-{}",
+        std::process::id(),
+        CASE.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("b.redb");
+    (dir, path)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
@@ -85,14 +98,7 @@ proptest! {
         commits in prop::collection::vec(prop::collection::vec(step(), 0..8), 1..30),
         reopen_every in 1usize..8,
     ) {
-        let dir = std::env::temp_dir().join(format!(
-            "synchronizer-store-log-{}-{}",
-            std::process::id(),
-            CASE.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("b.redb");
+        let (dir, path) = fresh_dir("log");
         let (mut store, _) = restored_model(&path);
         let mut truth = Model::new();
         let mut clock = 0i64;
@@ -147,10 +153,7 @@ proptest! {
 
 #[test]
 fn tombstones_past_the_retention_are_not_restored_and_go_with_their_row() {
-    let dir = std::env::temp_dir().join(format!("synchronizer-store-ttl-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("b.redb");
+    let (dir, path) = fresh_dir("ttl");
     let (store, _) = Store::open(&path, Duration::from_secs(3600)).unwrap();
     let mut store = store.clean_eagerly();
     let delete = |id: &str| Op::Delete {
@@ -214,10 +217,7 @@ fn tombstones_past_the_retention_are_not_restored_and_go_with_their_row() {
 fn a_large_commit_encoded_on_several_threads_keeps_the_order_of_its_writes() {
     // Large enough for the store to encode it in chunks on several threads; every key
     // is written in several chunks, so the last write of each must win.
-    let dir = std::env::temp_dir().join(format!("synchronizer-store-big-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("b.redb");
+    let (dir, path) = fresh_dir("big");
     let (mut store, _) = Store::open(&path, Duration::from_secs(3600)).unwrap();
     let keys = 7_000;
     let mut truth = Model::new();

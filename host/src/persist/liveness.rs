@@ -210,8 +210,9 @@ impl Liveness {
         let mut by_worth: Vec<(u32, u64)> = self
             .rows
             .iter()
-            .map(|(&n, r)| (Self::worth(r, expired_before), n))
-            .filter(|&(w, n)| w < self.rows[&n].records || too_many_rows)
+            .map(|(&n, r)| (Self::worth(r, expired_before), r.records, n))
+            .filter(|&(worth, records, _)| worth < records || too_many_rows)
+            .map(|(worth, _, n)| (worth, n))
             .collect();
         by_worth.sort_unstable();
         let mut copied = 0u64;

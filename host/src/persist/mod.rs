@@ -310,12 +310,12 @@ fn encode_rows<E>(
         1
     };
     if threads <= 1 {
-        let mut rows = Vec::new();
+        let mut written = Ok(());
         encode_chunk(ops, now, |row| {
-            rows.push(row);
-            true
+            written = write(row);
+            written.is_ok()
         });
-        return rows.into_iter().try_for_each(write);
+        return written;
     }
     let chunk = ops.len().div_ceil(threads);
     std::thread::scope(|s| {
