@@ -364,95 +364,189 @@ pub struct Hashed {
 
 /// Hashes every entity of a snapshot (key and content) and groups them by type. Large
 /// snapshots are hashed on several threads: reading a million entities' scattered strings
-/// is bound by memory latency, which more cores hide.
+/// is bound by memory latency, which more cores hide. The threads write into one vector,
+/// so that a snapshot of one type (the common case) is never copied.
 pub fn hash_snapshot(entities: &[synchronizer_plugin_api::Entity]) -> Vec<(String, Vec<Hashed>)> {
+    /// The types a chunk saw: `tags[i]` indexes `names` for its i-th entity, and stays
+    /// empty while the chunk saw one type only.
+    #[derive(Default)]
+    struct Types {
+        names: Vec<String>,
+        tags: Vec<u32>,
+        len: usize,
+    }
     fn run(
         entities: &[synchronizer_plugin_api::Entity],
         first: usize,
-    ) -> Vec<(String, Vec<Hashed>)> {
-        let mut groups: Vec<(String, Vec<Hashed>)> = Vec::new();
-        let mut current = usize::MAX;
-        for (i, e) in entities.iter().enumerate() {
+        out: &mut [Hashed],
+    ) -> Types {
+        let mut types = Types {
+            len: entities.len(),
+            ..Types::default()
+        };
+        let mut current = 0usize;
+        for (i, (e, slot)) in entities.iter().zip(out.iter_mut()).enumerate() {
             let t = e.entity_type();
-            if current == usize::MAX || groups[current].0 != t {
-                current = match groups.iter().position(|(g, _)| g == t) {
+            if types.names.get(current).is_none_or(|n| n != t) {
+                current = match types.names.iter().position(|n| n == t) {
                     Some(p) => p,
                     None => {
-                        groups.push((t.to_owned(), Vec::with_capacity(entities.len())));
-                        groups.len() - 1
+                        types.names.push(t.to_owned());
+                        types.names.len() - 1
                     }
                 };
+                if types.names.len() == 2 && types.tags.is_empty() {
+                    types.tags = vec![0; i];
+                    types.tags.reserve(entities.len() - i);
+                }
             }
-            groups[current].1.push(Hashed {
+            if types.names.len() > 1 {
+                types.tags.push(u32::try_from(current).unwrap_or(u32::MAX));
+            }
+            *slot = Hashed {
                 key_hash: e.key_hash(),
                 content_hash: e.content_hash(),
                 updated_us: e.source_updated_micros().unwrap_or(UNTIMED),
                 index: u32::try_from(first + i).unwrap_or(u32::MAX),
-            });
+            };
         }
-        groups
+        types
     }
+    let mut out = vec![Hashed::default(); entities.len()];
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(4);
-    if entities.len() < 32_768 || threads < 2 {
-        return run(entities, 0);
-    }
-    let chunk = entities.len().div_ceil(threads);
-    let parts: Vec<Vec<(String, Vec<Hashed>)>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = entities
-            .chunks(chunk)
-            .enumerate()
-            .map(|(n, part)| scope.spawn(move || run(part, n * chunk)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
-    });
-    let mut merged: Vec<(String, Vec<Hashed>)> = Vec::new();
-    for part in parts {
-        for (t, hashed) in part {
-            match merged.iter_mut().find(|(g, _)| *g == t) {
-                Some((_, v)) => v.extend_from_slice(&hashed),
-                None => merged.push((t, hashed)),
+    let parts: Vec<Types> = if entities.len() < 32_768 || threads < 2 {
+        vec![run(entities, 0, &mut out)]
+    } else {
+        let chunk = entities.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = entities
+                .chunks(chunk)
+                .zip(out.chunks_mut(chunk))
+                .enumerate()
+                .map(|(n, (part, out))| scope.spawn(move || run(part, n * chunk, out)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        })
+    };
+    let mut names: Vec<String> = Vec::new();
+    for part in &parts {
+        for n in &part.names {
+            if !names.contains(n) {
+                names.push(n.clone());
             }
         }
     }
-    merged
+    match names.len() {
+        0 => return Vec::new(),
+        1 => return vec![(names.swap_remove(0), out)],
+        _ => {}
+    }
+    // Several types: each entity goes to its type's vector, in snapshot order.
+    let mut groups: Vec<(String, Vec<Hashed>)> =
+        names.into_iter().map(|n| (n, Vec::new())).collect();
+    let mut hashed = out.into_iter();
+    for part in &parts {
+        let global: Vec<usize> = part
+            .names
+            .iter()
+            .map(|n| groups.iter().position(|(g, _)| g == n).unwrap_or(0))
+            .collect();
+        if part.tags.is_empty() {
+            groups[global[0]].1.extend(hashed.by_ref().take(part.len));
+        } else {
+            for (&tag, h) in part.tags.iter().zip(hashed.by_ref()) {
+                let g = global.get(tag as usize).copied().unwrap_or(0);
+                groups[g].1.push(h);
+            }
+        }
+    }
+    groups
 }
 
-/// Orders a batch by the low 24 bits of the key hash, which is where the hash table
-/// keeps each key: lookups then walk the table in memory order. An LSD radix sort, three
-/// passes of 8 bits.
-fn sort_by_bucket(batch: &mut [Hashed]) {
-    if batch.len() < 4096 {
+/// Orders a batch by where its keys sit in a hash table of `buckets` buckets (a power of
+/// two; the table keeps a key at the low bits of its hash), so that the lookups that
+/// follow walk the table in memory order instead of at random: at a million entities
+/// that is most of the cost. A radix sort on the top 22 bits of the bucket index (all of
+/// it up to 4M buckets; past that each run spans a few buckets): one pass in place on the
+/// top 8 bits into 256 groups (an American flag sort), then each group, small enough to
+/// stay in the cache, sorted on the rest in two passes through a scratch buffer. Few
+/// destinations per pass keep the moves within the TLB, and nothing as large as the
+/// batch is allocated: fresh pages cost more than the sort.
+fn sort_by_bucket(batch: &mut [Hashed], buckets: usize) {
+    /// Where each of the `bits`-bit digits at `shift` starts in `items`, and after it the
+    /// end.
+    fn starts(items: &[Hashed], shift: u32, bits: u32, at: &mut Vec<usize>) {
+        at.clear();
+        at.resize((1 << bits) + 1, 0);
+        for h in items {
+            at[digit(h, shift, bits) + 1] += 1;
+        }
+        for i in 1..at.len() {
+            at[i] += at[i - 1];
+        }
+    }
+    fn digit(h: &Hashed, shift: u32, bits: u32) -> usize {
+        ((h.key_hash >> shift) & ((1 << bits) - 1)) as usize
+    }
+    /// An LSD pass: `src` into `dst` by the digit at `shift`.
+    fn pass(src: &[Hashed], dst: &mut [Hashed], shift: u32, bits: u32, at: &mut Vec<usize>) {
+        starts(src, shift, bits, at);
+        for h in src {
+            let d = digit(h, shift, bits);
+            dst[at[d]] = *h;
+            at[d] += 1;
+        }
+    }
+    let bucket_bits = buckets.max(1).trailing_zeros();
+    // A table this small stays in the cache whatever the order.
+    if batch.len() < 4096 || bucket_bits < 14 {
         return;
     }
-    let mut tmp = vec![Hashed::default(); batch.len()];
-    let mut src: &mut [Hashed] = batch;
-    let mut dst: &mut [Hashed] = &mut tmp;
-    for pass in 0..3 {
-        let shift = pass * 8;
-        let mut counts = [0usize; 256];
-        for h in src.iter() {
-            counts[((h.key_hash >> shift) & 0xff) as usize] += 1;
+    let bits = bucket_bits.min(22);
+    let base = bucket_bits - bits;
+    let top_bits = 8;
+    let rest = bits - top_bits;
+    let top_shift = base + rest;
+    let mut at = Vec::new();
+    starts(batch, top_shift, top_bits, &mut at);
+    let bounds = at.clone();
+    // The flag pass: carry each element to its group's next free place, taking the one
+    // there along, until an element of the group being filled comes back.
+    let mut next = at;
+    for g in 0..(1 << top_bits) {
+        while next[g] < bounds[g + 1] {
+            let mut item = batch[next[g]];
+            let mut home = digit(&item, top_shift, top_bits);
+            while home != g {
+                std::mem::swap(&mut item, &mut batch[next[home]]);
+                next[home] += 1;
+                home = digit(&item, top_shift, top_bits);
+            }
+            batch[next[g]] = item;
+            next[g] += 1;
         }
-        let mut offsets = [0usize; 256];
-        let mut sum = 0;
-        for (o, c) in offsets.iter_mut().zip(counts.iter()) {
-            *o = sum;
-            sum += c;
-        }
-        for h in src.iter() {
-            let b = ((h.key_hash >> shift) & 0xff) as usize;
-            dst[offsets[b]] = *h;
-            offsets[b] += 1;
-        }
-        std::mem::swap(&mut src, &mut dst);
     }
-    // Three passes: the sorted data is in `tmp`.
-    dst.copy_from_slice(src);
+    let (low_bits, mid_bits) = (rest / 2, rest - rest / 2);
+    let mut scratch = Vec::new();
+    let mut at = Vec::new();
+    for g in bounds.windows(2) {
+        let group = &mut batch[g[0]..g[1]];
+        scratch.clear();
+        scratch.resize(group.len(), Hashed::default());
+        pass(group, &mut scratch, base, low_bits, &mut at);
+        pass(&scratch, group, base + low_bits, mid_bits, &mut at);
+    }
+}
+
+/// How many buckets a hash table that holds `capacity` entries has (hashbrown keeps
+/// seven eighths of a power of two).
+fn buckets_for(capacity: usize) -> usize {
+    (capacity / 7 * 8).next_power_of_two()
 }
 
 /// A deletion the baseline decided on: which key, so that the caller can name it.
@@ -539,7 +633,7 @@ impl Baseline {
         table
             .slots
             .reserve(batch.len().saturating_sub(table.slots.len()));
-        sort_by_bucket(batch);
+        sort_by_bucket(batch, buckets_for(table.slots.capacity()));
         let mut out = Vec::new();
         for h in batch.iter() {
             let obs = Observation {
@@ -977,5 +1071,89 @@ mod tests {
             b.push_upsert("t", obs("a", 2, 1_001), 0),
             Some(Verdict::Created)
         );
+    }
+
+    #[test]
+    fn bucket_sort_orders_by_bucket_and_keeps_every_element() {
+        let buckets = buckets_for(1_835_008);
+        assert_eq!(buckets, 1 << 21);
+        let mut batch: Vec<Hashed> = (0..50_000u32)
+            .map(|i| Hashed {
+                key_hash: u64::from(i).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                content_hash: u64::from(i),
+                updated_us: 0,
+                index: i,
+            })
+            .collect();
+        sort_by_bucket(&mut batch, buckets);
+        let bucket = |h: &Hashed| h.key_hash & (buckets as u64 - 1);
+        assert!(batch.windows(2).all(|w| bucket(&w[0]) <= bucket(&w[1])));
+        let mut seen: Vec<u32> = batch.iter().map(|h| h.index).collect();
+        seen.sort_unstable();
+        assert!(seen.iter().copied().eq(0..50_000));
+        assert!(batch.iter().all(|h| h.content_hash == u64::from(h.index)));
+    }
+
+    #[test]
+    fn hash_snapshot_groups_by_type_in_snapshot_order_on_every_path() {
+        use synchronizer_plugin_api::Entity;
+        let reference = |entities: &[Entity]| {
+            let mut groups: Vec<(String, Vec<u32>)> = Vec::new();
+            for (i, e) in entities.iter().enumerate() {
+                match groups.iter_mut().find(|(t, _)| t == e.entity_type()) {
+                    Some((_, v)) => v.push(i as u32),
+                    None => groups.push((e.entity_type().to_owned(), vec![i as u32])),
+                }
+            }
+            groups
+        };
+        let check = |entities: Vec<Entity>| {
+            let got: Vec<(String, Vec<u32>)> = hash_snapshot(&entities)
+                .into_iter()
+                .map(|(t, h)| {
+                    for x in &h {
+                        let e = &entities[x.index as usize];
+                        assert_eq!(e.entity_type(), t);
+                        assert_eq!(x.key_hash, e.key_hash());
+                        assert_eq!(x.content_hash, e.content_hash());
+                    }
+                    (t, h.iter().map(|x| x.index).collect())
+                })
+                .collect();
+            assert_eq!(got, reference(&entities));
+        };
+        let n = 70_000;
+        // One type, large enough for the threads.
+        check(
+            (0..n)
+                .map(|i| Entity::resource("a", &i.to_string()))
+                .collect(),
+        );
+        // Types interleaved, and a type that appears in one chunk only.
+        check(
+            (0..n)
+                .map(|i| {
+                    let t = match i {
+                        i if i % 7 == 0 => "b",
+                        i if i > n - 10 => "c",
+                        _ => "a",
+                    };
+                    Entity::resource(t, &i.to_string())
+                })
+                .collect(),
+        );
+        // Chunks of one type each, different types.
+        check(
+            (0..n)
+                .map(|i| Entity::resource(if i < n / 2 { "a" } else { "b" }, &i.to_string()))
+                .collect(),
+        );
+        // Small (one thread), several types; and empty.
+        check(
+            (0..100)
+                .map(|i| Entity::resource(["x", "y", "z"][i % 3], &i.to_string()))
+                .collect(),
+        );
+        check(Vec::new());
     }
 }
