@@ -384,16 +384,23 @@ fn encode_chunk(ops: &[&Op], now: i64, mut row_done: impl FnMut(RowWriter) -> bo
 /// The journal row of `commits`' changes (`None` without changes): its key, the
 /// journal number of its first change, and the row.
 fn journal_row(commits: &[Commit], base: u64) -> Option<(u64, Vec<u8>)> {
-    let mut changes = commits.iter().flat_map(|c| c.changes.iter()).peekable();
-    let first = changes.peek()?.seq;
-    let mut row = records::JournalRow::default();
-    let mut last = first;
-    for change in changes {
+    let changes = || commits.iter().flat_map(|c| c.changes.iter());
+    let first = changes().next()?.seq;
+    let last = changes().last().map_or(first, |c| c.seq);
+    let mut instances: Vec<String> = Vec::new();
+    let mut count = 0;
+    for c in changes() {
+        count += 1;
+        if !instances.iter().any(|i| **i == *c.instance) {
+            instances.push(c.instance.to_string());
+        }
+    }
+    let mut row = records::JournalRow::new(base.saturating_add(last), instances, count);
+    for change in changes() {
         let key = digest(change.entity.entity_type(), change.entity.id());
         row.push(change.action, key, &change.instance, &change.entity);
-        last = change.seq;
     }
-    Some((first, row.finish(base.saturating_add(last))))
+    Some((first, row.finish()))
 }
 
 /// The live records of row `n`, in order: those of a key whose latest record is in this
@@ -748,8 +755,20 @@ impl Store {
             out.flush(&mut log, liveness).map_err(|e| io(&e))?;
             let ops: Vec<&Op> = commits.iter().flat_map(|c| c.ops.iter()).collect();
             liveness.reserve(ops.len().saturating_sub(liveness.keys()));
-            encode_rows(&ops, now, |mut row| row.flush(&mut log, liveness)).map_err(|e| io(&e))?;
-            let journal_row = journal_row(commits, self.base);
+            // The journal row is built beside the log's rows: at a million changes, reading
+            // them is a few hundred milliseconds of memory latency.
+            let base = self.base;
+            let (encoded, journal_row) = std::thread::scope(|s| {
+                let journal = (ops.len() >= PARALLEL_FROM)
+                    .then(|| s.spawn(move || journal_row(commits, base)));
+                let encoded = encode_rows(&ops, now, |mut row| row.flush(&mut log, liveness));
+                let journal_row = match journal {
+                    Some(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                    None => journal_row(commits, base),
+                };
+                (encoded, journal_row)
+            });
+            encoded.map_err(|e| io(&e))?;
 
             // The journal rows to go: the previous runs' (announced again by this run's
             // first commit), and this run's whose every change is settled. Rows are few

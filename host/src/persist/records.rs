@@ -219,51 +219,60 @@ fn action_from_u8(b: u8) -> Option<Action> {
 #[derive(Default)]
 pub(super) struct JournalRow {
     instances: Vec<String>,
-    changes: Vec<u8>,
+    row: Vec<u8>,
 }
 
 impl JournalRow {
-    /// Appends one change.
+    /// A row whose last change number is `last`, for changes of `instances` (each named
+    /// once), with room for `changes` changes that are not deletions. The head is
+    /// written first, so that the changes are never copied: at a million changes the
+    /// row is 20 MB.
+    pub fn new(last: u64, instances: Vec<String>, changes: usize) -> JournalRow {
+        let names: usize = instances.iter().map(|i| 2 + i.len()).sum();
+        let mut row = Vec::with_capacity(10 + names + changes * CHANGE_BYTES);
+        row.extend_from_slice(&last.to_le_bytes());
+        row.extend_from_slice(
+            &u16::try_from(instances.len())
+                .unwrap_or(u16::MAX)
+                .to_le_bytes(),
+        );
+        for i in &instances {
+            put_bytes16(&mut row, i.as_bytes());
+        }
+        JournalRow { instances, row }
+    }
+
+    /// Appends one change. `instance` must be one of the row's instances (else the
+    /// change names the first).
     pub fn push(&mut self, action: Action, key: Digest, instance: &str, entity: &Entity) {
-        let at = match self.instances.iter().position(|i| i == instance) {
-            Some(at) => at,
-            None => {
-                self.instances.push(instance.to_owned());
-                self.instances.len() - 1
-            }
-        };
-        self.changes.push(action_to_u8(action));
-        self.changes.extend_from_slice(&key.0[0].to_le_bytes());
-        self.changes.extend_from_slice(&key.0[1].to_le_bytes());
-        self.changes
+        let at = self
+            .instances
+            .iter()
+            .position(|i| i == instance)
+            .unwrap_or(0);
+        self.row.push(action_to_u8(action));
+        self.row.extend_from_slice(&key.0[0].to_le_bytes());
+        self.row.extend_from_slice(&key.0[1].to_le_bytes());
+        self.row
             .extend_from_slice(&u16::try_from(at).unwrap_or(u16::MAX).to_le_bytes());
         if action == Action::Deleted {
-            let at = self.changes.len();
-            self.changes.extend_from_slice(&[0; 4]);
-            wire::encode_entity_into(entity, &mut self.changes);
-            let n = u32::try_from(self.changes.len() - at - 4).unwrap_or(u32::MAX);
-            self.changes[at..at + 4].copy_from_slice(&n.to_le_bytes());
+            let at = self.row.len();
+            self.row.extend_from_slice(&[0; 4]);
+            wire::encode_entity_into(entity, &mut self.row);
+            let n = u32::try_from(self.row.len() - at - 4).unwrap_or(u32::MAX);
+            self.row[at..at + 4].copy_from_slice(&n.to_le_bytes());
         }
     }
 
     /// The row: the last change number it covers (u64 LE), the instances (u16 LE count,
     /// each u16 LE length and bytes), the changes.
-    pub fn finish(self, last: u64) -> Vec<u8> {
-        let names: usize = self.instances.iter().map(|i| 2 + i.len()).sum();
-        let mut row = Vec::with_capacity(10 + names + self.changes.len());
-        row.extend_from_slice(&last.to_le_bytes());
-        row.extend_from_slice(
-            &u16::try_from(self.instances.len())
-                .unwrap_or(u16::MAX)
-                .to_le_bytes(),
-        );
-        for i in &self.instances {
-            put_bytes16(&mut row, i.as_bytes());
-        }
-        row.extend_from_slice(&self.changes);
-        row
+    pub fn finish(self) -> Vec<u8> {
+        self.row
     }
 }
+
+/// The bytes of a change that is not a deletion: action, digest, instance.
+const CHANGE_BYTES: usize = 1 + 16 + 2;
 
 /// One change of a journal row read back: action, key digest, instance, a deletion's
 /// entity.
@@ -341,7 +350,7 @@ mod tests {
     #[test]
     fn a_journal_row_reads_back_as_written() {
         let gone = Entity::resource("t", "b").with_state("x");
-        let mut row = JournalRow::default();
+        let mut row = JournalRow::new(42, vec!["i1".into(), "i2".into()], 3);
         row.push(
             Action::Created,
             digest("t", "a"),
@@ -355,7 +364,7 @@ mod tests {
             "i1",
             &Entity::resource("t", "c"),
         );
-        let row = row.finish(42);
+        let row = row.finish();
         assert_eq!(journal_last(&row), Some(42));
         let changes = changes(&row).unwrap();
         assert_eq!(changes.len(), 3);
