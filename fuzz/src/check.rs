@@ -283,7 +283,7 @@ fn sse_events(text: &str) -> Vec<(Option<String>, String)> {
 fn snapshot(entities: &[Entity]) {
     let arcs: Vec<Arc<Entity>> = entities.iter().cloned().map(Arc::new).collect();
     let mut out = Vec::new();
-    output::write_event(&mut out, &Event::Snapshot(arcs))
+    output::write_event(&mut out, &Event::Snapshot(arcs.into()))
         .unwrap_or_else(|err| panic!("write_event into memory failed: {err}"));
     let text = String::from_utf8(out).unwrap_or_else(|err| panic!("snapshot lines: {err}"));
     let lines: Vec<&str> = text.lines().collect();

@@ -558,11 +558,39 @@ pub struct Deletion {
     pub key_hash: u64,
 }
 
+/// The snapshot generation of each owner. Shared (a handle is cheap to clone), so that
+/// a snapshot's start can be marked while the baseline is busy judging another one.
+#[derive(Clone, Default)]
+pub struct Generations(std::sync::Arc<std::sync::Mutex<Vec<u16>>>);
+
+impl Generations {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<u16>> {
+        // Plain numbers: a panic elsewhere cannot leave them half-written.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts a snapshot of `owner`: returns the generation that marks what it sees.
+    pub fn begin(&self, owner: Owner) -> u16 {
+        let mut g = self.lock();
+        let i = owner as usize;
+        if g.len() <= i {
+            g.resize(i + 1, 0);
+        }
+        g[i] = g[i].wrapping_add(1);
+        g[i]
+    }
+
+    /// The generation `owner`'s snapshots are in now (0 before its first).
+    pub fn get(&self, owner: Owner) -> u16 {
+        self.lock().get(owner as usize).copied().unwrap_or(0)
+    }
+}
+
 /// The shared baseline: one table per entity type.
 #[derive(Default)]
 pub struct Baseline {
     tables: std::collections::HashMap<String, Table>,
-    generations: Vec<u16>,
+    generations: Generations,
     tombstone_ttl_us: i64,
 }
 
@@ -571,7 +599,7 @@ impl Baseline {
     pub fn new(tombstone_ttl: std::time::Duration) -> Self {
         Baseline {
             tables: Default::default(),
-            generations: Vec::new(),
+            generations: Generations::default(),
             tombstone_ttl_us: i64::try_from(tombstone_ttl.as_micros()).unwrap_or(i64::MAX),
         }
     }
@@ -587,17 +615,17 @@ impl Baseline {
 
     /// Starts a snapshot of `owner`: returns the generation that marks what it sees.
     pub fn begin_snapshot(&mut self, owner: Owner) -> u16 {
-        let i = owner as usize;
-        if self.generations.len() <= i {
-            self.generations.resize(i + 1, 0);
-        }
-        self.generations[i] = self.generations[i].wrapping_add(1);
-        self.generations[i]
+        self.generations.begin(owner)
+    }
+
+    /// The generations, to mark snapshot starts without holding the baseline.
+    pub fn generations(&self) -> Generations {
+        self.generations.clone()
     }
 
     /// The generation `owner`'s snapshots are in now (0 before its first).
     pub fn generation(&self, owner: Owner) -> u16 {
-        self.generations.get(owner as usize).copied().unwrap_or(0)
+        self.generations.get(owner)
     }
 
     /// Judges one entity of a snapshot from `owner` in `generation`, whose call started at
@@ -702,7 +730,7 @@ impl Baseline {
         owner_of_new: Owner,
     ) -> Option<Verdict> {
         let generations = &self.generations;
-        let generation_of = |o: Owner| generations.get(o as usize).copied().unwrap_or(0);
+        let generation_of = |o: Owner| generations.get(o);
         let table = match self.tables.get_mut(entity_type) {
             Some(t) => t,
             None => {

@@ -73,6 +73,7 @@ pub enum Event {
     Change(Arc<Change>),
     /// A marker: the next event is a full snapshot that replaces what the subscriber holds.
     Resync(ResyncReason),
-    /// Every entity of the subscribed types, as of this point in the change stream.
-    Snapshot(Vec<Arc<Entity>>),
+    /// Every entity of the subscribed types, as of this point in the change stream
+    /// (collected and sorted by type and id when first read).
+    Snapshot(crate::view::Snapshot),
 }

@@ -1,6 +1,14 @@
 //! The hub: the one place where data becomes changes. It owns the baseline, the current
-//! view of every entity and the subscribers, behind one lock, so that every subscriber
-//! sees the same changes in the same order as the view.
+//! view of every entity and the subscribers, so that every subscriber sees the same
+//! changes in the same order as the view.
+//!
+//! Two locks, taken in this order: the writer's (the baseline and what judging a batch
+//! needs; held for as long as a batch takes, by one batch at a time) and the readers'
+//! (the view, which is a persistent map, and the subscribers; held only to announce a
+//! batch, to add a subscriber or to copy the view). Judging a million-entity snapshot
+//! never holds up a reader: `GET /v1/entities`, get-all and a subscriber's snapshot take
+//! a copy of the view in O(1) and collect and sort it on their own time
+//! ([`crate::view`]). Marking a snapshot's start takes neither lock.
 //!
 //! A batch (a snapshot, or a batch of pushed changes) goes through three steps:
 //!
@@ -25,6 +33,7 @@
 //! wait until their changes are committed and announced.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -33,11 +42,14 @@ use synchronizer_plugin_api::abi::{FfiPushed, FfiSnapshot, PushAction};
 use synchronizer_plugin_api::entity::system_time_to_micros;
 use tokio::sync::{mpsc, watch};
 
-use crate::baseline::{Baseline, HashIndex, Observation, Owner, UNTIMED, Verdict, hash_snapshot};
+use crate::baseline::{
+    Baseline, Deletion, Generations, HashIndex, Observation, Owner, UNTIMED, Verdict, hash_snapshot,
+};
 use crate::change::{Action, Change, Event, ResyncReason};
 use crate::delivery::{Confirmer, Deliveries};
 use crate::metrics::{ActionLabels, Metrics, TypeLabels};
 use crate::persist::{Commit, Op, Restored};
+use crate::view::{Snapshot, View};
 
 /// Which entity types a subscriber wants; empty means all.
 #[derive(Clone, Debug, Default)]
@@ -91,15 +103,10 @@ pub struct Applied {
     pub last_seq: Option<u64>,
 }
 
+/// What judging batches needs: only the writer holds it, for as long as a batch takes.
 struct State {
     baseline: Baseline,
-    view: HashMap<String, HashIndex<Arc<Entity>>>,
-    subscribers: Vec<Subscriber>,
-    /// Reliable outputs: every change, never dropped (their producers wait instead).
-    reliable: Vec<mpsc::UnboundedSender<Arc<Change>>>,
     next_seq: u64,
-    next_subscriber: u64,
-    lagged_total: u64,
     /// Where batches go to be committed before they are announced (the store's writer
     /// thread), when there is a durable store.
     persist: Option<std::sync::mpsc::Sender<Commit>>,
@@ -113,9 +120,26 @@ struct State {
     names: HashMap<Owner, Arc<str>>,
 }
 
+/// What readers share with the writer: the view and the subscribers. Held only briefly
+/// (to announce a batch, to add a subscriber, to copy the view), never while a batch is
+/// judged.
+struct Shared {
+    view: View,
+    subscribers: Vec<Subscriber>,
+    /// Reliable outputs: every change, never dropped (their producers wait instead).
+    reliable: Vec<mpsc::UnboundedSender<Arc<Change>>>,
+    next_subscriber: u64,
+    lagged_total: u64,
+}
+
 /// The hub; cheap to share behind an `Arc`.
 pub struct Hub {
+    /// Taken before `shared` when both are needed.
     state: Mutex<State>,
+    shared: Mutex<Shared>,
+    generations: Generations,
+    /// The `seq` of the last change decided (0 before the first).
+    last_seq: AtomicU64,
     metrics: Arc<Metrics>,
     deliveries: Arc<Deliveries>,
     epoch: Arc<str>,
@@ -156,20 +180,25 @@ fn now_us() -> i64 {
 impl Hub {
     /// A hub whose baseline keeps tombstones for `tombstone_ttl`.
     pub fn new(tombstone_ttl: Duration) -> Self {
+        let baseline = Baseline::new(tombstone_ttl);
         Hub {
+            generations: baseline.generations(),
             state: Mutex::new(State {
-                baseline: Baseline::new(tombstone_ttl),
-                view: HashMap::new(),
-                subscribers: Vec::new(),
-                reliable: Vec::new(),
+                baseline,
                 next_seq: 1,
-                next_subscriber: 1,
-                lagged_total: 0,
                 persist: None,
                 collectors: HashMap::new(),
                 declared: HashMap::new(),
                 names: HashMap::new(),
             }),
+            shared: Mutex::new(Shared {
+                view: View::default(),
+                subscribers: Vec::new(),
+                reliable: Vec::new(),
+                next_subscriber: 1,
+                lagged_total: 0,
+            }),
+            last_seq: AtomicU64::new(0),
             metrics: Arc::new(Metrics::default()),
             deliveries: Arc::new(Deliveries::default()),
             epoch: new_epoch(),
@@ -212,6 +241,7 @@ impl Hub {
         let now = now_us();
         let mut state = self.lock();
         let state = &mut *state;
+        let mut shared = self.shared();
         let owner = |state: &mut State, name: &str| {
             let o = owner_of(name);
             state.names.entry(o).or_insert_with(|| Arc::from(name));
@@ -227,11 +257,7 @@ impl Hub {
                 e.updated_us,
                 o,
             );
-            state
-                .view
-                .entry(entity.entity_type().to_owned())
-                .or_default()
-                .insert(entity.key_hash(), entity);
+            shared.view.insert(entity);
         }
         for t in restored.tombstones.drain(..) {
             state.baseline.restore_tombstone(
@@ -261,8 +287,7 @@ impl Hub {
         let changes: Vec<Arc<Change>> = in_doubt
             .into_iter()
             .map(|d| {
-                let seq = state.next_seq;
-                state.next_seq += 1;
+                let seq = state.take_seq(&self.last_seq);
                 Arc::new(Change {
                     seq,
                     action: d.action,
@@ -295,8 +320,8 @@ impl Hub {
     /// Refreshes the gauges that are read rather than counted (entities per type,
     /// subscribers and their queues).
     pub fn refresh_gauges(&self) {
-        let state = self.lock();
-        for (entity_type, n) in state.baseline.counts() {
+        let state = self.shared();
+        for (entity_type, n) in state.view.counts() {
             self.metrics
                 .entities
                 .get_or_create(&TypeLabels {
@@ -324,11 +349,16 @@ impl Hub {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn shared(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Marks the start of a snapshot call of `origin`: call it just before the plugin is
     /// called, and pass the result to [`Hub::apply_snapshot_started`].
     pub fn begin_snapshot(&self, origin: &Origin) -> SnapshotStart {
         let started_us = now_us();
-        let generation = self.lock().baseline.begin_snapshot(origin.owner);
+        // Not the baseline's lock: a start is marked while another batch is judged.
+        let generation = self.generations.begin(origin.owner);
         SnapshotStart {
             generation,
             started_us,
@@ -430,18 +460,30 @@ impl Hub {
         };
         complete.retain(|t| !incomplete.iter().any(|i| i.entity_type.as_str() == t));
         let now = now_us();
-        for entity_type in &complete {
-            for d in state
-                .baseline
-                .sweep(entity_type, origin.owner, generation, now)
-            {
-                let last = state.last_known(entity_type, d.key_hash, &d.id);
-                batch.record(d.key_hash, last, Verdict::Deleted);
+        let swept: Vec<(&String, Vec<Deletion>)> = complete
+            .iter()
+            .map(|t| (t, state.baseline.sweep(t, origin.owner, generation, now)))
+            .filter(|(_, d)| !d.is_empty())
+            .collect();
+        if !swept.is_empty() {
+            let shared = self.shared();
+            for (entity_type, deletions) in swept {
+                for d in deletions {
+                    let last = shared.last_known(entity_type, d.key_hash, &d.id);
+                    batch.record(d.key_hash, last, Verdict::Deleted);
+                }
             }
         }
         state.baseline.expire_tombstones(now);
         let mut applied = Applied::default();
-        let (changes, ops) = state.emit(batch, origin, start.started_us, initial, &mut applied);
+        let (changes, ops) = state.emit(
+            batch,
+            origin,
+            start.started_us,
+            initial,
+            &mut applied,
+            &self.last_seq,
+        );
         self.commit(state, ops, changes);
         self.count(&applied);
         drop(guard);
@@ -519,7 +561,12 @@ impl Hub {
                         // into it.
                         pending
                             .latest(key_hash)
-                            .or_else(|| state.view_entity(entity.entity_type(), key_hash))
+                            .or_else(|| {
+                                self.shared()
+                                    .view
+                                    .get(entity.entity_type(), key_hash)
+                                    .cloned()
+                            })
                             .unwrap_or(entity)
                     } else {
                         entity
@@ -530,7 +577,14 @@ impl Hub {
             }
         }
         state.baseline.expire_tombstones(sampled);
-        let (changes, ops) = state.emit(pending, origin, sampled, false, &mut applied);
+        let (changes, ops) = state.emit(
+            pending,
+            origin,
+            sampled,
+            false,
+            &mut applied,
+            &self.last_seq,
+        );
         self.commit(state, ops, changes);
         self.count(&applied);
         applied
@@ -591,38 +645,23 @@ impl Hub {
                         "the baseline store's writer has stopped; changes are no longer made durable"
                     );
                     state.persist = None;
-                    self.announce_locked(state, commit.changes);
+                    self.announce(commit.changes);
                 }
             }
         } else {
-            self.announce_locked(state, changes);
+            self.announce(changes);
         }
     }
 
     /// Announces committed changes: the view takes them and every subscriber gets them.
     /// The store's writer calls it, in commit order.
     pub(crate) fn announce(&self, changes: Vec<Arc<Change>>) {
-        let mut state = self.lock();
-        self.announce_locked(&mut state, changes);
-    }
-
-    fn announce_locked(&self, state: &mut State, changes: Vec<Arc<Change>>) {
         let Some(last) = changes.last().map(|c| c.seq) else {
             return;
         };
+        let mut state = self.shared();
         for c in &changes {
-            let view = state
-                .view
-                .entry(c.entity.entity_type().to_owned())
-                .or_default();
-            match c.action {
-                Action::Deleted => {
-                    view.remove(&c.entity.key_hash());
-                }
-                Action::Created | Action::Updated => {
-                    view.insert(c.entity.key_hash(), c.entity.clone());
-                }
-            }
+            state.view.apply(c);
         }
         let lagged = state.fan_out(&changes);
         if lagged > 0 {
@@ -662,13 +701,15 @@ impl Hub {
         initial: bool,
     ) -> (u64, mpsc::Receiver<Event>) {
         let (tx, rx) = mpsc::channel(capacity.max(2));
-        let mut state = self.lock();
+        let mut state = self.shared();
         let id = state.next_subscriber;
         state.next_subscriber += 1;
         if initial {
-            let entities = state.entities(&filter);
             let _ = tx.try_send(Event::Resync(ResyncReason::Initial));
-            let _ = tx.try_send(Event::Snapshot(entities));
+            let _ = tx.try_send(Event::Snapshot(Snapshot::of(
+                state.view.clone(),
+                filter.clone(),
+            )));
         }
         state.subscribers.push(Subscriber {
             id,
@@ -688,8 +729,8 @@ impl Hub {
         name: &str,
     ) -> (mpsc::UnboundedReceiver<Arc<Change>>, Confirmer) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut state = self.lock();
-        let confirmer = self.deliveries.register(name, state.next_seq - 1);
+        let mut state = self.shared();
+        let confirmer = self.deliveries.register(name, self.last_seq());
         state.reliable.push(tx);
         (rx, confirmer)
     }
@@ -707,18 +748,18 @@ impl Hub {
 
     /// Removes a subscriber.
     pub fn unsubscribe(&self, id: u64) {
-        self.lock().subscribers.retain(|s| s.id != id);
+        self.shared().subscribers.retain(|s| s.id != id);
     }
 
     /// Sends subscriber `id` a resync marker and a snapshot of its types now (a periodic
     /// resync). When its queue has no room it is marked lagged and gets them when it has.
     pub fn resync(&self, id: u64, reason: ResyncReason) {
-        let mut guard = self.lock();
+        let mut guard = self.shared();
         let state = &mut *guard;
         let Some(i) = state.subscribers.iter().position(|s| s.id == id) else {
             return;
         };
-        let entities = state.entities(&state.subscribers[i].filter.clone());
+        let entities = Snapshot::of(state.view.clone(), state.subscribers[i].filter.clone());
         let sub = &mut state.subscribers[i];
         match sub.tx.try_reserve_many(2) {
             Ok(mut permits) => {
@@ -736,34 +777,40 @@ impl Hub {
     /// Gives lagged subscribers whose queues have room their resync; drops subscribers
     /// whose receivers are gone. Called after each batch and on a timer.
     pub fn recover_lagged(&self) {
-        let mut guard = self.lock();
-        guard.recover_lagged();
+        self.shared().recover_lagged();
     }
 
     /// The current view of the given types.
+    /// Collected and sorted after the lock is let go: the copy is the view as of the
+    /// last change announced when it was taken.
     pub fn entities(&self, filter: &TypeFilter) -> Vec<Arc<Entity>> {
-        self.lock().entities(filter)
+        self.view().entities(filter)
     }
 
-    /// Entity counts per type, as the baseline holds them.
+    /// A copy of the current view (cheap: it shares the maps).
+    pub fn view(&self) -> View {
+        self.shared().view.clone()
+    }
+
+    /// Entity counts per type, as the view holds them.
     pub fn counts(&self) -> Vec<(String, usize)> {
-        self.lock().baseline.counts()
+        self.shared().view.counts()
     }
 
     /// How many times subscribers fell behind and were resynced.
     pub fn lagged_total(&self) -> u64 {
-        self.lock().lagged_total
+        self.shared().lagged_total
     }
 
     /// Number of live subscribers.
     pub fn subscriber_count(&self) -> usize {
-        self.lock().subscribers.len()
+        self.shared().subscribers.len()
     }
 
     /// The `seq` of the last change emitted so far (0 before the first). Every
     /// subscriber added before this call gets every later change it matches.
     pub fn last_seq(&self) -> u64 {
-        self.lock().next_seq - 1
+        self.last_seq.load(AtomicOrdering::SeqCst)
     }
 }
 
@@ -862,16 +909,12 @@ impl State {
             .unwrap_or_else(|| origin.instance.clone())
     }
 
-    fn view_entity(&self, entity_type: &str, key_hash: u64) -> Option<Arc<Entity>> {
-        self.view
-            .get(entity_type)
-            .and_then(|v| v.get(&key_hash).cloned())
-    }
-
-    /// The richest last-known form of a deleted key.
-    fn last_known(&self, entity_type: &str, key_hash: u64, id: &str) -> Arc<Entity> {
-        self.view_entity(entity_type, key_hash)
-            .unwrap_or_else(|| Arc::new(Entity::resource(entity_type, id)))
+    /// The next `seq`, published as the last decided.
+    fn take_seq(&mut self, last_seq: &AtomicU64) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        last_seq.store(seq, AtomicOrdering::SeqCst);
+        seq
     }
 
     /// Turns a batch's verdicts into changes (each with its `seq`) and, with a durable
@@ -883,6 +926,7 @@ impl State {
         sampled_us: i64,
         initial: bool,
         applied: &mut Applied,
+        last_seq: &AtomicU64,
     ) -> (Vec<Arc<Change>>, Vec<Op>) {
         let mut changes = Vec::with_capacity(batch.pending.len());
         let mut ops = Vec::new();
@@ -923,8 +967,7 @@ impl State {
                 Action::Updated => applied.updated += 1,
                 Action::Deleted => applied.deleted += 1,
             }
-            let seq = self.next_seq;
-            self.next_seq += 1;
+            let seq = self.take_seq(last_seq);
             changes.push(Arc::new(Change {
                 seq,
                 action,
@@ -936,6 +979,16 @@ impl State {
             applied.last_seq = Some(seq);
         }
         (changes, ops)
+    }
+}
+
+impl Shared {
+    /// The richest last-known form of a deleted key.
+    fn last_known(&self, entity_type: &str, key_hash: u64, id: &str) -> Arc<Entity> {
+        self.view
+            .get(entity_type, key_hash)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(Entity::resource(entity_type, id)))
     }
 
     /// Queues `changes` to every subscriber; returns how many subscribers fell behind
@@ -983,7 +1036,7 @@ impl State {
             if self.subscribers[i].tx.capacity() < 2 {
                 continue;
             }
-            let entities = self.entities(&self.subscribers[i].filter);
+            let entities = Snapshot::of(self.view.clone(), self.subscribers[i].filter.clone());
             let sent = match self.subscribers[i].tx.try_reserve_many(2) {
                 Ok(mut permits) => {
                     if let Some(p) = permits.next() {
@@ -1000,16 +1053,5 @@ impl State {
                 self.subscribers[i].lagged = false;
             }
         }
-    }
-
-    fn entities(&self, filter: &TypeFilter) -> Vec<Arc<Entity>> {
-        let mut out = Vec::new();
-        for (entity_type, view) in &self.view {
-            if filter.matches(entity_type) {
-                out.extend(view.values().cloned());
-            }
-        }
-        out.sort_by(|a, b| (a.entity_type(), a.id()).cmp(&(b.entity_type(), b.id())));
-        out
     }
 }

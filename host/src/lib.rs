@@ -47,6 +47,7 @@ pub mod scheduler;
 pub mod status;
 pub mod subscription;
 mod synchronizer;
+pub mod view;
 
 pub use change::{Action, Change, Event, ResyncReason};
 pub use config::Config;

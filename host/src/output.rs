@@ -205,7 +205,11 @@ mod tests {
             assert_eq!(v["source_updated"], expected, "{line}");
             assert_eq!(v["sampled_at"], expected, "{line}");
             let mut out = Vec::new();
-            write_event(&mut out, &Event::Snapshot(vec![change(us, 0).entity])).unwrap();
+            write_event(
+                &mut out,
+                &Event::Snapshot(vec![change(us, 0).entity].into()),
+            )
+            .unwrap();
             let first = String::from_utf8(out).unwrap();
             assert!(first.contains(expected), "{first}");
         }
@@ -243,7 +247,7 @@ mod tests {
         let line = change_to_json(&c);
         serde_json::from_str::<serde_json::Value>(&line).expect("a change reads back");
         let mut out = Vec::new();
-        write_event(&mut out, &Event::Snapshot(vec![e])).unwrap();
+        write_event(&mut out, &Event::Snapshot(vec![e].into())).unwrap();
         for line in String::from_utf8(out).unwrap().lines() {
             serde_json::from_str::<serde_json::Value>(line).expect("a snapshot line reads back");
         }

@@ -325,7 +325,7 @@ mod tests {
         w.take_in(
             [
                 Event::Resync(ResyncReason::Lagged),
-                Event::Snapshot(Vec::new()),
+                Event::Snapshot(Vec::new().into()),
             ]
             .into_iter(),
         );

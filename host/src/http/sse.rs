@@ -33,7 +33,6 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use synchronizer_plugin_api::Entity;
 use tokio_util::sync::CancellationToken;
 
 use super::AppState;
@@ -216,7 +215,7 @@ struct ChangeStream {
     /// reported as `lagged` (the hub calls it `initial`).
     initial_is_lag: bool,
     /// A snapshot being sent: its entities and how many are sent.
-    snapshot: Option<(Vec<Arc<Entity>>, usize)>,
+    snapshot: Option<(crate::view::Snapshot, usize)>,
     /// Events taken from the subscription, not yet sent (they wait behind a snapshot).
     pending: VecDeque<Event>,
     /// When live changes were last written.
