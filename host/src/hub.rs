@@ -34,7 +34,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use synchronizer_plugin_api::Entity;
@@ -140,12 +140,17 @@ pub struct Hub {
     generations: Generations,
     /// The `seq` of the last change decided (0 before the first).
     last_seq: AtomicU64,
+    /// The writer thread's queue, started by the first batch submitted.
+    writer: OnceLock<Option<std::sync::mpsc::Sender<Job>>>,
     metrics: Arc<Metrics>,
     deliveries: Arc<Deliveries>,
     epoch: Arc<str>,
     /// The `seq` of the last change announced.
     announced: watch::Sender<u64>,
 }
+
+/// A batch to judge on the writer thread.
+type Job = Box<dyn FnOnce() + Send>;
 
 /// Where a snapshot call starts: taken just before the plugin is called, so that what
 /// happens while it runs wins over it ([`crate::baseline`]).
@@ -199,6 +204,7 @@ impl Hub {
                 lagged_total: 0,
             }),
             last_seq: AtomicU64::new(0),
+            writer: OnceLock::new(),
             metrics: Arc::new(Metrics::default()),
             deliveries: Arc::new(Deliveries::default()),
             epoch: new_epoch(),
@@ -351,6 +357,80 @@ impl Hub {
 
     fn shared(&self) -> MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `job` on the hub's writer thread and waits for its result without holding an
+    /// async worker: batches are judged there one at a time, in the order they were
+    /// submitted, so that a million-entity diff never stalls the runtime (other
+    /// instances' schedules, the HTTP API). `None` if the job panicked.
+    pub async fn on_writer<R: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> R + Send + 'static,
+    ) -> Option<R> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+            if result.is_err() {
+                tracing::error!("the host failed to apply a batch (a bug: please report it)");
+            }
+            let _ = tx.send(result.ok());
+        });
+        let queue = self.writer.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<Job>();
+            let spawned = std::thread::Builder::new()
+                .name("hub-writer".into())
+                .spawn(move || {
+                    // Ends when the hub (the only sender) is dropped.
+                    for job in rx {
+                        job();
+                    }
+                });
+            match spawned {
+                Ok(_) => Some(tx),
+                Err(error) => {
+                    tracing::error!(%error, "cannot start the hub's writer thread; batches are applied where they arrive");
+                    None
+                }
+            }
+        });
+        match queue {
+            Some(queue) => {
+                if let Err(std::sync::mpsc::SendError(job)) = queue.send(job) {
+                    job();
+                }
+            }
+            None => job(),
+        }
+        rx.await.ok().flatten()
+    }
+
+    /// [`Hub::apply_snapshot_started`] on the writer thread ([`Hub::on_writer`]).
+    pub async fn submit_snapshot(
+        self: &Arc<Self>,
+        origin: &Origin,
+        snapshot: FfiSnapshot,
+        covered: &[String],
+        start: SnapshotStart,
+        initial: bool,
+    ) -> Option<(Vec<Arc<Entity>>, Applied)> {
+        let hub = self.clone();
+        let origin = origin.clone();
+        let covered = covered.to_vec();
+        self.on_writer(move || {
+            hub.apply_snapshot_started(&origin, snapshot, &covered, start, initial)
+        })
+        .await
+    }
+
+    /// [`Hub::apply_push`] on the writer thread ([`Hub::on_writer`]).
+    pub async fn submit_push(
+        self: &Arc<Self>,
+        origin: &Origin,
+        batch: Vec<FfiPushed>,
+    ) -> Option<Applied> {
+        let hub = self.clone();
+        let origin = origin.clone();
+        self.on_writer(move || hub.apply_push(&origin, batch)).await
     }
 
     /// Marks the start of a snapshot call of `origin`: call it just before the plugin is

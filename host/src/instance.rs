@@ -120,29 +120,29 @@ impl HostSink for HubSink {
 /// Applies a pushed batch and waits until every reliable output confirmed its changes:
 /// only then may the plugin acknowledge the messages upstream.
 pub async fn accept_push(
-    hub: &Hub,
+    hub: &Arc<Hub>,
     origin: &Origin,
     batch: Vec<FfiPushed>,
 ) -> Result<(), FfiError> {
-    let last_seq = apply_pushed(hub, origin, batch)?;
+    let last_seq = apply_pushed(hub, origin, batch).await?;
     delivered(hub, last_seq).await
 }
 
-/// Applies a pushed batch (the first half of [`accept_push`]); returns the `seq` of its
-/// last change. Process isolation applies in arrival order and waits elsewhere.
-pub fn apply_pushed(
-    hub: &Hub,
+/// Applies a pushed batch on the hub's writer thread (the first half of
+/// [`accept_push`]); returns the `seq` of its last change. Process isolation applies in
+/// arrival order and waits elsewhere.
+pub async fn apply_pushed(
+    hub: &Arc<Hub>,
     origin: &Origin,
     batch: Vec<FfiPushed>,
 ) -> Result<Option<u64>, FfiError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        hub.apply_push(origin, batch)
-    }))
-    .map(|applied| applied.last_seq)
-    .map_err(|_| FfiError {
-        kind: ErrorKind::Failed,
-        message: RString::from("the host failed to apply the batch"),
-    })
+    hub.submit_push(origin, batch)
+        .await
+        .map(|applied| applied.last_seq)
+        .ok_or_else(|| FfiError {
+            kind: ErrorKind::Failed,
+            message: RString::from("the host failed to apply the batch"),
+        })
 }
 
 /// Waits until every reliable output confirmed the changes up to `last_seq` (the second

@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime};
 use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared};
 use synchronizer_plugin_api::Entity;
+use synchronizer_plugin_api::abi::{ErrorKind, FfiError};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Schedule;
@@ -182,13 +183,21 @@ impl Collector {
                         reason: i.reason.to_string(),
                     })
                     .collect();
-                let (entities, applied) = self.hub.apply_snapshot_started(
-                    &self.origin,
-                    snapshot,
-                    &self.types,
-                    start,
-                    initial,
-                );
+                let Some((entities, applied)) = self
+                    .hub
+                    .submit_snapshot(&self.origin, snapshot, &self.types, start, initial)
+                    .await
+                else {
+                    let err = CollectError::Failed {
+                        instance,
+                        error: CallError::from(FfiError {
+                            kind: ErrorKind::Failed,
+                            message: "the host failed to apply the snapshot; nothing is deleted"
+                                .into(),
+                        }),
+                    };
+                    return Err(self.failed(err, "failed", t0));
+                };
                 self.initial_done.store(true, Ordering::SeqCst);
                 if let Some(seq) = applied.last_seq {
                     self.last_emitted.fetch_max(seq, Ordering::SeqCst);

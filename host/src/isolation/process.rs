@@ -1082,7 +1082,7 @@ async fn read_frames(shared: Arc<Shared>, conn: Arc<Conn>, mut stdout: BufReader
                 // Applied here, in arrival order; the wait for reliable outputs (and so
                 // the child's upstream acknowledgement) runs beside the reader.
                 match bus {
-                    Some((hub, origin)) => match apply_pushed(&hub, &origin, batch) {
+                    Some((hub, origin)) => match apply_pushed(&hub, &origin, batch).await {
                         Ok(Some(seq)) if hub.deliveries().any() => {
                             let conn = conn.clone();
                             tokio::spawn(async move {
