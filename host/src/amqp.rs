@@ -36,6 +36,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::change::Change;
 use crate::delivery::Confirmer;
 use crate::hub::{Hub, TypeFilter};
@@ -346,7 +347,8 @@ impl Publisher {
 
     async fn run(mut self, drain: CancellationToken) {
         let labels = self.labels();
-        let mut failures = 0u32;
+        let mut backoff =
+            Backoff::new(self.config.reconnect_initial, self.config.reconnect_max).with_jitter(0.2);
         let mut deadline: Option<tokio::time::Instant> = None;
         loop {
             if drain.is_cancelled() && deadline.is_none() {
@@ -358,7 +360,7 @@ impl Publisher {
             let result = match self.connect().await {
                 Ok(conn) => {
                     let r = self
-                        .session(&conn, &drain, &mut deadline, &mut failures)
+                        .session(&conn, &drain, &mut deadline, &mut backoff)
                         .await;
                     self.metrics.output_connected.get_or_create(&labels).set(0);
                     let close = conn.close(200, "synchronizer output closing");
@@ -374,16 +376,11 @@ impl Publisher {
                     return;
                 }
                 Err(error) => {
-                    failures = failures.saturating_add(1);
                     self.metrics.output_failures.get_or_create(&labels).inc();
                     self.metrics.output_unconfirmed.get_or_create(&labels).set(
                         i64::try_from(self.unconfirmed.len() + self.rx.len()).unwrap_or(i64::MAX),
                     );
-                    let delay = crate::scheduler::backoff(
-                        self.config.reconnect_initial,
-                        self.config.reconnect_max,
-                        failures,
-                    );
+                    let delay = backoff.failure();
                     tracing::warn!(
                         output = %self.config.name,
                         url = %redact_url(&self.config.url),
@@ -483,7 +480,7 @@ impl Publisher {
         conn: &Connection,
         drain: &CancellationToken,
         deadline: &mut Option<tokio::time::Instant>,
-        failures: &mut u32,
+        backoff: &mut Backoff,
     ) -> Result<Ended, String> {
         let broken = |what: &'static str| move |e: lapin::Error| format!("{what}: {e}");
         let channel = conn
@@ -535,7 +532,7 @@ impl Publisher {
                     result?;
                     // Only a confirmation proves the connection works: a broker that
                     // accepts connections and then refuses every change keeps backing off.
-                    *failures = 0;
+                    backoff.success();
                     if let Some(done) = self.unconfirmed.pop_front() {
                         tracing::trace!(output = %self.config.name, seq = done.seq, "confirmed");
                         if done.change.is_some() {

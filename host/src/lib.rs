@@ -30,6 +30,7 @@
 #![deny(missing_docs)]
 
 pub mod amqp;
+pub mod backoff;
 pub mod baseline;
 pub mod change;
 pub mod config;

@@ -18,6 +18,7 @@ use synchronizer_plugin_api::Entity;
 use synchronizer_plugin_api::abi::{ErrorKind, FfiError};
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::config::Schedule;
 use crate::hub::{Hub, Origin};
 use crate::instance::{CallError, Source};
@@ -278,9 +279,11 @@ impl Collector {
         self.hub.metrics()
     }
 
-    /// The delay before the next scheduled collection.
-    fn next_delay(&self, failures: u32) -> Duration {
-        if failures == 0 {
+    /// The delay before the next scheduled collection: the interval (with its jitter)
+    /// after a success, the backoff after a failure.
+    fn next_delay(&self, backoff: &mut Backoff, ok: bool) -> Duration {
+        if ok {
+            backoff.success();
             let jitter = self.schedule.jitter;
             let extra = if jitter.is_zero() {
                 Duration::ZERO
@@ -291,26 +294,19 @@ impl Collector {
             // The configuration bounds both to a year; a Schedule built in code may not.
             self.schedule.interval.saturating_add(extra)
         } else {
-            backoff(
-                self.schedule.backoff_initial,
-                self.schedule.backoff_max,
-                failures,
-            )
+            backoff.failure()
         }
     }
 
     /// Runs the schedule until `shutdown`.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut failures: u32 = 0;
+        let mut backoff = Backoff::new(self.schedule.backoff_initial, self.schedule.backoff_max);
         loop {
             let outcome = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 r = self.collect() => r,
             };
-            failures = match outcome {
-                Ok(_) => 0,
-                Err(_) => failures.saturating_add(1),
-            };
+            let ok = outcome.is_ok();
             // Back-pressure from reliable outputs: no new poll before they confirmed
             // what the last one changed.
             let emitted = self.last_emitted.load(Ordering::SeqCst);
@@ -322,9 +318,9 @@ impl Collector {
                     },
                 }
             }
-            let delay = self.next_delay(failures);
+            let delay = self.next_delay(&mut backoff, ok);
             self.status
-                .scheduled(next_attempt(SystemTime::now(), delay), failures > 0);
+                .scheduled(next_attempt(SystemTime::now(), delay), !ok);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(delay) => {}
@@ -341,12 +337,6 @@ fn next_attempt(now: SystemTime, delay: Duration) -> SystemTime {
         synchronizer_plugin_api::time::MAX_MICROS,
     );
     now.checked_add(delay).map_or(latest, |at| at.min(latest))
-}
-
-/// Exponential backoff: `initial` after the first failure, doubling, at most `max`.
-pub fn backoff(initial: Duration, max: Duration, failures: u32) -> Duration {
-    let exp = failures.saturating_sub(1).min(30);
-    initial.saturating_mul(1u32 << exp).min(max)
 }
 
 #[cfg(test)]
@@ -366,15 +356,5 @@ mod tests {
         );
         let soon = next_attempt(now, Duration::from_secs(60));
         assert_eq!(soon.duration_since(now).unwrap(), Duration::from_secs(60));
-    }
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        let s = Duration::from_secs;
-        assert_eq!(backoff(s(1), s(60), 1), s(1));
-        assert_eq!(backoff(s(1), s(60), 2), s(2));
-        assert_eq!(backoff(s(1), s(60), 4), s(8));
-        assert_eq!(backoff(s(1), s(60), 7), s(60));
-        assert_eq!(backoff(s(1), s(60), 1000), s(60));
     }
 }

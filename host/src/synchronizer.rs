@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::amqp::AmqpOutput;
+use crate::backoff::Backoff;
 use crate::config::{Config, OnPluginError, parse_level};
 use crate::hub::{Hub, Origin, TypeFilter};
 use crate::instance::{CreateError, PluginInstance, log_level};
@@ -20,7 +21,7 @@ use crate::isolation::{
     ProcessInstance, ProcessOptions,
 };
 use crate::loader::{LoadError, PluginLibrary, PluginMeta, load};
-use crate::scheduler::{CollectError, Collector, Incomplete, backoff};
+use crate::scheduler::{CollectError, Collector, Incomplete};
 use crate::status::{InstanceStatus, StatusCell};
 use crate::subscription::{
     CallbackSubscription, DRAIN_GRACE, Drain, SubscribeOptions, Subscription,
@@ -741,6 +742,10 @@ fn active_types(provided: &[String], active: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// A push loop that runs this long without failing is healthy again: its next failure
+/// retries after `backoff_initial`.
+const BUS_QUIET_PERIOD: Duration = Duration::from_secs(60);
+
 /// Runs a bus plugin's push loop, restarting it with backoff when it fails.
 async fn run_bus(
     plugin: Arc<Backend>,
@@ -750,7 +755,12 @@ async fn run_bus(
     schedule: crate::config::Schedule,
     shutdown: CancellationToken,
 ) {
-    let mut failures = 0u32;
+    // A loop that ran for a while before it failed retries soon again: without the
+    // quiet period, a bus in process mode idled `backoff_max` after each death once
+    // about nine had happened, however far apart.
+    let mut backoff = Backoff::new(schedule.backoff_initial, schedule.backoff_max)
+        .with_jitter(0.2)
+        .with_quiet_period(BUS_QUIET_PERIOD);
     loop {
         status.running();
         let run = plugin.run(hub.clone(), origin.clone());
@@ -765,8 +775,7 @@ async fn run_bus(
                 break;
             }
             Err(e) => {
-                failures += 1;
-                let delay = backoff(schedule.backoff_initial, schedule.backoff_max, failures);
+                let delay = backoff.failure();
                 tracing::warn!(instance = %origin.instance, error = %e, retry_in = ?delay, "push loop failed");
                 status.failure(Duration::ZERO, &e.message);
                 tokio::select! {

@@ -37,17 +37,17 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::wire::{self, FromChild, ToChild, WireMeta};
+use crate::backoff::Backoff;
 use crate::hub::{Hub, Origin};
 use crate::instance::{BoxFuture, CallError, apply_pushed, delivered};
 use crate::loader::PluginMeta;
-use crate::scheduler::backoff;
 use crate::status::StatusCell;
 
 /// How often the child's resident memory is checked when it has a limit.
 const MEMORY_POLL: Duration = Duration::from_millis(100);
 /// How long the host waits for the child's answer to a cancellation.
 const CANCEL_WAIT: Duration = Duration::from_secs(1);
-/// A child that ran this long resets the restart backoff.
+/// A child that ran this long resets the restart backoff ([`Backoff`]'s quiet period).
 const STABLE_AFTER: Duration = Duration::from_secs(60);
 /// Process mode: the most snapshot-part frame bytes the host holds for one call, by
 /// default (`snapshot_limit`). Decoded entities take several times their frame size.
@@ -270,7 +270,6 @@ struct Launched {
     stdin: tokio::process::ChildStdin,
     stdout: BufReader<ChildStdout>,
     meta: WireMeta,
-    started: Instant,
 }
 
 impl ProcessInstance {
@@ -667,7 +666,6 @@ async fn launch(name: &Arc<str>, o: &ProcessOptions) -> Result<Launched, Process
                 stdin,
                 stdout,
                 meta,
-                started: Instant::now(),
             })
         }
         Ok(FromChild::CreateFailed { load, error }) => {
@@ -842,17 +840,13 @@ fn emit_child_log(instance: &str, pid: u32, line: &str) {
 
 async fn supervise(shared: Arc<Shared>, first: Launched) {
     let mut next = Some(first);
-    let mut crashes: u32 = 0;
+    // A child that ran for STABLE_AFTER restarts after `backoff_initial` again.
+    let mut backoff = Backoff::new(shared.options.backoff_initial, shared.options.backoff_max)
+        .with_jitter(0.2)
+        .with_quiet_period(STABLE_AFTER);
     loop {
         let cause = match next.take() {
-            Some(launched) => {
-                let started = launched.started;
-                let cause = serve(&shared, launched).await;
-                if started.elapsed() >= STABLE_AFTER {
-                    crashes = 0;
-                }
-                cause
-            }
+            Some(launched) => serve(&shared, launched).await,
             None => match launch(&shared.name, &shared.options).await {
                 Ok(l) => {
                     next = Some(l);
@@ -865,12 +859,7 @@ async fn supervise(shared: Arc<Shared>, first: Launched) {
             shared.status.child_exited(&cause, false);
             break;
         }
-        crashes = crashes.saturating_add(1);
-        let delay = backoff(
-            shared.options.backoff_initial,
-            shared.options.backoff_max,
-            crashes,
-        );
+        let delay = backoff.failure();
         tracing::warn!(instance = %shared.name, cause = %cause, restart_in = ?delay, "plugin child ended; restarting it");
         shared.status.child_exited(&cause, true);
         shared.phase.send_replace(Phase::Down(cause));
