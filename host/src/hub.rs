@@ -34,7 +34,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use synchronizer_plugin_api::Entity;
@@ -140,8 +140,6 @@ pub struct Hub {
     generations: Generations,
     /// The `seq` of the last change decided (0 before the first).
     last_seq: AtomicU64,
-    /// The writer thread's queue, started by the first batch submitted.
-    writer: OnceLock<Option<std::sync::mpsc::Sender<Job>>>,
     metrics: Arc<Metrics>,
     deliveries: Arc<Deliveries>,
     epoch: Arc<str>,
@@ -149,8 +147,12 @@ pub struct Hub {
     announced: watch::Sender<u64>,
 }
 
-/// A batch to judge on the writer thread.
-type Job = Box<dyn FnOnce() + Send>;
+/// A snapshot checked and hashed, ready to be judged.
+struct PreparedSnapshot {
+    entities: Vec<Entity>,
+    incomplete: Vec<synchronizer_plugin_api::abi::FfiIncomplete>,
+    hashed: Vec<(String, Vec<crate::baseline::Hashed>)>,
+}
 
 /// Where a snapshot call starts: taken just before the plugin is called, so that what
 /// happens while it runs wins over it ([`crate::baseline`]).
@@ -204,7 +206,7 @@ impl Hub {
                 lagged_total: 0,
             }),
             last_seq: AtomicU64::new(0),
-            writer: OnceLock::new(),
+
             metrics: Arc::new(Metrics::default()),
             deliveries: Arc::new(Deliveries::default()),
             epoch: new_epoch(),
@@ -359,52 +361,26 @@ impl Hub {
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs `job` on the hub's writer thread and waits for its result without holding an
-    /// async worker: batches are judged there one at a time, in the order they were
-    /// submitted, so that a million-entity diff never stalls the runtime (other
-    /// instances' schedules, the HTTP API). `None` if the job panicked.
+    /// Runs `job` (which judges a batch) on one of tokio's blocking threads and waits for
+    /// its result without holding an async worker, so that a million-entity diff never
+    /// stalls the runtime (other instances' schedules, the HTTP API). Batches are judged
+    /// one at a time under the writer's lock. `None` if the job panicked.
     pub async fn on_writer<R: Send + 'static>(
         &self,
         job: impl FnOnce() -> R + Send + 'static,
     ) -> Option<R> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move || {
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
-            if result.is_err() {
-                tracing::error!("the host failed to apply a batch (a bug: please report it)");
+        // A blocking task, not a thread of our own fed by a channel: tokio knows it is
+        // busy (a paused test clock does not jump past it), and its pool is shared.
+        match tokio::task::spawn_blocking(job).await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::error!(error = %e, "the host failed to apply a batch (a bug: please report it)");
+                None
             }
-            let _ = tx.send(result.ok());
-        });
-        let queue = self.writer.get_or_init(|| {
-            let (tx, rx) = std::sync::mpsc::channel::<Job>();
-            let spawned = std::thread::Builder::new()
-                .name("hub-writer".into())
-                .spawn(move || {
-                    // Ends when the hub (the only sender) is dropped.
-                    for job in rx {
-                        job();
-                    }
-                });
-            match spawned {
-                Ok(_) => Some(tx),
-                Err(error) => {
-                    tracing::error!(%error, "cannot start the hub's writer thread; batches are applied where they arrive");
-                    None
-                }
-            }
-        });
-        match queue {
-            Some(queue) => {
-                if let Err(std::sync::mpsc::SendError(job)) = queue.send(job) {
-                    job();
-                }
-            }
-            None => job(),
         }
-        rx.await.ok().flatten()
     }
 
-    /// [`Hub::apply_snapshot_started`] on the writer thread ([`Hub::on_writer`]).
+    /// [`Hub::apply_snapshot_started`] off the async workers ([`Hub::on_writer`]).
     pub async fn submit_snapshot(
         self: &Arc<Self>,
         origin: &Origin,
@@ -413,16 +389,24 @@ impl Hub {
         start: SnapshotStart,
         initial: bool,
     ) -> Option<(Vec<Arc<Entity>>, Applied)> {
+        // Hashing a million entities needs no lock: it runs on a blocking thread before
+        // the batch joins the writer's queue, so the writer is busy only for the diff.
         let hub = self.clone();
         let origin = origin.clone();
         let covered = covered.to_vec();
-        self.on_writer(move || {
-            hub.apply_snapshot_started(&origin, snapshot, &covered, start, initial)
+        let (hub, origin, prepared) = tokio::task::spawn_blocking(move || {
+            let prepared = hub.prepare_snapshot(&origin, snapshot);
+            (hub, origin, prepared)
         })
         .await
+        .ok()?;
+        let writer = hub.clone();
+        writer
+            .on_writer(move || hub.judge_snapshot(&origin, prepared, &covered, start, initial))
+            .await
     }
 
-    /// [`Hub::apply_push`] on the writer thread ([`Hub::on_writer`]).
+    /// [`Hub::apply_push`] off the async workers ([`Hub::on_writer`]).
     pub async fn submit_push(
         self: &Arc<Self>,
         origin: &Origin,
@@ -472,6 +456,12 @@ impl Hub {
         start: SnapshotStart,
         initial: bool,
     ) -> (Vec<Arc<Entity>>, Applied) {
+        let prepared = self.prepare_snapshot(origin, snapshot);
+        self.judge_snapshot(origin, prepared, covered, start, initial)
+    }
+
+    /// What needs no state: source times checked, every entity hashed (on every core).
+    fn prepare_snapshot(&self, origin: &Origin, snapshot: FfiSnapshot) -> PreparedSnapshot {
         let FfiSnapshot {
             entities,
             incomplete,
@@ -479,6 +469,27 @@ impl Hub {
         let mut entities = entities.into_vec();
         self.sanitize(origin, &mut entities);
         let hashed = hash_snapshot(&entities);
+        PreparedSnapshot {
+            entities,
+            incomplete: incomplete.into_vec(),
+            hashed,
+        }
+    }
+
+    /// The writer's part of [`Hub::apply_snapshot_started`].
+    fn judge_snapshot(
+        &self,
+        origin: &Origin,
+        prepared: PreparedSnapshot,
+        covered: &[String],
+        start: SnapshotStart,
+        initial: bool,
+    ) -> (Vec<Arc<Entity>>, Applied) {
+        let PreparedSnapshot {
+            entities,
+            incomplete,
+            hashed,
+        } = prepared;
         let mut guard = self.lock();
         let state = &mut *guard;
         let generation = start.generation;

@@ -2,7 +2,7 @@
 //!
 //! Each file is opened with `lib_header_from_path(..).init_root_module()`, not
 //! `RootModule::load_from_file`, which caches one module per interface type and would
-//! hand back the first plugin for every later file (DESIGN.md §2). abi_stable checks its
+//! hand back the first plugin for every later file (docs/architecture.md §2). abi_stable checks its
 //! own ABI, the plugin-api version the plugin was built against and the full layout of
 //! every type that crosses; any failure becomes one [`LoadError`] that names the file and
 //! the reason in a few lines (abi_stable's own report on a layout mismatch runs to

@@ -5,7 +5,7 @@
 //! A call that passes its timeout is dropped, which aborts the task inside the plugin.
 //! If the plugin's counter of calls in flight does not fall back to zero, the call is
 //! stuck in blocking code: the instance is reported stuck and is not called again until
-//! the counter drops (DESIGN.md §2). Other instances run on their own tasks and never
+//! the counter drops (docs/architecture.md §2). Other instances run on their own tasks and never
 //! wait for it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

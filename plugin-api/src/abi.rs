@@ -5,7 +5,7 @@
 //! Plugin authors never use this module: the SDK ([`crate::Plugin`] and
 //! [`crate::export_plugin!`]) builds all of it. The host uses it to load and call plugins.
 //!
-//! Rules (DESIGN.md §2): async calls cross as [`FfiFuture`]`<RResult<T, FfiError>>`; every
+//! Rules (docs/architecture.md §2): async calls cross as [`FfiFuture`]`<RResult<T, FfiError>>`; every
 //! entry point catches panics before they reach the boundary; the root module is a prefix
 //! struct, so fields may be appended in later minor versions without breaking plugins
 //! built against this one. Appending a field means bumping this crate's minor version and

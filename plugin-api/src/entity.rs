@@ -2,10 +2,10 @@
 //!
 //! [`Entity`] is `#[repr(C)]` and `StableAbi`, so a snapshot crosses the plugin boundary
 //! without being converted: the host hashes, diffs and forwards the very values a plugin
-//! built (see DESIGN.md §2, "Cost"). Its fields are private; plugin authors build one with
+//! built (see docs/architecture.md §2, "Cost"). Its fields are private; plugin authors build one with
 //! plain Rust values through the `with_*` methods and never see an abi_stable type.
 //!
-//! What an entity carries (DESIGN.md §4): its type and native id (together, its key), a
+//! What an entity carries (docs/architecture.md §1): its type and native id (together, its key), a
 //! category, a name, a state, a project, typed relations to other entities' keys, the
 //! source's own update timestamp, and the remaining properties as a JSON object. The time
 //! it was sampled, the action and the plugin instance it came from are added by the host,
