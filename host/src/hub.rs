@@ -34,7 +34,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use synchronizer_plugin_api::Entity;
@@ -140,6 +140,8 @@ pub struct Hub {
     generations: Generations,
     /// The `seq` of the last change decided (0 before the first).
     last_seq: AtomicU64,
+    /// The host's runtime, where batches are judged ([`Hub::on_writer`]).
+    runtime: OnceLock<tokio::runtime::Handle>,
     metrics: Arc<Metrics>,
     deliveries: Arc<Deliveries>,
     epoch: Arc<str>,
@@ -206,6 +208,9 @@ impl Hub {
                 lagged_total: 0,
             }),
             last_seq: AtomicU64::new(0),
+            runtime: tokio::runtime::Handle::try_current()
+                .map(OnceLock::from)
+                .unwrap_or_default(),
 
             metrics: Arc::new(Metrics::default()),
             deliveries: Arc::new(Deliveries::default()),
@@ -370,8 +375,21 @@ impl Hub {
         job: impl FnOnce() -> R + Send + 'static,
     ) -> Option<R> {
         // A blocking task, not a thread of our own fed by a channel: tokio knows it is
-        // busy (a paused test clock does not jump past it), and its pool is shared.
-        match tokio::task::spawn_blocking(job).await {
+        // busy (a paused test clock does not jump past it), and its pool is shared. A bus
+        // plugin's push is polled on the plugin's own runtime, where the host's tokio has
+        // no context: the host's runtime, remembered, takes the job then.
+        let handle = match tokio::runtime::Handle::try_current() {
+            Ok(current) => {
+                let _ = self.runtime.set(current.clone());
+                Some(current)
+            }
+            Err(_) => self.runtime.get().cloned(),
+        };
+        let Some(handle) = handle else {
+            // No runtime has ever been seen (a hub used from plain threads): here.
+            return std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).ok();
+        };
+        match handle.spawn_blocking(job).await {
             Ok(r) => Some(r),
             Err(e) => {
                 tracing::error!(error = %e, "the host failed to apply a batch (a bug: please report it)");
@@ -415,6 +433,14 @@ impl Hub {
         let hub = self.clone();
         let origin = origin.clone();
         self.on_writer(move || hub.apply_push(&origin, batch)).await
+    }
+
+    /// Remembers the runtime this is called on as where batches are judged, for pushes
+    /// that arrive on a plugin's own runtime. Called where a bus plugin is started.
+    pub fn remember_runtime(&self) {
+        if let Ok(current) = tokio::runtime::Handle::try_current() {
+            let _ = self.runtime.set(current);
+        }
     }
 
     /// Marks the start of a snapshot call of `origin`: call it just before the plugin is

@@ -260,6 +260,8 @@ impl PluginInstance {
 
     /// Runs the push loop, handing changes to `hub` as `origin`.
     pub fn run(&self, hub: Arc<Hub>, origin: Origin) -> BoxFuture<Result<(), CallError>> {
+        // The plugin polls the sink's futures on its own runtime.
+        hub.remember_runtime();
         let sink = HostSink_TO::from_value(HubSink { hub, origin }, TD_Opaque);
         self.run_with_sink(sink)
     }
