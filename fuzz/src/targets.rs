@@ -281,11 +281,17 @@ pub fn host_config(data: &[u8]) {
             let s = config.schedule(inst);
             let _ = config.library_path(inst);
             let status = synchronizer::status::StatusCell::default();
+            let mut backoff = synchronizer::backoff::Backoff::new(s.backoff_initial, s.backoff_max);
+            let now = std::time::Instant::now();
             for failures in [0, 1, 40] {
                 let delay = if failures == 0 {
                     s.interval.saturating_add(s.jitter)
                 } else {
-                    synchronizer::scheduler::backoff(s.backoff_initial, s.backoff_max, failures)
+                    let mut delay = std::time::Duration::ZERO;
+                    while backoff.failures() < failures {
+                        delay = backoff.failure_at(now);
+                    }
+                    delay
                 };
                 status.scheduled(std::time::SystemTime::now() + delay, failures > 0);
                 let json = serde_json::to_string(&status.get())

@@ -77,7 +77,8 @@ impl Backoff {
         }
         self.failures = self.failures.saturating_add(1);
         let delay = self.delay();
-        self.retry_at = Some(now + delay);
+        // A delay past what `Instant` holds (a `Duration::MAX` maximum) never goes quiet.
+        self.retry_at = now.checked_add(delay);
         delay
     }
 
@@ -116,6 +117,9 @@ mod tests {
         }
         assert_eq!(b.failure_at(now), s(60));
         assert_eq!(b.failures(), 1011);
+        let mut huge = Backoff::new(Duration::MAX, Duration::MAX);
+        assert_eq!(huge.failure_at(now), Duration::MAX);
+        assert_eq!(huge.failure_at(now), Duration::MAX);
     }
 
     #[test]

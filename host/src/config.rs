@@ -48,7 +48,14 @@ pub struct Timing {
     /// Largest retry delay.
     #[serde(default, with = "humantime_serde")]
     pub backoff_max: Option<Duration>,
+    /// A snapshot with more entities fails (nothing is deleted) instead of growing the
+    /// host without bound; default 5,000,000.
+    #[serde(default)]
+    pub max_entities: Option<usize>,
 }
+
+/// The default [`Timing::max_entities`].
+pub const DEFAULT_MAX_ENTITIES: usize = 5_000_000;
 
 /// Fully resolved timing of one instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +70,8 @@ pub struct Schedule {
     pub backoff_initial: Duration,
     /// See [`Timing::backoff_max`].
     pub backoff_max: Duration,
+    /// See [`Timing::max_entities`].
+    pub max_entities: usize,
 }
 
 impl Default for Schedule {
@@ -73,6 +82,7 @@ impl Default for Schedule {
             timeout: Duration::from_secs(30),
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
+            max_entities: DEFAULT_MAX_ENTITIES,
         }
     }
 }
@@ -86,6 +96,7 @@ impl Timing {
             timeout: self.timeout.unwrap_or(base.timeout),
             backoff_initial: self.backoff_initial.unwrap_or(base.backoff_initial),
             backoff_max: self.backoff_max.unwrap_or(base.backoff_max),
+            max_entities: self.max_entities.unwrap_or(base.max_entities),
         }
     }
 }
@@ -117,6 +128,9 @@ pub struct InstanceConfig {
     /// See [`Timing::backoff_max`].
     #[serde(default, with = "humantime_serde")]
     pub backoff_max: Option<Duration>,
+    /// See [`Timing::max_entities`].
+    #[serde(default)]
+    pub max_entities: Option<usize>,
     /// Where the instance runs: in the host's process (the default) or in a supervised
     /// child process of its own (see [`crate::isolation`]).
     #[serde(default)]
@@ -160,6 +174,7 @@ impl InstanceConfig {
             timeout: self.timeout,
             backoff_initial: self.backoff_initial,
             backoff_max: self.backoff_max,
+            max_entities: self.max_entities,
         }
     }
 }
@@ -400,6 +415,11 @@ impl Config {
         ] {
             check_duration(&format!("defaults.{key}"), value)?;
         }
+        if d.max_entities == Some(0) {
+            return Err(ConfigError::Semantic(
+                "defaults.max_entities must be at least 1".into(),
+            ));
+        }
         let mut outputs = HashSet::new();
         for output in &self.outputs.amqp {
             output
@@ -444,6 +464,12 @@ impl Config {
                 ("heartbeat_timeout", inst.heartbeat_timeout),
             ] {
                 check_duration(&format!("instance `{}`: {key}", inst.name), value)?;
+            }
+            if inst.max_entities == Some(0) {
+                return Err(ConfigError::Semantic(format!(
+                    "instance `{}`: max_entities must be at least 1",
+                    inst.name
+                )));
             }
             if !inst.config.is_object() {
                 return Err(ConfigError::Semantic(format!(

@@ -2,7 +2,7 @@
 //!
 //! | metric | type | labels | meaning |
 //! |---|---|---|---|
-//! | `synchronizer_collections_total` | counter | instance, outcome | collections by outcome: `success`, `failed`, `timeout`, `stuck` |
+//! | `synchronizer_collections_total` | counter | instance, outcome | collections by outcome: `success`, `failed`, `too_large`, `timeout`, `stuck` |
 //! | `synchronizer_collection_duration_seconds` | histogram | instance | how long collections took (successful or not) |
 //! | `synchronizer_entities` | gauge | type | entities the baseline holds per type |
 //! | `synchronizer_changes_total` | counter | action | change notifications emitted: `created`, `updated`, `deleted` |

@@ -35,6 +35,18 @@ pub enum CollectError {
         /// The plugin's error.
         error: CallError,
     },
+    /// The snapshot held more entities than the instance's `max_entities`.
+    #[error(
+        "instance `{instance}`: the snapshot has {entities} entities, more than max_entities = {max}; it is dropped and nothing is deleted (raise max_entities if the source really is this large)"
+    )]
+    TooLarge {
+        /// The instance.
+        instance: String,
+        /// Entities in the snapshot.
+        entities: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The call passed its timeout and was cancelled.
     #[error("instance `{instance}`: snapshot timed out after {timeout:?} and was cancelled")]
     Timeout {
@@ -173,6 +185,17 @@ impl Collector {
         let t0 = tokio::time::Instant::now();
         let call = self.source.snapshot(self.types.clone());
         match tokio::time::timeout(self.schedule.timeout, call).await {
+            Ok(Ok(snapshot)) if snapshot.entities.len() > self.schedule.max_entities => {
+                let err = CollectError::TooLarge {
+                    instance,
+                    entities: snapshot.entities.len(),
+                    max: self.schedule.max_entities,
+                };
+                tracing::error!(error = %err, "snapshot refused");
+                // Dropped on a blocking thread: freeing millions of entities takes a while.
+                tokio::task::spawn_blocking(move || drop(snapshot));
+                Err(self.failed(err, "too_large", t0))
+            }
             Ok(Ok(snapshot)) => {
                 let initial = !self.initial_done.load(Ordering::SeqCst);
                 let incomplete: Vec<Incomplete> = snapshot

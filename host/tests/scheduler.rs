@@ -23,6 +23,8 @@ enum Step {
     Fail,
     /// Takes this long (asynchronously).
     Sleep(Duration),
+    /// Returns this many entities `t:<i>`.
+    Many(u32),
 }
 
 struct Scripted {
@@ -76,6 +78,13 @@ impl Source for Scripted {
                     tokio::time::sleep(d).await;
                     Ok(empty())
                 }
+                Step::Many(n) => Ok(FfiSnapshot {
+                    entities: (0..n)
+                        .map(|i| synchronizer_plugin_api::Entity::resource("t", &i.to_string()))
+                        .collect::<Vec<_>>()
+                        .into(),
+                    incomplete: Default::default(),
+                }),
             };
             guard.1 = true;
             result
@@ -117,6 +126,7 @@ fn schedule() -> Schedule {
         timeout: Duration::from_secs(3),
         backoff_initial: Duration::from_secs(1),
         backoff_max: Duration::from_secs(4),
+        max_entities: 3,
     }
 }
 
@@ -195,4 +205,34 @@ async fn the_schedule_never_overlaps_collections() {
     let start = Instant::now();
     run_for(c, Duration::from_millis(60_000)).await;
     assert_eq!(src.call_times(start), vec![0, 25_000, 50_000]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_snapshot_past_max_entities_fails_and_deletes_nothing() {
+    let src = Scripted::new(&[Step::Many(2), Step::Many(4), Step::Many(3)]);
+    let hub = Arc::new(Hub::new(Duration::from_secs(60)));
+    let status = Arc::new(StatusCell::default());
+    let c = Collector::new(
+        Origin {
+            owner: 0,
+            instance: Arc::from("scripted"),
+        },
+        src.clone(),
+        schedule(),
+        vec!["t".into()],
+        hub.clone(),
+        status.clone(),
+    );
+    assert_eq!(c.collect().await.map(|r| r.entities.len()).ok(), Some(2));
+    let err = c.collect().await.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        err.contains("has 4 entities, more than max_entities = 3")
+            && err.contains("nothing is deleted"),
+        "{err}"
+    );
+    assert_eq!(hub.counts(), vec![("t".to_owned(), 2)], "the two are kept");
+    assert_eq!(status.get().consecutive_failures, 1);
+    // At the limit is fine.
+    assert_eq!(c.collect().await.map(|r| r.entities.len()).ok(), Some(3));
+    assert_eq!(hub.counts(), vec![("t".to_owned(), 3)]);
 }
