@@ -224,7 +224,12 @@ async fn a_snapshot_past_max_entities_fails_and_deletes_nothing() {
         status.clone(),
     );
     assert_eq!(c.collect().await.map(|r| r.entities.len()).ok(), Some(2));
-    let err = c.collect().await.err().map(|e| e.to_string()).unwrap_or_default();
+    let err = c
+        .collect()
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(
         err.contains("has 4 entities, more than max_entities = 3")
             && err.contains("nothing is deleted"),

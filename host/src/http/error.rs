@@ -41,6 +41,7 @@ impl ApiError {
             }
             ApiError::GetAll(GetAllError::Collect(c)) => match c {
                 CollectError::Failed { .. } => (StatusCode::BAD_GATEWAY, "snapshot_failed"),
+                CollectError::TooLarge { .. } => (StatusCode::BAD_GATEWAY, "snapshot_too_large"),
                 CollectError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "snapshot_timeout"),
                 CollectError::Stuck { .. } => (StatusCode::SERVICE_UNAVAILABLE, "instance_stuck"),
                 CollectError::ShuttingDown { .. } => {
@@ -55,6 +56,7 @@ impl ApiError {
         match self {
             ApiError::GetAll(GetAllError::Collect(c)) => Some(match c {
                 CollectError::Failed { instance, .. }
+                | CollectError::TooLarge { instance, .. }
                 | CollectError::Timeout { instance, .. }
                 | CollectError::Stuck { instance }
                 | CollectError::ShuttingDown { instance } => instance,
