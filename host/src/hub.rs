@@ -151,7 +151,7 @@ pub struct Hub {
 
 /// A snapshot checked and hashed, ready to be judged.
 struct PreparedSnapshot {
-    entities: Vec<Entity>,
+    entities: Vec<Arc<Entity>>,
     incomplete: Vec<synchronizer_plugin_api::abi::FfiIncomplete>,
     hashed: Vec<(String, Vec<crate::baseline::Hashed>)>,
 }
@@ -495,6 +495,9 @@ impl Hub {
         let mut entities = entities.into_vec();
         self.sanitize(origin, &mut entities);
         let hashed = hash_snapshot(&entities);
+        // Shared from here on (view, changes, get-all); allocated before the writer's
+        // lock is taken.
+        let entities = entities.into_iter().map(Arc::new).collect();
         PreparedSnapshot {
             entities,
             incomplete: incomplete.into_vec(),
@@ -551,7 +554,7 @@ impl Hub {
             ));
         }
         // Indexed as the plugin sent them: verdicts refer to these positions.
-        let mut entities: Vec<Arc<Entity>> = entities.into_iter().map(Arc::new).collect();
+        let mut entities = entities;
         let mut batch = Collapser::default();
         verdicts.sort_unstable_by_key(|(i, _)| *i);
         for (i, v) in verdicts {

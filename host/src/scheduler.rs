@@ -170,7 +170,15 @@ impl Collector {
         }
         .boxed()
         .shared();
-        *slot = Some(fut.clone());
+        let previous = slot.replace(fut.clone());
+        drop(slot);
+        // The previous result may hold the last references to millions of entities:
+        // freeing them takes a second at 2,000,000, which must not hold an async worker.
+        if let Some(previous) = previous
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn_blocking(move || drop(previous));
+        }
         fut
     }
 
