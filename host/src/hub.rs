@@ -850,7 +850,10 @@ impl Hub {
     ) -> (mpsc::UnboundedReceiver<Arc<Change>>, Confirmer) {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut state = self.shared();
-        let confirmer = self.deliveries.register(name, self.last_seq());
+        // From the last change announced, under the lock announcing takes: every later
+        // one reaches this output, and producers wait for its confirmation. (The last
+        // change decided can be ahead of it, on its way from the writer.)
+        let confirmer = self.deliveries.register(name, self.announced_seq());
         state.reliable.push(tx);
         (rx, confirmer)
     }
