@@ -8,7 +8,6 @@
 //! Run:
 //! `cargo build --release -p synchronizer -p synchronizer-test-faulty && cargo bench -p synchronizer-tests --bench isolation`
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,24 +20,6 @@ use synchronizer::status::StatusCell;
 use synchronizer_plugin_api::abi::LogLevel;
 
 const N: usize = 10_000;
-
-fn release(file: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| synchronizer_tests::root().join("target"));
-    let target = if target.is_absolute() {
-        target
-    } else {
-        synchronizer_tests::root().join(target)
-    };
-    let p = target.join("release").join(file);
-    assert!(
-        p.exists(),
-        "{} is missing: cargo build --release -p synchronizer -p synchronizer-test-faulty",
-        p.display()
-    );
-    p
-}
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -53,7 +34,7 @@ fn bench(c: &mut Criterion) {
         .unwrap();
     let config = serde_json::json!({ "mode": "ok", "entities": N });
     let types = vec!["faulty.item".to_owned()];
-    let library = release("libsynchronizer_test_faulty.so");
+    let library = synchronizer_tests::release("libsynchronizer_test_faulty.so");
 
     let lib = load(&library).expect("loads");
     let in_process = rt
@@ -69,7 +50,7 @@ fn bench(c: &mut Criterion) {
         .block_on(ProcessInstance::start(
             "bench-child",
             ProcessOptions {
-                program: release("synchronizer"),
+                program: synchronizer_tests::release("synchronizer"),
                 library,
                 config: config.clone(),
                 max_level: LogLevel::Warn,

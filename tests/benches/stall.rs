@@ -17,7 +17,6 @@
 //! (knobs: `STALL_N` entities, `STALL_SECONDS` of later snapshots, `STALL_INTERVAL_S`).
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,24 +26,6 @@ fn env_or(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn release(file: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| synchronizer_tests::root().join("target"));
-    let target = if target.is_absolute() {
-        target
-    } else {
-        synchronizer_tests::root().join(target)
-    };
-    let p = target.join("release").join(file);
-    assert!(
-        p.exists(),
-        "{} is missing: cargo build --release -p synchronizer -p synchronizer-test-faulty",
-        p.display()
-    );
-    p
 }
 
 /// Microseconds of the day of an RFC 3339 UTC time (`…THH:MM:SS.ffffffZ`).
@@ -110,8 +91,8 @@ fn main() {
     let n = env_or("STALL_N", 2_000_000);
     let seconds = env_or("STALL_SECONDS", 30);
     let interval = env_or("STALL_INTERVAL_S", 5);
-    let program = release("synchronizer");
-    release("libsynchronizer_test_faulty.so");
+    let program = synchronizer_tests::release("synchronizer");
+    synchronizer_tests::release("libsynchronizer_test_faulty.so");
     let dir = tempfile::tempdir().expect("tempdir");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

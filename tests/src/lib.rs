@@ -18,17 +18,21 @@ pub fn root() -> PathBuf {
         .unwrap_or_default()
 }
 
-/// The directory the plugin libraries are built into.
-pub fn plugins_dir() -> PathBuf {
+/// The build's target directory (`CARGO_TARGET_DIR`, or `target/` at the root).
+pub fn target_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target"));
-    let target = if target.is_absolute() {
+    if target.is_absolute() {
         target
     } else {
         root().join(target)
-    };
-    target.join("debug")
+    }
+}
+
+/// The directory the plugin libraries are built into.
+pub fn plugins_dir() -> PathBuf {
+    target_dir().join("debug")
 }
 
 /// The path of plugin library `lib<name>.so`, which must exist.
@@ -37,6 +41,18 @@ pub fn plugin(name: &str) -> PathBuf {
     assert!(
         p.exists(),
         "{} is missing: run scripts/build-test-plugins.sh first (the README's test command does)",
+        p.display()
+    );
+    p
+}
+
+/// The release build of `file` (a plugin library or the binary), which benchmarks use and
+/// which must exist.
+pub fn release(file: &str) -> PathBuf {
+    let p = target_dir().join("release").join(file);
+    assert!(
+        p.exists(),
+        "{} is missing: cargo build --release -p synchronizer -p synchronizer-test-faulty",
         p.display()
     );
     p
