@@ -9,7 +9,7 @@ use synchronizer::isolation::wire::{FromChild, ToChild, WireMeta};
 use synchronizer_plugin_api::abi::{
     FfiError, FfiIncomplete, FfiPushed, FfiSnapshot, LogLevel, PushAction,
 };
-use synchronizer_plugin_api::{Category, Entity, ErrorKind, PluginKind, Relation};
+use synchronizer_plugin_api::{Category, Entity, ErrorKind, Health, PluginKind, Relation};
 
 /// Any entity a plugin can build: any strings, any `i64` timestamp, properties from a
 /// JSON value or from JSON text (when the entity accepts it).
@@ -186,7 +186,10 @@ pub fn from_child(u: &mut Unstructured<'_>) -> Result<FromChild> {
         7 => FromChild::Health {
             id: u.arbitrary()?,
             result: if u.arbitrary()? {
-                Ok((u.arbitrary()?, u.arbitrary()?))
+                Ok(Health {
+                    healthy: u.arbitrary()?,
+                    message: u.arbitrary()?,
+                })
             } else {
                 Err(error(u)?)
             },

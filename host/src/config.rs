@@ -207,8 +207,8 @@ pub struct Config {
     #[serde(default = "default_tombstone_ttl", with = "humantime_serde")]
     pub tombstone_ttl: Duration,
     /// The most verbose level of plugin logs forwarded to the host log.
-    #[serde(default = "default_plugin_log_level")]
-    pub plugin_log_level: String,
+    #[serde(default)]
+    pub plugin_log_level: LogLevel,
     /// Events a subscriber may have queued before it counts as fallen behind.
     #[serde(default = "default_subscriber_queue")]
     pub subscriber_queue: usize,
@@ -273,10 +273,6 @@ fn default_plugins_dir() -> PathBuf {
 
 fn default_tombstone_ttl() -> Duration {
     Duration::from_secs(600)
-}
-
-fn default_plugin_log_level() -> String {
-    "info".to_owned()
 }
 
 fn default_subscriber_queue() -> usize {
@@ -525,7 +521,6 @@ impl Config {
                 )));
             }
         }
-        parse_level(&self.plugin_log_level).map_err(ConfigError::Semantic)?;
         Ok(())
     }
 
@@ -545,11 +540,32 @@ impl Config {
     }
 }
 
-/// Parses a log level name.
-pub fn parse_level(s: &str) -> Result<tracing::level_filters::LevelFilter, String> {
-    s.parse().map_err(|_| {
-        format!("plugin_log_level: `{s}` is not a level (off, error, warn, info, debug, trace)")
-    })
+/// A log level (`off`, `error`, `warn`, `info`, `debug`, `trace`), parsed once, when the
+/// configuration is read. The default is `info`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogLevel(pub tracing::level_filters::LevelFilter);
+
+impl Default for LogLevel {
+    fn default() -> Self {
+        LogLevel(tracing::level_filters::LevelFilter::INFO)
+    }
+}
+
+impl std::str::FromStr for LogLevel {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse()
+            .map(LogLevel)
+            .map_err(|_| format!("`{s}` is not a level (off, error, warn, info, debug, trace)"))
+    }
+}
+
+impl<'de> Deserialize<'de> for LogLevel {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 #[cfg(test)]
@@ -598,7 +614,10 @@ mod tests {
             jail.set_env("SYNCHRONIZER_PLUGIN_LOG_LEVEL", "debug");
             let c = Config::load(&jail.directory().join("sync.toml")).map_err(|e| e.to_string())?;
             assert_eq!(c.defaults.interval, Some(Duration::from_secs(3)));
-            assert_eq!(c.plugin_log_level, "debug");
+            assert_eq!(
+                c.plugin_log_level,
+                LogLevel(tracing::level_filters::LevelFilter::DEBUG)
+            );
             assert_eq!(
                 c.plugins_dir,
                 jail.directory().join("p"),
@@ -776,7 +795,10 @@ mod tests {
             // A quoted value figment reads correctly still works.
             jail.set_env("SYNCHRONIZER_PLUGIN_LOG_LEVEL", "\"debug\"");
             let c = Config::load(&jail.directory().join("sync.toml")).map_err(|e| e.to_string())?;
-            assert_eq!(c.plugin_log_level, "debug");
+            assert_eq!(
+                c.plugin_log_level,
+                LogLevel(tracing::level_filters::LevelFilter::DEBUG)
+            );
             Ok(())
         });
     }

@@ -11,11 +11,11 @@ use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RResult, RStr, RString, RVec};
 use async_ffi::{FfiFuture, FutureExt as _};
 use futures::FutureExt as _;
-use synchronizer_plugin_api::ErrorKind;
 use synchronizer_plugin_api::abi::{
     FfiError, FfiPushed, FfiSnapshot, HostContext, HostContext_TO, HostSink, HostSink_TO, LogLevel,
     LogRecord, PluginInstanceBox,
 };
+use synchronizer_plugin_api::{ErrorKind, Health};
 
 use crate::hub::{Hub, Origin};
 use crate::loader::PluginLibrary;
@@ -282,9 +282,9 @@ impl PluginInstance {
     }
 
     /// The plugin's own health report.
-    pub async fn health(&self) -> Result<(bool, String), CallError> {
-        let r = guard_ffi(self.inner.health()).await?;
-        Ok((r.healthy, r.message.into()))
+    pub fn health(&self) -> impl Future<Output = Result<Health, CallError>> + Send + 'static {
+        let call = self.inner.health();
+        async move { guard_ffi(call).await.map(Health::from) }
     }
 
     /// The plugin's own counters.
@@ -296,8 +296,8 @@ impl PluginInstance {
             .collect()
     }
 
-    /// Stops the plugin's runtime (waiting at most `timeout` for its tasks).
-    pub fn shutdown(&self, timeout: Duration) {
+    /// Stops the plugin's runtime (waiting at most `timeout` for its tasks). Blocks.
+    pub fn shutdown_runtime(&self, timeout: Duration) {
         self.inner
             .shutdown(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
     }

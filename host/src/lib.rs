@@ -55,6 +55,7 @@ pub use config::Config;
 pub use scheduler::Incomplete;
 pub use subscription::{CallbackSubscription, SubscribeOptions, Subscription};
 pub use synchronizer::{
-    GetAll, GetAllError, InstanceFailure, InstanceHandle, InstanceReport, StartError, Synchronizer,
+    GetAll, GetAllError, InstanceFailure, InstanceHandle, InstanceReport, PluginHealth, StartError,
+    Synchronizer,
 };
-pub use synchronizer_plugin_api::{Category, Direction, Entity, Relation};
+pub use synchronizer_plugin_api::{Category, Direction, Entity, Health, Relation};

@@ -7,17 +7,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use synchronizer_plugin_api::Entity;
+use synchronizer_plugin_api::abi::LogLevel;
+use synchronizer_plugin_api::{Entity, Health};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::amqp::AmqpOutput;
 use crate::backoff::Backoff;
-use crate::config::{Config, OnPluginError, parse_level};
+use crate::config::{Config, InstanceConfig, OnPluginError, Schedule};
 use crate::hub::{Hub, Origin, TypeFilter};
 use crate::instance::{CreateError, PluginInstance, log_level};
 use crate::isolation::{
-    Backend, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT, Isolation, ProcessError,
+    DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT, Instance, Isolation, ProcessError,
     ProcessInstance, ProcessOptions,
 };
 use crate::loader::{LoadError, PluginLibrary, PluginMeta, load};
@@ -82,7 +83,7 @@ pub struct InstanceHandle {
     pub meta: PluginMeta,
     /// The types this instance collects (empty: open-ended).
     pub types: Vec<String>,
-    plugin: Arc<Backend>,
+    plugin: Arc<dyn Instance>,
     status: Arc<StatusCell>,
     collector: Option<Arc<Collector>>,
 }
@@ -106,6 +107,15 @@ pub struct InstanceReport {
     pub status: InstanceStatus,
 }
 
+/// One instance's plugin's own report on its health.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PluginHealth {
+    /// The instance's name.
+    pub instance: String,
+    /// Its report (unhealthy when it did not answer in time or is stuck).
+    pub health: Health,
+}
+
 /// A running synchronizer.
 pub struct Synchronizer {
     hub: Arc<Hub>,
@@ -125,8 +135,8 @@ struct Started {
     name: String,
     library: PathBuf,
     meta: PluginMeta,
-    plugin: Arc<Backend>,
-    schedule: crate::config::Schedule,
+    plugin: Arc<dyn Instance>,
+    schedule: Schedule,
     types: Vec<String>,
     status: Arc<StatusCell>,
 }
@@ -160,182 +170,32 @@ impl Synchronizer {
         }
     }
 
+    /// Starting, in its steps: create the instances (nothing runs yet), restore the
+    /// durable baseline, start the outputs, announce what a crash left in doubt, then
+    /// spawn the schedules and push loops. A change can first happen in the last step,
+    /// when every subscriber, output and the store are in place.
     async fn start_inner(
         config: Config,
         early: Option<&SubscribeOptions>,
     ) -> Result<(Synchronizer, Option<Subscription>), StartError> {
-        let level = parse_level(&config.plugin_log_level).map_err(StartError::Config)?;
         let hub = Arc::new(Hub::new(config.tombstone_ttl));
         let drain = Drain::default();
         let early = early.map(|options| drain.attach(Subscription::for_hub(&hub, options)));
-        let mut libraries: HashMap<PathBuf, Result<PluginLibrary, String>> = HashMap::new();
-        let mut instances = Vec::new();
-        let mut failures = Vec::new();
-        for inst in config.instances.iter().filter(|i| i.enabled) {
-            let path = config.library_path(inst);
-            let schedule = config.schedule(inst);
-            let status = Arc::new(StatusCell::default());
-            if inst.isolation == Isolation::Process {
-                // The plugin's code runs only in the child: the host does not load it.
-                let options = ProcessOptions {
-                    program: match &inst.child_program {
-                        Some(p) => p.clone(),
-                        None => std::env::current_exe().map_err(|e| {
-                            StartError::Config(format!(
-                                "instance `{}`: cannot find the running executable to start its plugin child: {e}",
-                                inst.name
-                            ))
-                        })?,
-                    },
-                    library: path.clone(),
-                    config: inst.config.clone(),
-                    max_level: log_level(level),
-                    create_timeout: schedule.timeout,
-                    heartbeat_interval: inst
-                        .heartbeat_interval
-                        .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL),
-                    heartbeat_timeout: inst.heartbeat_timeout.unwrap_or(DEFAULT_HEARTBEAT_TIMEOUT),
-                    memory_limit: inst.memory_limit.map(|m| m.0),
-                    snapshot_limit: inst
-                        .snapshot_limit
-                        .map_or(crate::isolation::process::DEFAULT_SNAPSHOT_LIMIT, |m| m.0),
-                    backoff_initial: schedule.backoff_initial,
-                    backoff_max: schedule.backoff_max,
-                };
-                match ProcessInstance::start(&inst.name, options, status.clone()).await {
-                    Ok((plugin, meta)) => {
-                        let types = active_types(&meta.entity_types, &config.types);
-                        instances.push(Started {
-                            name: inst.name.clone(),
-                            library: path,
-                            meta,
-                            plugin: Arc::new(Backend::Process(plugin)),
-                            schedule,
-                            types,
-                            status,
-                        });
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "plugin instance did not start");
-                        failures.push(e.into());
-                    }
-                }
-                continue;
-            }
-            let library = match libraries.get(&path) {
-                Some(Ok(lib)) => lib.clone(),
-                _ => match load(&path) {
-                    Ok(lib) => {
-                        libraries.insert(path.clone(), Ok(lib.clone()));
-                        lib
-                    }
-                    Err(error) => {
-                        tracing::error!(instance = %inst.name, %error, "plugin did not load");
-                        failures.push(InstanceFailure::Load {
-                            instance: inst.name.clone(),
-                            error,
-                        });
-                        continue;
-                    }
-                },
-            };
-            let created = PluginInstance::create(
-                &library,
-                &inst.name,
-                &inst.config,
-                log_level(level),
-                schedule.timeout,
-            )
-            .await;
-            match created {
-                Ok(plugin) => {
-                    let types = active_types(&library.meta.entity_types, &config.types);
-                    instances.push(Started {
-                        name: inst.name.clone(),
-                        library: library.path.clone(),
-                        meta: library.meta.clone(),
-                        plugin: Arc::new(Backend::InProcess(plugin)),
-                        schedule,
-                        types,
-                        status,
-                    });
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "plugin instance did not start");
-                    failures.push(e.into());
-                }
-            }
-        }
+        let (instances, failures) = create_instances(&config).await?;
         if !failures.is_empty() && config.on_plugin_error == OnPluginError::Fail {
-            for started in &instances {
-                started.plugin.shutdown(Duration::from_secs(1)).await;
-            }
+            shutdown_all(&instances).await;
             return Err(StartError::Plugins(failures));
         }
-
-        // The durable baseline, before anything runs: owners are the instances' indices.
-        let store_writer = match &config.baseline_file {
-            Some(path) => {
-                let opened = {
-                    let path = path.clone();
-                    let ttl = config.tombstone_ttl;
-                    tokio::task::spawn_blocking(move || crate::persist::Store::open(&path, ttl))
-                        .await
-                };
-                let (store, restored) = match opened {
-                    Ok(r) => r?,
-                    Err(e) => return Err(StartError::Config(format!("baseline store: {e}"))),
-                };
-                let names: Vec<String> = instances.iter().map(|i| i.name.clone()).collect();
-                let mut strangers: Vec<String> = Vec::new();
-                let entities = restored.entities.len();
-                for e in &restored.entities {
-                    if !names.contains(&e.owner) && !strangers.contains(&e.owner) {
-                        strangers.push(e.owner.clone());
-                    }
+        let restored = match &config.baseline_file {
+            Some(path) => match restore(path, &config, &hub, &instances).await {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    shutdown_all(&instances).await;
+                    return Err(e);
                 }
-                if !strangers.is_empty() {
-                    tracing::warn!(instances = ?strangers, "the baseline store holds entities of instances that are not configured; they are kept but no snapshot will delete them");
-                }
-                let owner_of = |name: &str| {
-                    let i = names
-                        .iter()
-                        .position(|n| n == name)
-                        .or_else(|| {
-                            strangers
-                                .iter()
-                                .position(|n| n == name)
-                                .map(|p| names.len() + p)
-                        })
-                        .unwrap_or(usize::from(u16::MAX));
-                    u16::try_from(i).unwrap_or(u16::MAX)
-                };
-                let mark = hub
-                    .deliveries()
-                    .register(crate::persist::STORE_OUTPUT, hub.last_seq());
-                let announcer = hub.clone();
-                let (tx, writer) = store
-                    .spawn_writer(
-                        move |changes| announcer.announce(changes),
-                        mark,
-                        hub.deliveries().clone(),
-                    )
-                    .map_err(|e| StartError::Config(format!("baseline store writer: {e}")))?;
-                let mut restored = restored;
-                let started = std::time::Instant::now();
-                hub.restore(&mut restored, owner_of, tx);
-                tracing::info!(
-                    file = %path.display(),
-                    entities,
-                    in_doubt = restored.in_doubt.len(),
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "baseline and view restored"
-                );
-                Some((writer, restored))
-            }
+            },
             None => None,
         };
-
         // The outputs, before anything runs: they must see every change, from the first
         // snapshot on. (Nothing has emitted a change yet: instances are created, not run.)
         let mut outputs = Vec::new();
@@ -344,17 +204,14 @@ impl Synchronizer {
                 Ok(o) => outputs.push(o),
                 Err(e) => {
                     finish_outputs(outputs).await;
-                    for i in &instances {
-                        i.plugin.shutdown(Duration::from_secs(1)).await;
-                    }
+                    shutdown_all(&instances).await;
                     return Err(StartError::Config(e.to_string()));
                 }
             }
         }
-
         // What a crash left in doubt goes out again, now that every subscriber and output
         // of this run exists, before any instance runs.
-        let store_writer = match store_writer {
+        let store_writer = match restored {
             Some((writer, mut restored)) => {
                 if hub.announce_in_doubt(&mut restored) > 0
                     && !hub.flush(Duration::from_secs(30)).await
@@ -365,90 +222,10 @@ impl Synchronizer {
             }
             None => None,
         };
-        for (owner, started) in instances.iter().enumerate() {
-            let collected: &[String] = if started.meta.kind.collects() {
-                &started.types
-            } else {
-                &[]
-            };
-            hub.register(
-                &origin(owner, &started.name),
-                &started.meta.entity_types,
-                collected,
-            );
-        }
-
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
-        let mut handles = Vec::new();
-        for (owner, started) in instances.into_iter().enumerate() {
-            let Started {
-                name,
-                library,
-                meta,
-                plugin,
-                schedule,
-                types,
-                status,
-            } = started;
-            status.set_isolation(plugin.isolation());
-            let origin = origin(owner, &name);
-            let collector = meta.kind.collects().then(|| {
-                Collector::new(
-                    origin.clone(),
-                    plugin.clone(),
-                    schedule,
-                    types.clone(),
-                    hub.clone(),
-                    status.clone(),
-                )
-            });
-            if let Some(c) = &collector {
-                tasks.spawn(c.clone().run(shutdown.child_token()));
-            }
-            if meta.kind.pushes() {
-                tasks.spawn(run_bus(
-                    plugin.clone(),
-                    hub.clone(),
-                    origin,
-                    status.clone(),
-                    schedule,
-                    shutdown.child_token(),
-                ));
-            }
-            tracing::info!(
-                instance = %name,
-                plugin = %meta.name,
-                version = %meta.version,
-                kind = meta.kind.as_str(),
-                isolation = plugin.isolation().as_str(),
-                "plugin instance started"
-            );
-            handles.push(InstanceHandle {
-                name,
-                library,
-                meta,
-                types,
-                plugin,
-                status,
-                collector,
-            });
-        }
-        // Lagged subscribers recover even when no change arrives.
-        let weak = Arc::downgrade(&hub);
-        let token = shutdown.child_token();
-        tasks.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(50));
-            loop {
-                tokio::select! {
-                    _ = token.cancelled() => break,
-                    _ = tick.tick() => match weak.upgrade() {
-                        Some(hub) => hub.recover_lagged(),
-                        None => break,
-                    },
-                }
-            }
-        });
+        let handles = spawn_instances(instances, &hub, &shutdown, &mut tasks);
+        spawn_lag_recovery(&hub, &shutdown, &mut tasks);
         let sync = Synchronizer {
             hub,
             instances: handles,
@@ -579,9 +356,7 @@ impl Synchronizer {
                 types: i.types.clone(),
                 status: {
                     let mut s = i.status.get();
-                    if let Backend::Process(p) = &*i.plugin {
-                        s.pid = p.pid();
-                    }
+                    s.pid = i.plugin.pid();
                     s
                 },
             })
@@ -590,18 +365,21 @@ impl Synchronizer {
 
     /// Asks every instance's plugin for its own health report (at most `timeout` each,
     /// all at once). An instance that does not answer in time is reported unhealthy.
-    pub async fn plugin_health(&self, timeout: Duration) -> Vec<(String, bool, String)> {
+    pub async fn plugin_health(&self, timeout: Duration) -> Vec<PluginHealth> {
         let asks = self.instances.iter().map(|i| async move {
-            let (healthy, message) = if i.status.get().health == crate::status::Health::Stuck {
-                (false, "stuck: not asked while a call is stuck".to_owned())
+            let health = if i.status.get().health == crate::status::Health::Stuck {
+                Health::unhealthy("stuck: not asked while a call is stuck")
             } else {
                 match tokio::time::timeout(timeout, i.plugin.health()).await {
                     Ok(Ok(report)) => report,
-                    Ok(Err(e)) => (false, e.message),
-                    Err(_) => (false, format!("no health report within {timeout:?}")),
+                    Ok(Err(e)) => Health::unhealthy(e.message),
+                    Err(_) => Health::unhealthy(format!("no health report within {timeout:?}")),
                 }
             };
-            (i.name.clone(), healthy, message)
+            PluginHealth {
+                instance: i.name.clone(),
+                health,
+            }
         });
         futures::future::join_all(asks).await
     }
@@ -678,7 +456,7 @@ impl Synchronizer {
         futures::future::join_all(
             self.instances
                 .iter()
-                .map(|i| i.plugin.shutdown(Duration::from_secs(1))),
+                .map(|i| i.plugin.clone().shutdown(Duration::from_secs(1))),
         )
         .await;
         // Nothing produces changes any more. Every change decided so far is announced
@@ -710,6 +488,286 @@ impl Synchronizer {
         }
         tracing::info!("synchronizer stopped");
     }
+}
+
+/// Step 1: loads the libraries and creates every enabled instance (in the host's
+/// process or in a child). Nothing runs yet. The instances that failed are returned
+/// beside the others.
+async fn create_instances(
+    config: &Config,
+) -> Result<(Vec<Started>, Vec<InstanceFailure>), StartError> {
+    let level = log_level(config.plugin_log_level.0);
+    let mut libraries: HashMap<PathBuf, PluginLibrary> = HashMap::new();
+    let mut instances = Vec::new();
+    let mut failures = Vec::new();
+    for inst in config.instances.iter().filter(|i| i.enabled) {
+        let schedule = config.schedule(inst);
+        let status = Arc::new(StatusCell::default());
+        let created = if inst.isolation == Isolation::Process {
+            start_child(config, inst, schedule, level, &status).await?
+        } else {
+            create_in_process(config, inst, schedule, level, &mut libraries).await
+        };
+        match created {
+            Ok((plugin, library, meta)) => {
+                let types = active_types(&meta.entity_types, &config.types);
+                instances.push(Started {
+                    name: inst.name.clone(),
+                    library,
+                    meta,
+                    plugin,
+                    schedule,
+                    types,
+                    status,
+                });
+            }
+            Err(failure) => {
+                tracing::error!(error = %failure, "plugin instance did not start");
+                failures.push(failure);
+            }
+        }
+    }
+    Ok((instances, failures))
+}
+
+/// What creating one instance gives: the instance, its library and its metadata.
+type Created = (Arc<dyn Instance>, PathBuf, PluginMeta);
+
+/// Loads `inst`'s library (once per file) and creates the instance in the host's process.
+async fn create_in_process(
+    config: &Config,
+    inst: &InstanceConfig,
+    schedule: Schedule,
+    level: LogLevel,
+    libraries: &mut HashMap<PathBuf, PluginLibrary>,
+) -> Result<Created, InstanceFailure> {
+    let path = config.library_path(inst);
+    let library = match libraries.get(&path) {
+        Some(lib) => lib.clone(),
+        None => {
+            let lib = load(&path).map_err(|error| InstanceFailure::Load {
+                instance: inst.name.clone(),
+                error,
+            })?;
+            libraries.insert(path, lib.clone());
+            lib
+        }
+    };
+    let plugin =
+        PluginInstance::create(&library, &inst.name, &inst.config, level, schedule.timeout).await?;
+    Ok((Arc::new(plugin), library.path, library.meta))
+}
+
+/// Starts `inst`'s child, which loads the library and creates the instance: the
+/// plugin's code runs only there, the host does not load it.
+async fn start_child(
+    config: &Config,
+    inst: &InstanceConfig,
+    schedule: Schedule,
+    level: LogLevel,
+    status: &Arc<StatusCell>,
+) -> Result<Result<Created, InstanceFailure>, StartError> {
+    let path = config.library_path(inst);
+    let program = match &inst.child_program {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().map_err(|e| {
+            StartError::Config(format!(
+                "instance `{}`: cannot find the running executable to start its plugin child: {e}",
+                inst.name
+            ))
+        })?,
+    };
+    let options = ProcessOptions {
+        program,
+        library: path.clone(),
+        config: inst.config.clone(),
+        max_level: level,
+        create_timeout: schedule.timeout,
+        heartbeat_interval: inst
+            .heartbeat_interval
+            .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL),
+        heartbeat_timeout: inst.heartbeat_timeout.unwrap_or(DEFAULT_HEARTBEAT_TIMEOUT),
+        memory_limit: inst.memory_limit.map(|m| m.0),
+        snapshot_limit: inst
+            .snapshot_limit
+            .map_or(crate::isolation::process::DEFAULT_SNAPSHOT_LIMIT, |m| m.0),
+        backoff_initial: schedule.backoff_initial,
+        backoff_max: schedule.backoff_max,
+    };
+    Ok(ProcessInstance::start(&inst.name, options, status.clone())
+        .await
+        .map(|(plugin, meta)| (Arc::new(plugin) as Arc<dyn Instance>, path, meta))
+        .map_err(InstanceFailure::from))
+}
+
+/// Stops instances that were created but will not run.
+async fn shutdown_all(instances: &[Started]) {
+    futures::future::join_all(
+        instances
+            .iter()
+            .map(|i| i.plugin.clone().shutdown(Duration::from_secs(1))),
+    )
+    .await;
+}
+
+/// Step 2: opens the durable baseline at `path`, restores the hub's baseline and view
+/// from it (owners are the instances' indices) and starts its writer thread. Returns
+/// the writer and what the file held in doubt.
+async fn restore(
+    path: &std::path::Path,
+    config: &Config,
+    hub: &Arc<Hub>,
+    instances: &[Started],
+) -> Result<(std::thread::JoinHandle<()>, crate::persist::Restored), StartError> {
+    let opened = {
+        let path = path.to_path_buf();
+        let ttl = config.tombstone_ttl;
+        tokio::task::spawn_blocking(move || crate::persist::Store::open(&path, ttl)).await
+    };
+    let (store, mut restored) = match opened {
+        Ok(r) => r?,
+        Err(e) => return Err(StartError::Config(format!("baseline store: {e}"))),
+    };
+    let names: Vec<String> = instances.iter().map(|i| i.name.clone()).collect();
+    let mut strangers: Vec<String> = Vec::new();
+    let entities = restored.entities.len();
+    for e in &restored.entities {
+        if !names.contains(&e.owner) && !strangers.contains(&e.owner) {
+            strangers.push(e.owner.clone());
+        }
+    }
+    if !strangers.is_empty() {
+        tracing::warn!(instances = ?strangers, "the baseline store holds entities of instances that are not configured; they are kept but no snapshot will delete them");
+    }
+    let owner_of = |name: &str| {
+        let i = names
+            .iter()
+            .position(|n| n == name)
+            .or_else(|| {
+                strangers
+                    .iter()
+                    .position(|n| n == name)
+                    .map(|p| names.len() + p)
+            })
+            .unwrap_or(usize::from(u16::MAX));
+        u16::try_from(i).unwrap_or(u16::MAX)
+    };
+    let mark = hub
+        .deliveries()
+        .register(crate::persist::STORE_OUTPUT, hub.last_seq());
+    let announcer = hub.clone();
+    let (tx, writer) = store
+        .spawn_writer(
+            move |changes| announcer.announce(changes),
+            mark,
+            hub.deliveries().clone(),
+        )
+        .map_err(|e| StartError::Config(format!("baseline store writer: {e}")))?;
+    let started = std::time::Instant::now();
+    hub.restore(&mut restored, owner_of, tx);
+    tracing::info!(
+        file = %path.display(),
+        entities,
+        in_doubt = restored.in_doubt.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "baseline and view restored"
+    );
+    Ok((writer, restored))
+}
+
+/// Last step: registers every instance with the hub, then spawns its schedule (a
+/// collector) and its push loop (a bus).
+fn spawn_instances(
+    instances: Vec<Started>,
+    hub: &Arc<Hub>,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Vec<InstanceHandle> {
+    for (owner, started) in instances.iter().enumerate() {
+        let collected: &[String] = if started.meta.kind.collects() {
+            &started.types
+        } else {
+            &[]
+        };
+        hub.register(
+            &origin(owner, &started.name),
+            &started.meta.entity_types,
+            collected,
+        );
+    }
+    let mut handles = Vec::new();
+    for (owner, started) in instances.into_iter().enumerate() {
+        let Started {
+            name,
+            library,
+            meta,
+            plugin,
+            schedule,
+            types,
+            status,
+        } = started;
+        status.set_isolation(plugin.isolation());
+        let origin = origin(owner, &name);
+        let collector = meta.kind.collects().then(|| {
+            Collector::new(
+                origin.clone(),
+                plugin.clone().into_source(),
+                schedule,
+                types.clone(),
+                hub.clone(),
+                status.clone(),
+            )
+        });
+        if let Some(c) = &collector {
+            tasks.spawn(c.clone().run(shutdown.child_token()));
+        }
+        if meta.kind.pushes() {
+            tasks.spawn(run_bus(
+                plugin.clone(),
+                hub.clone(),
+                origin,
+                status.clone(),
+                schedule,
+                shutdown.child_token(),
+            ));
+        }
+        tracing::info!(
+            instance = %name,
+            plugin = %meta.name,
+            version = %meta.version,
+            kind = meta.kind.as_str(),
+            isolation = plugin.isolation().as_str(),
+            "plugin instance started"
+        );
+        handles.push(InstanceHandle {
+            name,
+            library,
+            meta,
+            types,
+            plugin,
+            status,
+            collector,
+        });
+    }
+    handles
+}
+
+/// Lagged subscribers recover even when no change arrives.
+fn spawn_lag_recovery(hub: &Arc<Hub>, shutdown: &CancellationToken, tasks: &mut JoinSet<()>) {
+    let weak = Arc::downgrade(hub);
+    let token = shutdown.child_token();
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => break,
+                _ = tick.tick() => match weak.upgrade() {
+                    Some(hub) => hub.recover_lagged(),
+                    None => break,
+                },
+            }
+        }
+    });
 }
 
 /// A fresh get-all: the entities, and the types that came back incomplete.
@@ -748,11 +806,11 @@ const BUS_QUIET_PERIOD: Duration = Duration::from_secs(60);
 
 /// Runs a bus plugin's push loop, restarting it with backoff when it fails.
 async fn run_bus(
-    plugin: Arc<Backend>,
+    plugin: Arc<dyn Instance>,
     hub: Arc<Hub>,
     origin: Origin,
     status: Arc<StatusCell>,
-    schedule: crate::config::Schedule,
+    schedule: Schedule,
     shutdown: CancellationToken,
 ) {
     // A loop that ran for a while before it failed retries soon again: without the

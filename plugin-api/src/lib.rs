@@ -39,10 +39,12 @@
 //! - [`entity`] is the data model both sides share: an [`Entity`] crosses the boundary
 //!   as it is, without conversion.
 //! - [`time`] is the time range the project accepts and a formatter that cannot fail.
+//! - [`health`] is a plugin's report on itself, the same type from the plugin's
+//!   `health` to the host's HTTP API.
 //! - [`abi`] is the boundary itself (root module, trait objects, `#[repr(C)]` values);
 //!   the host uses it, plugin authors never do.
 //! - The SDK (feature `sdk`, on by default) is what plugin authors use: [`Plugin`],
-//!   [`Snapshot`], [`Sink`], [`Shutdown`], [`Health`], [`Error`] and [`export_plugin!`].
+//!   [`Snapshot`], [`Sink`], [`Shutdown`], [`Error`] and [`export_plugin!`].
 //!
 //! Build plugins with `panic = "unwind"` (the default): a plugin built with
 //! `panic = "abort"` loads, but any panic in it ends the host process.
@@ -50,13 +52,15 @@
 
 pub mod abi;
 pub mod entity;
+pub mod health;
 #[cfg(feature = "sdk")]
 mod sdk;
 pub mod time;
 
 pub use entity::{Category, Direction, Entity, Relation};
+pub use health::Health;
 #[cfg(feature = "sdk")]
-pub use sdk::{Change, Context, Error, Health, Plugin, PluginInfo, Shutdown, Sink, Snapshot};
+pub use sdk::{Change, Context, Error, Plugin, PluginInfo, Shutdown, Sink, Snapshot};
 
 pub use abi::{ErrorKind, PluginKind};
 

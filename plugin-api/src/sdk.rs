@@ -38,10 +38,11 @@ use abi_stable::std_types::{RString, RVec};
 use serde::de::DeserializeOwned;
 
 use crate::abi::{
-    ErrorKind, FfiError, FfiHealth, FfiIncomplete, FfiPluginInfo, FfiPushed, FfiSnapshot,
-    HostSinkBox, PluginKind, PushAction,
+    ErrorKind, FfiError, FfiIncomplete, FfiPluginInfo, FfiPushed, FfiSnapshot, HostSinkBox,
+    PluginKind, PushAction,
 };
 use crate::entity::Entity;
+use crate::health::Health;
 
 pub(crate) mod glue;
 pub(crate) mod logging;
@@ -220,40 +221,6 @@ impl Snapshot {
                     reason: r.into(),
                 })
                 .collect(),
-        }
-    }
-}
-
-/// A plugin's report on its own health.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Health {
-    /// True when the plugin can do its work.
-    pub healthy: bool,
-    /// What is wrong, or anything worth saying.
-    pub message: String,
-}
-
-impl Health {
-    /// Healthy, nothing to say.
-    pub fn healthy() -> Self {
-        Health {
-            healthy: true,
-            message: String::new(),
-        }
-    }
-
-    /// Unhealthy, and why.
-    pub fn unhealthy(message: impl fmt::Display) -> Self {
-        Health {
-            healthy: false,
-            message: message.to_string(),
-        }
-    }
-
-    pub(crate) fn into_ffi(self) -> FfiHealth {
-        FfiHealth {
-            healthy: self.healthy,
-            message: self.message.into(),
         }
     }
 }

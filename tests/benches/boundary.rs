@@ -70,7 +70,7 @@ fn bench(c: &mut Criterion) {
         })
     });
     group.finish();
-    through.shutdown(Duration::from_secs(1));
+    through.shutdown_runtime(Duration::from_secs(1));
 }
 
 criterion_group!(benches, bench);

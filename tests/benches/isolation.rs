@@ -138,7 +138,7 @@ fn bench(c: &mut Criterion) {
         busy_rss as f64 / f64::from(1u32 << 20),
     );
     rt.block_on(child.shutdown(Duration::from_secs(1)));
-    in_process.shutdown(Duration::from_secs(1));
+    in_process.shutdown_runtime(Duration::from_secs(1));
 }
 
 criterion_group!(benches, bench);

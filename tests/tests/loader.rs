@@ -3,7 +3,7 @@
 //! panics, a plugin configuration with a typo; fail-fast versus skip-and-report.
 
 use synchronizer::loader::{LoadError, load};
-use synchronizer::{StartError, Synchronizer};
+use synchronizer::{Health, PluginHealth, StartError, Synchronizer};
 use synchronizer_tests::{config, plugin, plugins_dir};
 
 #[test]
@@ -208,12 +208,15 @@ async fn plugins_report_their_own_health() {
     let timeout = std::time::Duration::from_secs(5);
     assert_eq!(
         sync.plugin_health(timeout).await,
-        vec![("static".to_owned(), true, String::new())]
+        vec![PluginHealth {
+            instance: "static".to_owned(),
+            health: Health::healthy(),
+        }]
     );
     std::fs::remove_dir(&data).unwrap();
     let report = sync.plugin_health(timeout).await;
     assert!(
-        !report[0].1 && report[0].2.contains("cannot read"),
+        !report[0].health.healthy && report[0].health.message.contains("cannot read"),
         "{report:?}"
     );
     sync.shutdown().await;

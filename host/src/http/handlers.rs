@@ -135,12 +135,12 @@ pub(super) async fn plugins(
         .collect();
     if params.flag("health") {
         let reports = state.sync.plugin_health(PLUGIN_HEALTH_TIMEOUT).await;
-        for (name, healthy, message) in reports {
+        for report in reports {
             if let Some(inst) = instances
                 .iter_mut()
-                .find(|i| i.get("name").and_then(Value::as_str) == Some(name.as_str()))
+                .find(|i| i.get("name").and_then(Value::as_str) == Some(report.instance.as_str()))
             {
-                inst["plugin_health"] = json!({ "healthy": healthy, "message": message });
+                inst["plugin_health"] = json!(report.health);
             }
         }
     }

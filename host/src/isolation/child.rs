@@ -412,7 +412,7 @@ async fn serve(
             ToChild::Shutdown { timeout_ms } => {
                 let p = plugin.clone();
                 let stop = tokio::task::spawn_blocking(move || {
-                    p.shutdown(Duration::from_millis(timeout_ms))
+                    p.shutdown_runtime(Duration::from_millis(timeout_ms))
                 });
                 let _ = tokio::time::timeout(Duration::from_millis(timeout_ms + 200), stop).await;
                 tracing::debug!(instance, "plugin child stopped");

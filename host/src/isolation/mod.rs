@@ -17,7 +17,7 @@
 //! dies mid-snapshot fails that snapshot: nothing is deleted. The child asks the kernel
 //! to kill it when the host dies (`PR_SET_PDEATHSIG`), so no plugin outlives its host.
 //!
-//! Plugin authors do nothing different: the same `.so` runs either way. [`Backend`] is
+//! Plugin authors do nothing different: the same `.so` runs either way. [`Instance`] is
 //! what the rest of the host holds, whichever the mode.
 
 pub mod child;
@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use synchronizer_plugin_api::abi::FfiSnapshot;
+use synchronizer_plugin_api::Health;
 
 use crate::hub::{Hub, Origin};
 use crate::instance::{BoxFuture, CallError, PluginInstance, Source};
@@ -133,88 +133,103 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
-/// A running plugin instance, in the host's process or in a child.
-pub enum Backend {
-    /// Called directly.
-    InProcess(PluginInstance),
-    /// Served by a supervised child process.
-    Process(ProcessInstance),
-}
-
-impl Backend {
+/// A running plugin instance, whichever the mode: what the rest of the host holds
+/// (`Arc<dyn Instance>`). [`PluginInstance`] calls the plugin in the host's process;
+/// [`ProcessInstance`] calls it in a supervised child.
+pub trait Instance: Source {
     /// Where it runs.
-    pub fn isolation(&self) -> Isolation {
-        match self {
-            Backend::InProcess(_) => Isolation::InProcess,
-            Backend::Process(_) => Isolation::Process,
-        }
-    }
+    fn isolation(&self) -> Isolation;
 
-    /// Runs the push loop, handing changes to `hub` as `origin`. In process mode a batch
-    /// is acknowledged to the plugin only once the host has applied it.
-    pub fn run(&self, hub: Arc<Hub>, origin: Origin) -> BoxFuture<Result<(), CallError>> {
-        match self {
-            Backend::InProcess(p) => p.run(hub, origin),
-            Backend::Process(p) => p.run(hub, origin),
-        }
-    }
+    /// Runs the push loop, handing changes to `hub` as `origin`. A batch is
+    /// acknowledged to the plugin only once the host has applied it.
+    fn run(&self, hub: Arc<Hub>, origin: Origin) -> BoxFuture<Result<(), CallError>>;
 
     /// Asks the push loop to stop.
-    pub fn request_stop(&self) {
-        match self {
-            Backend::InProcess(p) => p.request_stop(),
-            Backend::Process(p) => p.request_stop(),
-        }
-    }
+    fn request_stop(&self);
 
     /// The plugin's own health report.
-    pub async fn health(&self) -> Result<(bool, String), CallError> {
-        match self {
-            Backend::InProcess(p) => p.health().await,
-            Backend::Process(p) => p.health().await,
-        }
-    }
+    fn health(&self) -> BoxFuture<Result<Health, CallError>>;
 
     /// The plugin's own counters (in process mode, as of the last heartbeat).
-    pub fn counters(&self) -> Vec<(String, u64)> {
-        match self {
-            Backend::InProcess(p) => p.counters(),
-            Backend::Process(p) => p.counters(),
-        }
+    fn counters(&self) -> Vec<(String, u64)>;
+
+    /// The child's pid (process mode, while a child runs).
+    fn pid(&self) -> Option<u32> {
+        None
     }
 
     /// Stops the plugin: its runtime in process, or the child (killed if it does not
     /// exit within `timeout` and a second).
-    pub async fn shutdown(self: &Arc<Self>, timeout: Duration) {
-        match &**self {
-            Backend::InProcess(_) => {
-                let this = self.clone();
-                // Off the async workers: shutting a runtime down blocks for up to `timeout`.
-                let _ = tokio::task::spawn_blocking(move || {
-                    if let Backend::InProcess(p) = &*this {
-                        p.shutdown(timeout)
-                    }
-                })
-                .await;
-            }
-            Backend::Process(p) => p.shutdown(timeout).await,
-        }
+    fn shutdown(self: Arc<Self>, timeout: Duration) -> BoxFuture<()>;
+
+    /// The same instance, as the scheduler polls it.
+    fn into_source(self: Arc<Self>) -> Arc<dyn Source>;
+}
+
+impl Instance for PluginInstance {
+    fn isolation(&self) -> Isolation {
+        Isolation::InProcess
+    }
+
+    fn run(&self, hub: Arc<Hub>, origin: Origin) -> BoxFuture<Result<(), CallError>> {
+        PluginInstance::run(self, hub, origin)
+    }
+
+    fn request_stop(&self) {
+        PluginInstance::request_stop(self)
+    }
+
+    fn health(&self) -> BoxFuture<Result<Health, CallError>> {
+        Box::pin(PluginInstance::health(self))
+    }
+
+    fn counters(&self) -> Vec<(String, u64)> {
+        PluginInstance::counters(self)
+    }
+
+    fn shutdown(self: Arc<Self>, timeout: Duration) -> BoxFuture<()> {
+        Box::pin(async move {
+            // Off the async workers: shutting a runtime down blocks for up to `timeout`.
+            let _ = tokio::task::spawn_blocking(move || self.shutdown_runtime(timeout)).await;
+        })
+    }
+
+    fn into_source(self: Arc<Self>) -> Arc<dyn Source> {
+        self
     }
 }
 
-impl Source for Backend {
-    fn snapshot(&self, types: Vec<String>) -> BoxFuture<Result<FfiSnapshot, CallError>> {
-        match self {
-            Backend::InProcess(p) => p.snapshot(types),
-            Backend::Process(p) => p.snapshot(types),
-        }
+impl Instance for ProcessInstance {
+    fn isolation(&self) -> Isolation {
+        Isolation::Process
     }
 
-    fn calls_in_flight(&self) -> u32 {
-        match self {
-            Backend::InProcess(p) => p.calls_in_flight(),
-            Backend::Process(p) => p.calls_in_flight(),
-        }
+    fn run(&self, hub: Arc<Hub>, origin: Origin) -> BoxFuture<Result<(), CallError>> {
+        ProcessInstance::run(self, hub, origin)
+    }
+
+    fn request_stop(&self) {
+        ProcessInstance::request_stop(self)
+    }
+
+    fn health(&self) -> BoxFuture<Result<Health, CallError>> {
+        ProcessInstance::health(self)
+    }
+
+    fn counters(&self) -> Vec<(String, u64)> {
+        ProcessInstance::counters(self)
+    }
+
+    fn pid(&self) -> Option<u32> {
+        ProcessInstance::pid(self)
+    }
+
+    fn shutdown(self: Arc<Self>, timeout: Duration) -> BoxFuture<()> {
+        Box::pin(async move { ProcessInstance::shutdown(&self, timeout).await })
+    }
+
+    fn into_source(self: Arc<Self>) -> Arc<dyn Source> {
+        self
     }
 }
 

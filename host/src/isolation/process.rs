@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use abi_stable::std_types::RString;
 use synchronizer_plugin_api::abi::{FfiError, FfiSnapshot, LogLevel};
-use synchronizer_plugin_api::{Entity, ErrorKind};
+use synchronizer_plugin_api::{Entity, ErrorKind, Health};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, BufWriter};
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use super::wire::{self, FromChild, ToChild, WireMeta};
 use crate::backoff::Backoff;
 use crate::hub::{Hub, Origin};
-use crate::instance::{BoxFuture, CallError, apply_pushed, delivered};
+use crate::instance::{BoxFuture, CallError, Source, apply_pushed, delivered};
 use crate::loader::PluginMeta;
 use crate::status::StatusCell;
 
@@ -322,13 +322,54 @@ impl ProcessInstance {
             _ => None,
         }
     }
+}
 
-    /// The child to call now: waits while one is starting, fails while none runs.
-    async fn conn(&self, wait_while_down: bool) -> Result<Arc<Conn>, CallError> {
-        current_conn(&self.shared, wait_while_down).await
+impl Source for ProcessInstance {
+    /// Collects a snapshot in the child. Dropping the future (the timeout) cancels the
+    /// call in the child; if the plugin's call does not return, the child is killed.
+    fn snapshot(&self, types: Vec<String>) -> BoxFuture<Result<FfiSnapshot, CallError>> {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let conn = current_conn(&shared, false).await?;
+            conn.in_flight.fetch_add(1, Ordering::SeqCst);
+            let (id, rx) = conn.call_snapshot(types);
+            let mut guard = Abandon {
+                conn: conn.clone(),
+                id,
+                armed: true,
+            };
+            let reply = rx.await;
+            guard.armed = false;
+            conn.in_flight.fetch_sub(1, Ordering::SeqCst);
+            match reply {
+                Ok(FromChild::Snapshot { result, .. }) => result.map_err(CallError::from),
+                Ok(other) => {
+                    conn.kill(format!(
+                        "protocol error: {} answers a snapshot",
+                        name_of(&other)
+                    ));
+                    Err(CallError {
+                        kind: ErrorKind::Failed,
+                        message: "protocol error from the plugin child".into(),
+                    })
+                }
+                Err(_) => Err(conn.died()),
+            }
+        })
+    }
+
+    /// Snapshot calls in hand in the child (0 once it is killed or gone).
+    fn calls_in_flight(&self) -> u32 {
+        match &*self.shared.phase.borrow() {
+            Phase::Ready(c) if !c.killed.load(Ordering::SeqCst) => {
+                c.in_flight.load(Ordering::SeqCst)
+            }
+            _ => 0,
+        }
     }
 }
 
+/// The child to call now: waits while one is starting, fails while none runs.
 async fn current_conn(shared: &Shared, wait_while_down: bool) -> Result<Arc<Conn>, CallError> {
     let mut rx = shared.phase.subscribe();
     loop {
@@ -361,49 +402,6 @@ async fn current_conn(shared: &Shared, wait_while_down: bool) -> Result<Arc<Conn
 }
 
 impl ProcessInstance {
-    /// Collects a snapshot in the child. Dropping the future (the timeout) cancels the
-    /// call in the child; if the plugin's call does not return, the child is killed.
-    pub fn snapshot(&self, types: Vec<String>) -> BoxFuture<Result<FfiSnapshot, CallError>> {
-        let shared = self.shared.clone();
-        Box::pin(async move {
-            let conn = current_conn(&shared, false).await?;
-            conn.in_flight.fetch_add(1, Ordering::SeqCst);
-            let (id, rx) = conn.call_snapshot(types);
-            let mut guard = Abandon {
-                conn: conn.clone(),
-                id,
-                armed: true,
-            };
-            let reply = rx.await;
-            guard.armed = false;
-            conn.in_flight.fetch_sub(1, Ordering::SeqCst);
-            match reply {
-                Ok(FromChild::Snapshot { result, .. }) => result.map_err(CallError::from),
-                Ok(other) => {
-                    conn.kill(format!(
-                        "protocol error: {} answers a snapshot",
-                        name_of(&other)
-                    ));
-                    Err(CallError {
-                        kind: ErrorKind::Failed,
-                        message: "protocol error from the plugin child".into(),
-                    })
-                }
-                Err(_) => Err(conn.died()),
-            }
-        })
-    }
-
-    /// Snapshot calls in hand in the child (0 once it is killed or gone).
-    pub fn calls_in_flight(&self) -> u32 {
-        match &*self.shared.phase.borrow() {
-            Phase::Ready(c) if !c.killed.load(Ordering::SeqCst) => {
-                c.in_flight.load(Ordering::SeqCst)
-            }
-            _ => 0,
-        }
-    }
-
     /// Runs the push loop in the child; its batches are applied to `hub` as `origin`
     /// before the child's sink future completes. Ends with an error when the child dies.
     pub fn run(&self, hub: Arc<Hub>, origin: Origin) -> BoxFuture<Result<(), CallError>> {
@@ -440,17 +438,20 @@ impl ProcessInstance {
     }
 
     /// The plugin's own health report; a child that is not running is unhealthy.
-    pub async fn health(&self) -> Result<(bool, String), CallError> {
-        let conn = match self.conn(false).await {
-            Ok(c) => c,
-            Err(e) => return Ok((false, e.message)),
-        };
-        let (_, rx) = conn.call(|id| ToChild::Health { id });
-        match rx.await {
-            Ok(FromChild::Health { result, .. }) => result.map_err(CallError::from),
-            Ok(_) => Ok((false, "protocol error".into())),
-            Err(_) => Err(conn.died()),
-        }
+    pub fn health(&self) -> BoxFuture<Result<Health, CallError>> {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let conn = match current_conn(&shared, false).await {
+                Ok(c) => c,
+                Err(e) => return Ok(Health::unhealthy(e.message)),
+            };
+            let (_, rx) = conn.call(|id| ToChild::Health { id });
+            match rx.await {
+                Ok(FromChild::Health { result, .. }) => result.map_err(CallError::from),
+                Ok(_) => Ok(Health::unhealthy("protocol error")),
+                Err(_) => Err(conn.died()),
+            }
+        })
     }
 
     /// The plugin's counters as of the last heartbeat.

@@ -20,7 +20,9 @@ use abi_stable::std_types::{RString, RVec};
 use synchronizer_plugin_api::abi::{
     FfiError, FfiIncomplete, FfiPushed, FfiSnapshot, LogLevel, PushAction,
 };
-use synchronizer_plugin_api::{Category, Direction, Entity, ErrorKind, PluginKind, Relation};
+use synchronizer_plugin_api::{
+    Category, Direction, Entity, ErrorKind, Health, PluginKind, Relation,
+};
 
 /// The largest frame either side accepts (256 MiB).
 pub const MAX_FRAME: usize = 256 << 20;
@@ -225,7 +227,7 @@ pub enum FromChild {
         /// Call id.
         id: u64,
         /// Its report.
-        result: Result<(bool, String), FfiError>,
+        result: Result<Health, FfiError>,
     },
     /// Heartbeat answer, with the plugin's counters and calls in flight.
     Pong {
@@ -707,10 +709,10 @@ impl FromChild {
             FromChild::Health { id, result } => {
                 let mut w = FrameWriter::new(tag::HEALTH_RESULT, *id);
                 match result {
-                    Ok((healthy, message)) => {
+                    Ok(health) => {
                         w.u8(0);
-                        w.u8(u8::from(*healthy));
-                        w.str(message);
+                        w.u8(u8::from(health.healthy));
+                        w.str(&health.message);
                     }
                     Err(e) => {
                         w.u8(1);
@@ -841,7 +843,10 @@ impl FromChild {
                     Err(r.error()?)
                 } else {
                     let healthy = r.bool("healthy")?;
-                    Ok((healthy, r.string("health message")?))
+                    Ok(Health {
+                        healthy,
+                        message: r.string("health message")?,
+                    })
                 };
                 FromChild::Health { id, result }
             }

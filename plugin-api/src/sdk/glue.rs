@@ -241,10 +241,7 @@ impl<P: Plugin> PluginInstance for Instance<P> {
     fn health(&self) -> FfiFuture<RResult<FfiHealth, FfiError>> {
         let plugin = self.plugin.clone();
         match catch_unwind(AssertUnwindSafe(|| {
-            self.spawn_call(
-                "health",
-                async move { Ok(plugin.health().await.into_ffi()) },
-            )
+            self.spawn_call("health", async move { Ok(plugin.health().await.into()) })
         })) {
             Ok(f) => f,
             Err(p) => Self::refuse("health", p),

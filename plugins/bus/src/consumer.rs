@@ -41,7 +41,7 @@ use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
-use synchronizer_plugin_api::Change;
+use synchronizer_plugin_api::{Change, Health};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ArgValue, Config, QueuePlan, Secrets, redact_url};
@@ -199,15 +199,18 @@ impl Bus {
     }
 
     /// Healthy while connected; otherwise unhealthy with the last error.
-    pub fn health(&self) -> (bool, String) {
+    pub fn health(&self) -> Health {
         let s = self.stats.snapshot();
         if s.connected {
-            (true, s.to_string())
+            Health {
+                healthy: true,
+                message: s.to_string(),
+            }
         } else {
             let last = lock(&self.last_error)
                 .clone()
                 .unwrap_or_else(|| "not connected yet".into());
-            (false, format!("not connected: {last} ({s})"))
+            Health::unhealthy(format!("not connected: {last} ({s})"))
         }
     }
 

@@ -97,13 +97,7 @@ impl Plugin for BusPlugin {
     }
 
     async fn health(&self) -> Health {
-        match self.bus.health() {
-            (true, message) => Health {
-                healthy: true,
-                message,
-            },
-            (false, message) => Health::unhealthy(message),
-        }
+        self.bus.health()
     }
 }
 

@@ -748,7 +748,8 @@ async fn tls_with_a_custom_ca_and_failover() {
     wait_until(WAIT, "a change over TLS", || sink.len() == 1).await;
     let s = bus.stats();
     assert_eq!(s.connections, 1, "{s:?}");
-    assert!(bus.health().0, "{}", bus.health().1);
+    let health = bus.health();
+    assert!(health.healthy, "{}", health.message);
     stop_bus(stop, handle).await;
 
     // Without the CA the server's certificate is not trusted.
@@ -758,10 +759,10 @@ async fn tls_with_a_custom_ca_and_failover() {
     let bus = std::sync::Arc::new(Bus::new(untrusted, "untrusted").unwrap());
     let (stop, handle) = start(bus.clone(), RecordingSink::default());
     wait_until(WAIT, "a failed attempt", || {
-        !bus.health().1.contains("not connected yet")
+        !bus.health().message.contains("not connected yet")
     })
     .await;
-    let (healthy, message) = bus.health();
+    let synchronizer_plugin_api::Health { healthy, message } = bus.health();
     assert!(!healthy);
     assert!(
         message.contains("amqps://guest:***@127.0.0.1:5671"),
@@ -794,10 +795,10 @@ async fn bad_credentials_are_reported_redacted() {
     let bus = std::sync::Arc::new(Bus::new(cfg, "creds").unwrap());
     let (stop, handle) = start(bus.clone(), RecordingSink::default());
     wait_until(WAIT, "a failed attempt", || {
-        !bus.health().1.contains("not connected yet")
+        !bus.health().message.contains("not connected yet")
     })
     .await;
-    let (healthy, message) = bus.health();
+    let synchronizer_plugin_api::Health { healthy, message } = bus.health();
     assert!(!healthy);
     assert!(!message.contains("wrong-pw-42"), "{message}");
     assert!(message.contains("guest:***@127.0.0.1:5672"), "{message}");
