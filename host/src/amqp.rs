@@ -33,6 +33,7 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde::Deserialize;
+use synchronizer_plugin_api::redact::{Secrets, redact_url};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -147,26 +148,6 @@ impl AmqpOutputConfig {
             });
         }
         Ok(uri)
-    }
-}
-
-/// The parts of a URL with credentials: (scheme, user, password, what follows the
-/// last `@`). Lenient on purpose (a malformed URL, an unencoded `/` or `@` in the
-/// password): everything between the first `:` of the user info and the last `@` counts
-/// as the password, so that it is never shown.
-fn credentials(url: &str) -> Option<(&str, &str, &str, &str)> {
-    let (before, host) = url.rsplit_once('@')?;
-    let (scheme, userinfo) = before.split_once("://").unwrap_or(("", before));
-    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-    Some((scheme, user, password, host))
-}
-
-/// `scheme://user:***@host...`: a URL with its password hidden.
-pub fn redact_url(url: &str) -> String {
-    match credentials(url) {
-        Some(("", user, _, host)) => format!("{user}:***@{host}"),
-        Some((scheme, user, _, host)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
     }
 }
 
@@ -299,13 +280,7 @@ impl AmqpOutput {
 
 /// Removes the URL's password from a message that may quote it.
 fn scrub(message: &str, url: &str) -> String {
-    match credentials(url)
-        .map(|(_, _, p, _)| p)
-        .filter(|p| !p.is_empty())
-    {
-        Some(p) => message.replace(p, "***"),
-        None => message.to_owned(),
-    }
+    Secrets::of_url(url).scrub(message)
 }
 
 /// A change taken from the hub and not yet confirmed; `None` for a change of a type this

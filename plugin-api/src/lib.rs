@@ -41,6 +41,8 @@
 //! - [`time`] is the time range the project accepts and a formatter that cannot fail.
 //! - [`health`] is a plugin's report on itself, the same type from the plugin's
 //!   `health` to the host's HTTP API.
+//! - [`redact`] shows URLs and messages without their passwords, the same way in the
+//!   host and in every plugin.
 //! - [`abi`] is the boundary itself (root module, trait objects, `#[repr(C)]` values);
 //!   the host uses it, plugin authors never do.
 //! - The SDK (feature `sdk`, on by default) is what plugin authors use: [`Plugin`],
@@ -53,6 +55,7 @@
 pub mod abi;
 pub mod entity;
 pub mod health;
+pub mod redact;
 #[cfg(feature = "sdk")]
 mod sdk;
 pub mod time;

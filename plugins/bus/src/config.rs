@@ -3,7 +3,7 @@
 //!
 //! Every option is described in the crate's README. Broker URLs carry passwords: they are
 //! only ever shown through [`redact_url`], and error messages from the AMQP client pass
-//! through [`Secrets::scrub`] before they are logged.
+//! through [`Secrets::scrub`] (both from `synchronizer_plugin_api::redact`) before they are logged.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use lapin::uri::AMQPUri;
 use serde::Deserialize;
+use synchronizer_plugin_api::redact::{Secrets, redact_url};
 
 use crate::error::ConfigError;
 use crate::heat::HeatConfig;
@@ -433,118 +434,9 @@ impl QueuePlan {
     }
 }
 
-/// The secrets of a URL (its password, raw and percent-decoded), to scrub from messages.
-#[derive(Clone, Debug, Default)]
-pub struct Secrets(Vec<String>);
-
-impl Secrets {
-    /// The password of `url`, if it has one.
-    pub fn of_url(url: &str) -> Self {
-        let mut out = Vec::new();
-        if let Some(userinfo) = userinfo(url)
-            && let Some((_, password)) = userinfo.split_once(':')
-            && !password.is_empty()
-        {
-            out.push(password.to_owned());
-            let decoded = percent_decode(password);
-            if decoded != password {
-                out.push(decoded);
-            }
-        }
-        Secrets(out)
-    }
-
-    /// Adds another secret (a client certificate's password, say).
-    pub fn with(mut self, secret: &str) -> Self {
-        if !secret.is_empty() {
-            self.0.push(secret.to_owned());
-        }
-        self
-    }
-
-    /// `text` with every secret replaced by `***`.
-    pub fn scrub(&self, text: &str) -> String {
-        let mut out = text.to_owned();
-        for s in &self.0 {
-            out = out.replace(s.as_str(), "***");
-        }
-        out
-    }
-}
-
-fn userinfo(url: &str) -> Option<&str> {
-    let rest = url.split_once("://").map(|(_, r)| r)?;
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
-    authority.rsplit_once('@').map(|(u, _)| u)
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
-        {
-            out.push(h * 16 + l);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
-}
-
-/// The URL with its password replaced by `***` (`amqp://guest:***@127.0.0.1:5672/`).
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        // Not a URL we can take apart: show nothing of it that could be a secret.
-        return "<unparsable URL>".into();
-    };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            if userinfo.contains(':') {
-                format!("{scheme}://{user}:***@{host}{tail}")
-            } else {
-                format!("{scheme}://{user}@{host}{tail}")
-            }
-        }
-        None => format!("{scheme}://{authority}{tail}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_are_redacted() {
-        assert_eq!(
-            redact_url("amqp://guest:s3cret@127.0.0.1:5672/"),
-            "amqp://guest:***@127.0.0.1:5672/"
-        );
-        assert_eq!(
-            redact_url("amqps://u:p%40ss@rabbit:5671/vh?heartbeat=10"),
-            "amqps://u:***@rabbit:5671/vh?heartbeat=10"
-        );
-        assert_eq!(redact_url("amqp://host"), "amqp://host");
-        assert_eq!(redact_url("amqp://user@host/"), "amqp://user@host/");
-        assert_eq!(redact_url("not a url with secret"), "<unparsable URL>");
-    }
 
     #[test]
     fn debug_output_shows_no_password() {
@@ -570,6 +462,11 @@ mod tests {
         let err = c.validate().unwrap_err().to_string();
         assert!(!err.contains("hunter2"), "{err}");
         assert!(err.contains("urls"), "{err}");
+        // An unencoded `/` in the password: the client reads `hun` as a port.
+        let c = Config::with_urls(["amqp://user:hun/ter2@host/"]);
+        let err = c.validate().unwrap_err().to_string();
+        assert!(!err.contains("ter2") && !err.contains("hun/"), "{err}");
+        assert!(err.contains("amqp://user:***@host/"), "{err}");
     }
 
     #[test]

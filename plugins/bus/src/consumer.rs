@@ -44,12 +44,13 @@ use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use synchronizer_plugin_api::{Change, Health};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ArgValue, Config, QueuePlan, Secrets, redact_url};
+use crate::config::{ArgValue, Config, QueuePlan};
 use crate::dedup::{RecentIds, id_hash};
 use crate::error::{BusError, ConfigError};
 use crate::heat::Enricher;
 use crate::mapping::{Families, Ignored, Interpretation, Malformed, interpret};
 use crate::stats::{Stats, StatsSnapshot};
+use synchronizer_plugin_api::redact::{Secrets, redact_url};
 
 /// Where changes go. The plugin hands them to the host's [`synchronizer_plugin_api::Sink`];
 /// tests and embedders may give their own.

@@ -1,7 +1,7 @@
 //! The plugin's errors. Their messages never contain a broker password: URLs appear
 //! redacted and AMQP client messages are scrubbed before they get here.
 
-use crate::config::redact_url;
+use synchronizer_plugin_api::redact::redact_url;
 
 /// An unusable configuration.
 #[derive(Debug, thiserror::Error)]

@@ -329,7 +329,7 @@ async fn connect(url: &str) -> Connection {
         Ok(Ok(c)) => c,
         other => panic!(
             "the lab Nova's RabbitMQ vhost ({}) is not reachable: {other:?}; start the lab with scripts/openstack/nova.sh",
-            synchronizer_bus::config::redact_url(url)
+            synchronizer_plugin_api::redact::redact_url(url)
         ),
     }
 }

@@ -24,15 +24,10 @@ use crate::time::{now_micros, parse_timestamp};
 /// The header that carries a Keystone token.
 pub const AUTH_TOKEN: &str = "X-Auth-Token";
 
-/// A URL as it may appear in logs and errors: any user name or password removed.
+/// A URL as it may appear in logs and errors: its password hidden (the project's one
+/// redaction, `synchronizer_plugin_api::redact`).
 pub fn display_url(url: &Url) -> String {
-    if url.username().is_empty() && url.password().is_none() {
-        return url.to_string();
-    }
-    let mut u = url.clone();
-    let _ = u.set_username("");
-    let _ = u.set_password(None);
-    u.to_string()
+    synchronizer_plugin_api::redact::redact(url)
 }
 
 /// `base` with `segments` appended as path segments (each percent-encoded as needed).
