@@ -6,7 +6,8 @@
 #    with oslo.messaging (the real publisher), and — in the background while the tests
 #    run — real Keystone + Heat and Nova from PyPI on loopback.
 # 2. cargo fmt --check; every plugin .so built once into target/debug, plus a plugin built
-#    against an incompatible plugin-api (scripts/build-test-plugins.sh); clippy -D warnings.
+#    against an incompatible plugin-api (scripts/build-test-plugins.sh); clippy -D warnings;
+#    the library built without default features (scripts/check-light-embed.sh).
 # 3. cargo test for the whole workspace, the replay of the fuzz targets' saved inputs
 #    (fuzz/, scripts/fuzz.sh replay), then the tests against the real OpenStack services
 #    (marked #[ignore] in a plain `cargo test`, run here with --ignored).
@@ -34,6 +35,9 @@ bash scripts/build-test-plugins.sh
 
 step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+
+step "the library without default features (no axum, lapin, redb)"
+bash scripts/check-light-embed.sh
 
 # The OpenStack services start only now: while the Rust code compiles they would compete
 # for the same two cores, and nova-compute misses its readiness deadline.

@@ -416,8 +416,19 @@ impl Config {
                 "defaults.max_entities must be at least 1".into(),
             ));
         }
+        if !cfg!(feature = "amqp") && !self.outputs.amqp.is_empty() {
+            return Err(ConfigError::Semantic(
+                "outputs.amqp: this build of synchronizer has no AMQP output (cargo feature `amqp`)".into(),
+            ));
+        }
+        if !cfg!(feature = "persist") && self.baseline_file.is_some() {
+            return Err(ConfigError::Semantic(
+                "baseline_file: this build of synchronizer has no durable baseline (cargo feature `persist`)".into(),
+            ));
+        }
         let mut outputs = HashSet::new();
         for output in &self.outputs.amqp {
+            #[cfg(feature = "amqp")]
             output
                 .check()
                 .map_err(|e| ConfigError::Semantic(e.to_string()))?;
@@ -801,6 +812,20 @@ mod tests {
             );
             Ok(())
         });
+    }
+
+    /// Run by `scripts/check-light-embed.sh`, in a build without the optional parts.
+    #[cfg(not(any(feature = "amqp", feature = "persist")))]
+    #[test]
+    fn a_part_left_out_of_the_build_is_refused_naming_its_feature() {
+        let err = Config::from_toml("[[outputs.amqp]]\nurl = \"amqp://h/\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cargo feature `amqp`"), "{err}");
+        let err = Config::from_toml("baseline_file = \"b.redb\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cargo feature `persist`"), "{err}");
     }
 
     #[test]

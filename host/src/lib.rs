@@ -14,6 +14,12 @@
 //!   with end-to-end confirmation ([`delivery`]).
 //! - [`Synchronizer`] ties it together: embed it, or run the `synchronizer` binary.
 //!
+//! Features (all on by default; the binary needs them all): `http` (the HTTP API, axum),
+//! `amqp` (the AMQP output, lapin), `persist` (the durable baseline, redb). An embedding
+//! program that needs none of them depends on
+//! `synchronizer = { ..., default-features = false }`; a configuration that asks for a
+//! part left out is refused when it is read, naming the feature.
+//!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
 //! use synchronizer::{Config, Event, SubscribeOptions, Synchronizer};
@@ -35,6 +41,7 @@ pub mod baseline;
 pub mod change;
 pub mod config;
 pub mod delivery;
+#[cfg(feature = "http")]
 pub mod http;
 pub mod hub;
 mod ingress;

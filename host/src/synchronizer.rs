@@ -12,6 +12,7 @@ use synchronizer_plugin_api::{Entity, Health};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+#[cfg(feature = "amqp")]
 use crate::amqp::AmqpOutput;
 use crate::backoff::Backoff;
 use crate::config::{Config, InstanceConfig, OnPluginError, Schedule};
@@ -38,6 +39,7 @@ pub enum StartError {
     #[error("{0}")]
     Config(String),
     /// The durable baseline store cannot be used.
+    #[cfg(feature = "persist")]
     #[error(transparent)]
     Store(#[from] crate::persist::StoreError),
 }
@@ -124,7 +126,7 @@ pub struct Synchronizer {
     shutdown: CancellationToken,
     tasks: tokio::sync::Mutex<JoinSet<()>>,
     store_writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
-    outputs: tokio::sync::Mutex<Vec<AmqpOutput>>,
+    outputs: tokio::sync::Mutex<Outputs>,
     bus_stop_timeout: Duration,
     /// Ends every subscription after shutdown's drain.
     drain: Drain,
@@ -198,17 +200,13 @@ impl Synchronizer {
         };
         // The outputs, before anything runs: they must see every change, from the first
         // snapshot on. (Nothing has emitted a change yet: instances are created, not run.)
-        let mut outputs = Vec::new();
-        for output in &config.outputs.amqp {
-            match AmqpOutput::start(output.clone(), &hub) {
-                Ok(o) => outputs.push(o),
-                Err(e) => {
-                    finish_outputs(outputs).await;
-                    shutdown_all(&instances).await;
-                    return Err(StartError::Config(e.to_string()));
-                }
+        let outputs = match start_outputs(&config, &hub).await {
+            Ok(outputs) => outputs,
+            Err(e) => {
+                shutdown_all(&instances).await;
+                return Err(e);
             }
-        }
+        };
         // What a crash left in doubt goes out again, now that every subscriber and output
         // of this run exists, before any instance runs.
         let store_writer = match restored {
@@ -610,9 +608,24 @@ async fn shutdown_all(instances: &[Started]) {
     .await;
 }
 
+/// Step 2, in a build without the `persist` feature: a durable baseline is refused.
+#[cfg(not(feature = "persist"))]
+async fn restore(
+    _path: &std::path::Path,
+    _config: &Config,
+    _hub: &Arc<Hub>,
+    _instances: &[Started],
+) -> Result<(std::thread::JoinHandle<()>, crate::persist::Restored), StartError> {
+    Err(StartError::Config(
+        "baseline_file: this build of synchronizer has no durable baseline (cargo feature `persist`)"
+            .into(),
+    ))
+}
+
 /// Step 2: opens the durable baseline at `path`, restores the hub's baseline and view
 /// from it (owners are the instances' indices) and starts its writer thread. Returns
 /// the writer and what the file held in doubt.
+#[cfg(feature = "persist")]
 async fn restore(
     path: &std::path::Path,
     config: &Config,
@@ -779,10 +792,51 @@ pub struct GetAll {
     pub incomplete: Vec<Incomplete>,
 }
 
+/// The running outputs for remote consumers.
+#[cfg(feature = "amqp")]
+type Outputs = Vec<AmqpOutput>;
+/// No output can run in a build without them.
+#[cfg(not(feature = "amqp"))]
+type Outputs = Vec<std::convert::Infallible>;
+
+/// Step 3: starts every configured output.
+#[cfg(feature = "amqp")]
+async fn start_outputs(config: &Config, hub: &Arc<Hub>) -> Result<Outputs, StartError> {
+    let mut outputs = Vec::new();
+    for output in &config.outputs.amqp {
+        match AmqpOutput::start(output.clone(), hub) {
+            Ok(o) => outputs.push(o),
+            Err(e) => {
+                finish_outputs(outputs).await;
+                return Err(StartError::Config(e.to_string()));
+            }
+        }
+    }
+    Ok(outputs)
+}
+
+/// Step 3, in a build without the `amqp` feature: an AMQP output is refused.
+#[cfg(not(feature = "amqp"))]
+async fn start_outputs(config: &Config, _hub: &Arc<Hub>) -> Result<Outputs, StartError> {
+    if config.outputs.amqp.is_empty() {
+        Ok(Vec::new())
+    } else {
+        Err(StartError::Config(
+            "outputs.amqp: this build of synchronizer has no AMQP output (cargo feature `amqp`)"
+                .into(),
+        ))
+    }
+}
+
 /// Drains and closes every output, all at once.
-async fn finish_outputs(outputs: Vec<AmqpOutput>) {
+#[cfg(feature = "amqp")]
+async fn finish_outputs(outputs: Outputs) {
     futures::future::join_all(outputs.into_iter().map(AmqpOutput::finish)).await;
 }
+
+/// There is no output to drain in a build without them.
+#[cfg(not(feature = "amqp"))]
+async fn finish_outputs(_outputs: Outputs) {}
 
 /// The types an instance collects: what the plugin provides, narrowed to the configured
 /// active types. A plugin with open-ended types collects every active type (or all).

@@ -984,6 +984,7 @@ pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
 
 /// Appends one entity in the wire encoding to `buf`, on its own (the durable store
 /// keeps the view so).
+#[cfg(feature = "persist")]
 pub(crate) fn encode_entity_into(e: &Entity, buf: &mut Vec<u8>) {
     let mut w = FrameWriter {
         buf: std::mem::take(buf),
@@ -993,6 +994,7 @@ pub(crate) fn encode_entity_into(e: &Entity, buf: &mut Vec<u8>) {
 }
 
 /// Reads back what [`encode_entity_into`] wrote; anything else is an error.
+#[cfg(feature = "persist")]
 pub(crate) fn decode_entity(bytes: &[u8]) -> Result<Entity, WireError> {
     let mut r = Reader::new(bytes);
     let e = r.entity()?;
