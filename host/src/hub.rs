@@ -413,6 +413,7 @@ impl Hub {
     ) -> Option<(Vec<Arc<Entity>>, Applied)> {
         // Hashing a million entities needs no lock: it runs on a blocking thread before
         // the batch joins the writer's queue, so the writer is busy only for the diff.
+        let started = std::time::Instant::now();
         let hub = self.clone();
         let origin = origin.clone();
         let covered = covered.to_vec();
@@ -422,10 +423,18 @@ impl Hub {
         })
         .await
         .ok()?;
-        let writer = hub.clone();
-        writer
+        let instance = origin.instance.clone();
+        let judged = hub
+            .clone()
             .on_writer(move || hub.judge_snapshot(&origin, prepared, &covered, start, initial))
-            .await
+            .await;
+        self.metrics
+            .diff_durations
+            .get_or_create(&crate::metrics::InstanceLabels {
+                instance: crate::metrics::label_value(&instance),
+            })
+            .observe(started.elapsed().as_secs_f64());
+        judged
     }
 
     /// [`Hub::apply_push`] off the async workers ([`Hub::on_writer`]).

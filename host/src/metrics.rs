@@ -4,6 +4,7 @@
 //! |---|---|---|---|
 //! | `synchronizer_collections_total` | counter | instance, outcome | collections by outcome: `success`, `failed`, `too_large`, `timeout`, `stuck` |
 //! | `synchronizer_collection_duration_seconds` | histogram | instance | how long collections took (successful or not) |
+//! | `synchronizer_snapshot_diff_seconds` | histogram | instance | how long the host took to turn a collected snapshot into changes: hashing, waiting for the writer, the diff (the plugin's own time is not in it) |
 //! | `synchronizer_entities` | gauge | type | entities the baseline holds per type |
 //! | `synchronizer_changes_total` | counter | action | change notifications emitted: `created`, `updated`, `deleted` |
 //! | `synchronizer_invalid_timestamps_total` | counter | instance | source timestamps outside years 1..=9999, discarded (the sample time stood in) |
@@ -113,6 +114,8 @@ pub struct Metrics {
     pub collections: Family<OutcomeLabels, Counter>,
     /// Collection durations by instance.
     pub durations: Family<InstanceLabels, Histogram, fn() -> Histogram>,
+    /// Snapshot diff durations (hash, wait for the writer, judge) by instance.
+    pub diff_durations: Family<InstanceLabels, Histogram, fn() -> Histogram>,
     /// Entities per type.
     pub entities: Family<TypeLabels, Gauge>,
     /// Changes by action.
@@ -152,6 +155,15 @@ impl Default for Metrics {
             "collection_duration_seconds",
             "How long collections took",
             durations.clone(),
+        );
+        let diff_durations =
+            Family::<InstanceLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                duration_histogram,
+            );
+        registry.register(
+            "snapshot_diff_seconds",
+            "How long the host took to turn a snapshot into changes",
+            diff_durations.clone(),
         );
         let entities = Family::<TypeLabels, Gauge>::default();
         registry.register(
@@ -226,6 +238,7 @@ impl Default for Metrics {
             output_failures,
             collections,
             durations,
+            diff_durations,
             entities,
             changes,
             invalid_timestamps,

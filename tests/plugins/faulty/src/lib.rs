@@ -1,5 +1,5 @@
 //! A plugin for the host's tests that misbehaves on request, one way per instance:
-//! `mode = "ok" | "tick" | "fail" | "panic" | "hang" | "block" | "slow"` and
+//! `mode = "ok" | "churn" | "tick" | "fail" | "panic" | "hang" | "block" | "slow"` and
 //! `panic_in_new = true`. Every behaviour is real: a real panic inside the plugin, a real
 //! async wait that never ends, a real `std::thread::sleep` that holds a runtime thread.
 
@@ -14,6 +14,9 @@ use synchronizer_plugin_api::{Context, Entity, Error, Plugin, PluginInfo, Plugin
 enum Mode {
     /// `entities` entities of type `faulty.item`, always the same.
     Ok,
+    /// The same `entities` entities, 1% of them renamed by each snapshot (those whose
+    /// number is the call's number modulo 100).
+    Churn,
     /// One entity `faulty.tick:<instance>` whose property `n` counts the snapshots.
     Tick,
     /// Every snapshot returns an error.
@@ -97,6 +100,17 @@ impl Plugin for Faulty {
                     .map(|i| {
                         Entity::resource("faulty.item", &format!("item-{i}"))
                             .with_name(format!("item {i}"))
+                            .with_state("ACTIVE")
+                    })
+                    .collect(),
+            )),
+            Mode::Churn => Ok(Snapshot::complete(
+                (0..self.entities)
+                    .map(|i| {
+                        // Goes up by one exactly when `n` passes `i` modulo 100.
+                        let version = (n + 99 - u64::from(i % 100)) / 100;
+                        Entity::resource("faulty.item", &format!("item-{i}"))
+                            .with_name(format!("item {i} v{version}"))
                             .with_state("ACTIVE")
                     })
                     .collect(),
