@@ -38,7 +38,8 @@ async fn diff_totals(client: &reqwest::Client, base: &str, instance: &str) -> (f
         .await
         .expect("metrics body");
     let value = |suffix: &str| -> f64 {
-        let prefix = format!("synchronizer_snapshot_diff_seconds_{suffix}{{instance=\"{instance}\"}} ");
+        let prefix =
+            format!("synchronizer_snapshot_diff_seconds_{suffix}{{instance=\"{instance}\"}} ");
         text.lines()
             .find_map(|l| l.strip_prefix(prefix.as_str()))
             .and_then(|v| v.trim().parse().ok())
@@ -177,9 +178,7 @@ listen = "127.0.0.1:{port}"
     }
     let quiet = (phases[0].mean + phases[2].mean) / 2;
     let ratio = phases[1].mean.as_secs_f64() / quiet.as_secs_f64();
-    println!(
-        "readers: mean diff with {readers} readers / without: {ratio:.2}x (target <= 1.2x)"
-    );
+    println!("readers: mean diff with {readers} readers / without: {ratio:.2}x (target <= 1.2x)");
     if phases.iter().any(|p| p.diffs == 0) || phases[1].reads == 0 {
         eprintln!("readers: a phase had no diff or no read; nothing was measured");
         std::process::exit(1);
