@@ -291,6 +291,29 @@ fn live_records<'a>(
     Ok(live)
 }
 
+/// Runs `f`, catching a panic in it without the panic hook printing it: while it runs,
+/// the hook stays silent for this thread and passes every other thread's panic on to
+/// the hook that was installed before.
+fn quietly<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    thread_local! {
+        static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    type Hook = dyn Fn(&std::panic::PanicHookInfo<'_>) + Sync + Send;
+    let previous: Arc<Hook> = Arc::from(std::panic::take_hook());
+    let forward = previous.clone();
+    std::panic::set_hook(Box::new(move |info| {
+        if !QUIET.with(std::cell::Cell::get) {
+            forward(info)
+        }
+    }));
+    QUIET.with(|q| q.set(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(false));
+    drop(std::panic::take_hook());
+    std::panic::set_hook(Box::new(move |info| previous(info)));
+    result
+}
+
 impl Store {
     /// Opens (or creates) the store at `path` and reads what it holds. Tombstones are
     /// kept for `tombstone_ttl` from the time they were made (the baseline's retention);
@@ -305,8 +328,16 @@ impl Store {
         {
             std::fs::create_dir_all(dir).map_err(|e| io(&e))?;
         }
-        // redb asserts (panics) on some truncated files instead of returning an error.
-        let opened = std::panic::catch_unwind(|| Database::create(path));
+        // redb initialises an empty file as a new database: say so, as for a new file.
+        if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+            tracing::warn!(
+                file = %path.display(),
+                "the baseline store file is empty (0 bytes: created but never written, or emptied); it is initialised as a new, empty store"
+            );
+        }
+        // redb asserts (panics) on some truncated files instead of returning an error:
+        // caught, and its panic message kept out of the output (the error says it).
+        let opened = quietly(|| Database::create(path));
         let db = match opened {
             Ok(Ok(db)) => db,
             Ok(Err(e)) => {
@@ -777,6 +808,26 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_file_is_initialised_as_a_new_store() {
+        let path = tempfile_dir().join("b.redb");
+        std::fs::write(&path, b"").expect("an empty file");
+        let (_store, restored) = Store::open(&path, Duration::from_secs(60)).expect("opens");
+        assert!(restored.entities.is_empty() && restored.in_doubt.is_empty());
+        assert!(
+            std::fs::metadata(&path).expect("file").len() > 0,
+            "initialised"
+        );
+    }
+
+    #[test]
+    fn a_panic_kept_quiet_is_caught_and_the_hook_is_back_afterwards() {
+        let r: std::thread::Result<()> = quietly(|| panic!("redb's assertion"));
+        assert!(r.is_err());
+        // The hook is installed again (a second call nests cleanly).
+        assert_eq!(quietly(|| 7).ok(), Some(7));
+    }
 
     fn entity(id: &str) -> Arc<Entity> {
         Arc::new(
