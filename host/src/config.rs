@@ -417,14 +417,10 @@ impl Config {
             ));
         }
         if !cfg!(feature = "amqp") && !self.outputs.amqp.is_empty() {
-            return Err(ConfigError::Semantic(
-                "outputs.amqp: this build of synchronizer has no AMQP output (cargo feature `amqp`)".into(),
-            ));
+            return Err(ConfigError::Semantic(NO_AMQP.into()));
         }
         if !cfg!(feature = "persist") && self.baseline_file.is_some() {
-            return Err(ConfigError::Semantic(
-                "baseline_file: this build of synchronizer has no durable baseline (cargo feature `persist`)".into(),
-            ));
+            return Err(ConfigError::Semantic(NO_PERSIST.into()));
         }
         let mut outputs = HashSet::new();
         for output in &self.outputs.amqp {
@@ -550,6 +546,13 @@ impl Config {
         }
     }
 }
+
+/// Why an AMQP output is refused in a build without the `amqp` feature.
+pub(crate) const NO_AMQP: &str =
+    "outputs.amqp: this build of synchronizer has no AMQP output (cargo feature `amqp`)";
+/// Why a durable baseline is refused in a build without the `persist` feature.
+pub(crate) const NO_PERSIST: &str =
+    "baseline_file: this build of synchronizer has no durable baseline (cargo feature `persist`)";
 
 /// A log level (`off`, `error`, `warn`, `info`, `debug`, `trace`), parsed once, when the
 /// configuration is read. The default is `info`.

@@ -616,10 +616,7 @@ async fn restore(
     _hub: &Arc<Hub>,
     _instances: &[Started],
 ) -> Result<(std::thread::JoinHandle<()>, crate::persist::Restored), StartError> {
-    Err(StartError::Config(
-        "baseline_file: this build of synchronizer has no durable baseline (cargo feature `persist`)"
-            .into(),
-    ))
+    Err(StartError::Config(crate::config::NO_PERSIST.into()))
 }
 
 /// Step 2: opens the durable baseline at `path`, restores the hub's baseline and view
@@ -821,10 +818,7 @@ async fn start_outputs(config: &Config, _hub: &Arc<Hub>) -> Result<Outputs, Star
     if config.outputs.amqp.is_empty() {
         Ok(Vec::new())
     } else {
-        Err(StartError::Config(
-            "outputs.amqp: this build of synchronizer has no AMQP output (cargo feature `amqp`)"
-                .into(),
-        ))
+        Err(StartError::Config(crate::config::NO_AMQP.into()))
     }
 }
 

@@ -20,13 +20,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// The diff histogram's (sum of seconds, count) for `instance`.
 async fn diff_totals(client: &reqwest::Client, base: &str, instance: &str) -> (f64, u64) {
     let text = client
@@ -56,17 +49,14 @@ struct Phase {
 }
 
 fn main() {
-    let n = env_or("READERS_N", 1_000_000);
-    let readers = env_or("READERS", 16);
-    let phase_s = env_or("READERS_PHASE_S", 45);
-    let interval = env_or("READERS_INTERVAL_S", 3);
+    let n = synchronizer_tests::env_or("READERS_N", 1_000_000);
+    let readers = synchronizer_tests::env_or("READERS", 16);
+    let phase_s = synchronizer_tests::env_or("READERS_PHASE_S", 45);
+    let interval = synchronizer_tests::env_or("READERS_INTERVAL_S", 3);
     let program = synchronizer_tests::release("synchronizer");
     synchronizer_tests::release("libsynchronizer_test_faulty.so");
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = synchronizer_tests::free_port();
     let plugins = program.parent().expect("target dir").display().to_string();
     let config = format!(
         r#"plugins_dir = {plugins:?}

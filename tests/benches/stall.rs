@@ -21,13 +21,6 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// Microseconds of the day of an RFC 3339 UTC time (`…THH:MM:SS.ffffffZ`).
 fn micros_of_day(t: &str) -> Option<i64> {
     let time = t.split('T').nth(1)?.trim_end_matches('Z');
@@ -88,16 +81,13 @@ impl Phase {
 }
 
 fn main() {
-    let n = env_or("STALL_N", 2_000_000);
-    let seconds = env_or("STALL_SECONDS", 30);
-    let interval = env_or("STALL_INTERVAL_S", 5);
+    let n = synchronizer_tests::env_or("STALL_N", 2_000_000);
+    let seconds = synchronizer_tests::env_or("STALL_SECONDS", 30);
+    let interval = synchronizer_tests::env_or("STALL_INTERVAL_S", 5);
     let program = synchronizer_tests::release("synchronizer");
     synchronizer_tests::release("libsynchronizer_test_faulty.so");
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = synchronizer_tests::free_port();
     let plugins = program.parent().expect("target dir").display().to_string();
     let config = format!(
         r#"plugins_dir = {plugins:?}

@@ -89,3 +89,19 @@ pub async fn next_event(sub: &mut Subscription, within: Duration, what: &str) ->
         Err(_) => panic!("no event within {within:?} while waiting for {what}"),
     }
 }
+
+/// A benchmark's knob: the environment variable `name` as a number, or `default`.
+pub fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A loopback TCP port free right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
