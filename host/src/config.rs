@@ -158,6 +158,11 @@ pub struct InstanceConfig {
     /// the subcommand itself with [`crate::isolation::child::main`].
     #[serde(default)]
     pub child_program: Option<PathBuf>,
+    /// Whether `/readyz` waits for this instance: a collector until its first snapshot, a
+    /// bus until its plugin first reports itself healthy (connected to its broker).
+    /// Default true.
+    #[serde(default = "yes")]
+    pub readiness: bool,
     /// The plugin's own configuration, passed to it as it is.
     #[serde(default = "empty_table")]
     pub config: serde_json::Value,

@@ -8,7 +8,7 @@
 //! | `synchronizer_entities` | gauge | type | entities the baseline holds per type |
 //! | `synchronizer_changes_total` | counter | action | change notifications emitted: `created`, `updated`, `deleted` |
 //! | `synchronizer_invalid_timestamps_total` | counter | instance | source timestamps outside years 1..=9999, discarded (the sample time stood in) |
-//! | `synchronizer_plugin_counter` | gauge | instance, name | a plugin's own counters (the bus plugin's `messages_consumed`, `messages_acked`, `messages_dead_lettered`, ...) |
+//! | `synchronizer_plugin_stat` | gauge | instance, name | a plugin's own counters (the bus plugin's `messages_consumed`, `messages_acked`, `messages_dead_lettered`, ...) |
 //! | `synchronizer_subscribers` | gauge | | live subscribers |
 //! | `synchronizer_subscriber_queue_max` | gauge | | the deepest subscriber queue right now (lag, in events) |
 //! | `synchronizer_subscriber_resyncs_total` | counter | | times a subscriber fell behind and was resynced |
@@ -17,9 +17,18 @@
 //! | `synchronizer_output_connected` | gauge | output | 1 while an AMQP output is connected to its broker |
 //! | `synchronizer_output_failures_total` | counter | output | times an AMQP output lost or could not open its connection |
 //! | `synchronizer_refused_entities_total` | counter | instance, reason | entities refused: `unlisted_type` (a type the plugin does not declare in `PluginInfo::entity_types`) |
+//! | `synchronizer_instance_healthy` | gauge | instance | 1 while an instance is `healthy` (its last call succeeded and its plugin reports itself healthy: a bus connected to its broker), 0 otherwise (starting, degraded, failing, stuck, stopped) |
+//! | `synchronizer_child_restarts_total` | counter | instance, cause | times a plugin child (process isolation) ended and was restarted, by cause: `exit` (it exited), `signal` (a signal killed it), `heartbeat`, `memory`, `protocol`, `stuck` (the host killed it: no heartbeat answer, past `memory_limit`, a malformed frame, a call's thread that did not return), `launch` (a new child failed to start), `unknown` |
 //!
 //! Counters and the histogram are updated where things happen; gauges are refreshed when
-//! the registry is encoded.
+//! the registry is encoded. Every family exists from the start: the configured outputs'
+//! and instances' series are created at 0 ([`Metrics::prepare_outputs`],
+//! [`Metrics::prepare_instance`]), so that an alert on an output that never connected, or
+//! on restarts that began with the process, has a series to see.
+//!
+//! [`Metrics::encode`] writes OpenMetrics text (`application/openmetrics-text`);
+//! [`Metrics::encode_classic`] the classic Prometheus text format (`text/plain;
+//! version=0.0.4`), for scrapers that ask for it.
 
 use std::sync::atomic::AtomicU64;
 
@@ -93,6 +102,30 @@ pub struct RefusedLabels {
     pub reason: &'static str,
 }
 
+/// Labels: instance and why its child ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RestartLabels {
+    /// The instance.
+    pub instance: String,
+    /// Why the child ended (a bounded set, see the module docs).
+    pub cause: &'static str,
+}
+
+/// Every `cause` of `synchronizer_child_restarts_total`.
+pub const RESTART_CAUSES: [&str; 8] = [
+    "exit",
+    "signal",
+    "heartbeat",
+    "memory",
+    "protocol",
+    "stuck",
+    "launch",
+    "unknown",
+];
+
+/// Every `outcome` of `synchronizer_collections_total`.
+pub const COLLECTION_OUTCOMES: [&str; 5] = ["success", "failed", "too_large", "timeout", "stuck"];
+
 /// Labels: a plugin counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PluginCounterLabels {
@@ -140,6 +173,10 @@ pub struct Metrics {
     pub output_failures: Family<OutputLabels, Counter>,
     /// Entities refused, by reason.
     pub refused_entities: Family<RefusedLabels, Counter>,
+    /// Plugin children restarted, by cause.
+    pub child_restarts: Family<RestartLabels, Counter>,
+    /// 1 while an instance is healthy.
+    pub instance_healthy: Family<InstanceLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -181,7 +218,7 @@ impl Default for Metrics {
         );
         let plugin_counters = Family::<PluginCounterLabels, Gauge<u64, AtomicU64>>::default();
         registry.register(
-            "plugin_counter",
+            "plugin_stat",
             "A plugin's own counters",
             plugin_counters.clone(),
         );
@@ -229,7 +266,24 @@ impl Default for Metrics {
             "Entities refused, by reason",
             refused_entities.clone(),
         );
+        let child_restarts = Family::<RestartLabels, Counter>::default();
+        registry.register(
+            "child_restarts",
+            "Times a plugin child process ended and was restarted, by cause",
+            child_restarts.clone(),
+        );
+        let instance_healthy = Family::<InstanceLabels, Gauge>::default();
+        registry.register(
+            "instance_healthy",
+            "1 while an instance is healthy (its calls succeed and its plugin reports itself healthy)",
+            instance_healthy.clone(),
+        );
+        for action in ["created", "updated", "deleted"] {
+            let _ = changes.get_or_create(&ActionLabels { action });
+        }
         Metrics {
+            instance_healthy,
+            child_restarts,
             refused_entities,
             registry,
             output_published,
@@ -266,6 +320,66 @@ impl Metrics {
             .observe(seconds);
     }
 
+    /// Creates the series of one output at 0 (or as they are, when they exist).
+    pub fn prepare_output(&self, name: &str) {
+        let labels = OutputLabels {
+            output: name.to_owned(),
+        };
+        let _ = self.output_published.get_or_create(&labels);
+        let _ = self.output_unconfirmed.get_or_create(&labels);
+        let _ = self.output_connected.get_or_create(&labels);
+        let _ = self.output_failures.get_or_create(&labels);
+    }
+
+    /// Creates the series of one instance at 0: its collections' outcomes when it is a
+    /// collector, its child's restart causes when it runs in a child process.
+    pub fn prepare_instance(&self, instance: &str, collector: bool, child: bool) {
+        let instance = instance.to_owned();
+        if collector {
+            for outcome in COLLECTION_OUTCOMES {
+                let _ = self.collections.get_or_create(&OutcomeLabels {
+                    instance: instance.clone(),
+                    outcome,
+                });
+            }
+            let _ = self.durations.get_or_create(&InstanceLabels {
+                instance: instance.clone(),
+            });
+            let _ = self.diff_durations.get_or_create(&InstanceLabels {
+                instance: instance.clone(),
+            });
+        }
+        if child {
+            for cause in RESTART_CAUSES {
+                let _ = self.child_restarts.get_or_create(&RestartLabels {
+                    instance: instance.clone(),
+                    cause,
+                });
+            }
+        }
+        let _ = self.instance_healthy.get_or_create(&InstanceLabels {
+            instance: instance.clone(),
+        });
+        let _ = self.invalid_timestamps.get_or_create(&InstanceLabels {
+            instance: instance.clone(),
+        });
+        let _ = self.refused_entities.get_or_create(&RefusedLabels {
+            instance,
+            reason: "unlisted_type",
+        });
+    }
+
+    /// Counts one restart of `instance`'s child, ended by `cause` (one of
+    /// [`RESTART_CAUSES`]).
+    pub fn child_restart(&self, instance: &str, cause: &'static str) {
+        self.child_restarts
+            .get_or_create(&RestartLabels {
+                instance: instance.to_owned(),
+                cause,
+            })
+            .inc();
+    }
+
     /// Counts `n` entities of `instance` refused for `reason`.
     pub fn refused_entities(&self, instance: &str, reason: &'static str, n: u64) {
         self.refused_entities
@@ -285,7 +399,7 @@ impl Metrics {
             .inc();
     }
 
-    /// The registry in the text exposition format.
+    /// The registry in the OpenMetrics text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
@@ -293,6 +407,91 @@ impl Metrics {
         }
         out
     }
+
+    /// The registry in `format`.
+    pub fn encode_as(&self, format: Format) -> String {
+        match format {
+            Format::OpenMetrics => self.encode(),
+            Format::Classic => classic(&self.encode()),
+        }
+    }
+}
+
+/// A text exposition format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// OpenMetrics 1.0 (`application/openmetrics-text; version=1.0.0`).
+    OpenMetrics,
+    /// The classic Prometheus text format (`text/plain; version=0.0.4`).
+    Classic,
+}
+
+impl Format {
+    /// The format an HTTP `Accept` header asks for: OpenMetrics when it names
+    /// `application/openmetrics-text` (as Prometheus servers do, preferring it), the
+    /// classic format otherwise (promtool, curl, older scrapers, no header at all).
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        let openmetrics = accept.is_some_and(|a| {
+            a.split(',').any(|range| {
+                let mut params = range.split(';');
+                let media = params.next().unwrap_or("").trim();
+                let refused = params.any(|p| {
+                    let p = p.trim();
+                    p.strip_prefix("q=")
+                        .and_then(|q| q.trim().parse::<f32>().ok())
+                        .is_some_and(|q| q <= 0.0)
+                });
+                media.eq_ignore_ascii_case("application/openmetrics-text") && !refused
+            })
+        });
+        if openmetrics {
+            Format::OpenMetrics
+        } else {
+            Format::Classic
+        }
+    }
+
+    /// Its `Content-Type`.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Classic => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+}
+
+/// OpenMetrics text (as prometheus-client writes it) rewritten in the classic format: a
+/// counter family's `HELP` and `TYPE` name its `_total` sample, `unknown` is `untyped`,
+/// and the `UNIT` lines and the `# EOF` trailer go.
+fn classic(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    // A family's HELP line waits for its TYPE line, which says whether it is a counter.
+    let mut help: Option<(&str, &str)> = None;
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, text) = rest.split_once(' ').unwrap_or((rest, ""));
+            help = Some((name, text));
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let (name, kind) = match kind {
+                "counter" => (format!("{name}_total"), "counter"),
+                "unknown" => (name.to_owned(), "untyped"),
+                other => (name.to_owned(), other),
+            };
+            if let Some((_, text)) = help.take() {
+                out.push_str(&format!("# HELP {name} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {name} {kind}\n"));
+        } else if line.starts_with("# UNIT ") || line == "# EOF" {
+        } else {
+            if let Some((name, text)) = help.take() {
+                out.push_str(&format!("# HELP {name} {text}\n"));
+            }
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -316,6 +515,63 @@ mod tests {
         );
         assert!(
             text.contains("# TYPE synchronizer_invalid_timestamps counter"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_accept_header_chooses_the_format() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(Format::negotiate(Some(prometheus)), Format::OpenMetrics);
+        assert_eq!(
+            Format::negotiate(Some("Application/OpenMetrics-Text")),
+            Format::OpenMetrics
+        );
+        assert_eq!(
+            Format::negotiate(Some("text/plain;version=0.0.4")),
+            Format::Classic
+        );
+        assert_eq!(Format::negotiate(Some("*/*")), Format::Classic);
+        assert_eq!(Format::negotiate(None), Format::Classic);
+        assert_eq!(
+            Format::negotiate(Some("application/openmetrics-text;q=0, text/plain")),
+            Format::Classic
+        );
+    }
+
+    #[test]
+    fn the_classic_format_names_counters_by_their_sample() {
+        let m = Metrics::default();
+        m.prepare_instance("nova", true, true);
+        m.child_restart("nova", "signal");
+        let text = m.encode_as(Format::Classic);
+        assert!(
+            text.contains("# HELP synchronizer_child_restarts_total Times a plugin child"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE synchronizer_child_restarts_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "synchronizer_child_restarts_total{instance=\"nova\",cause=\"signal\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "synchronizer_child_restarts_total{instance=\"nova\",cause=\"memory\"} 0\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE synchronizer_subscribers gauge\n"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"), "{text}");
+        assert!(
+            !text.contains("# TYPE synchronizer_changes counter"),
             "{text}"
         );
     }

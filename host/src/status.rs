@@ -19,6 +19,9 @@ pub enum Health {
     Starting,
     /// The last call succeeded.
     Healthy,
+    /// It runs, but its plugin reports itself unhealthy (a bus not connected to its
+    /// broker, say): the reason is in `plugin_report`.
+    Degraded,
     /// The last call failed; retrying with backoff.
     Failing,
     /// A call is stuck inside the plugin; it is not called again until that returns.
@@ -64,6 +67,27 @@ pub struct InstanceStatus {
     /// Process mode: why the last child ended (`killed by signal 11 (SIGSEGV)`,
     /// `killed by the host: memory limit exceeded ...`).
     pub last_exit: Option<String>,
+    /// The plugin's last report on its own health, asked every few seconds (null until
+    /// its first answer).
+    pub plugin_report: Option<PluginReport>,
+    /// Whether the plugin has reported itself healthy at least once since the start (a
+    /// bus: connected once). Readiness waits for it.
+    pub reported_healthy: bool,
+}
+
+/// A plugin's report on its own health, and when it was made.
+#[derive(Clone, Debug, Serialize)]
+pub struct PluginReport {
+    /// The report.
+    #[serde(flatten)]
+    pub health: synchronizer_plugin_api::Health,
+    /// When the host asked.
+    #[serde(serialize_with = "time")]
+    pub at: SystemTime,
+}
+
+fn time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_rfc3339_millis(system_time_to_micros(*t)))
 }
 
 fn opt_time<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
@@ -102,6 +126,8 @@ impl Default for StatusCell {
             pid: None,
             restarts: 0,
             last_exit: None,
+            plugin_report: None,
+            reported_healthy: false,
         }))
     }
 }
@@ -112,9 +138,26 @@ impl StatusCell {
         f(&mut g)
     }
 
-    /// The current status.
+    /// The current status. An instance that runs (`starting` or `healthy`) while its
+    /// plugin reports itself unhealthy is `degraded`.
     pub fn get(&self) -> InstanceStatus {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let unhealthy = s.plugin_report.as_ref().is_some_and(|r| !r.health.healthy);
+        if unhealthy && matches!(s.health, Health::Starting | Health::Healthy) {
+            s.health = Health::Degraded;
+        }
+        s
+    }
+
+    /// Records the plugin's own report on its health.
+    pub fn plugin_reported(&self, health: synchronizer_plugin_api::Health) {
+        self.with(|s| {
+            s.reported_healthy |= health.healthy;
+            s.plugin_report = Some(PluginReport {
+                health,
+                at: SystemTime::now(),
+            });
+        })
     }
 
     /// A collection (or bus start) succeeded.

@@ -23,6 +23,7 @@ use crate::isolation::{
     ProcessInstance, ProcessOptions,
 };
 use crate::loader::{LoadError, PluginLibrary, PluginMeta, load};
+use crate::metrics::Metrics;
 use crate::scheduler::{CollectError, Collector, Incomplete};
 use crate::status::{InstanceStatus, StatusCell};
 use crate::subscription::{
@@ -88,6 +89,8 @@ pub struct InstanceHandle {
     plugin: Arc<dyn Instance>,
     status: Arc<StatusCell>,
     collector: Option<Arc<Collector>>,
+    /// Whether readiness waits for it (`readiness` in its configuration).
+    gates_readiness: bool,
 }
 
 /// A report on one instance.
@@ -141,6 +144,7 @@ struct Started {
     schedule: Schedule,
     types: Vec<String>,
     status: Arc<StatusCell>,
+    gates_readiness: bool,
 }
 
 fn origin(owner: usize, name: &str) -> Origin {
@@ -183,7 +187,10 @@ impl Synchronizer {
         let hub = Arc::new(Hub::new(config.tombstone_ttl));
         let drain = Drain::default();
         let early = early.map(|options| drain.attach(Subscription::for_hub(&hub, options)));
-        let (instances, failures) = create_instances(&config).await?;
+        for output in &config.outputs.amqp {
+            hub.metrics().prepare_output(&output.name);
+        }
+        let (instances, failures) = create_instances(&config, hub.metrics()).await?;
         if !failures.is_empty() && config.on_plugin_error == OnPluginError::Fail {
             shutdown_all(&instances).await;
             return Err(StartError::Plugins(failures));
@@ -365,28 +372,31 @@ impl Synchronizer {
     /// all at once). An instance that does not answer in time is reported unhealthy.
     pub async fn plugin_health(&self, timeout: Duration) -> Vec<PluginHealth> {
         let asks = self.instances.iter().map(|i| async move {
-            let health = if i.status.get().health == crate::status::Health::Stuck {
-                Health::unhealthy("stuck: not asked while a call is stuck")
-            } else {
-                match tokio::time::timeout(timeout, i.plugin.health()).await {
-                    Ok(Ok(report)) => report,
-                    Ok(Err(e)) => Health::unhealthy(e.message),
-                    Err(_) => Health::unhealthy(format!("no health report within {timeout:?}")),
-                }
-            };
             PluginHealth {
                 instance: i.name.clone(),
-                health,
+                health: ask_health(i.plugin.as_ref(), &i.status, timeout).await,
             }
         });
         futures::future::join_all(asks).await
     }
 
-    /// Every metric, in the Prometheus text exposition format (see [`crate::metrics`]).
+    /// Every metric, in the OpenMetrics text format (see [`crate::metrics`]).
     pub fn metrics_text(&self) -> String {
+        self.metrics_text_as(crate::metrics::Format::OpenMetrics)
+    }
+
+    /// Every metric, in `format`.
+    pub fn metrics_text_as(&self, format: crate::metrics::Format) -> String {
         self.hub.refresh_gauges();
         let metrics = self.hub.metrics();
         for i in &self.instances {
+            let healthy = i.status.get().health == crate::status::Health::Healthy;
+            metrics
+                .instance_healthy
+                .get_or_create(&crate::metrics::InstanceLabels {
+                    instance: i.name.clone(),
+                })
+                .set(i64::from(healthy));
             for (name, value) in i.plugin.counters() {
                 metrics
                     .plugin_counters
@@ -397,15 +407,27 @@ impl Synchronizer {
                     .set(value);
             }
         }
-        metrics.encode()
+        metrics.encode_as(format)
     }
 
     /// Whether every collector has finished its first snapshot.
     pub fn ready(&self) -> bool {
+        self.waiting_for().is_empty()
+    }
+
+    /// The instances readiness waits for: each collector until its first snapshot, each
+    /// bus until its plugin first reports itself healthy (connected), except those
+    /// configured with `readiness = false`.
+    pub fn waiting_for(&self) -> Vec<&str> {
         self.instances
             .iter()
-            .filter_map(|i| i.collector.as_ref())
-            .all(|c| c.initial_done())
+            .filter(|i| i.gates_readiness)
+            .filter(|i| match &i.collector {
+                Some(c) => !c.initial_done(),
+                None => !i.status.get().reported_healthy,
+            })
+            .map(|i| i.name.as_str())
+            .collect()
     }
 
     /// The hub, for outputs that need its counters.
@@ -488,11 +510,71 @@ impl Synchronizer {
     }
 }
 
+/// How often each instance's plugin is asked for its own health ([`watch_health`]).
+const HEALTH_POLL: Duration = Duration::from_secs(5);
+/// How often, until its first healthy report (a bus that has not connected yet, whose
+/// readiness waits for it).
+const HEALTH_POLL_STARTING: Duration = Duration::from_millis(250);
+/// How long a plugin gets to answer.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Asks `plugin` for its own health and records the answer in `status`. A stuck
+/// instance is not asked (its call would queue behind the stuck one).
+async fn ask_health(plugin: &dyn Instance, status: &StatusCell, timeout: Duration) -> Health {
+    let health = if status.get().health == crate::status::Health::Stuck {
+        Health::unhealthy("stuck: not asked while a call is stuck")
+    } else {
+        match tokio::time::timeout(timeout, plugin.health()).await {
+            Ok(Ok(report)) => report,
+            Ok(Err(e)) => Health::unhealthy(e.message),
+            Err(_) => Health::unhealthy(format!("no health report within {timeout:?}")),
+        }
+    };
+    status.plugin_reported(health.clone());
+    health
+}
+
+/// Keeps an instance's status current with its plugin's own health report, so that a
+/// bus that cannot reach its broker shows as `degraded` (status, `synchronizer plugins`,
+/// `synchronizer_instance_healthy`) and readiness can wait for its first connection.
+/// Logs each change between healthy and not.
+async fn watch_health(
+    name: String,
+    plugin: Arc<dyn Instance>,
+    status: Arc<StatusCell>,
+    stop: CancellationToken,
+) {
+    let mut was_healthy: Option<bool> = None;
+    loop {
+        let health = ask_health(plugin.as_ref(), &status, HEALTH_TIMEOUT).await;
+        if was_healthy != Some(health.healthy) {
+            if health.healthy {
+                if was_healthy.is_some() {
+                    tracing::info!(instance = %name, "plugin reports itself healthy again");
+                }
+            } else {
+                tracing::warn!(instance = %name, reason = %health.message, "plugin reports itself unhealthy");
+            }
+            was_healthy = Some(health.healthy);
+        }
+        let pause = if status.get().reported_healthy {
+            HEALTH_POLL
+        } else {
+            HEALTH_POLL_STARTING
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
 /// Step 1: loads the libraries and creates every enabled instance (in the host's
 /// process or in a child). Nothing runs yet. The instances that failed are returned
 /// beside the others.
 async fn create_instances(
     config: &Config,
+    metrics: &Arc<Metrics>,
 ) -> Result<(Vec<Started>, Vec<InstanceFailure>), StartError> {
     let level = log_level(config.plugin_log_level.0);
     let mut libraries: HashMap<PathBuf, PluginLibrary> = HashMap::new();
@@ -502,14 +584,20 @@ async fn create_instances(
         let schedule = config.schedule(inst);
         let status = Arc::new(StatusCell::default());
         let created = if inst.isolation == Isolation::Process {
-            start_child(config, inst, schedule, level, &status).await?
+            start_child(config, inst, schedule, level, &status, metrics).await?
         } else {
             create_in_process(config, inst, schedule, level, &mut libraries).await
         };
         match created {
             Ok((plugin, library, meta)) => {
                 let types = active_types(&meta.entity_types, &config.types);
+                metrics.prepare_instance(
+                    &inst.name,
+                    meta.kind != synchronizer_plugin_api::PluginKind::Bus,
+                    inst.isolation == Isolation::Process,
+                );
                 instances.push(Started {
+                    gates_readiness: inst.readiness,
                     name: inst.name.clone(),
                     library,
                     meta,
@@ -564,6 +652,7 @@ async fn start_child(
     schedule: Schedule,
     level: LogLevel,
     status: &Arc<StatusCell>,
+    metrics: &Arc<Metrics>,
 ) -> Result<Result<Created, InstanceFailure>, StartError> {
     let path = config.library_path(inst);
     let program = match &inst.child_program {
@@ -592,10 +681,12 @@ async fn start_child(
         backoff_initial: schedule.backoff_initial,
         backoff_max: schedule.backoff_max,
     };
-    Ok(ProcessInstance::start(&inst.name, options, status.clone())
-        .await
-        .map(|(plugin, meta)| (Arc::new(plugin) as Arc<dyn Instance>, path, meta))
-        .map_err(InstanceFailure::from))
+    Ok(
+        ProcessInstance::start(&inst.name, options, status.clone(), metrics.clone())
+            .await
+            .map(|(plugin, meta)| (Arc::new(plugin) as Arc<dyn Instance>, path, meta))
+            .map_err(InstanceFailure::from),
+    )
 }
 
 /// Stops instances that were created but will not run.
@@ -715,6 +806,7 @@ fn spawn_instances(
             schedule,
             types,
             status,
+            gates_readiness,
         } = started;
         status.set_isolation(plugin.isolation());
         let origin = origin(owner, &name);
@@ -731,6 +823,12 @@ fn spawn_instances(
         if let Some(c) = &collector {
             tasks.spawn(c.clone().run(shutdown.child_token()));
         }
+        tasks.spawn(watch_health(
+            name.clone(),
+            plugin.clone(),
+            status.clone(),
+            shutdown.child_token(),
+        ));
         if meta.kind.pushes() {
             tasks.spawn(run_bus(
                 plugin.clone(),
@@ -757,6 +855,7 @@ fn spawn_instances(
             plugin,
             status,
             collector,
+            gates_readiness,
         });
     }
     handles

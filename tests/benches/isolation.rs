@@ -63,6 +63,7 @@ fn bench(c: &mut Criterion) {
                 backoff_max: Duration::from_secs(10),
             },
             Arc::new(StatusCell::default()),
+            Arc::new(synchronizer::metrics::Metrics::default()),
         ))
         .expect("the child starts");
     let pid = child.pid().expect("pid");

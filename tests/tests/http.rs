@@ -437,14 +437,36 @@ async fn every_endpoint_answers() {
     assert_eq!(v["instances"][0]["plugin_health"]["healthy"], true, "{v}");
 
     // Metrics.
+    // The classic text format unless OpenMetrics is asked for (as Prometheus does).
     let r = c.get(host.url("/metrics")).send().await.unwrap();
     assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("# TYPE synchronizer_changes_total counter"),
+        "{text}"
+    );
+    assert!(!text.contains("# EOF"), "{text}");
+    let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let r = c
+        .get(host.url("/metrics"))
+        .header("accept", prometheus)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(
         r.headers()["content-type"],
         "application/openmetrics-text; version=1.0.0; charset=utf-8"
     );
     let text = r.text().await.unwrap();
-    assert!(text.contains("synchronizer_changes_total"), "{text}");
+    assert!(
+        text.contains("# TYPE synchronizer_changes counter"),
+        "{text}"
+    );
+    assert!(text.ends_with("# EOF\n"), "{text}");
 
     // Anything else.
     let (status, v) = host.get_json("/v2/nothing").await;
@@ -529,7 +551,13 @@ async fn readyz_is_503_until_the_first_snapshot() {
     });
     host.alive().await;
     let (status, v) = host.get_json("/readyz").await;
-    assert_eq!((status, &v), (503, &serde_json::json!({"ready": false})));
+    assert_eq!(
+        (status, &v),
+        (
+            503,
+            &serde_json::json!({"ready": false, "waiting_for": ["slow"]})
+        )
+    );
     assert!(
         started.elapsed() < Duration::from_millis(2500),
         "the check came too late to mean anything: {:?}",
@@ -993,5 +1021,120 @@ async fn metrics_count_what_happened() {
     };
     let total = buckets.iter().map(|b| b.count).fold(0.0, f64::max);
     assert!(total >= success, "{total} vs {success}");
+    host.stop();
+}
+
+/// Whether the scrape has the series at all (a counter or gauge at 0 included).
+fn has_series(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> bool {
+    scrape
+        .samples
+        .iter()
+        .any(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+}
+
+/// One instance of a `/v1/plugins` answer.
+fn instance(plugins: &Value, name: &str) -> Value {
+    plugins["instances"]
+        .as_array()
+        .and_then(|all| all.iter().find(|i| i["name"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("no instance {name}: {plugins}"))
+}
+
+/// A host with the static collector and [`unreachable_bus`].
+fn host_with_unreachable_bus(readiness: bool) -> Host {
+    let instances = unreachable_bus(readiness);
+    Host::start(Setup {
+        instances: &instances,
+        http: "",
+        env: &[],
+        args: &[],
+    })
+}
+
+/// A bus instance whose broker port is closed, and an AMQP output whose broker is too.
+fn unreachable_bus(readiness: bool) -> String {
+    let port = free_port();
+    format!(
+        "{STATIC}\n[[instances]]\nname = \"bus\"\nlibrary = \"libsynchronizer_bus.so\"\nreadiness = {readiness}\n[instances.config]\nurls = [\"amqp://guest:s3cr3t-pw@127.0.0.1:{port}/\"]\nfamilies = [\"nova-versioned\"]\nreconnect_initial = \"50ms\"\nreconnect_max = \"200ms\"\n[[instances.config.subscriptions]]\nexchange = \"nova\"\ntopics = [\"never\"]\n\n[[outputs.amqp]]\nname = \"vitrage\"\nurl = \"amqp://guest:s3cr3t-pw@127.0.0.1:{port}/\"\n"
+    )
+}
+
+/// A bus that has never reached its broker is not healthy anywhere an operator looks:
+/// `degraded` with the reason in `/v1/plugins`, `synchronizer_instance_healthy` 0, and
+/// `/readyz` 503 naming it. The output that never connected has its series at 0 from
+/// the start, so that `synchronizer_output_connected == 0` can fire.
+#[tokio::test]
+async fn a_bus_that_never_connected_is_degraded_and_readiness_waits_for_it() {
+    let host = host_with_unreachable_bus(true);
+    host.alive().await;
+    // The collector's first snapshot comes quickly; the bus stays degraded.
+    let end = Instant::now() + Duration::from_secs(15);
+    let bus = loop {
+        let (_, v) = host.get_json("/v1/plugins").await;
+        let bus = instance(&v, "bus");
+        let collected = v["instances"][0]["status"]["collections"].as_u64() >= Some(1);
+        if bus["status"]["health"] == "degraded" && collected {
+            break bus;
+        }
+        assert!(Instant::now() < end, "the bus never showed degraded: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let report = &bus["status"]["plugin_report"];
+    assert_eq!(report["healthy"], false, "{bus}");
+    let message = report["message"].as_str().unwrap();
+    assert!(message.contains("not connected"), "{message}");
+    assert!(!bus.to_string().contains("s3cr3t-pw"), "{bus}");
+    assert_eq!(bus["status"]["reported_healthy"], false, "{bus}");
+
+    let r = host.http.get(host.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["waiting_for"], serde_json::json!(["bus"]), "{v}");
+
+    let m = scrape(&host).await;
+    let bus_gauge = [("instance", "bus")];
+    assert!(has_series(&m, "synchronizer_instance_healthy", &bus_gauge));
+    assert_eq!(sample(&m, "synchronizer_instance_healthy", &bus_gauge), 0.0);
+    assert_eq!(
+        sample(
+            &m,
+            "synchronizer_instance_healthy",
+            &[("instance", "static-test")]
+        ),
+        1.0
+    );
+    let output = [("output", "vitrage")];
+    for name in [
+        "synchronizer_output_connected",
+        "synchronizer_output_published_total",
+        "synchronizer_output_failures_total",
+        "synchronizer_output_unconfirmed",
+    ] {
+        assert!(has_series(&m, name, &output), "{name} is missing");
+    }
+    assert_eq!(sample(&m, "synchronizer_output_connected", &output), 0.0);
+    assert_eq!(
+        sample(&m, "synchronizer_output_published_total", &output),
+        0.0
+    );
+    // The collector's outcomes exist at 0 before any failed.
+    assert!(has_series(
+        &m,
+        "synchronizer_collections_total",
+        &[("instance", "static-test"), ("outcome", "timeout")]
+    ));
+    let log = host.stop();
+    assert!(!log.contains("s3cr3t-pw"), "{log}");
+}
+
+/// With `readiness = false` the same bus does not hold readiness back; it stays degraded.
+#[tokio::test]
+async fn readiness_can_leave_an_instance_out() {
+    let host = host_with_unreachable_bus(false);
+    host.ready().await;
+    let (_, v) = host.get_json("/v1/plugins").await;
+    let bus = instance(&v, "bus");
+    assert_ne!(bus["status"]["health"], "healthy", "{bus}");
     host.stop();
 }

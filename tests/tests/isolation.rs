@@ -133,7 +133,8 @@ fn alive(pid: u32) -> bool {
 /// The shared scenario: the crashy instance misbehaves in process mode from its second
 /// snapshot on; the host goes on, restarts the child, reports `cause`, keeps the ticker
 /// on schedule and deletes nothing.
-async fn survives(extra: &str, crashy: &str, cause: &str) {
+/// `metric` is the restart's `cause` label in `synchronizer_child_restarts_total`.
+async fn survives(extra: &str, crashy: &str, cause: &str, metric: &str) {
     let sync = Synchronizer::start(beside_ticker(Isolation::Process, extra, crashy))
         .await
         .expect("starts");
@@ -170,6 +171,16 @@ async fn survives(extra: &str, crashy: &str, cause: &str) {
     .await;
     assert!(!alive(first_pid), "the first child is still alive");
     assert!(s.restarts >= 1 && s2.restarts >= 1, "{s2:?}");
+    // Counted, by cause, for alerting on a crash loop.
+    let text = sync.metrics_text();
+    let series =
+        format!("synchronizer_child_restarts_total{{instance=\"crashy\",cause=\"{metric}\"}} ");
+    let counted: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series}in\n{text}"));
+    assert!(counted >= 1, "{text}");
     // Keep going for a while: still no deletion, ticker still on time.
     let (ticks, crashy_changes) = watch(&mut sub, Duration::from_millis(1000)).await;
     assert!(ticks >= 6, "ticker held back: {ticks}");
@@ -190,12 +201,12 @@ async fn survives(extra: &str, crashy: &str, cause: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_segfault_kills_only_the_child_which_is_restarted() {
-    survives("", "mode = \"segfault\"", "SIGSEGV").await;
+    survives("", "mode = \"segfault\"", "SIGSEGV", "signal").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abort_kills_only_the_child_which_is_restarted() {
-    survives("", "mode = \"abort\"", "SIGABRT").await;
+    survives("", "mode = \"abort\"", "SIGABRT", "signal").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,13 +217,14 @@ async fn a_child_over_its_memory_limit_is_killed_and_restarted() {
         "memory_limit = \"96MiB\"\ntimeout = \"5s\"\n",
         "mode = \"alloc\"\nalloc_cap_mib = 768",
         "memory limit exceeded",
+        "memory",
     )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thread_blocked_forever_is_reclaimed_by_killing_the_child() {
-    survives("", "mode = \"block\"", "stuck").await;
+    survives("", "mode = \"block\"", "stuck", "stuck").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use synchronizer_plugin_api::Entity;
@@ -15,14 +15,13 @@ use synchronizer_plugin_api::Entity;
 use super::AppState;
 use super::error::ApiError;
 use super::query::Params;
+use crate::metrics::Format;
 use crate::output;
 
 /// Entities per chunk of a streamed JSON array.
 const ARRAY_CHUNK: usize = 512;
 /// How long each plugin gets for its own health report (`/v1/plugins?health=true`).
 const PLUGIN_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
-/// The metrics' content type (prometheus-client writes OpenMetrics text).
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// The parsed query, or a 400 naming what is wrong.
 pub(super) fn params(
@@ -170,23 +169,42 @@ pub(super) async fn healthz() -> Response {
     axum::Json(json!({ "status": "ok" })).into_response()
 }
 
-/// `GET /readyz`: 200 once every enabled collector finished its first snapshot.
+/// `GET /readyz`: 200 once every enabled collector finished its first snapshot and every
+/// bus reported itself healthy once (see [`crate::Synchronizer::waiting_for`]); 503 with
+/// the instances it waits for before.
 pub(super) async fn readyz(State(state): State<AppState>) -> Response {
-    if state.sync.ready() && !state.shutdown.is_cancelled() {
+    let waiting = state.sync.waiting_for();
+    if state.shutdown.is_cancelled() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "ready": false, "stopping": true, "waiting_for": waiting })),
+        )
+            .into_response()
+    } else if waiting.is_empty() {
         axum::Json(json!({ "ready": true })).into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({ "ready": false })),
+            axum::Json(json!({ "ready": false, "waiting_for": waiting })),
         )
             .into_response()
     }
 }
 
-/// `GET /metrics`: every metric, OpenMetrics text.
-pub(super) async fn metrics(State(state): State<AppState>) -> Response {
-    let text = state.sync.metrics_text();
-    ([(header::CONTENT_TYPE, OPENMETRICS)], text).into_response()
+/// `GET /metrics`: every metric, in OpenMetrics text when the `Accept` header names it,
+/// in the classic Prometheus text format otherwise.
+pub(super) async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = Format::negotiate(accept);
+    let text = state.sync.metrics_text_as(format);
+    (
+        [
+            (header::CONTENT_TYPE, format.content_type()),
+            (header::VARY, "accept"),
+        ],
+        text,
+    )
+        .into_response()
 }
 
 /// Any other path: 404 with a JSON error.

@@ -41,6 +41,7 @@ use crate::backoff::Backoff;
 use crate::hub::{Hub, Origin};
 use crate::instance::{BoxFuture, CallError, Source, apply_pushed, delivered};
 use crate::loader::PluginMeta;
+use crate::metrics::Metrics;
 use crate::status::StatusCell;
 
 /// How often the child's resident memory is checked when it has a limit.
@@ -155,6 +156,42 @@ enum Stream {
     Abandoned,
 }
 
+/// Why the host killed a child: the `cause` label of
+/// `synchronizer_child_restarts_total` ([`crate::metrics`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Why {
+    /// It broke the wire protocol.
+    Protocol,
+    /// It stopped answering heartbeats.
+    Heartbeat,
+    /// Its resident memory passed `memory_limit`.
+    Memory,
+    /// A call passed its timeout and the plugin's thread did not return.
+    Stuck,
+    /// It did not stop in time at shutdown.
+    Shutdown,
+}
+
+impl Why {
+    fn label(self) -> &'static str {
+        match self {
+            Why::Protocol => "protocol",
+            Why::Heartbeat => "heartbeat",
+            Why::Memory => "memory",
+            Why::Stuck => "stuck",
+            Why::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// How one child ended: a bounded label for the restart counter and the whole story.
+struct Ended {
+    /// `exit`, `signal`, `unknown`, `launch` or a [`Why`] label.
+    label: &'static str,
+    /// What happened, for the status and the log.
+    cause: String,
+}
+
 /// One running child and the calls it has in hand.
 struct Conn {
     pid: u32,
@@ -165,7 +202,7 @@ struct Conn {
     partial: Mutex<HashMap<u64, Stream>>,
     next_id: AtomicU64,
     in_flight: AtomicU32,
-    kill_tx: mpsc::UnboundedSender<String>,
+    kill_tx: mpsc::UnboundedSender<(Why, String)>,
     killed: AtomicBool,
     exit: OnceLock<String>,
     last_pong: Mutex<Instant>,
@@ -219,9 +256,9 @@ impl Conn {
         }
     }
 
-    fn kill(&self, cause: String) {
+    fn kill(&self, why: Why, cause: String) {
         if !self.killed.swap(true, Ordering::SeqCst) {
-            let _ = self.kill_tx.send(cause);
+            let _ = self.kill_tx.send((why, cause));
         }
     }
 
@@ -251,6 +288,7 @@ struct Shared {
     name: Arc<str>,
     options: ProcessOptions,
     status: Arc<StatusCell>,
+    metrics: Arc<Metrics>,
     phase: watch::Sender<Phase>,
     counters: Mutex<Vec<(String, u64)>>,
     bus: Mutex<Option<(Arc<Hub>, Origin)>>,
@@ -279,6 +317,7 @@ impl ProcessInstance {
         name: &str,
         options: ProcessOptions,
         status: Arc<StatusCell>,
+        metrics: Arc<Metrics>,
     ) -> Result<(ProcessInstance, PluginMeta), ProcessError> {
         status.set_isolation(super::Isolation::Process);
         let name: Arc<str> = Arc::from(name);
@@ -296,6 +335,7 @@ impl ProcessInstance {
             name,
             options,
             status,
+            metrics,
             phase,
             counters: Mutex::default(),
             bus: Mutex::default(),
@@ -344,10 +384,10 @@ impl Source for ProcessInstance {
             match reply {
                 Ok(FromChild::Snapshot { result, .. }) => result.map_err(CallError::from),
                 Ok(other) => {
-                    conn.kill(format!(
-                        "protocol error: {} answers a snapshot",
-                        name_of(&other)
-                    ));
+                    conn.kill(
+                        Why::Protocol,
+                        format!("protocol error: {} answers a snapshot", name_of(&other)),
+                    );
                     Err(CallError {
                         kind: ErrorKind::Failed,
                         message: "protocol error from the plugin child".into(),
@@ -420,7 +460,10 @@ impl ProcessInstance {
             match rx.await {
                 Ok(FromChild::RunEnded { result, .. }) => result.map_err(CallError::from),
                 Ok(other) => {
-                    conn.kill(format!("protocol error: {} answers Run", name_of(&other)));
+                    conn.kill(
+                        Why::Protocol,
+                        format!("protocol error: {} answers Run", name_of(&other)),
+                    );
                     Err(conn.died())
                 }
                 Err(_) if shared.stopping.load(Ordering::SeqCst) => Ok(()),
@@ -474,7 +517,7 @@ impl ProcessInstance {
             let limit = timeout + Duration::from_secs(1);
             if tokio::time::timeout(limit, &mut task).await.is_err() {
                 if let Phase::Ready(c) = &*self.shared.phase.borrow() {
-                    c.kill("did not stop in time at shutdown".into());
+                    c.kill(Why::Shutdown, "did not stop in time at shutdown".into());
                 }
                 let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
             }
@@ -503,20 +546,24 @@ impl Drop for Abandon {
         lock(&conn.pending).insert(id, tx);
         conn.send(&ToChild::Cancel { id });
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            conn.kill("a call passed its timeout (no runtime to wait for its cancellation)".into());
+            conn.kill(
+                Why::Stuck,
+                "a call passed its timeout (no runtime to wait for its cancellation)".into(),
+            );
             return;
         };
         handle.spawn(async move {
             let answer = tokio::time::timeout(CANCEL_WAIT, rx).await;
             match answer {
                 Ok(Ok(FromChild::Cancelled { stuck: true, .. })) => conn.kill(
+                    Why::Stuck,
                     "a snapshot passed its timeout and the plugin's thread did not return (stuck); killed to reclaim it".into(),
                 ),
                 Ok(Ok(_)) => {
                     conn.in_flight.fetch_sub(1, Ordering::SeqCst);
                 }
                 Ok(Err(_)) => {} // the child ended meanwhile
-                Err(_) => conn.kill(format!(
+                Err(_) => conn.kill(Why::Stuck, format!(
                     "a snapshot passed its timeout and the child did not answer its cancellation within {CANCEL_WAIT:?}"
                 )),
             }
@@ -846,20 +893,24 @@ async fn supervise(shared: Arc<Shared>, first: Launched) {
         .with_jitter(0.2)
         .with_quiet_period(STABLE_AFTER);
     loop {
-        let cause = match next.take() {
+        let Ended { label, cause } = match next.take() {
             Some(launched) => serve(&shared, launched).await,
             None => match launch(&shared.name, &shared.options).await {
                 Ok(l) => {
                     next = Some(l);
                     continue;
                 }
-                Err(e) => e.to_string(),
+                Err(e) => Ended {
+                    label: "launch",
+                    cause: e.to_string(),
+                },
             },
         };
         if shared.stop.is_cancelled() {
             shared.status.child_exited(&cause, false);
             break;
         }
+        shared.metrics.child_restart(&shared.name, label);
         let delay = backoff.failure();
         tracing::warn!(instance = %shared.name, cause = %cause, restart_in = ?delay, "plugin child ended; restarting it");
         shared.status.child_exited(&cause, true);
@@ -874,7 +925,7 @@ async fn supervise(shared: Arc<Shared>, first: Launched) {
 }
 
 /// Serves one child until it ends; returns why it ended.
-async fn serve(shared: &Arc<Shared>, launched: Launched) -> String {
+async fn serve(shared: &Arc<Shared>, launched: Launched) -> Ended {
     let Launched {
         mut child,
         stdin,
@@ -883,7 +934,7 @@ async fn serve(shared: &Arc<Shared>, launched: Launched) -> String {
     } = launched;
     let pid = child.id().unwrap_or(0);
     let (tx, out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    let (kill_tx, mut kill_rx) = mpsc::unbounded_channel::<String>();
+    let (kill_tx, mut kill_rx) = mpsc::unbounded_channel::<(Why, String)>();
     let conn = Arc::new(Conn {
         pid,
         tx,
@@ -909,19 +960,19 @@ async fn serve(shared: &Arc<Shared>, launched: Launched) -> String {
     let mut memory = tokio::time::interval(MEMORY_POLL);
     memory.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let limit = shared.options.memory_limit;
-    let mut killed_for: Option<String> = None;
+    let mut killed_for: Option<(Why, String)> = None;
     let status = loop {
         tokio::select! {
             s = child.wait() => break s.ok(),
-            Some(cause) = kill_rx.recv(), if killed_for.is_none() => {
+            Some((why, cause)) = kill_rx.recv(), if killed_for.is_none() => {
                 tracing::warn!(instance = %shared.name, pid, %cause, "killing the plugin child");
                 let _ = child.start_kill();
-                killed_for = Some(cause);
+                killed_for = Some((why, cause));
             }
             _ = heartbeat.tick(), if killed_for.is_none() => {
                 let silent = lock(&conn.last_pong).elapsed();
                 if silent > shared.options.heartbeat_timeout {
-                    conn.kill(format!("no heartbeat answer for {:.1}s", silent.as_secs_f64()));
+                    conn.kill(Why::Heartbeat, format!("no heartbeat answer for {:.1}s", silent.as_secs_f64()));
                 } else {
                     conn.send(&ToChild::Ping { id: 0 });
                 }
@@ -930,7 +981,7 @@ async fn serve(shared: &Arc<Shared>, launched: Launched) -> String {
                 if let (Some(limit), Some(rss)) = (limit, rss_bytes(pid))
                     && rss > limit
                 {
-                    conn.kill(format!(
+                    conn.kill(Why::Memory, format!(
                         "memory limit exceeded: resident {} MiB > limit {} MiB",
                         rss >> 20,
                         limit >> 20
@@ -939,12 +990,13 @@ async fn serve(shared: &Arc<Shared>, launched: Launched) -> String {
             }
         }
     };
-    let cause = match killed_for {
-        Some(reason) => format!("killed by the host: {reason}"),
+    let (label, cause) = match killed_for {
+        Some((why, reason)) => (why.label(), format!("killed by the host: {reason}")),
         None => match status {
-            Some(s) if s.success() && shared.stop.is_cancelled() => "stopped".into(),
-            Some(s) => describe_exit(s),
-            None => "ended (status unknown)".into(),
+            Some(s) if s.success() && shared.stop.is_cancelled() => ("exit", "stopped".into()),
+            Some(s) if s.code().is_some() => ("exit", describe_exit(s)),
+            Some(s) => ("signal", describe_exit(s)),
+            None => ("unknown", "ended (status unknown)".into()),
         },
     };
     conn.killed.store(true, Ordering::SeqCst);
@@ -958,7 +1010,7 @@ async fn serve(shared: &Arc<Shared>, launched: Launched) -> String {
     } else {
         tracing::error!(instance = %shared.name, pid, %cause, "plugin child ended");
     }
-    cause
+    Ended { label, cause }
 }
 
 /// Takes one `SnapshotPart` frame for call `id`: decodes it off the reader task (several
@@ -1008,7 +1060,10 @@ fn take_part(shared: &Shared, conn: &Arc<Conn>, id: u64, body: Vec<u8>) -> Resul
         if let Err(e) = &result {
             // At once: the call fails and the child is restarted now, not when (or if)
             // the final frame comes.
-            decoder.kill(format!("protocol error: a snapshot part of call {id}: {e}"));
+            decoder.kill(
+                Why::Protocol,
+                format!("protocol error: a snapshot part of call {id}: {e}"),
+            );
         }
         result
     }));
@@ -1039,14 +1094,14 @@ async fn read_frames(shared: Arc<Shared>, conn: Arc<Conn>, mut stdout: BufReader
             Ok(None) => return,
             Err(e) => {
                 if e.kind() == std::io::ErrorKind::InvalidData {
-                    conn.kill(format!("protocol error: {e}"));
+                    conn.kill(Why::Protocol, format!("protocol error: {e}"));
                 }
                 return;
             }
         };
         if let Some(id) = wire::snapshot_part_id(&body) {
             if let Err(cause) = take_part(&shared, &conn, id, body) {
-                conn.kill(cause);
+                conn.kill(Why::Protocol, cause);
                 return;
             }
             continue;
@@ -1054,7 +1109,7 @@ async fn read_frames(shared: Arc<Shared>, conn: Arc<Conn>, mut stdout: BufReader
         let msg = match FromChild::decode(&body) {
             Ok(m) => m,
             Err(e) => {
-                conn.kill(format!("protocol error: {e}"));
+                conn.kill(Why::Protocol, format!("protocol error: {e}"));
                 return;
             }
         };
@@ -1099,7 +1154,10 @@ async fn read_frames(shared: Arc<Shared>, conn: Arc<Conn>, mut stdout: BufReader
                 }
             }
             FromChild::Ready { .. } | FromChild::CreateFailed { .. } => {
-                conn.kill(format!("protocol error: unexpected {}", name_of(&msg)));
+                conn.kill(
+                    Why::Protocol,
+                    format!("protocol error: unexpected {}", name_of(&msg)),
+                );
                 return;
             }
             FromChild::SnapshotPart { .. } => {} // routed above
@@ -1132,9 +1190,10 @@ async fn read_frames(shared: Arc<Shared>, conn: Arc<Conn>, mut stdout: BufReader
                             if let Some(e) = failed {
                                 // Killed when the part failed already (`take_part`); this
                                 // covers a decoding task that did not finish.
-                                conn.kill(format!(
-                                    "protocol error: a snapshot part of call {id}: {e}"
-                                ));
+                                conn.kill(
+                                    Why::Protocol,
+                                    format!("protocol error: a snapshot part of call {id}: {e}"),
+                                );
                                 return;
                             }
                             all.extend(std::mem::take(&mut snap.entities));
