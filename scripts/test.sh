@@ -2,7 +2,8 @@
 # The whole test suite, as CI runs it (.ci/run calls exactly this). Debian 12, as root.
 #
 # 1. Real components, installed when missing and started when down, each waiting on a
-#    readiness check: a Nagios 4 on loopback, RabbitMQ on 127.0.0.1:5672, a Python venv
+#    readiness check: a Nagios 4 on loopback, RabbitMQ on 127.0.0.1:5672, Debian's
+#    Prometheus 2 (promtool and the server, started by the tests), a Python venv
 #    with oslo.messaging (the real publisher), and — in the background while the tests
 #    run — real Keystone + Heat and Nova from PyPI on loopback.
 # 2. cargo fmt --check; every plugin .so built once into target/debug, plus a plugin built
@@ -21,9 +22,10 @@ mkdir -p "$CARGO_TARGET_DIR"
 
 step() { printf '\n== %s (%ss)\n' "$*" "$SECONDS"; }
 
-step "real components: Nagios 4, RabbitMQ, oslo.messaging"
+step "real components: Nagios 4, RabbitMQ, Prometheus (promtool), oslo.messaging"
 bash scripts/nagios/setup.sh
 bash scripts/rabbitmq/ensure.sh
+bash scripts/prometheus/ensure.sh
 OSLO_PYTHON="$(bash scripts/oslo/setup-venv.sh)"
 export OSLO_PYTHON
 

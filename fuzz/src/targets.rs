@@ -359,7 +359,7 @@ fn from_child_used(msg: FromChild) {
                 // As the host shows a child's counters (`synchronizer.rs`).
                 m.plugin_counters
                     .get_or_create(&PluginCounterLabels {
-                        instance: "fuzz".into(),
+                        plugin_instance: "fuzz".into(),
                         name: label_value(name),
                     })
                     .set(1);

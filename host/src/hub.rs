@@ -431,7 +431,7 @@ impl Hub {
         self.metrics
             .diff_durations
             .get_or_create(&crate::metrics::InstanceLabels {
-                instance: crate::metrics::label_value(&instance),
+                plugin_instance: crate::metrics::label_value(&instance),
             })
             .observe(started.elapsed().as_secs_f64());
         judged
@@ -749,7 +749,7 @@ impl Hub {
             self.metrics
                 .invalid_timestamps
                 .get_or_create(&crate::metrics::InstanceLabels {
-                    instance: origin.instance.to_string(),
+                    plugin_instance: origin.instance.to_string(),
                 })
                 .inc_by(refused);
             tracing::warn!(

@@ -2,13 +2,13 @@
 //!
 //! | metric | type | labels | meaning |
 //! |---|---|---|---|
-//! | `synchronizer_collections_total` | counter | instance, outcome | collections by outcome: `success`, `failed`, `too_large`, `timeout`, `stuck` |
-//! | `synchronizer_collection_duration_seconds` | histogram | instance | how long collections took (successful or not) |
-//! | `synchronizer_snapshot_diff_seconds` | histogram | instance | how long the host took to turn a collected snapshot into changes: hashing, waiting for the writer, the diff (the plugin's own time is not in it) |
+//! | `synchronizer_collections_total` | counter | plugin_instance, outcome | collections by outcome: `success`, `failed`, `too_large`, `timeout`, `stuck` |
+//! | `synchronizer_collection_duration_seconds` | histogram | plugin_instance | how long collections took (successful or not) |
+//! | `synchronizer_snapshot_diff_seconds` | histogram | plugin_instance | how long the host took to turn a collected snapshot into changes: hashing, waiting for the writer, the diff (the plugin's own time is not in it) |
 //! | `synchronizer_entities` | gauge | type | entities the baseline holds per type |
 //! | `synchronizer_changes_total` | counter | action | change notifications emitted: `created`, `updated`, `deleted` |
-//! | `synchronizer_invalid_timestamps_total` | counter | instance | source timestamps outside years 1..=9999, discarded (the sample time stood in) |
-//! | `synchronizer_plugin_stat` | gauge | instance, name | a plugin's own counters (the bus plugin's `messages_consumed`, `messages_acked`, `messages_dead_lettered`, ...) |
+//! | `synchronizer_invalid_timestamps_total` | counter | plugin_instance | source timestamps outside years 1..=9999, discarded (the sample time stood in) |
+//! | `synchronizer_plugin_stat` | gauge | plugin_instance, name | a plugin's own counters (the bus plugin's `messages_consumed`, `messages_acked`, `messages_dead_lettered`, ...) |
 //! | `synchronizer_subscribers` | gauge | | live subscribers |
 //! | `synchronizer_subscriber_queue_max` | gauge | | the deepest subscriber queue right now (lag, in events) |
 //! | `synchronizer_subscriber_resyncs_total` | counter | | times a subscriber fell behind and was resynced |
@@ -16,9 +16,9 @@
 //! | `synchronizer_output_unconfirmed` | gauge | output | changes waiting for an AMQP output: queued or published and not confirmed yet (producers are held back while its broker is away) |
 //! | `synchronizer_output_connected` | gauge | output | 1 while an AMQP output is connected to its broker |
 //! | `synchronizer_output_failures_total` | counter | output | times an AMQP output lost or could not open its connection |
-//! | `synchronizer_refused_entities_total` | counter | instance, reason | entities refused: `unlisted_type` (a type the plugin does not declare in `PluginInfo::entity_types`) |
-//! | `synchronizer_instance_healthy` | gauge | instance | 1 while an instance is `healthy` (its last call succeeded and its plugin reports itself healthy: a bus connected to its broker), 0 otherwise (starting, degraded, failing, stuck, stopped) |
-//! | `synchronizer_child_restarts_total` | counter | instance, cause | times a plugin child (process isolation) ended and was restarted, by cause: `exit` (it exited), `signal` (a signal killed it), `heartbeat`, `memory`, `protocol`, `stuck` (the host killed it: no heartbeat answer, past `memory_limit`, a malformed frame, a call's thread that did not return), `launch` (a new child failed to start), `unknown` |
+//! | `synchronizer_refused_entities_total` | counter | plugin_instance, reason | entities refused: `unlisted_type` (a type the plugin does not declare in `PluginInfo::entity_types`) |
+//! | `synchronizer_instance_healthy` | gauge | plugin_instance | 1 while an instance is `healthy` (its last call succeeded and its plugin reports itself healthy: a bus connected to its broker), 0 otherwise (starting, degraded, failing, stuck, stopped) |
+//! | `synchronizer_child_restarts_total` | counter | plugin_instance, cause | times a plugin child (process isolation) ended and was restarted, by cause: `exit` (it exited), `signal` (a signal killed it), `heartbeat`, `memory`, `protocol`, `stuck` (the host killed it: no heartbeat answer, past `memory_limit`, a malformed frame, a call's thread that did not return), `launch` (a new child failed to start), `unknown` |
 //!
 //! Counters and the histogram are updated where things happen; gauges are refreshed when
 //! the registry is encoded. Every family exists from the start: the configured outputs'
@@ -42,8 +42,8 @@ use prometheus_client::registry::Registry;
 /// Labels: instance and outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
-    /// The instance.
-    pub instance: String,
+    /// The plugin instance (not `instance`, which Prometheus gives the scraped target).
+    pub plugin_instance: String,
     /// success, failed, timeout, stuck.
     pub outcome: &'static str,
 }
@@ -51,8 +51,8 @@ pub struct OutcomeLabels {
 /// Labels: instance.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InstanceLabels {
-    /// The instance.
-    pub instance: String,
+    /// The plugin instance (not `instance`, which Prometheus gives the scraped target).
+    pub plugin_instance: String,
 }
 
 /// Labels: entity type.
@@ -96,8 +96,8 @@ pub struct OutputLabels {
 /// Labels: instance and why entities were refused.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusedLabels {
-    /// The instance.
-    pub instance: String,
+    /// The plugin instance (not `instance`, which Prometheus gives the scraped target).
+    pub plugin_instance: String,
     /// Why.
     pub reason: &'static str,
 }
@@ -105,8 +105,8 @@ pub struct RefusedLabels {
 /// Labels: instance and why its child ended.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RestartLabels {
-    /// The instance.
-    pub instance: String,
+    /// The plugin instance (not `instance`, which Prometheus gives the scraped target).
+    pub plugin_instance: String,
     /// Why the child ended (a bounded set, see the module docs).
     pub cause: &'static str,
 }
@@ -129,8 +129,8 @@ pub const COLLECTION_OUTCOMES: [&str; 5] = ["success", "failed", "too_large", "t
 /// Labels: a plugin counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PluginCounterLabels {
-    /// The instance.
-    pub instance: String,
+    /// The plugin instance (not `instance`, which Prometheus gives the scraped target).
+    pub plugin_instance: String,
     /// The plugin's name for the counter.
     pub name: String,
 }
@@ -309,13 +309,13 @@ impl Metrics {
     pub fn collection(&self, instance: &str, outcome: &'static str, seconds: f64) {
         self.collections
             .get_or_create(&OutcomeLabels {
-                instance: instance.to_owned(),
+                plugin_instance: instance.to_owned(),
                 outcome,
             })
             .inc();
         self.durations
             .get_or_create(&InstanceLabels {
-                instance: instance.to_owned(),
+                plugin_instance: instance.to_owned(),
             })
             .observe(seconds);
     }
@@ -338,33 +338,33 @@ impl Metrics {
         if collector {
             for outcome in COLLECTION_OUTCOMES {
                 let _ = self.collections.get_or_create(&OutcomeLabels {
-                    instance: instance.clone(),
+                    plugin_instance: instance.clone(),
                     outcome,
                 });
             }
             let _ = self.durations.get_or_create(&InstanceLabels {
-                instance: instance.clone(),
+                plugin_instance: instance.clone(),
             });
             let _ = self.diff_durations.get_or_create(&InstanceLabels {
-                instance: instance.clone(),
+                plugin_instance: instance.clone(),
             });
         }
         if child {
             for cause in RESTART_CAUSES {
                 let _ = self.child_restarts.get_or_create(&RestartLabels {
-                    instance: instance.clone(),
+                    plugin_instance: instance.clone(),
                     cause,
                 });
             }
         }
         let _ = self.instance_healthy.get_or_create(&InstanceLabels {
-            instance: instance.clone(),
+            plugin_instance: instance.clone(),
         });
         let _ = self.invalid_timestamps.get_or_create(&InstanceLabels {
-            instance: instance.clone(),
+            plugin_instance: instance.clone(),
         });
         let _ = self.refused_entities.get_or_create(&RefusedLabels {
-            instance,
+            plugin_instance: instance,
             reason: "unlisted_type",
         });
     }
@@ -374,7 +374,7 @@ impl Metrics {
     pub fn child_restart(&self, instance: &str, cause: &'static str) {
         self.child_restarts
             .get_or_create(&RestartLabels {
-                instance: instance.to_owned(),
+                plugin_instance: instance.to_owned(),
                 cause,
             })
             .inc();
@@ -384,7 +384,7 @@ impl Metrics {
     pub fn refused_entities(&self, instance: &str, reason: &'static str, n: u64) {
         self.refused_entities
             .get_or_create(&RefusedLabels {
-                instance: instance.to_owned(),
+                plugin_instance: instance.to_owned(),
                 reason,
             })
             .inc_by(n);
@@ -394,7 +394,7 @@ impl Metrics {
     pub fn invalid_timestamp(&self, instance: &str) {
         self.invalid_timestamps
             .get_or_create(&InstanceLabels {
-                instance: instance.to_owned(),
+                plugin_instance: instance.to_owned(),
             })
             .inc();
     }
@@ -506,11 +506,11 @@ mod tests {
         m.invalid_timestamp("bus");
         let text = m.encode();
         assert!(
-            text.contains("synchronizer_invalid_timestamps_total{instance=\"nova\"} 2"),
+            text.contains("synchronizer_invalid_timestamps_total{plugin_instance=\"nova\"} 2"),
             "{text}"
         );
         assert!(
-            text.contains("synchronizer_invalid_timestamps_total{instance=\"bus\"} 1"),
+            text.contains("synchronizer_invalid_timestamps_total{plugin_instance=\"bus\"} 1"),
             "{text}"
         );
         assert!(
@@ -555,13 +555,13 @@ mod tests {
         );
         assert!(
             text.contains(
-                "synchronizer_child_restarts_total{instance=\"nova\",cause=\"signal\"} 1\n"
+                "synchronizer_child_restarts_total{plugin_instance=\"nova\",cause=\"signal\"} 1\n"
             ),
             "{text}"
         );
         assert!(
             text.contains(
-                "synchronizer_child_restarts_total{instance=\"nova\",cause=\"memory\"} 0\n"
+                "synchronizer_child_restarts_total{plugin_instance=\"nova\",cause=\"memory\"} 0\n"
             ),
             "{text}"
         );

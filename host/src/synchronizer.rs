@@ -394,14 +394,14 @@ impl Synchronizer {
             metrics
                 .instance_healthy
                 .get_or_create(&crate::metrics::InstanceLabels {
-                    instance: i.name.clone(),
+                    plugin_instance: i.name.clone(),
                 })
                 .set(i64::from(healthy));
             for (name, value) in i.plugin.counters() {
                 metrics
                     .plugin_counters
                     .get_or_create(&crate::metrics::PluginCounterLabels {
-                        instance: crate::metrics::label_value(&i.name),
+                        plugin_instance: crate::metrics::label_value(&i.name),
                         name: crate::metrics::label_value(&name),
                     })
                     .set(value);

@@ -76,7 +76,7 @@ fn entities_of_an_undeclared_type_are_refused_and_counted() {
     assert_eq!(
         metric(
             &hub,
-            "synchronizer_refused_entities_total{instance=\"nagios\",reason=\"unlisted_type\"}"
+            "synchronizer_refused_entities_total{plugin_instance=\"nagios\",reason=\"unlisted_type\"}"
         ),
         Some(2)
     );
@@ -89,7 +89,7 @@ fn entities_of_an_undeclared_type_are_refused_and_counted() {
     assert_eq!(
         metric(
             &hub,
-            "synchronizer_refused_entities_total{instance=\"nagios\",reason=\"unlisted_type\"}"
+            "synchronizer_refused_entities_total{plugin_instance=\"nagios\",reason=\"unlisted_type\"}"
         ),
         Some(3)
     );
@@ -130,7 +130,7 @@ fn a_source_timestamp_out_of_range_is_discarded_and_the_entity_kept() {
     assert_eq!(
         metric(
             &hub,
-            "synchronizer_invalid_timestamps_total{instance=\"bus\"}"
+            "synchronizer_invalid_timestamps_total{plugin_instance=\"bus\"}"
         ),
         Some(1)
     );

@@ -31,8 +31,9 @@ async fn diff_totals(client: &reqwest::Client, base: &str, instance: &str) -> (f
         .await
         .expect("metrics body");
     let value = |suffix: &str| -> f64 {
-        let prefix =
-            format!("synchronizer_snapshot_diff_seconds_{suffix}{{instance=\"{instance}\"}} ");
+        let prefix = format!(
+            "synchronizer_snapshot_diff_seconds_{suffix}{{plugin_instance=\"{instance}\"}} "
+        );
         text.lines()
             .find_map(|l| l.strip_prefix(prefix.as_str()))
             .and_then(|v| v.trim().parse().ok())

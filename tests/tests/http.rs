@@ -991,7 +991,7 @@ async fn metrics_count_what_happened() {
     let success = sample(
         &m,
         "synchronizer_collections_total",
-        &[("instance", "static-test"), ("outcome", "success")],
+        &[("plugin_instance", "static-test"), ("outcome", "success")],
     );
     let (_, plugins) = host.get_json("/v1/plugins").await;
     let collections = plugins["instances"][0]["status"]["collections"]
@@ -1052,11 +1052,12 @@ fn host_with_unreachable_bus(readiness: bool) -> Host {
     })
 }
 
-/// A bus instance whose broker port is closed, and an AMQP output whose broker is too.
+/// A bus instance (in a child process) whose broker port is closed, and an AMQP output
+/// whose broker is too.
 fn unreachable_bus(readiness: bool) -> String {
     let port = free_port();
     format!(
-        "{STATIC}\n[[instances]]\nname = \"bus\"\nlibrary = \"libsynchronizer_bus.so\"\nreadiness = {readiness}\n[instances.config]\nurls = [\"amqp://guest:s3cr3t-pw@127.0.0.1:{port}/\"]\nfamilies = [\"nova-versioned\"]\nreconnect_initial = \"50ms\"\nreconnect_max = \"200ms\"\n[[instances.config.subscriptions]]\nexchange = \"nova\"\ntopics = [\"never\"]\n\n[[outputs.amqp]]\nname = \"vitrage\"\nurl = \"amqp://guest:s3cr3t-pw@127.0.0.1:{port}/\"\n"
+        "{STATIC}\n[[instances]]\nname = \"bus\"\nlibrary = \"libsynchronizer_bus.so\"\nisolation = \"process\"\nreadiness = {readiness}\n[instances.config]\nurls = [\"amqp://guest:s3cr3t-pw@127.0.0.1:{port}/\"]\nfamilies = [\"nova-versioned\"]\nreconnect_initial = \"50ms\"\nreconnect_max = \"200ms\"\n[[instances.config.subscriptions]]\nexchange = \"nova\"\ntopics = [\"never\"]\n\n[[outputs.amqp]]\nname = \"vitrage\"\nurl = \"amqp://guest:s3cr3t-pw@127.0.0.1:{port}/\"\n"
     )
 }
 
@@ -1093,14 +1094,14 @@ async fn a_bus_that_never_connected_is_degraded_and_readiness_waits_for_it() {
     assert_eq!(v["waiting_for"], serde_json::json!(["bus"]), "{v}");
 
     let m = scrape(&host).await;
-    let bus_gauge = [("instance", "bus")];
+    let bus_gauge = [("plugin_instance", "bus")];
     assert!(has_series(&m, "synchronizer_instance_healthy", &bus_gauge));
     assert_eq!(sample(&m, "synchronizer_instance_healthy", &bus_gauge), 0.0);
     assert_eq!(
         sample(
             &m,
             "synchronizer_instance_healthy",
-            &[("instance", "static-test")]
+            &[("plugin_instance", "static-test")]
         ),
         1.0
     );
@@ -1122,7 +1123,7 @@ async fn a_bus_that_never_connected_is_degraded_and_readiness_waits_for_it() {
     assert!(has_series(
         &m,
         "synchronizer_collections_total",
-        &[("instance", "static-test"), ("outcome", "timeout")]
+        &[("plugin_instance", "static-test"), ("outcome", "timeout")]
     ));
     let log = host.stop();
     assert!(!log.contains("s3cr3t-pw"), "{log}");
@@ -1136,5 +1137,203 @@ async fn readiness_can_leave_an_instance_out() {
     let (_, v) = host.get_json("/v1/plugins").await;
     let bus = instance(&v, "bus");
     assert_ne!(bus["status"]["health"], "healthy", "{bus}");
+    host.stop();
+}
+
+// ---- Prometheus: promtool and a real server (Debian's `prometheus` package, installed
+// by scripts/prometheus/ensure.sh) ----
+
+/// A program of the `prometheus` package, or a failure saying how to get it.
+fn prometheus_tool(name: &str) -> PathBuf {
+    for dir in ["/usr/bin", "/usr/local/bin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{name} is missing: run scripts/prometheus/ensure.sh (scripts/test.sh does)");
+}
+
+/// The repository's alert rules.
+fn rules_dir() -> PathBuf {
+    synchronizer_tests::root().join("packaging/prometheus")
+}
+
+/// promtool's lint finds nothing to say about `/metrics` in the classic format, with
+/// every kind of series present: collectors, a process-mode child, a bus, an output.
+#[tokio::test]
+async fn promtool_finds_the_metrics_clean() {
+    let host = host_with_unreachable_bus(false);
+    host.ready().await;
+    let text = host
+        .http
+        .get(host.url("/metrics"))
+        .header("accept", "text/plain;version=0.0.4")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for family in [
+        "synchronizer_collections_total",
+        "synchronizer_plugin_stat",
+        "synchronizer_output_connected",
+        "synchronizer_instance_healthy",
+    ] {
+        assert!(
+            text.contains(&format!("# HELP {family} ")),
+            "{family}: {text}"
+        );
+    }
+    let mut check = Command::new(prometheus_tool("promtool"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        let mut stdin = check.stdin.take().unwrap();
+        stdin.write_all(text.as_bytes()).unwrap();
+    }
+    let out = check.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool: {said}\n{text}"
+    );
+    host.stop();
+}
+
+/// The alert rules of packaging/prometheus/ are valid and do what their unit tests say.
+#[test]
+fn the_alert_rules_pass_promtool() {
+    for args in [
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts.test.yml"],
+    ] {
+        let out = Command::new(prometheus_tool("promtool"))
+            .args(args)
+            .current_dir(rules_dir())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// A real Prometheus server scrapes the host (asking for OpenMetrics, as it does), stores
+/// the series of an output that never connected, and evaluates the shipped alert rules
+/// on them: `SynchronizerOutputDisconnected` is pending within seconds.
+#[tokio::test]
+async fn a_real_prometheus_scrapes_the_host_and_evaluates_the_rules() {
+    let host = host_with_unreachable_bus(false);
+    host.ready().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        rules_dir().join("alerts.yml"),
+        dir.path().join("alerts.yml"),
+    )
+    .unwrap();
+    let target = host.base.trim_start_matches("http://").to_owned();
+    std::fs::write(
+        dir.path().join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - alerts.yml\nscrape_configs:\n  - job_name: synchronizer\n    static_configs:\n      - targets: ['{target}']\n"
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let server = Command::new(prometheus_tool("prometheus"))
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _server = Kill(server);
+    let api = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    let get = |url: String| {
+        let http = host.http.clone();
+        async move {
+            match http.get(url).send().await {
+                Ok(r) if r.status() == 200 => r.json::<Value>().await.ok(),
+                _ => None,
+            }
+        }
+    };
+    // Scraped, healthy, with no error.
+    let end = Instant::now() + Duration::from_secs(60);
+    let target_state = loop {
+        if let Some(v) = get(api("/api/v1/targets")).await {
+            let t = &v["data"]["activeTargets"][0];
+            if t["health"] == "up" {
+                break t.clone();
+            }
+            assert!(t["lastError"].as_str().unwrap_or("").is_empty(), "{t}");
+        }
+        assert!(Instant::now() < end, "Prometheus never scraped the host");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(target_state["lastError"], "", "{target_state}");
+    // The output that never connected is a stored series at 0.
+    let v = get(api("/api/v1/query?query=synchronizer_output_connected"))
+        .await
+        .unwrap();
+    let result = &v["data"]["result"][0];
+    assert_eq!(result["metric"]["output"], "vitrage", "{v}");
+    assert_eq!(result["value"][1], "0", "{v}");
+    // OpenMetrics was negotiated: the counter's metadata is under its family name.
+    let v = get(api("/api/v1/metadata?metric=synchronizer_collections"))
+        .await
+        .unwrap();
+    assert_eq!(
+        v["data"]["synchronizer_collections"][0]["type"], "counter",
+        "{v}"
+    );
+    // The shipped rule sees it.
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = get(api("/api/v1/alerts")).await {
+            let alerts = v["data"]["alerts"].as_array().cloned().unwrap_or_default();
+            if let Some(a) = alerts
+                .iter()
+                .find(|a| a["labels"]["alertname"] == "SynchronizerOutputDisconnected")
+            {
+                assert_eq!(a["labels"]["output"], "vitrage", "{a}");
+                assert_eq!(a["state"], "pending", "{a}");
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < end,
+            "the output alert never became pending"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     host.stop();
 }

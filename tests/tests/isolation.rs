@@ -173,8 +173,9 @@ async fn survives(extra: &str, crashy: &str, cause: &str, metric: &str) {
     assert!(s.restarts >= 1 && s2.restarts >= 1, "{s2:?}");
     // Counted, by cause, for alerting on a crash loop.
     let text = sync.metrics_text();
-    let series =
-        format!("synchronizer_child_restarts_total{{instance=\"crashy\",cause=\"{metric}\"}} ");
+    let series = format!(
+        "synchronizer_child_restarts_total{{plugin_instance=\"crashy\",cause=\"{metric}\"}} "
+    );
     let counted: u64 = text
         .lines()
         .find_map(|l| l.strip_prefix(&series))

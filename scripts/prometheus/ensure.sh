@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Make sure Debian's Prometheus 2 (the `prometheus` package: the `prometheus` server and
+# `promtool`) is installed, for tests/tests/prometheus.rs: promtool checks /metrics in
+# the classic format and the alert rules in packaging/prometheus/, and a real Prometheus
+# server on loopback scrapes the host in OpenMetrics and evaluates the rules.
+#
+# Installs the package with apt-get when it is missing (apt-get update first), keeping
+# its maintainer scripts from starting the packaged service: the test starts its own
+# server on a free port, with its own configuration and storage. Idempotent.
+set -euo pipefail
+
+log() { printf '[prometheus-ensure] %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+if command -v promtool >/dev/null && command -v prometheus >/dev/null; then
+    exit 0
+fi
+[[ $EUID -eq 0 ]] || die "promtool or prometheus missing, and not root to install them"
+log "installing prometheus (promtool)"
+created_policy=0
+if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    created_policy=1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update
+apt-get install -y --no-install-recommends prometheus
+if ((created_policy)); then rm -f /usr/sbin/policy-rc.d; fi
+command -v promtool >/dev/null || die "promtool not found after installing prometheus"
+promtool --version >&2
