@@ -58,7 +58,7 @@ fn sigterm_the_instant_ready_arrives_is_always_graceful() {
         socket
             .set_read_timeout(Some(Duration::from_millis(100)))
             .expect("timeout");
-        let mut child = Command::new(binary())
+        let child = Command::new(binary())
             .args(["run", "--config"])
             .arg(&file)
             .env("NOTIFY_SOCKET", &socket_path)
