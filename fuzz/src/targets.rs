@@ -39,6 +39,7 @@ pub const ALL: &[(&str, Target)] = &[
     ("wire_roundtrip", wire_roundtrip),
     ("http_query", http_query),
     ("outputs", outputs),
+    ("secrets", secrets),
 ];
 
 fn split_nul(data: &[u8]) -> Vec<&[u8]> {
@@ -463,5 +464,42 @@ pub fn outputs(data: &[u8]) {
     let mut u = Unstructured::new(data);
     if let Ok(entities) = arb::entities(&mut u, 6) {
         check::entities(&entities);
+    }
+}
+
+/// The secrets of configuration text and their redaction (`synchronizer::secrets::of_text`,
+/// `redact_url`, `Secrets::of_url`, `Secrets::scrub`): nothing panics, a password the url
+/// crate reads from any token of the text is left nowhere in the scrubbed text, and a
+/// redacted URL that parses has no password but `***`.
+pub fn secrets(data: &[u8]) {
+    use synchronizer_plugin_api::redact::{Secrets, redact_url};
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let scrubbed = synchronizer::secrets::of_text(text).scrub(text);
+    for token in text.split(|c: char| c.is_whitespace() || "\"'[],{}=".contains(c)) {
+        let redacted = redact_url(token);
+        if let Ok(url) = Url::parse(&redacted) {
+            let password = url.password().unwrap_or("***");
+            assert!(
+                password == "***" || password == "%2A%2A%2A",
+                "{token:?} redacted as {redacted:?} keeps a password"
+            );
+        }
+        let Ok(url) = Url::parse(token) else {
+            continue;
+        };
+        let Some(password) = url.password() else {
+            continue;
+        };
+        // `***` replacing one occurrence can join with a `*` to look like another.
+        if password.contains('*') {
+            continue;
+        }
+        assert!(
+            !scrubbed.contains(password),
+            "the password {password:?} of {token:?} is left in {scrubbed:?}"
+        );
+        assert!(!Secrets::of_url(token).scrub(token).contains(password));
     }
 }

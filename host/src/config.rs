@@ -343,13 +343,24 @@ const ENV_PREFIX: &str = "SYNCHRONIZER_";
 pub enum ConfigError {
     /// The file or an override does not parse, or a field is wrong.
     #[error("{0}")]
-    Invalid(#[from] Box<figment::Error>),
+    Invalid(String),
     /// The configuration file does not exist.
     #[error("configuration file {} does not exist", .0.display())]
     Missing(PathBuf),
     /// A semantic problem: duplicate instance names, a bad level.
     #[error("{0}")]
     Semantic(String),
+}
+
+impl ConfigError {
+    /// The same error with every one of `secrets` replaced by `***`.
+    fn scrubbed(self, secrets: &synchronizer_plugin_api::redact::Secrets) -> Self {
+        match self {
+            ConfigError::Invalid(m) => ConfigError::Invalid(secrets.scrub(&m)),
+            ConfigError::Semantic(m) => ConfigError::Semantic(secrets.scrub(&m)),
+            missing @ ConfigError::Missing(_) => missing,
+        }
+    }
 }
 
 impl Config {
@@ -373,16 +384,32 @@ impl Config {
                 "an environment variable {ENV_PREFIX}* could not be read (its value made the configuration library fail); check their values"
             ))
         })?;
-        Self::from_figment(figment, path.parent())
+        // Whatever is wrong, no message quotes a secret from the file or the environment.
+        let mut text = std::fs::read_to_string(path).unwrap_or_default();
+        for (key, value) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with(ENV_PREFIX) {
+                text.push_str(&format!(
+                    "\n{} = {}",
+                    key.to_string_lossy(),
+                    value.to_string_lossy()
+                ));
+            }
+        }
+        let secrets = crate::secrets::of_text(&text);
+        Self::from_figment(figment, path.parent()).map_err(|e| e.scrubbed(&secrets))
     }
 
     /// Parses TOML text (with no environment overrides); relative paths stay relative.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let secrets = crate::secrets::of_text(text);
         Self::from_figment(Figment::new().merge(Toml::string(text)), None)
+            .map_err(|e| e.scrubbed(&secrets))
     }
 
     fn from_figment(figment: Figment, base: Option<&Path>) -> Result<Config, ConfigError> {
-        let mut config: Config = figment.extract().map_err(Box::new)?;
+        let mut config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if let Some(base) = base {
             if config.plugins_dir.is_relative() {
                 config.plugins_dir = base.join(&config.plugins_dir);

@@ -52,6 +52,7 @@ pub mod metrics;
 pub mod output;
 pub mod persist;
 pub mod scheduler;
+pub mod secrets;
 pub mod status;
 pub mod subscription;
 mod synchronizer;

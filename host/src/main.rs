@@ -623,7 +623,8 @@ fn check_config(path: &Path) -> Result<()> {
         match load(&file) {
             Ok(lib) => {
                 if let Err(e) = PluginInstance::validate(&lib, &inst.name, &inst.config) {
-                    errors.push(e.message);
+                    let secrets = synchronizer::secrets::of_json(&inst.config);
+                    errors.push(secrets.scrub(&e.message));
                 }
             }
             Err(e) => errors.push(format!("instance `{}`: {e}", inst.name)),

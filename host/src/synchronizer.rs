@@ -64,6 +64,32 @@ pub enum InstanceFailure {
     Process(#[from] ProcessError),
 }
 
+impl InstanceFailure {
+    /// The same failure with every one of `secrets` (the instance's table's, see
+    /// [`crate::secrets::of_json`]) replaced by `***` in what the plugin said.
+    pub fn scrubbed(self, secrets: &synchronizer_plugin_api::redact::Secrets) -> Self {
+        if secrets.is_empty() {
+            return self;
+        }
+        match self {
+            InstanceFailure::Create(CreateError::Plugin {
+                instance,
+                path,
+                mut error,
+            }) => {
+                error.message = secrets.scrub(&error.message);
+                InstanceFailure::Create(CreateError::Plugin {
+                    instance,
+                    path,
+                    error,
+                })
+            }
+            InstanceFailure::Process(e) => InstanceFailure::Process(e.scrubbed(secrets)),
+            other => other,
+        }
+    }
+}
+
 /// What `get_all` could not do.
 #[derive(Debug, thiserror::Error)]
 pub enum GetAllError {
@@ -608,6 +634,7 @@ async fn create_instances(
                 });
             }
             Err(failure) => {
+                let failure = failure.scrubbed(&crate::secrets::of_json(&inst.config));
                 tracing::error!(error = %failure, "plugin instance did not start");
                 failures.push(failure);
             }

@@ -93,6 +93,16 @@ impl Secrets {
         self
     }
 
+    /// These secrets and `other`'s.
+    pub fn merge(self, other: Secrets) -> Self {
+        other.0.iter().fold(self, |all, s| all.with(s))
+    }
+
+    /// Whether there is nothing to scrub.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Adds a secret as written in a URL, and percent-decoded.
     fn with_encoded(self, secret: &str) -> Self {
         let decoded = percent_decode(secret);

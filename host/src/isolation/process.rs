@@ -139,6 +139,36 @@ pub enum ProcessError {
     },
 }
 
+impl ProcessError {
+    /// The same error with every one of `secrets` replaced by `***` in what the child or
+    /// the plugin said.
+    pub fn scrubbed(self, secrets: &synchronizer_plugin_api::redact::Secrets) -> Self {
+        match self {
+            ProcessError::Load { instance, message } => ProcessError::Load {
+                instance,
+                message: secrets.scrub(&message),
+            },
+            ProcessError::Create {
+                instance,
+                library,
+                mut error,
+            } => {
+                error.message = secrets.scrub(&error.message);
+                ProcessError::Create {
+                    instance,
+                    library,
+                    error,
+                }
+            }
+            ProcessError::Died { instance, cause } => ProcessError::Died {
+                instance,
+                cause: secrets.scrub(&cause),
+            },
+            other => other,
+        }
+    }
+}
+
 /// One part of a streamed snapshot, decoded on a blocking thread.
 type PartTask = tokio::task::JoinHandle<Result<Vec<Entity>, wire::WireError>>;
 
