@@ -54,6 +54,11 @@ pub struct Timing {
     pub max_entities: Option<usize>,
 }
 
+/// The default [`Config::stop_timeout`].
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much longer than the longest `shutdown_grace` the default stop timeout is.
+pub const STOP_MARGIN: Duration = Duration::from_secs(5);
+
 /// The default [`Timing::max_entities`].
 pub const DEFAULT_MAX_ENTITIES: usize = 5_000_000;
 
@@ -211,6 +216,12 @@ pub struct Config {
     /// resurrect it.
     #[serde(default = "default_tombstone_ttl", with = "humantime_serde")]
     pub tombstone_ttl: Duration,
+    /// At shutdown, how long the instances get to stop: a bus hands what it has received
+    /// to the host and acknowledges it within its own `shutdown_grace`, which this must
+    /// exceed. Default: 10 s, or 5 s more than the longest `shutdown_grace` of an
+    /// instance's table when that is longer (see [`Config::stop_timeout`]).
+    #[serde(default, with = "humantime_serde")]
+    pub stop_timeout: Option<Duration>,
     /// The most verbose level of plugin logs forwarded to the host log.
     #[serde(default)]
     pub plugin_log_level: LogLevel,
@@ -431,8 +442,46 @@ impl Config {
         Ok(config)
     }
 
+    /// How long the instances get to stop at shutdown: `stop_timeout` when set (it must
+    /// exceed every instance's `shutdown_grace`), else [`DEFAULT_STOP_TIMEOUT`] or
+    /// [`STOP_MARGIN`] more than the longest `shutdown_grace`, whichever is longer. (A
+    /// plugin that settles what it holds within a grace of its own says so by that key
+    /// in its table, as the bus plugin does.)
+    pub fn stop_timeout(&self) -> Duration {
+        let graces = self.longest_shutdown_grace().map(|(_, g)| g + STOP_MARGIN);
+        match self.stop_timeout {
+            Some(t) => t,
+            None => graces.map_or(DEFAULT_STOP_TIMEOUT, |g| g.max(DEFAULT_STOP_TIMEOUT)),
+        }
+    }
+
+    /// The enabled instance with the longest `shutdown_grace` in its table, and that grace.
+    fn longest_shutdown_grace(&self) -> Option<(&str, Duration)> {
+        self.instances
+            .iter()
+            .filter(|i| i.enabled)
+            .filter_map(|i| {
+                let grace = i.config.get("shutdown_grace")?.as_str()?;
+                let grace = humantime::parse_duration(grace).ok()?;
+                Some((i.name.as_str(), grace))
+            })
+            .max_by_key(|(_, g)| *g)
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         check_duration("tombstone_ttl", Some(self.tombstone_ttl))?;
+        check_duration("stop_timeout", self.stop_timeout)?;
+        if let (Some(stop), Some((instance, grace))) =
+            (self.stop_timeout, self.longest_shutdown_grace())
+            && stop <= grace
+        {
+            return Err(ConfigError::Semantic(format!(
+                "stop_timeout ({}) must be longer than instance `{instance}`'s shutdown_grace ({}): the host would stop it before its grace ends (leave stop_timeout out to have it {} longer than the longest grace)",
+                humantime::format_duration(stop),
+                humantime::format_duration(grace),
+                humantime::format_duration(STOP_MARGIN),
+            )));
+        }
         let d = &self.defaults;
         for (key, value) in [
             ("interval", d.interval),
@@ -870,5 +919,36 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("used twice"), "{err}");
+    }
+
+    #[test]
+    fn the_stop_timeout_covers_every_shutdown_grace() {
+        let bus = |grace: &str| {
+            format!(
+                "[[instances]]\nname = \"bus\"\nlibrary = \"x\"\n[instances.config]\nshutdown_grace = \"{grace}\"\n"
+            )
+        };
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.stop_timeout(), DEFAULT_STOP_TIMEOUT);
+        let c = Config::from_toml(&bus("2s")).unwrap();
+        assert_eq!(c.stop_timeout(), DEFAULT_STOP_TIMEOUT);
+        let c = Config::from_toml(&bus("30s")).unwrap();
+        assert_eq!(c.stop_timeout(), Duration::from_secs(35));
+        let c = Config::from_toml(&format!("stop_timeout = \"31s\"\n{}", bus("30s"))).unwrap();
+        assert_eq!(c.stop_timeout(), Duration::from_secs(31));
+        let err = Config::from_toml(&format!("stop_timeout = \"20s\"\n{}", bus("30s")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "stop_timeout (20s) must be longer than instance `bus`'s shutdown_grace (30s)"
+            ),
+            "{err}"
+        );
+        // A disabled instance does not count.
+        let disabled =
+            bus("30s").replace("library = \"x\"\n", "library = \"x\"\nenabled = false\n");
+        let c = Config::from_toml(&disabled).unwrap();
+        assert_eq!(c.stop_timeout(), DEFAULT_STOP_TIMEOUT);
     }
 }

@@ -211,6 +211,7 @@ impl Synchronizer {
         early: Option<&SubscribeOptions>,
     ) -> Result<(Synchronizer, Option<Subscription>), StartError> {
         let hub = Arc::new(Hub::new(config.tombstone_ttl));
+        let stop_timeout = config.stop_timeout();
         let drain = Drain::default();
         let early = early.map(|options| drain.attach(Subscription::for_hub(&hub, options)));
         for output in &config.outputs.amqp {
@@ -265,7 +266,7 @@ impl Synchronizer {
             tasks: tokio::sync::Mutex::new(tasks),
             store_writer: std::sync::Mutex::new(store_writer),
             outputs: tokio::sync::Mutex::new(outputs),
-            bus_stop_timeout: Duration::from_secs(10),
+            bus_stop_timeout: stop_timeout,
             drain,
         };
         Ok((sync, early))
@@ -465,7 +466,7 @@ impl Synchronizer {
     ///
     /// 1. Producers: schedules and push loops stop; bus plugins are asked to stop
     ///    consuming and to settle what they hold (hand it to the hub, acknowledge it
-    ///    upstream; the rest is redelivered to the next run), within `bus_stop_timeout`;
+    ///    upstream; the rest is redelivered to the next run), within the configured `stop_timeout` ([`Config::stop_timeout`]);
     ///    then every plugin runtime stops.
     /// 2. The drain: every change accepted so far has been queued to every subscriber;
     ///    each subscription now yields what is queued for it (with its resync and

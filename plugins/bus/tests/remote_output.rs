@@ -481,6 +481,63 @@ async fn an_output_broker_that_goes_away_holds_notifications_upstream() {
     .await;
 }
 
+/// A `shutdown_grace` longer than the host's default stop timeout (10 s) is honoured:
+/// the host's stop timeout follows it (`Config::stop_timeout`). A batch held back at
+/// shutdown by an output whose broker is away is published and acknowledged when that
+/// broker comes back 11 s into the shutdown, instead of being cut off at 10 s and
+/// redelivered to the next run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_grace_longer_than_the_default_stop_timeout_is_honoured() {
+    logs();
+    require_broker().await;
+    let tag = unique("grace");
+    let exchange = format!("nova-{tag}");
+    let topic = format!("t-{tag}");
+    let queue = format!("{topic}.info");
+    let conn = connect().await;
+    let changes_exchange = format!("{tag}.changes");
+    let mut remote = Remote::bind(&conn, &changes_exchange, &["#"]).await;
+    let relay = Relay::start().await;
+    let output_url = format!("amqp://guest:guest@{}/%2f", relay.addr);
+    let toml = host_toml(&tag, &exchange, &topic, &output_url)
+        .replace("shutdown_grace = \"1s\"", "shutdown_grace = \"14s\"");
+    let config = synchronizer::Config::from_toml(&toml).expect("host config");
+    assert_eq!(config.stop_timeout(), Duration::from_secs(19));
+    let key = uuid(0x9ace, 1);
+
+    relay.cut();
+    let (sync, _local) = start_host(&toml).await;
+    publish(&[Spec::new(V_CREATE, &exchange, &topic)
+        .uuid(&key)
+        .at("2026-11-25 09:00:00")]);
+    wait_upstream(&queue, 0, 1).await;
+    let started = std::time::Instant::now();
+    let stopping = tokio::spawn(async move { sync.shutdown().await });
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert!(
+        !stopping.is_finished(),
+        "the host stopped before the grace ended"
+    );
+    relay.restore();
+    let got = remote.take(1).await;
+    assert_eq!(keys_of(&got), instance_keys(&[key]));
+    stopping.await.expect("shutdown");
+    // Acknowledged, not requeued: the next run gets nothing twice.
+    assert_eq!(ready(&conn, &queue).await, Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(19),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(relay);
+    cleanup(
+        conn,
+        &[queue, format!("{tag}.dlq")],
+        &[exchange, format!("{tag}.dlx"), changes_exchange],
+    )
+    .await;
+}
+
 /// The same hold in process isolation: the bus plugin runs in a child, and the parent
 /// answers its push only once the output's broker confirmed the changes, so the child
 /// acknowledges nothing upstream while that broker is away.
