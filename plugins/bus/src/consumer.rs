@@ -569,7 +569,7 @@ impl Bus {
                     instance = %self.instance,
                     exchange,
                     queues = %queues,
-                    "exchange `{exchange}` did not exist, so the bus declared it: no service has published on it yet, and nothing arrives until one does. OpenStack services publish notifications on their oslo.messaging `control_exchange`, which defaults to `openstack` (Nova sets `nova`, Heat `heat`, Neutron `neutron`, Keystone `keystone`; Cinder and Glance keep `openstack`): check this subscription's `exchange`"
+                    "exchange `{exchange}` did not exist, so the bus declared it: no service has published on it yet, and nothing arrives until one does. OpenStack services publish notifications on their oslo.messaging `control_exchange`, which defaults to `openstack` (Nova sets `nova`, Heat `heat`, Neutron `neutron`, Keystone `keystone`; Cinder and Glance keep `openstack`): check this subscription's `exchange` (the AMQP client's `Channel closed ... NOT_FOUND` error logged just before is this check's answer)"
                 );
             }
             // Anything else (access refused...) the real declaration reports.
