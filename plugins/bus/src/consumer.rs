@@ -254,7 +254,11 @@ impl Bus {
             // Consuming had started: the failure that ended it starts a new series.
             let was_consuming = self.stats.connected.swap(false, Ordering::Relaxed);
             match result {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    *lock(&self.last_error) =
+                        Some(format!("not connected to {}: stopped", self.current_url()));
+                    return Ok(());
+                }
                 Err(e) => {
                     *lock(&self.last_error) = Some(self.not_connected(&e));
                     if !e.is_transient() {

@@ -361,6 +361,13 @@ async fn an_exchange_no_service_declared_is_a_warning() {
     );
     assert!(bus.health().healthy, "{:?}", bus.health());
     stop_bus(stop, handle).await;
+    let h = bus.health();
+    assert!(
+        !h.healthy
+            && h.message
+                .starts_with("not connected to amqp://guest:***@127.0.0.1:5672/%2f: stopped"),
+        "{h:?}"
+    );
 
     // It exists now: a second start does not warn again.
     let (stop, handle) = start(bus.clone(), sink.clone());
@@ -486,6 +493,7 @@ async fn health_after_losing_the_connection() {
     assert_eq!(bus.stats().connections, 1);
 
     relay.cut();
+    // (The relay's port: a cut relay refuses, like a broker that went away.)
     let shown = format!(
         "not connected to amqp://guest:***@127.0.0.1:{}/%2f: ",
         relay.port
@@ -502,6 +510,9 @@ async fn health_after_losing_the_connection() {
     assert!(!h.healthy && h.message.starts_with(&shown), "{h:?}");
     assert!(!h.message.contains("guest:guest"), "{}", h.message);
     stop_bus(stop, handle).await;
+    // Stopped while reconnecting: the last failure stays the reason.
+    let h = bus.health();
+    assert!(!h.healthy && h.message.starts_with(&shown), "{h:?}");
     let conn = connect().await;
     cleanup(
         conn,
