@@ -134,6 +134,35 @@ fn write_seeds() {
         }
     }
 
+    // bus_compressed: the first byte picks the `compression` header (low 3 bits) and
+    // whether the target compresses the rest first (bit 7); see targets::bus_compressed.
+    let create = read(
+        "plugins/bus/tests/fixtures/nova-30/versioned_notifications.info__instance.create.end.raw.json",
+    );
+    let legacy = read(
+        "plugins/bus/tests/fixtures/nova-30/vitrage_notifications.info__compute.instance.create.end.raw.json",
+    );
+    let with_mode = |mode: u8, body: &[u8]| [&[mode][..], body].concat();
+    write(
+        "bus_compressed",
+        "gzip-by-target",
+        &with_mode(0x81, &create),
+    );
+    write("bus_compressed", "bz2-by-target", &with_mode(0x82, &legacy));
+    write(
+        "bus_compressed",
+        "limit-by-target",
+        &with_mode(0xc1, &create),
+    );
+    write("bus_compressed", "plain", &with_mode(0x00, &create));
+    write("bus_compressed", "lzma-refused", &with_mode(0x04, &create));
+    let headers = synchronizer_fuzz::targets::BUS_COMPRESSION_HEADERS;
+    for (mode, name) in [(0x01u8, "kombu-gzip"), (0x02, "kombu-bz2")] {
+        let compressed =
+            synchronizer_fuzz::targets::bus_compress(headers[usize::from(mode)], &create).unwrap();
+        write("bus_compressed", name, &with_mode(mode, &compressed));
+    }
+
     write(
         "heat_pages",
         "stacks-resources",
@@ -195,7 +224,10 @@ fn write_seeds() {
         },
         FromChild::Health {
             id: 5,
-            result: Ok((true, "ok".into())),
+            result: Ok(synchronizer_plugin_api::Health {
+                healthy: true,
+                message: "ok".into(),
+            }),
         },
         FromChild::Pong {
             id: 6,

@@ -20,9 +20,13 @@ Overrides (the fixture's own values otherwise):
   --timestamp  the notification's timestamp, naive UTC (``2026-11-25 08:37:41.358157``),
   --message-id the notification's message_id.
 
+--compression METHOD sets oslo.messaging's ``[oslo_messaging_rabbit] kombu_compression``
+(``gzip``, ``bz2``, ... as kombu names them) in the publisher's configuration file: kombu
+then compresses each body and names the method in the message header ``compression``.
+
 One notification per call, or many with --jsonl FILE (``-`` for stdin): one JSON object
 per line with the keys fixture, index, exchange, topics, driver, event_type, priority,
-publisher_id, uuid, state, host, name, timestamp, message_id (all but fixture optional,
+publisher_id, uuid, state, host, name, timestamp, message_id, compression (all but fixture optional,
 defaulting to the command line's). All are sent over one connection per exchange.
 
 Exit status 0 when every notification was handed to the broker, 1 otherwise (oslo's
@@ -42,7 +46,9 @@ import argparse
 import datetime
 import json
 import logging
+import os
 import sys
+import tempfile
 import uuid as uuid_mod
 
 import oslo_messaging
@@ -148,17 +154,28 @@ class Publisher:
         self.transports = {}
         self.notifiers = {}
 
-    def notifier(self, exchange, topics, driver, publisher_id):
-        key = (exchange, tuple(topics), driver)
+    def notifier(self, exchange, topics, driver, publisher_id, compression=None):
+        key = (exchange, tuple(topics), driver, compression)
+        transport_key = (exchange, compression)
         if key not in self.notifiers:
-            if exchange not in self.transports:
+            if transport_key not in self.transports:
+                args = []
+                if compression:
+                    # As an operator would: the option in the service's config file.
+                    fd, path = tempfile.mkstemp(suffix=".conf")
+                    with os.fdopen(fd, "w") as f:
+                        f.write("[oslo_messaging_rabbit]\n"
+                                f"kombu_compression = {compression}\n")
+                    args = ["--config-file", path]
                 conf = cfg.ConfigOpts()
-                conf([], project="synchronizer-publish")
+                conf(args, project="synchronizer-publish")
                 oslo_messaging.set_transport_defaults(control_exchange=exchange)
-                self.transports[exchange] = oslo_messaging.get_notification_transport(
+                self.transports[transport_key] = oslo_messaging.get_notification_transport(
                     conf, url=self.url)
+                if compression:
+                    os.unlink(path)
             self.notifiers[key] = oslo_messaging.Notifier(
-                self.transports[exchange], publisher_id=publisher_id, driver=driver,
+                self.transports[transport_key], publisher_id=publisher_id, driver=driver,
                 topics=list(topics))
         return self.notifiers[key].prepare(publisher_id=publisher_id)
 
@@ -166,7 +183,8 @@ class Publisher:
         n = apply_overrides(load_notification(spec["fixture"], spec.get("index", 0)), spec)
         priority = n.get("priority", "INFO").lower()
         notifier = self.notifier(spec["exchange"], spec["topics"], spec["driver"],
-                                 n.get("publisher_id") or "synchronizer-test")
+                                 n.get("publisher_id") or "synchronizer-test",
+                                 spec.get("compression"))
         _Overrides.message_id = spec.get("message_id")
         ts = spec.get("timestamp")
         _Overrides.timestamp = datetime.datetime.fromisoformat(ts) if ts else None
@@ -200,6 +218,7 @@ def main():
     p.add_argument("--name")
     p.add_argument("--timestamp")
     p.add_argument("--message-id")
+    p.add_argument("--compression", help="kombu_compression of the publisher (gzip, bz2...)")
     p.add_argument("--jsonl", help="file of one JSON spec per line, - for stdin")
     a = p.parse_args()
     url = a.url.replace("amqp://", "rabbit://", 1)
@@ -217,7 +236,7 @@ def main():
             p.error("--fixture or --jsonl is required")
         spec = dict(defaults, fixture=a.fixture)
         for key in ("event_type", "priority", "publisher_id", "uuid", "state", "host",
-                    "name", "timestamp", "message_id"):
+                    "name", "timestamp", "message_id", "compression"):
             value = getattr(a, key)
             if value is not None:
                 spec[key] = value

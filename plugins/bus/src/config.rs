@@ -88,6 +88,11 @@ pub struct Config {
     /// the connection is closed (what is not acknowledged by then is redelivered later).
     #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// The largest body a compressed message (kombu's `compression` header) may
+    /// decompress to, in bytes; a larger one is dead-lettered (see
+    /// [`crate::compression`]).
+    #[serde(default = "default_max_decompressed_bytes")]
+    pub max_decompressed_bytes: usize,
     /// With it, the resources of each stack a Heat notification names are read from
     /// Heat's API so that `heat.stack` agrees with the Heat collector's (see
     /// [`crate::heat`]). Without it stacks carry no relations.
@@ -124,6 +129,7 @@ impl std::fmt::Debug for Config {
             .field("dead_letter", &self.dead_letter)
             .field("dedup_capacity", &self.dedup_capacity)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("max_decompressed_bytes", &self.max_decompressed_bytes)
             .field("heat", &self.heat)
             .finish()
     }
@@ -240,6 +246,9 @@ fn default_dedup_capacity() -> usize {
 fn default_shutdown_grace() -> Duration {
     Duration::from_secs(5)
 }
+fn default_max_decompressed_bytes() -> usize {
+    crate::compression::DEFAULT_MAX_DECOMPRESSED
+}
 
 impl Config {
     /// A configuration with every default and these URLs.
@@ -265,6 +274,7 @@ impl Config {
             dead_letter: DeadLetter::default(),
             dedup_capacity: default_dedup_capacity(),
             shutdown_grace: default_shutdown_grace(),
+            max_decompressed_bytes: default_max_decompressed_bytes(),
             heat: None,
         }
     }
@@ -340,6 +350,12 @@ impl Config {
         }
         if self.batch_size == 0 {
             return Err(ConfigError::invalid("batch_size", "must be at least 1"));
+        }
+        if self.max_decompressed_bytes == 0 {
+            return Err(ConfigError::invalid(
+                "max_decompressed_bytes",
+                "must be at least 1",
+            ));
         }
         if self.families.is_empty() {
             return Err(ConfigError::invalid(

@@ -48,7 +48,7 @@ use crate::config::{ArgValue, Config, QueuePlan};
 use crate::dedup::{RecentIds, id_hash};
 use crate::error::{BusError, ConfigError};
 use crate::heat::Enricher;
-use crate::mapping::{Families, Ignored, Interpretation, Malformed, interpret};
+use crate::mapping::{Families, Ignored, Interpretation, Malformed, interpret_message};
 use crate::stats::{Stats, StatsSnapshot};
 use synchronizer_plugin_api::redact::{Secrets, redact_url};
 
@@ -199,19 +199,41 @@ impl Bus {
         &self.queues
     }
 
-    /// Healthy while connected; otherwise unhealthy with the last error.
+    /// Healthy while consuming; otherwise unhealthy, from the start (before the first
+    /// connection, and whatever the host asks before `run`), with `not connected to
+    /// <redacted url>: <why>` and the counters.
     pub fn health(&self) -> Health {
         let s = self.stats.snapshot();
         if s.connected {
-            Health {
+            return Health {
                 healthy: true,
                 message: s.to_string(),
-            }
-        } else {
-            let last = lock(&self.last_error)
-                .clone()
-                .unwrap_or_else(|| "not connected yet".into());
-            Health::unhealthy(format!("not connected: {last} ({s})"))
+            };
+        }
+        let reason = lock(&self.last_error).clone().unwrap_or_else(|| {
+            format!(
+                "not connected to {}: no connection established yet",
+                self.current_url()
+            )
+        });
+        Health::unhealthy(format!("{reason} ({s})"))
+    }
+
+    /// The URL in use or tried next, redacted.
+    fn current_url(&self) -> String {
+        let n = self.config.urls.len().max(1);
+        self.config
+            .urls
+            .get(self.last_good.load(Ordering::Relaxed) % n)
+            .map(|u| redact_url(u))
+            .unwrap_or_default()
+    }
+
+    /// What health reports after `e` ended a session: `not connected to <url>: <why>`.
+    fn not_connected(&self, e: &BusError) -> String {
+        match e {
+            BusError::Connect { url, message } => format!("not connected to {url}: {message}"),
+            other => format!("not connected to {}: {other}", self.current_url()),
         }
     }
 
@@ -232,9 +254,13 @@ impl Bus {
             // Consuming had started: the failure that ended it starts a new series.
             let was_consuming = self.stats.connected.swap(false, Ordering::Relaxed);
             match result {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    *lock(&self.last_error) =
+                        Some(format!("not connected to {}: stopped", self.current_url()));
+                    return Ok(());
+                }
                 Err(e) => {
-                    *lock(&self.last_error) = Some(e.to_string());
+                    *lock(&self.last_error) = Some(self.not_connected(&e));
                     if !e.is_transient() {
                         tracing::error!(instance = %self.instance, error = %e, "bus consumer stopped");
                         return Err(e);
@@ -384,6 +410,16 @@ impl Bus {
             .await
             .map_err(setup("publisher confirms".into()))?;
 
+        // The services' exchanges: one that does not exist yet is declared below, and
+        // said so (a subscription to an exchange nobody publishes on is healthy and
+        // silent otherwise).
+        let mut probed = std::collections::BTreeSet::new();
+        for b in self.queues.iter().flat_map(|p| &p.bindings) {
+            if probed.insert(b.exchange.as_str()) {
+                self.probe_exchange(conn, &b.exchange).await?;
+            }
+        }
+
         let mut contexts = Vec::with_capacity(self.queues.len());
         for plan in &self.queues {
             let channel = conn
@@ -500,6 +536,55 @@ impl Bus {
             }
         }
         result
+    }
+
+    /// Checks with a passive declaration, on a channel of its own (a refused passive
+    /// declaration closes its channel), whether a service's exchange exists; logs a
+    /// warning when it does not, as the plugin is about to declare it itself.
+    async fn probe_exchange(&self, conn: &Connection, exchange: &str) -> Result<(), BusError> {
+        let probe = conn.create_channel().await.map_err(|e| BusError::Setup {
+            what: "a channel".into(),
+            message: e.to_string(),
+        })?;
+        let answer = probe
+            .exchange_declare(
+                exchange,
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        match answer {
+            Ok(()) => {
+                tracing::debug!(instance = %self.instance, exchange, "exchange exists");
+            }
+            Err(e) if is_not_found(&e) => {
+                let queues = self
+                    .queues
+                    .iter()
+                    .filter(|q| q.bindings.iter().any(|b| b.exchange == exchange))
+                    .map(|q| q.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                tracing::warn!(
+                    instance = %self.instance,
+                    exchange,
+                    queues = %queues,
+                    "exchange `{exchange}` did not exist, so the bus declared it: no service has published on it yet, and nothing arrives until one does. OpenStack services publish notifications on their oslo.messaging `control_exchange`, which defaults to `openstack` (Nova sets `nova`, Heat `heat`, Neutron `neutron`, Keystone `keystone`; Cinder and Glance keep `openstack`): check this subscription's `exchange` (the AMQP client's `Channel closed ... NOT_FOUND` error logged just before is this check's answer)"
+                );
+            }
+            // Anything else (access refused...) the real declaration reports.
+            Err(e) => {
+                tracing::debug!(instance = %self.instance, exchange, error = %e, "passive declaration failed");
+            }
+        }
+        if probe.status().connected() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), probe.close(200, "probed")).await;
+        }
+        Ok(())
     }
 
     /// Consumes one queue until stop (then drains what was received) or failure.
@@ -625,7 +710,14 @@ impl Bus {
         let (mut duplicates, mut unknown, mut family_off) = (0u64, 0u64, 0u64);
         let interpreted: Vec<_> = deliveries
             .iter()
-            .map(|d| interpret(&d.data, self.families))
+            .map(|d| {
+                interpret_message(
+                    &d.data,
+                    compression_header(d).as_deref(),
+                    self.config.max_decompressed_bytes,
+                    self.families,
+                )
+            })
             .collect();
         {
             let mut recent = lock(&self.dedup);
@@ -730,6 +822,12 @@ impl Bus {
             );
         };
         put("x-synchronizer-reason", &m.reason);
+        if let Some(id) = &m.message_id {
+            put("x-synchronizer-message-id", id);
+        }
+        if let Some(event_type) = &m.event_type {
+            put("x-synchronizer-event-type", event_type);
+        }
         put("x-synchronizer-queue", &ctx.plan.name);
         put("x-synchronizer-exchange", d.exchange.as_str());
         put("x-synchronizer-routing-key", d.routing_key.as_str());
@@ -875,6 +973,29 @@ impl Drop for Claims<'_> {
             }
         }
     }
+}
+
+/// Whether the broker answered 404 NOT_FOUND.
+fn is_not_found(e: &lapin::Error) -> bool {
+    matches!(e, lapin::Error::ProtocolError(a) if a.get_id() == 404)
+}
+
+/// The value of kombu's `compression` header ([`crate::compression::HEADER`]), if the
+/// message has one. A value that is not a string is shown by its type, and refused as
+/// an unknown method.
+fn compression_header(d: &Delivery) -> Option<std::borrow::Cow<'_, str>> {
+    let value = d
+        .properties
+        .headers()
+        .as_ref()?
+        .inner()
+        .get(crate::compression::HEADER)?;
+    Some(match value {
+        AMQPValue::LongString(v) => String::from_utf8_lossy(v.as_bytes()),
+        AMQPValue::ShortString(v) => std::borrow::Cow::Borrowed(v.as_str()),
+        AMQPValue::Void => return None,
+        other => std::borrow::Cow::Owned(format!("<{:?}>", other.get_type())),
+    })
 }
 
 fn queue_arguments(config: &Config) -> FieldTable {

@@ -16,12 +16,15 @@
 //!   acknowledgements, dead-lettering, shutdown.
 //! - [`heat`]: with the optional `heat` table, the resources of a notified stack from
 //!   Heat's API, so that `heat.stack` agrees with the Heat collector's.
+//! - [`compression`]: bodies compressed by kombu (`kombu_compression`), decompressed
+//!   within a size limit.
 //! - [`dedup`]: the bounded set of recent message ids that drops duplicate deliveries.
 //! - [`config`]: the configuration (see README.md for every option), URL redaction.
 //!
 //! The crate is also an rlib: [`consumer::Bus`] can be run in-process against any
 //! [`consumer::ChangeSink`], which is how its tests drive it besides loading the `.so`.
 
+pub mod compression;
 pub mod config;
 pub mod consumer;
 pub mod dedup;

@@ -226,13 +226,18 @@ pub const MAX_REASON: usize = 1024;
 pub const MAX_FIELD: usize = 255;
 
 impl Malformed {
-    fn new(reason: String, event_type: Option<&str>, message_id: Option<&str>) -> Self {
+    pub(crate) fn new(reason: String, event_type: Option<&str>, message_id: Option<&str>) -> Self {
         Malformed {
             reason: cut(reason, MAX_REASON),
             event_type: event_type.map(|t| cut(t.to_owned(), MAX_FIELD)),
             message_id: message_id.map(|m| cut(m.to_owned(), MAX_FIELD)),
         }
     }
+}
+
+/// `s` cut to at most [`MAX_FIELD`] bytes.
+pub(crate) fn cut_field(s: &str) -> String {
+    cut(s.to_owned(), MAX_FIELD)
 }
 
 /// `s` cut to at most `max` bytes at a character boundary, `…` marking the cut.
@@ -266,40 +271,99 @@ struct Wire<'a> {
     payload: Option<&'a RawValue>,
 }
 
+/// Decodes and interprets one message body as it arrived: decompressed first when the
+/// message header `compression` (kombu's, [`crate::compression`]) names a method, at
+/// most `max_decompressed` bytes of it.
+pub fn interpret_message(
+    body: &[u8],
+    compression: Option<&str>,
+    max_decompressed: usize,
+    families: Families,
+) -> Result<Interpreted, Malformed> {
+    let body = crate::compression::decompress(body, compression, max_decompressed)?;
+    interpret(&body, families)
+}
+
 /// Decodes and interprets one message body.
+///
+/// When the body does not parse as an oslo message (a field of the wrong type, say), its
+/// message id and event type are still read, leniently, for the dead-letter log and
+/// headers (see [`lenient_ids`]).
 pub fn interpret(body: &[u8], families: Families) -> Result<Interpreted, Malformed> {
-    let outer: Wire<'_> = serde_json::from_slice(body).map_err(|e| {
-        Malformed::new(
-            format!("body is not an oslo.messaging JSON object: {e}"),
-            None,
-            None,
-        )
-    })?;
+    let outer: Wire<'_> = match serde_json::from_slice(body) {
+        Ok(outer) => outer,
+        Err(e) => {
+            let (event_type, message_id) = lenient_ids(body);
+            return Err(Malformed::new(
+                format!("body is not an oslo.messaging JSON object: {e}"),
+                event_type.as_deref(),
+                message_id.as_deref(),
+            ));
+        }
+    };
     match text(&outer.oslo_message) {
         Some(inner_text) => {
-            let inner: Wire<'_> = serde_json::from_str(inner_text).map_err(|e| {
-                Malformed::new(
-                    format!("`oslo.message` is not a JSON notification: {e}"),
-                    None,
-                    None,
-                )
-            })?;
+            let inner: Wire<'_> = match serde_json::from_str(inner_text) {
+                Ok(inner) => inner,
+                Err(e) => {
+                    let (event_type, message_id) = lenient_ids(body);
+                    return Err(Malformed::new(
+                        format!("`oslo.message` is not a JSON notification: {e}"),
+                        event_type.as_deref(),
+                        message_id.as_deref(),
+                    ));
+                }
+            };
             interpret_notification(&inner, families)
         }
         None => interpret_notification(&outer, families),
     }
 }
 
+/// The event type and message id of a body that does not parse strictly, read from
+/// whatever JSON it is: in a `messagingv2` envelope, from the notification in its
+/// `oslo.message` string; otherwise (the `messaging` driver's unwrapped form, or an
+/// `oslo.message` that is no JSON string) from the top level. The id is `message_id`, else
+/// `_unique_id`; a number is taken as its JSON text, other types are not an id. Both are
+/// cut to [`MAX_FIELD`] bytes.
+pub fn lenient_ids(body: &[u8]) -> (Option<String>, Option<String>) {
+    let Ok(outer) = serde_json::from_slice::<Value>(body) else {
+        return (None, None);
+    };
+    let inner = outer
+        .get("oslo.message")
+        .and_then(Value::as_str)
+        .and_then(|s| serde_json::from_str::<Value>(s).ok())
+        .filter(Value::is_object);
+    let n = inner.as_ref().unwrap_or(&outer);
+    let field = |key: &str| match n.get(key) {
+        Some(Value::String(s)) if !s.is_empty() => Some(cut_field(s)),
+        Some(Value::Number(x)) => Some(cut_field(&x.to_string())),
+        _ => None,
+    };
+    let event_type = n
+        .get("event_type")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(cut_field);
+    (
+        event_type,
+        field("message_id").or_else(|| field("_unique_id")),
+    )
+}
+
 fn interpret_notification(n: &Wire<'_>, families: Families) -> Result<Interpreted, Malformed> {
-    let message_id = text(&n.message_id).filter(|s| !s.is_empty());
+    // `message_id`, else `_unique_id`: the dedup key, and the id a dead letter is logged
+    // with.
+    let message_id = text(&n.message_id)
+        .filter(|s| !s.is_empty())
+        .or(text(&n.unique_id).filter(|s| !s.is_empty()));
     let malformed =
         |reason: String, event_type: Option<&str>| Malformed::new(reason, event_type, message_id);
     let Some(event_type) = text(&n.event_type).filter(|s| !s.is_empty()) else {
         return Err(malformed("no `event_type`".into(), None));
     };
-    let dedup_id = message_id
-        .or(text(&n.unique_id).filter(|s| !s.is_empty()))
-        .map(str::to_owned);
+    let dedup_id = message_id.map(str::to_owned);
     let done = |interpretation| {
         Ok(Interpreted {
             dedup_id: dedup_id.clone(),
@@ -1192,6 +1256,121 @@ mod tests {
             assert!(err.event_type.as_ref().is_none_or(|t| t.len() <= MAX_FIELD));
             assert!(err.message_id.as_ref().is_none_or(|t| t.len() <= MAX_FIELD));
         }
+    }
+
+    #[test]
+    fn a_field_of_the_wrong_type_keeps_the_message_id() {
+        const ID: &str = "ccd2fd7f-5ab5-4bdb-9412-5d6dd8774cb6";
+        // v2: a top-level field of the notification (inside `oslo.message`) of the
+        // wrong type makes the strict parse fail.
+        for (field, value) in [
+            ("timestamp", serde_json::json!(1_795_573_576)),
+            ("event_type", serde_json::json!(["instance.create.end"])),
+            ("message_id", serde_json::json!(42)),
+            ("_unique_id", serde_json::json!({"x": 1})),
+        ] {
+            let body = rewrite(V_CREATE, |n| n[field] = value.clone());
+            let err = interpret(body.as_bytes(), Families::all()).unwrap_err();
+            assert!(
+                err.reason
+                    .starts_with("`oslo.message` is not a JSON notification"),
+                "{field}: {}",
+                err.reason
+            );
+            let want = if field == "message_id" { "42" } else { ID };
+            assert_eq!(err.message_id.as_deref(), Some(want), "{field}");
+            let want_event = (field != "event_type").then_some("instance.create.end");
+            assert_eq!(err.event_type.as_deref(), want_event, "{field}");
+        }
+        // Without `message_id`, `_unique_id`.
+        let body = rewrite(V_CREATE, |n| {
+            n.as_object_mut().unwrap().remove("message_id");
+            n["timestamp"] = serde_json::json!(false);
+        });
+        let err = interpret(body.as_bytes(), Families::all()).unwrap_err();
+        assert_eq!(
+            err.message_id.as_deref(),
+            Some("e7ae7895abcc4f10b3797bbb342829b3")
+        );
+        // A well-formed message whose only problem is downstream keeps `_unique_id` too.
+        let body = rewrite(V_CREATE, |n| {
+            n.as_object_mut().unwrap().remove("message_id");
+            n["timestamp"] = "x".into();
+        });
+        let err = interpret(body.as_bytes(), Families::all()).unwrap_err();
+        assert_eq!(
+            err.message_id.as_deref(),
+            Some("e7ae7895abcc4f10b3797bbb342829b3")
+        );
+        // v1 (the `messaging` driver's unwrapped notification): the id at the top level.
+        let inner: Value = {
+            let env: Value = serde_json::from_str(V_CREATE).unwrap();
+            let mut n: Value = serde_json::from_str(env["oslo.message"].as_str().unwrap()).unwrap();
+            n["payload"] = serde_json::json!({"nova_object.data": {"uuid": "u"}});
+            n["timestamp"] = serde_json::json!(7);
+            n
+        };
+        let err = interpret(inner.to_string().as_bytes(), Families::all()).unwrap_err();
+        assert!(
+            err.reason
+                .starts_with("body is not an oslo.messaging JSON object"),
+            "{}",
+            err.reason
+        );
+        assert_eq!(err.message_id.as_deref(), Some(ID));
+        assert_eq!(err.event_type.as_deref(), Some("instance.create.end"));
+        // The envelope's `oslo.message` of the wrong type: no notification, no id.
+        let err = interpret(
+            br#"{"oslo.version": "2.0", "oslo.message": 5}"#,
+            Families::all(),
+        )
+        .unwrap_err();
+        assert_eq!((err.message_id, err.event_type), (None, None));
+        // Not JSON at all.
+        let err = interpret(b"{not json", Families::all()).unwrap_err();
+        assert_eq!((err.message_id, err.event_type), (None, None));
+        // Long ids are cut.
+        let long = "m".repeat(10_000);
+        let body = rewrite(V_CREATE, |n| {
+            n["message_id"] = long.as_str().into();
+            n["timestamp"] = serde_json::json!(1);
+        });
+        let err = interpret(body.as_bytes(), Families::all()).unwrap_err();
+        assert!(
+            err.message_id
+                .as_ref()
+                .is_some_and(|m| m.len() <= MAX_FIELD)
+        );
+    }
+
+    #[test]
+    fn compressed_bodies_are_interpreted_like_plain_ones() {
+        use std::io::Write;
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(V_CREATE.as_bytes()).unwrap();
+        let z = z.finish().unwrap();
+        let plain = interpret(V_CREATE.as_bytes(), Families::all()).unwrap();
+        let unzipped =
+            interpret_message(&z, Some("application/x-gzip"), 1 << 20, Families::all()).unwrap();
+        assert_eq!(unzipped.dedup_id, plain.dedup_id);
+        assert_eq!(
+            format!("{:?}", unzipped.interpretation),
+            format!("{:?}", plain.interpretation)
+        );
+        // Compressed but not said so: not JSON.
+        let err = interpret_message(&z, None, 1 << 20, Families::all()).unwrap_err();
+        assert!(
+            err.reason
+                .starts_with("body is not an oslo.messaging JSON object")
+        );
+        // Larger than the limit once decompressed.
+        let err =
+            interpret_message(&z, Some("application/x-gzip"), 100, Families::all()).unwrap_err();
+        assert!(
+            err.reason.contains("max_decompressed_bytes = 100"),
+            "{}",
+            err.reason
+        );
     }
 
     #[test]

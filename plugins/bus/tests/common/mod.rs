@@ -129,6 +129,9 @@ pub struct Spec {
     pub message_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payload_set: Option<serde_json::Value>,
+    /// The publisher's `[oslo_messaging_rabbit] kombu_compression`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compression: Option<String>,
 }
 
 impl Spec {
@@ -180,6 +183,11 @@ impl Spec {
     }
     pub fn topics(mut self, t: &[&str]) -> Self {
         self.topics = Some(t.iter().map(|s| s.to_string()).collect());
+        self
+    }
+    /// Sent by a publisher configured with `kombu_compression = method`.
+    pub fn compressed(mut self, method: &str) -> Self {
+        self.compression = Some(method.into());
         self
     }
     pub fn set(mut self, payload: serde_json::Value) -> Self {
@@ -385,6 +393,38 @@ pub async fn publish_raw(conn: &Connection, exchange: &str, routing_key: &str, b
         BasicPublishOptions::default(),
         body,
         BasicProperties::default().with_content_type("application/json".into()),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("confirmation");
+}
+
+/// Publishes raw bytes with these message headers (kombu's `compression`, say).
+pub async fn publish_raw_with_headers(
+    conn: &Connection,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    headers: &[(&str, &str)],
+) {
+    use lapin::types::{AMQPValue, LongString, ShortString};
+    let mut table = FieldTable::default();
+    for (k, v) in headers {
+        table.insert(
+            ShortString::from(*k),
+            AMQPValue::LongString(LongString::from(*v)),
+        );
+    }
+    let ch = conn.create_channel().await.expect("channel");
+    ch.basic_publish(
+        exchange,
+        routing_key,
+        BasicPublishOptions::default(),
+        body,
+        BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_headers(table),
     )
     .await
     .expect("publish")
