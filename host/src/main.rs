@@ -520,26 +520,20 @@ fn plugins(path: &Path) -> Result<()> {
             }
         }
     }
-    if config
-        .instances
-        .iter()
-        .any(|i| i.isolation == synchronizer::config::Isolation::Process)
-    {
-        println!(
-            "\nprocess-mode instances run in a child process each; a running host reports each child's pid, restarts and last exit cause in GET /v1/plugins (status.pid, status.restarts, status.last_exit)"
-        );
-        match &config.http {
-            Some(http) => match running_children(http) {
-                Ok(lines) => {
-                    println!("running host on {}:", http.listen);
-                    for line in lines {
-                        println!("  {line}");
-                    }
+    // The files say what can run; a running host says how its instances are doing.
+    match &config.http {
+        Some(http) => match running_instances(http) {
+            Ok(lines) => {
+                println!("\nrunning host on {}:", http.listen);
+                for line in lines {
+                    println!("  {line}");
                 }
-                Err(e) => println!("no running host answers on {}: {e}", http.listen),
-            },
-            None => println!("(configure [http] to see a running host's children here)"),
-        }
+            }
+            Err(e) => println!("\nno running host answers on {}: {e}", http.listen),
+        },
+        None => println!(
+            "\n(configure [http] to see here how a running host's instances are doing, from its GET /v1/plugins: health, and each process-mode child's pid, restarts and last exit cause)"
+        ),
     }
     if bad > 0 {
         return Err(Invalid(format!("{bad} configured plugin file(s) cannot be loaded")).into());
@@ -547,9 +541,10 @@ fn plugins(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Asks a running host (its HTTP API) for its process-mode children: one line each with
-/// pid, restarts and last exit cause.
-fn running_children(http: &synchronizer::config::HttpConfig) -> Result<Vec<String>> {
+/// Asks a running host (its HTTP API) how its instances are doing: one line each with its
+/// health and why when it is not healthy (a bus not connected: its plugin's report), and
+/// for a process-mode instance its child's pid, restarts and last exit cause.
+fn running_instances(http: &synchronizer::config::HttpConfig) -> Result<Vec<String>> {
     use std::io::Read as _;
     let token = match (&http.token_file, &http.token_env) {
         (Some(file), _) => std::fs::read_to_string(file)
@@ -586,18 +581,27 @@ fn running_children(http: &synchronizer::config::HttpConfig) -> Result<Vec<Strin
         .unwrap_or(&[])
     {
         let status = &inst["status"];
-        if status["isolation"] != "process" {
-            continue;
+        let health = status["health"].as_str().unwrap_or("?");
+        let mut line = format!("{}: {health}", inst["name"].as_str().unwrap_or("?"));
+        let reason = match health {
+            "degraded" => status["plugin_report"]["message"].as_str(),
+            "failing" | "stuck" => status["last_error"].as_str(),
+            _ => None,
+        };
+        if let Some(reason) = reason.filter(|r| !r.is_empty()) {
+            line.push_str(&format!(" ({reason})"));
         }
-        lines.push(format!(
-            "{}: pid {}, restarts {}, last exit {}",
-            inst["name"].as_str().unwrap_or("?"),
-            status["pid"]
-                .as_u64()
-                .map_or("-".to_owned(), |p| p.to_string()),
-            status["restarts"].as_u64().unwrap_or(0),
-            status["last_exit"].as_str().unwrap_or("-"),
-        ));
+        if status["isolation"] == "process" {
+            line.push_str(&format!(
+                "; child pid {}, restarts {}, last exit {}",
+                status["pid"]
+                    .as_u64()
+                    .map_or("-".to_owned(), |p| p.to_string()),
+                status["restarts"].as_u64().unwrap_or(0),
+                status["last_exit"].as_str().unwrap_or("-"),
+            ));
+        }
+        lines.push(line);
     }
     Ok(lines)
 }

@@ -1125,6 +1125,21 @@ async fn a_bus_that_never_connected_is_degraded_and_readiness_waits_for_it() {
         "synchronizer_collections_total",
         &[("plugin_instance", "static-test"), ("outcome", "timeout")]
     ));
+    // `synchronizer plugins` asks the running host and says the same.
+    let out = Command::new(binary())
+        .args(["plugins", "--config"])
+        .arg(host.dir.path().join("sync.toml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.trim().starts_with("bus: "))
+        .unwrap_or_else(|| panic!("no line for the bus: {text}"));
+    assert!(line.contains("bus: degraded (not connected"), "{line}");
+    assert!(line.contains("child pid "), "{line}");
+    assert!(!text.contains("s3cr3t-pw"), "{text}");
+    assert!(text.contains("static-test: healthy"), "{text}");
     let log = host.stop();
     assert!(!log.contains("s3cr3t-pw"), "{log}");
 }

@@ -298,7 +298,12 @@ fn the_plugins_command_shows_a_running_hosts_children() {
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let pid = text
             .lines()
-            .find_map(|l| l.trim().strip_prefix("boxed: pid "))
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("boxed: ")
+                    .and_then(|rest| rest.split_once("child pid "))
+                    .map(|(_, pid)| pid)
+            })
             .and_then(|rest| rest.split(',').next())
             .and_then(|p| p.parse::<u32>().ok());
         if let Some(pid) = pid {
