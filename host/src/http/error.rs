@@ -26,6 +26,9 @@ pub enum ApiError {
     /// The host is shutting down.
     #[error("the synchronizer is shutting down")]
     ShuttingDown,
+    /// 500: the host failed answering (a bug, logged).
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl ApiError {
@@ -36,6 +39,7 @@ impl ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::GetAll(GetAllError::NoCollector(_)) => {
                 (StatusCode::NOT_FOUND, "no_collector")
             }
@@ -69,6 +73,9 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
+        if let ApiError::Internal(message) = &self {
+            tracing::error!(%message, "HTTP API request failed inside the host");
+        }
         let mut body = json!({ "error": code, "message": self.to_string() });
         if let Some(instance) = self.instance() {
             body["instance"] = json!(instance);

@@ -9,6 +9,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt as _;
 use serde_json::{Value, json};
 use synchronizer_plugin_api::Entity;
 
@@ -18,8 +19,8 @@ use super::query::Params;
 use crate::metrics::Format;
 use crate::output;
 
-/// Entities per chunk of a streamed JSON array.
-const ARRAY_CHUNK: usize = 512;
+/// Entities per chunk of a streamed JSON array (one blocking-thread hand-off each).
+const ARRAY_CHUNK: usize = 4096;
 /// How long each plugin gets for its own health report (`/v1/plugins?health=true`).
 const PLUGIN_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -38,7 +39,13 @@ pub(super) async fn entities(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let params = params(query, &[])?;
-    Ok(json_array(state.sync.current(&params.types)))
+    // Copying and sorting a large view is work for a blocking thread, not an async
+    // worker (which also answers `/healthz` and runs the schedules).
+    let sync = state.sync.clone();
+    let entities = tokio::task::spawn_blocking(move || sync.current(&params.types))
+        .await
+        .map_err(|e| ApiError::Internal(format!("reading the view failed: {e}")))?;
+    Ok(json_array(entities))
 }
 
 /// The header of a `POST /v1/snapshot` answer that lists, comma-separated, the types
@@ -94,23 +101,33 @@ pub(super) async fn snapshot(
 fn json_array(entities: Vec<Arc<Entity>>) -> Response {
     let entities = Arc::new(entities);
     let chunks = entities.len().div_ceil(ARRAY_CHUNK).max(1);
-    let stream = futures::stream::iter((0..=chunks).map(move |i| {
-        let mut out = String::new();
-        if i == chunks {
-            out.push(']');
-        } else {
-            out.push(if i == 0 { '[' } else { ',' });
-            let from = i * ARRAY_CHUNK;
-            let to = (from + ARRAY_CHUNK).min(entities.len());
-            for (n, e) in entities[from..to].iter().enumerate() {
-                if n > 0 {
-                    out.push(',');
+    // Each chunk is encoded on a blocking thread: a million entities are seconds of
+    // JSON, which must not hold an async worker.
+    let stream = futures::stream::iter(0..=chunks).then(move |i| {
+        let entities = entities.clone();
+        async move {
+            let encode = move || {
+                let mut out = String::new();
+                if i == chunks {
+                    out.push(']');
+                } else {
+                    out.push(if i == 0 { '[' } else { ',' });
+                    let from = i * ARRAY_CHUNK;
+                    let to = (from + ARRAY_CHUNK).min(entities.len());
+                    for (n, e) in entities[from..to].iter().enumerate() {
+                        if n > 0 {
+                            out.push(',');
+                        }
+                        out.push_str(&output::entity_to_json(e));
+                    }
                 }
-                out.push_str(&output::entity_to_json(e));
-            }
+                Bytes::from(out)
+            };
+            tokio::task::spawn_blocking(encode)
+                .await
+                .map_err(|e| std::io::Error::other(format!("encoding failed: {e}")))
         }
-        Ok::<Bytes, std::convert::Infallible>(Bytes::from(out))
-    }));
+    });
     let mut response = Body::from_stream(stream).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
