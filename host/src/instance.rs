@@ -15,6 +15,7 @@ use synchronizer_plugin_api::abi::{
     FfiError, FfiPushed, FfiSnapshot, HostContext, HostContext_TO, HostSink, HostSink_TO, LogLevel,
     LogRecord, PluginInstanceBox,
 };
+use synchronizer_plugin_api::redact::Secrets;
 use synchronizer_plugin_api::{ErrorKind, Health};
 
 use crate::hub::{Hub, Origin};
@@ -52,17 +53,30 @@ pub trait Source: Send + Sync + 'static {
 }
 
 /// Re-emits a plugin's log events in the host's log with the instance's name.
+/// Its messages and fields are scrubbed of the secrets of the instance's table
+/// ([`crate::secrets::of_json`]), in case a plugin logs a URL or a value it was given.
 struct HostLog {
     instance: Arc<str>,
     max: LogLevel,
+    secrets: Arc<Secrets>,
 }
 
 impl HostContext for HostLog {
     fn log(&self, r: LogRecord<'_>) {
         let instance = &*self.instance;
         let target = r.target.as_str();
-        let message = r.message.as_str();
-        let fields = r.fields.as_str();
+        let (message, fields) = if self.secrets.is_empty() {
+            (
+                std::borrow::Cow::Borrowed(r.message.as_str()),
+                std::borrow::Cow::Borrowed(r.fields.as_str()),
+            )
+        } else {
+            (
+                std::borrow::Cow::Owned(self.secrets.scrub(r.message.as_str())),
+                std::borrow::Cow::Owned(self.secrets.scrub(r.fields.as_str())),
+            )
+        };
+        let (message, fields) = (message.as_ref(), fields.as_ref());
         match r.level {
             LogLevel::Error => {
                 tracing::error!(target: "plugin", instance, plugin_target = target, fields, "{message}")
@@ -162,6 +176,8 @@ pub struct PluginInstance {
     /// The instance's name.
     pub name: Arc<str>,
     inner: PluginInstanceBox,
+    /// The secrets of its table: scrubbed from every error it returns and log it writes.
+    secrets: Arc<Secrets>,
 }
 
 /// Why an instance could not be created.
@@ -200,10 +216,12 @@ impl PluginInstance {
         let module = library.module;
         let instance: Arc<str> = Arc::from(name);
         let config_json = config.to_string();
+        let secrets = Arc::new(crate::secrets::of_json(config));
         let ctx = HostContext_TO::from_value(
             HostLog {
                 instance: instance.clone(),
                 max: max_level,
+                secrets: secrets.clone(),
             },
             TD_Opaque,
         );
@@ -229,11 +247,12 @@ impl PluginInstance {
             RResult::ROk(inner) => Ok(PluginInstance {
                 name: instance,
                 inner,
+                secrets,
             }),
             RResult::RErr(e) => Err(CreateError::Plugin {
                 instance: name.to_owned(),
                 path: library.path.clone(),
-                error: e.into(),
+                error: scrubbed(&secrets, e.into()),
             }),
         }
     }
@@ -273,7 +292,8 @@ impl PluginInstance {
         sink: synchronizer_plugin_api::abi::HostSinkBox,
     ) -> BoxFuture<Result<(), CallError>> {
         let fut = self.inner.run(sink);
-        Box::pin(guard_ffi(fut))
+        let secrets = self.secrets.clone();
+        Box::pin(async move { guard_ffi(fut).await.map_err(|e| scrubbed(&secrets, e)) })
     }
 
     /// Asks the push loop to stop.
@@ -284,7 +304,17 @@ impl PluginInstance {
     /// The plugin's own health report.
     pub fn health(&self) -> impl Future<Output = Result<Health, CallError>> + Send + 'static {
         let call = self.inner.health();
-        async move { guard_ffi(call).await.map(Health::from) }
+        let secrets = self.secrets.clone();
+        async move {
+            match guard_ffi(call).await {
+                Ok(h) => {
+                    let mut h = Health::from(h);
+                    h.message = secrets.scrub(&h.message);
+                    Ok(h)
+                }
+                Err(e) => Err(scrubbed(&secrets, e)),
+            }
+        }
     }
 
     /// The plugin's own counters.
@@ -303,6 +333,14 @@ impl PluginInstance {
     }
 }
 
+/// `error` with `secrets` scrubbed from its message.
+fn scrubbed(secrets: &Secrets, mut error: CallError) -> CallError {
+    if !secrets.is_empty() {
+        error.message = secrets.scrub(&error.message);
+    }
+    error
+}
+
 /// Awaits a plugin future, turning a panic while polling it into an error.
 async fn guard_ffi<T>(fut: FfiFuture<RResult<T, FfiError>>) -> Result<T, CallError> {
     match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
@@ -318,7 +356,9 @@ async fn guard_ffi<T>(fut: FfiFuture<RResult<T, FfiError>>) -> Result<T, CallErr
 impl Source for PluginInstance {
     fn snapshot(&self, types: Vec<String>) -> BoxFuture<Result<FfiSnapshot, CallError>> {
         let types: RVec<RString> = types.into_iter().map(RString::from).collect();
-        Box::pin(guard_ffi(self.inner.snapshot(types)))
+        let call = self.inner.snapshot(types);
+        let secrets = self.secrets.clone();
+        Box::pin(async move { guard_ffi(call).await.map_err(|e| scrubbed(&secrets, e)) })
     }
 
     fn calls_in_flight(&self) -> u32 {

@@ -15,8 +15,10 @@
 //!
 //! [`Secrets::scrub`] then replaces each of them by `***` in a message. The host's
 //! configuration errors are scrubbed with the file's secrets ([`crate::Config::load`]);
-//! an instance's creation and validation errors with its table's
-//! ([`of_json`]).
+//! everything an instance says with its table's ([`of_json`]): its creation and
+//! validation errors, the errors of its calls (status, log, HTTP API) and the log lines
+//! it writes ([`crate::instance::PluginInstance`], in the host's process or in its
+//! child).
 
 use synchronizer_plugin_api::redact::Secrets;
 

@@ -233,3 +233,66 @@ fn no_config_mistake_prints_the_password() {
         failures.join("\n\n")
     );
 }
+
+/// A plugin that repeats what it was given, in its errors and its logs, in process and
+/// in a child: the host scrubs its table's secrets from both before they reach the log,
+/// the status or the HTTP API.
+#[test]
+fn a_plugin_repeating_its_secrets_is_scrubbed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for isolation in ["in-process", "process"] {
+        let port = free_port();
+        let file = dir.path().join(format!("{isolation}.toml"));
+        std::fs::write(
+            &file,
+            format!(
+                "plugins_dir = {:?}\n[http]\nlisten = \"127.0.0.1:{port}\"\n[[instances]]\nname = \"f\"\nlibrary = \"libsynchronizer_test_faulty.so\"\ninterval = \"100ms\"\njitter = \"0s\"\nbackoff_initial = \"100ms\"\nbackoff_max = \"100ms\"\nisolation = \"{isolation}\"\n[instances.config]\nmode = \"fail\"\nmessage = \"cannot reach amqp://u:{MARK}@h/\"\n",
+                plugins_dir().display().to_string()
+            ),
+        )
+        .expect("write config");
+        let path = file.display().to_string();
+        let status = std::thread::spawn(move || {
+            // The status as the HTTP API shows it, once the instance has failed.
+            let end = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(body) = http_get(port, "/v1/plugins")
+                    && body.contains("cannot reach")
+                {
+                    return body;
+                }
+                assert!(Instant::now() < end, "no failure in /v1/plugins");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let ran = output_of(
+            &["run", "--config", &path],
+            &[],
+            Duration::from_millis(2500),
+        );
+        let status = status.join().expect("status");
+        for (what, text) in [("log", &ran), ("/v1/plugins", &status)] {
+            assert!(
+                text.contains("cannot reach amqp://u:***@h/"),
+                "{isolation}: the {what} does not show the scrubbed error:\n{text}"
+            );
+            assert!(
+                !text.contains(MARK),
+                "{isolation}: the {what} shows the password:\n{text}"
+            );
+        }
+        // The plugin's own log line, re-emitted by the host, is scrubbed too.
+        assert!(ran.contains("failing: cannot reach"), "{isolation}:\n{ran}");
+    }
+}
+
+/// A GET on the loopback port, the body as text.
+fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    use std::io::Write as _;
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(conn, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n")?;
+    let mut out = String::new();
+    conn.read_to_string(&mut out)?;
+    Ok(out)
+}

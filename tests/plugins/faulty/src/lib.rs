@@ -43,6 +43,10 @@ pub struct Config {
     block_ms: u64,
     #[serde(default)]
     panic_in_new: bool,
+    /// `fail`: the error's text (default "asked to fail"), also logged at WARN by each
+    /// failing call: a plugin that repeats what it was given.
+    #[serde(default)]
+    message: Option<String>,
 }
 
 fn default_block_ms() -> u64 {
@@ -56,6 +60,7 @@ pub struct Faulty {
     block: Duration,
     calls: AtomicU64,
     instance: String,
+    message: Option<String>,
 }
 
 impl Plugin for Faulty {
@@ -82,6 +87,7 @@ impl Plugin for Faulty {
             block: Duration::from_millis(config.block_ms),
             calls: AtomicU64::new(0),
             instance: ctx.instance.clone(),
+            message: config.message,
         })
     }
 
@@ -116,7 +122,13 @@ impl Plugin for Faulty {
                     .collect(),
             )),
             Mode::Tick => Ok(tick()),
-            Mode::Fail => Err(Error::failed(format!("asked to fail (call {n})"))),
+            Mode::Fail => {
+                let message = self.message.as_deref().unwrap_or("asked to fail");
+                if self.message.is_some() {
+                    tracing::warn!(call = n, "failing: {message}");
+                }
+                Err(Error::failed(format!("{message} (call {n})")))
+            }
             Mode::Panic => panic!("asked to panic (call {n})"),
             Mode::Hang => {
                 std::future::pending::<()>().await;
