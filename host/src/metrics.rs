@@ -16,6 +16,8 @@
 //! | `synchronizer_output_unconfirmed` | gauge | output | changes waiting for an AMQP output: queued or published and not confirmed yet (producers are held back while its broker is away) |
 //! | `synchronizer_output_connected` | gauge | output | 1 while an AMQP output is connected to its broker |
 //! | `synchronizer_output_failures_total` | counter | output | times an AMQP output lost or could not open its connection |
+//! | `synchronizer_http_connections` | gauge | | HTTP connections open right now (served and reserve) |
+//! | `synchronizer_http_connections_refused_total` | counter | | HTTP connections closed at once because `max_connections` and the reserve were taken |
 //! | `synchronizer_refused_entities_total` | counter | instance, reason | entities refused: `unlisted_type` (a type the plugin does not declare in `PluginInfo::entity_types`) |
 //!
 //! Counters and the histogram are updated where things happen; gauges are refreshed when
@@ -140,6 +142,10 @@ pub struct Metrics {
     pub output_failures: Family<OutputLabels, Counter>,
     /// Entities refused, by reason.
     pub refused_entities: Family<RefusedLabels, Counter>,
+    /// HTTP connections open.
+    pub http_connections: Gauge,
+    /// HTTP connections refused (closed at accept).
+    pub http_connections_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -229,7 +235,21 @@ impl Default for Metrics {
             "Entities refused, by reason",
             refused_entities.clone(),
         );
+        let http_connections = Gauge::default();
+        registry.register(
+            "http_connections",
+            "HTTP connections open",
+            http_connections.clone(),
+        );
+        let http_connections_refused = Counter::default();
+        registry.register(
+            "http_connections_refused",
+            "HTTP connections closed at accept because every connection slot was taken",
+            http_connections_refused.clone(),
+        );
         Metrics {
+            http_connections,
+            http_connections_refused,
             refused_entities,
             registry,
             output_published,
@@ -318,5 +338,19 @@ mod tests {
             text.contains("# TYPE synchronizer_invalid_timestamps counter"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn http_connection_metrics_exist_from_the_start() {
+        let text = Metrics::default().encode();
+        for line in [
+            "# HELP synchronizer_http_connections HTTP connections open.",
+            "# TYPE synchronizer_http_connections gauge",
+            "synchronizer_http_connections 0",
+            "# TYPE synchronizer_http_connections_refused counter",
+            "synchronizer_http_connections_refused_total 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
     }
 }

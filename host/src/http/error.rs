@@ -26,6 +26,13 @@ pub enum ApiError {
     /// The host is shutting down.
     #[error("the synchronizer is shutting down")]
     ShuttingDown,
+    /// 413: the request body is larger than `max_body_bytes`.
+    #[error("the request body is larger than {0} bytes")]
+    BodyTooLarge(usize),
+    /// 503: the connection is one of the reserve, which answers only `/healthz` and
+    /// `/readyz`.
+    #[error("too many connections: this one answers only /healthz and /readyz")]
+    TooManyConnections,
 }
 
 impl ApiError {
@@ -36,6 +43,10 @@ impl ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            ApiError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            ApiError::TooManyConnections => {
+                (StatusCode::SERVICE_UNAVAILABLE, "too_many_connections")
+            }
             ApiError::GetAll(GetAllError::NoCollector(_)) => {
                 (StatusCode::NOT_FOUND, "no_collector")
             }
