@@ -69,9 +69,8 @@ struct Open(Arc<Metrics>, Arc<Trim>);
 
 impl Drop for Open {
     fn drop(&mut self) {
-        if self.0.http_connections.dec() == 1 {
-            self.1.idle();
-        }
+        let open = self.0.http_connections.dec() - 1;
+        self.1.closed(open);
     }
 }
 
@@ -81,6 +80,8 @@ impl Drop for Open {
 struct Trim {
     /// The most connections open at once since the last trim.
     peak: AtomicU64,
+    /// `release_memory`.
+    on: bool,
 }
 
 /// Bursts smaller than this are not worth a trim.
@@ -92,13 +93,31 @@ impl Trim {
             .fetch_max(u64::try_from(open).unwrap_or(0), Ordering::Relaxed);
     }
 
-    /// Every connection is closed.
-    fn idle(&self) {
-        let peak = self.peak.swap(0, Ordering::Relaxed);
-        if peak >= TRIM_AFTER {
-            tokio::task::spawn_blocking(move || {
+    /// A connection closed, `open` are left: once they are down to an eighth of a burst's
+    /// peak (long-lived change streams and scrapers stay), the burst is over.
+    fn closed(&self, open: i64) {
+        let open = u64::try_from(open).unwrap_or(0);
+        let peak = self.peak.load(Ordering::Relaxed);
+        if !self.on || peak < TRIM_AFTER || open > peak / 8 {
+            return;
+        }
+        if self
+            .peak
+            .compare_exchange(peak, open, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn_blocking(move || {
+                let started = std::time::Instant::now();
                 trim();
-                tracing::debug!(peak, "HTTP connections all closed; freed memory trimmed");
+                tracing::debug!(
+                    peak,
+                    open,
+                    elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "HTTP connection burst over; freed memory given back"
+                );
             });
         }
     }
@@ -168,6 +187,7 @@ pub(super) async fn serve(
     let reserve = Arc::new(Semaphore::new(config.reserved_connections));
     let trim = Arc::new(Trim {
         peak: AtomicU64::new(0),
+        on: config.release_memory,
     });
     let tracker = TaskTracker::new();
     let refusals = Throttled::new();
