@@ -1060,7 +1060,7 @@ mod tests {
                 "http.max_header_bytes must be at least 8192",
             ),
             ("max_headers = 0", "http.max_headers must be at least 1"),
-            ("max_conections = 5", "unknown field `max_conections`"),
+            ("max_conections = 5", "found `max_conections`"),
         ] {
             let err = Config::from_toml(&format!("[http]\n{toml}\n")).unwrap_err();
             assert!(err.to_string().contains(says), "{toml}: {err}");
