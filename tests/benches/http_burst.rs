@@ -74,8 +74,13 @@ async fn ask(addr: std::net::SocketAddr) -> Option<TcpStream> {
             let len = head
                 .lines()
                 .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse::<usize>().ok())?;
-            if buf.len() >= end + 4 + len {
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            let done = match len {
+                Some(len) => buf.len() >= end + 4 + len,
+                // Chunked: the last chunk.
+                None => buf.ends_with(b"\r\n0\r\n\r\n"),
+            };
+            if done {
                 return head.starts_with("http/1.1 200").then_some(c);
             }
         }
