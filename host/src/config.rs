@@ -273,6 +273,167 @@ pub struct HttpConfig {
     /// with `Last-Event-ID`.
     #[serde(default = "default_replay")]
     pub replay: usize,
+    /// The listen socket's backlog: connections the kernel queues before they are
+    /// accepted (capped by `net.core.somaxconn`).
+    #[serde(default = "default_backlog")]
+    pub backlog: u32,
+    /// Connections served at once; beyond it (and the reserve) a connection is accepted
+    /// and closed at once, and counted in `synchronizer_http_connections_refused_total`.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Connections accepted beyond `max_connections` that answer only `/healthz` and
+    /// `/readyz` (others get 503), one request each, closed after
+    /// [`RESERVE_TIMEOUT`](crate::config::RESERVE_TIMEOUT): a liveness probe still gets
+    /// through a connection flood. 0: none.
+    #[serde(default = "default_reserved_connections")]
+    pub reserved_connections: usize,
+    /// A new connection must send a complete request head within this time, or it is
+    /// closed (slow or silent clients).
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// A keep-alive connection must send its next complete request head within this time
+    /// of the previous response, or it is closed. Change streams are not idle while they
+    /// send (they send a keep-alive comment every 15 s).
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// TCP keepalive: probes start after this much silence, then every third of it; a
+    /// peer that answers none of 3 probes is dropped.
+    #[serde(default = "default_tcp_keepalive", with = "humantime_serde")]
+    pub tcp_keepalive: Duration,
+    /// The largest request head (request line and headers), in bytes; a larger one gets
+    /// 431. At least 8192 (hyper's smallest buffer).
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// The most headers a request may have; more gets 431.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// The largest request body, in bytes; a larger one gets 413.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Once every connection of a burst (256 or more at once) is closed, give the freed
+    /// heap back to the system (glibc `malloc_trim`); without it the host's RSS stays near
+    /// the burst's peak. On by default.
+    #[serde(default = "default_release_memory")]
+    pub release_memory: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: default_listen(),
+            token_file: None,
+            token_env: None,
+            replay: default_replay(),
+            backlog: default_backlog(),
+            max_connections: default_max_connections(),
+            reserved_connections: default_reserved_connections(),
+            header_timeout: default_header_timeout(),
+            idle_timeout: default_idle_timeout(),
+            tcp_keepalive: default_tcp_keepalive(),
+            max_header_bytes: default_max_header_bytes(),
+            max_headers: default_max_headers(),
+            max_body_bytes: default_max_body_bytes(),
+            release_memory: default_release_memory(),
+        }
+    }
+}
+
+/// How long a connection of the reserve (see [`HttpConfig::reserved_connections`]) is
+/// kept: its request head must arrive, and its answer go out, within this time.
+pub const RESERVE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The smallest `max_header_bytes` (hyper's smallest read buffer).
+pub const MIN_HEADER_BYTES: usize = 8192;
+
+impl HttpConfig {
+    /// Refuses values that cannot work, naming the key.
+    fn check(&self) -> Result<(), ConfigError> {
+        let fail = |msg: String| Err(ConfigError::Semantic(format!("http.{msg}")));
+        for (key, value) in [
+            ("header_timeout", self.header_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("tcp_keepalive", self.tcp_keepalive),
+        ] {
+            if value.is_zero() {
+                return fail(format!("{key} must be more than zero"));
+            }
+            check_duration(&format!("http.{key}"), Some(value))?;
+        }
+        if self.tcp_keepalive < Duration::from_secs(3) {
+            return fail(
+                "tcp_keepalive must be at least 3s (probes go every third of it, in whole seconds)"
+                    .into(),
+            );
+        }
+        if self.header_timeout > self.idle_timeout {
+            return fail(format!(
+                "header_timeout ({}) must not be longer than idle_timeout ({}): the wait for a request head is bounded by both",
+                humantime::format_duration(self.header_timeout),
+                humantime::format_duration(self.idle_timeout)
+            ));
+        }
+        if self.backlog == 0 || self.backlog > i32::MAX as u32 {
+            return fail("backlog must be between 1 and 2147483647".into());
+        }
+        if self.max_connections == 0 {
+            return fail("max_connections must be at least 1".into());
+        }
+        // The semaphores that count connections hold at most usize::MAX >> 3 permits.
+        if self.max_connections > 1 << 24 || self.reserved_connections > 1 << 24 {
+            return fail(
+                "max_connections and reserved_connections must be at most 16777216".into(),
+            );
+        }
+        if self.max_header_bytes < MIN_HEADER_BYTES {
+            return fail(format!(
+                "max_header_bytes must be at least {MIN_HEADER_BYTES}"
+            ));
+        }
+        if self.max_headers == 0 {
+            return fail("max_headers must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+fn default_backlog() -> u32 {
+    1024
+}
+
+fn default_max_connections() -> usize {
+    4096
+}
+
+fn default_reserved_connections() -> usize {
+    16
+}
+
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_tcp_keepalive() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_max_header_bytes() -> usize {
+    16 * 1024
+}
+
+fn default_max_headers() -> usize {
+    64
+}
+
+fn default_release_memory() -> bool {
+    true
+}
+
+fn default_max_body_bytes() -> usize {
+    64 * 1024
 }
 
 fn default_listen() -> std::net::SocketAddr {
@@ -481,6 +642,9 @@ impl Config {
                 humantime::format_duration(grace),
                 humantime::format_duration(STOP_MARGIN),
             )));
+        }
+        if let Some(http) = &self.http {
+            http.check()?;
         }
         let d = &self.defaults;
         for (key, value) in [
@@ -950,5 +1114,68 @@ mod tests {
             bus("30s").replace("library = \"x\"\n", "library = \"x\"\nenabled = false\n");
         let c = Config::from_toml(&disabled).unwrap();
         assert_eq!(c.stop_timeout(), DEFAULT_STOP_TIMEOUT);
+    }
+
+    #[test]
+    fn http_limits_have_defaults_and_nonsense_is_refused() {
+        let c = Config::from_toml("[http]\n").unwrap();
+        let h = c.http.unwrap();
+        assert_eq!(h, HttpConfig::default());
+        assert_eq!(h.backlog, 1024);
+        assert_eq!(h.header_timeout, Duration::from_secs(10));
+        let c = Config::from_toml(
+            "[http]\nheader_timeout = \"2s\"\nidle_timeout = \"5s\"\nmax_connections = 10\nreserved_connections = 0\n",
+        )
+        .unwrap();
+        let h = c.http.unwrap();
+        assert_eq!(
+            (
+                h.header_timeout,
+                h.idle_timeout,
+                h.max_connections,
+                h.reserved_connections
+            ),
+            (Duration::from_secs(2), Duration::from_secs(5), 10, 0)
+        );
+        for (toml, says) in [
+            (
+                "header_timeout = \"0s\"",
+                "http.header_timeout must be more than zero",
+            ),
+            (
+                "idle_timeout = \"0s\"",
+                "http.idle_timeout must be more than zero",
+            ),
+            (
+                "tcp_keepalive = \"0s\"",
+                "http.tcp_keepalive must be more than zero",
+            ),
+            (
+                "tcp_keepalive = \"1s\"",
+                "http.tcp_keepalive must be at least 3s",
+            ),
+            (
+                "header_timeout = \"2m\"",
+                "must not be longer than idle_timeout",
+            ),
+            (
+                "idle_timeout = \"400days\"\nheader_timeout = \"1s\"",
+                "http.idle_timeout: 1year 1month 4days 7h 26m 24s is longer than the longest duration",
+            ),
+            ("backlog = 0", "http.backlog must be between 1"),
+            (
+                "max_connections = 0",
+                "http.max_connections must be at least 1",
+            ),
+            (
+                "max_header_bytes = 100",
+                "http.max_header_bytes must be at least 8192",
+            ),
+            ("max_headers = 0", "http.max_headers must be at least 1"),
+            ("max_conections = 5", "found `max_conections`"),
+        ] {
+            let err = Config::from_toml(&format!("[http]\n{toml}\n")).unwrap_err();
+            assert!(err.to_string().contains(says), "{toml}: {err}");
+        }
     }
 }

@@ -227,12 +227,11 @@ async fn run(
         Some(http) => {
             // Bound before READY=1: a port that is taken stops the start, loudly.
             let listen = http.listen;
-            let listener = match tokio::net::TcpListener::bind(listen).await {
+            let listener = match synchronizer::http::bind(&http) {
                 Ok(l) => l,
                 Err(e) => {
                     sync.shutdown().await;
-                    return Err(anyhow::Error::new(e)
-                        .context(format!("HTTP API: cannot listen on {listen}")));
+                    return Err(anyhow::Error::new(e).context("HTTP API"));
                 }
             };
             let task = tokio::spawn(synchronizer::http::serve_on(

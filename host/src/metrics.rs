@@ -19,6 +19,8 @@
 //! | `synchronizer_refused_entities_total` | counter | plugin_instance, reason | entities refused: `unlisted_type` (a type the plugin does not declare in `PluginInfo::entity_types`) |
 //! | `synchronizer_instance_healthy` | gauge | plugin_instance | 1 while an instance is `healthy` (its last call succeeded and its plugin reports itself healthy: a bus connected to its broker), 0 otherwise (starting, degraded, failing, stuck, stopped) |
 //! | `synchronizer_child_restarts_total` | counter | plugin_instance, cause | times a plugin child (process isolation) ended and was restarted, by cause: `exit` (it exited), `signal` (a signal killed it), `heartbeat`, `memory`, `protocol`, `stuck` (the host killed it: no heartbeat answer, past `memory_limit`, a malformed frame, a call's thread that did not return), `launch` (a new child failed to start), `unknown` |
+//! | `synchronizer_http_connections` | gauge | | HTTP connections open right now (served and reserve) |
+//! | `synchronizer_http_connections_refused_total` | counter | | HTTP connections closed at once because `max_connections` and the reserve were taken |
 //!
 //! Counters and the histogram are updated where things happen; gauges are refreshed when
 //! the registry is encoded. Every family exists from the start: the configured outputs'
@@ -177,6 +179,10 @@ pub struct Metrics {
     pub child_restarts: Family<RestartLabels, Counter>,
     /// 1 while an instance is healthy.
     pub instance_healthy: Family<InstanceLabels, Gauge>,
+    /// HTTP connections open.
+    pub http_connections: Gauge,
+    /// HTTP connections refused (closed at accept).
+    pub http_connections_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -278,12 +284,26 @@ impl Default for Metrics {
             "1 while an instance is healthy (its calls succeed and its plugin reports itself healthy)",
             instance_healthy.clone(),
         );
+        let http_connections = Gauge::default();
+        registry.register(
+            "http_connections",
+            "HTTP connections open",
+            http_connections.clone(),
+        );
+        let http_connections_refused = Counter::default();
+        registry.register(
+            "http_connections_refused",
+            "HTTP connections closed at accept because every connection slot was taken",
+            http_connections_refused.clone(),
+        );
         for action in ["created", "updated", "deleted"] {
             let _ = changes.get_or_create(&ActionLabels { action });
         }
         Metrics {
             instance_healthy,
             child_restarts,
+            http_connections,
+            http_connections_refused,
             refused_entities,
             registry,
             output_published,
@@ -574,5 +594,19 @@ mod tests {
             !text.contains("# TYPE synchronizer_changes counter"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn http_connection_metrics_exist_from_the_start() {
+        let text = Metrics::default().encode();
+        for line in [
+            "# HELP synchronizer_http_connections HTTP connections open.",
+            "# TYPE synchronizer_http_connections gauge",
+            "synchronizer_http_connections 0",
+            "# TYPE synchronizer_http_connections_refused counter",
+            "synchronizer_http_connections_refused_total 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
     }
 }

@@ -136,6 +136,7 @@ mod tests {
             token_file: file.map(|p| p.to_owned()),
             token_env: env.map(str::to_owned),
             replay: 10,
+            ..HttpConfig::default()
         }
     }
 

@@ -29,6 +29,13 @@ pub enum ApiError {
     /// 500: the host failed answering (a bug, logged).
     #[error("{0}")]
     Internal(String),
+    /// 413: the request body is larger than `max_body_bytes`.
+    #[error("the request body is larger than {0} bytes")]
+    BodyTooLarge(usize),
+    /// 503: the connection is one of the reserve, which answers only `/healthz` and
+    /// `/readyz`.
+    #[error("too many connections: this one answers only /healthz and /readyz")]
+    TooManyConnections,
 }
 
 impl ApiError {
@@ -40,6 +47,10 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            ApiError::TooManyConnections => {
+                (StatusCode::SERVICE_UNAVAILABLE, "too_many_connections")
+            }
             ApiError::GetAll(GetAllError::NoCollector(_)) => {
                 (StatusCode::NOT_FOUND, "no_collector")
             }

@@ -26,6 +26,7 @@ mod error;
 mod handlers;
 mod query;
 mod replay;
+mod server;
 mod sse;
 
 use std::net::SocketAddr;
@@ -37,7 +38,6 @@ use axum::extract::{ConnectInfo, Request};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::serve::ListenerExt as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::Synchronizer;
@@ -86,18 +86,22 @@ pub async fn serve(
     config: HttpConfig,
     shutdown: CancellationToken,
 ) -> Result<(), HttpError> {
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+    let listener = match bind(&config) {
         Ok(l) => l,
-        Err(source) => {
-            let e = HttpError::Bind {
-                addr: config.listen,
-                source,
-            };
+        Err(e) => {
             tracing::error!(error = %e, "HTTP API not started");
             return Err(e);
         }
     };
     serve_on(listener, sync, config, shutdown).await
+}
+
+/// Binds `config.listen` with `config.backlog` (and `SO_REUSEADDR`), for [`serve_on`].
+pub fn bind(config: &HttpConfig) -> Result<tokio::net::TcpListener, HttpError> {
+    server::bind(config).map_err(|source| HttpError::Bind {
+        addr: config.listen,
+        source,
+    })
 }
 
 /// Serves the API on an already bound `listener` (`config.listen` is not used) until
@@ -126,31 +130,32 @@ async fn run(
     if token.is_none() && !local.ip().is_loopback() {
         tracing::warn!(listen = %local, "HTTP API reachable beyond loopback without a token");
     }
-    let (router, stop_feed) = build(sync, &config, token.clone(), shutdown.clone());
+    let metrics = sync.hub().metrics().clone();
+    let (router, reserve, stop_feed) = build(sync, &config, token.clone(), shutdown.clone());
     tracing::info!(
         listen = %local,
         auth = if token.is_some() { "bearer token" } else { "none" },
         replay = config.replay,
+        max_connections = config.max_connections,
+        reserved_connections = config.reserved_connections,
+        header_timeout = ?config.header_timeout,
+        idle_timeout = ?config.idle_timeout,
         "HTTP API listening"
     );
-    // Change streams write as soon as they have something (coalescing is theirs): no
-    // Nagle delay on top.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let server = axum::serve(
+    let server = server::serve(
         listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        router,
+        reserve,
+        &config,
+        metrics,
+        shutdown.clone(),
+    );
     let grace = async {
         shutdown.cancelled().await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
     let result = tokio::select! {
-        r = server => r.map_err(HttpError::Serve),
+        () = server => Ok(()),
         () = grace => {
             tracing::warn!(grace = ?SHUTDOWN_GRACE, "HTTP requests still open after shutdown; closing them");
             Ok(())
@@ -161,14 +166,15 @@ async fn run(
     result
 }
 
-/// The router, and the token that stops its replay feed. Serving stops the feed itself;
-/// this is for callers (tests, benchmarks) that serve the router their own way.
+/// The router, the reserve connections' router (`/healthz` and `/readyz` only), and the
+/// token that stops the replay feed. Serving stops the feed itself; this is for callers
+/// (tests, benchmarks) that serve the router their own way.
 fn build(
     sync: Arc<Synchronizer>,
     config: &HttpConfig,
     token: Option<auth::Token>,
     shutdown: CancellationToken,
-) -> (Router, CancellationToken) {
+) -> (Router, Router, CancellationToken) {
     let stop_feed = shutdown.child_token();
     let window = replay::Window::start(&sync, config.replay, stop_feed.clone());
     let state: AppState = Arc::new(Shared {
@@ -192,9 +198,38 @@ fn build(
         .route("/readyz", get(handlers::readyz))
         .merge(api)
         .fallback(handlers::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            config.max_body_bytes,
+            limit_body,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(axum::middleware::from_fn(log_request))
+        .with_state(state.clone());
+    let reserve = Router::new()
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
+        .fallback(|| async { ApiError::TooManyConnections })
         .layer(axum::middleware::from_fn(log_request))
         .with_state(state);
-    (router, stop_feed)
+    (router, reserve, stop_feed)
+}
+
+/// Answers 413 to a request whose `Content-Length` is over `max` (no handler reads a
+/// body of any size; extractors are held to the same bound by `DefaultBodyLimit`).
+async fn limit_body(
+    axum::extract::State(max): axum::extract::State<usize>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let length = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if length.is_some_and(|n| n > max as u64) {
+        return axum::response::IntoResponse::into_response(ApiError::BodyTooLarge(max));
+    }
+    next.run(request).await
 }
 
 /// The request parsing and event framing of the API, for the fuzz targets in `fuzz/`
