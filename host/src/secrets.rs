@@ -11,7 +11,8 @@
 //!   refuses): its password, raw and percent-decoded ([`Secrets::of_url`]);
 //! - the value of every key whose name says it is secret (`password`, `passwd`,
 //!   `secret`, `token`, `credential`, `api_key`, in any case, as part of a longer name:
-//!   `application_credential_secret`, `token_file` is not one: its value is a path).
+//!   `application_credential_secret`; not `token_file`, `token_env`, `*_path`, whose
+//!   values say where a secret is, nor `application_credential_id` or `*_name`).
 //!
 //! [`Secrets::scrub`] then replaces each of them by `***` in a message. The host's
 //! configuration errors are scrubbed with the file's secrets ([`crate::Config::load`]);
@@ -36,8 +37,12 @@ fn secret_key(key: &str) -> bool {
     ]
     .iter()
     .any(|word| key.contains(word));
-    // Names of files that hold a secret are paths, not secrets.
-    named && !key.ends_with("_file") && !key.ends_with("_env") && !key.ends_with("_path")
+    // Names of files or variables that hold a secret are not secrets, nor is the id or
+    // name of a credential (`application_credential_id` says which one failed).
+    named
+        && !["_file", "_env", "_path", "_id", "_name"]
+            .iter()
+            .any(|suffix| key.ends_with(suffix))
 }
 
 /// The secrets in TOML (or any `key = value`) text, whether it parses or not.
@@ -117,6 +122,7 @@ password = 'pw-two'   # a comment
 [instances.config.auth]
 application_credential_secret = "pw-three
 token_file = "/etc/token"
+application_credential_id = "cred-1234"
 broken = "amqp://u:pw-four@h
 "#;
         let s = of_text(text);
@@ -125,6 +131,7 @@ broken = "amqp://u:pw-four@h
             assert!(!scrubbed.contains(secret), "{secret} left in {scrubbed}");
         }
         assert!(scrubbed.contains("/etc/token"), "{scrubbed}");
+        assert!(scrubbed.contains("cred-1234"), "{scrubbed}");
         assert!(scrubbed.contains("amqp://u:***@h/"), "{scrubbed}");
     }
 
