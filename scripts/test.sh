@@ -8,6 +8,7 @@
 #    run — real Keystone + Heat and Nova from PyPI on loopback.
 # 2. cargo fmt --check; every plugin .so built once into target/debug, plus a plugin built
 #    against an incompatible plugin-api (scripts/build-test-plugins.sh); clippy -D warnings;
+#    rustdoc -D warnings;
 #    the library built without default features (scripts/check-light-embed.sh).
 # 3. cargo test for the whole workspace, the replay of the fuzz targets' saved inputs
 #    (fuzz/, scripts/fuzz.sh replay), then the tests against the real OpenStack services
@@ -37,6 +38,9 @@ bash scripts/build-test-plugins.sh
 
 step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+
+step "docs: every crate's documentation builds without a warning (broken links included)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 
 step "the library without default features (no axum, lapin, redb)"
 bash scripts/check-light-embed.sh

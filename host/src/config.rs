@@ -283,7 +283,7 @@ pub struct HttpConfig {
     pub max_connections: usize,
     /// Connections accepted beyond `max_connections` that answer only `/healthz` and
     /// `/readyz` (others get 503), one request each, closed after
-    /// [`RESERVE_TIMEOUT`](crate::config::RESERVE_TIMEOUT): a liveness probe still gets
+    /// [`RESERVE_TIMEOUT`]: a liveness probe still gets
     /// through a connection flood. 0: none.
     #[serde(default = "default_reserved_connections")]
     pub reserved_connections: usize,

@@ -24,12 +24,12 @@
 //!
 //! Counters and the histogram are updated where things happen; gauges are refreshed when
 //! the registry is encoded. Every family exists from the start: the configured outputs'
-//! and instances' series are created at 0 ([`Metrics::prepare_outputs`],
+//! and instances' series are created at 0 ([`Metrics::prepare_output`],
 //! [`Metrics::prepare_instance`]), so that an alert on an output that never connected, or
 //! on restarts that began with the process, has a series to see.
 //!
 //! [`Metrics::encode`] writes OpenMetrics text (`application/openmetrics-text`);
-//! [`Metrics::encode_classic`] the classic Prometheus text format (`text/plain;
+//! [`Metrics::encode_as`] with [`Format::Classic`] the classic Prometheus text format (`text/plain;
 //! version=0.0.4`), for scrapers that ask for it.
 
 use std::sync::atomic::AtomicU64;

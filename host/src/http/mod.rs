@@ -17,7 +17,7 @@
 //!
 //! The change stream never holds the host back: each SSE client has its own bounded
 //! subscription, and a client that falls behind gets the hub's resync marker and a
-//! snapshot. One internal subscription keeps the most recent changes ([`replay`]), from
+//! snapshot. One internal subscription keeps the most recent changes (`replay`), from
 //! which a reconnecting client is served the changes it missed (by `Last-Event-ID`), and
 //! whose JSON is shared by every client instead of being serialised once per client.
 

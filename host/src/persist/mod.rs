@@ -28,10 +28,10 @@
 //!
 //! The view is a *log*: table `log` holds rows numbered in the order they were
 //! written, each a run of records (the entity's state with what the baseline compares,
-//! or a tombstone; [`records`]). A commit appends the records of what it changed, in
+//! or a tombstone; `records`). A commit appends the records of what it changed, in
 //! rows of about a MiB, so that a first snapshot of a million entities is a few hundred
 //! sequential writes and a round of ten thousand changes a few, wherever their keys
-//! fall. A key's latest record is its state. An index in memory ([`liveness`]) knows
+//! fall. A key's latest record is its state. An index in memory (`liveness`) knows
 //! which record is the latest of its key; when the log holds more garbage than live
 //! records, each commit also cleans a few rows (those with the fewest live records
 //! first): it copies their live records to the end and removes them, so the file stays
@@ -41,7 +41,7 @@
 //! `journal`: the changes in doubt, one row per committed group, keyed by a number that
 //! only grows (across runs), so that writing a group is one append and clearing the
 //! settled ones removes a few rows at the front: the group's last number (u64 LE), then
-//! its changes ([`records::put_change`]). The file carries a format marker; a file from
+//! its changes (`records::put_entity`, `records::put_tombstone`). The file carries a format marker; a file from
 //! another format or another program is refused with a message that says what was
 //! found.
 

@@ -564,7 +564,7 @@ impl Store {
     }
 
     /// Cleans the log as soon as it holds more garbage than live records, however
-    /// little (tests; the default waits for [`MIN_GARBAGE`] records of garbage).
+    /// little (tests; the default waits for `MIN_GARBAGE` records of garbage).
     pub fn clean_eagerly(mut self) -> Self {
         self.min_garbage = 0;
         self
