@@ -544,6 +544,9 @@ const HEALTH_POLL: Duration = Duration::from_secs(5);
 const HEALTH_POLL_STARTING: Duration = Duration::from_millis(250);
 /// How long a plugin gets to answer.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long after its start an unhealthy report is only kept in the status, not logged
+/// as a warning (a bus connecting to its broker).
+const HEALTH_GRACE: Duration = Duration::from_secs(5);
 
 /// Asks `plugin` for its own health and records the answer in `status`. A stuck
 /// instance is not asked (its call would queue behind the stuck one).
@@ -571,18 +574,24 @@ async fn watch_health(
     status: Arc<StatusCell>,
     stop: CancellationToken,
 ) {
-    let mut was_healthy: Option<bool> = None;
+    let started = tokio::time::Instant::now();
+    // What the log last said: nothing yet, healthy, or unhealthy.
+    let mut said: Option<bool> = None;
     loop {
         let health = ask_health(plugin.as_ref(), &status, HEALTH_TIMEOUT).await;
-        if was_healthy != Some(health.healthy) {
-            if health.healthy {
-                if was_healthy.is_some() {
-                    tracing::info!(instance = %name, "plugin reports itself healthy again");
-                }
-            } else {
-                tracing::warn!(instance = %name, reason = %health.message, "plugin reports itself unhealthy");
+        if health.healthy {
+            if said == Some(false) {
+                tracing::info!(instance = %name, "plugin reports itself healthy again");
             }
-            was_healthy = Some(health.healthy);
+            said = Some(true);
+        } else if said != Some(false) {
+            // A plugin that is still starting (a bus before its first connection)
+            // is not worth a warning yet: only once it stays unhealthy past
+            // HEALTH_GRACE, or when it was healthy before.
+            if said == Some(true) || started.elapsed() >= HEALTH_GRACE {
+                tracing::warn!(instance = %name, reason = %health.message, "plugin reports itself unhealthy");
+                said = Some(false);
+            }
         }
         let pause = if status.get().reported_healthy {
             HEALTH_POLL
