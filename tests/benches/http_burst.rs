@@ -22,18 +22,9 @@ use tokio::net::TcpStream;
 
 const RACK: &str = "entities:\n  - type: rack\n    id: r1\n    name: rack one\n    state: available\n  - type: switch\n    id: s1\n    state: available\n";
 
-/// `VmRSS` and `VmHWM` of `pid`, in KiB.
+/// `VmRSS` and `VmHWM` of `pid`, in KiB (0 once it is gone).
 fn rss_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    synchronizer_tests::rss_kib(pid).unwrap_or((0, 0))
 }
 
 fn mib(kib: u64) -> f64 {

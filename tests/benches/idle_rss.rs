@@ -19,25 +19,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use synchronizer_tests::http::{FixtureServer, Reply};
-use synchronizer_tests::root;
+use synchronizer_tests::{root, rss_kib};
 
 const RACK: &str = "entities:\n  - type: rack\n    id: r1\n    name: rack one\n    state: available\n  - type: switch\n    id: s1\n    state: available\nrelationships:\n  - source: rack:r1\n    target: switch:s1\n    type: contains\n";
 
 fn release_dir() -> PathBuf {
     synchronizer_tests::target_dir().join("release")
-}
-
-/// `VmRSS` and `VmHWM` of `pid`, in KiB.
-fn rss_kib(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
 fn fixture(path: &str) -> Vec<u8> {

@@ -105,3 +105,16 @@ pub fn free_port() -> u16 {
         .expect("a free port")
         .port()
 }
+
+/// `VmRSS` and `VmHWM` of `pid`, in KiB (`None` once it is gone).
+pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
