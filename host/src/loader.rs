@@ -129,11 +129,11 @@ pub fn load(path: &Path) -> Result<PluginLibrary, LoadError> {
         path: path.to_owned(),
         module,
         meta: PluginMeta {
-            name: info.name.into(),
-            version: info.version.into(),
-            description: info.description.into(),
-            entity_types: info.entity_types.into_iter().map(Into::into).collect(),
-            kind: info.kind,
+            name: info.name().into(),
+            version: info.version().into(),
+            description: info.description().into(),
+            entity_types: info.entity_types().iter().map(|t| t.to_string()).collect(),
+            kind: info.kind(),
             api_version,
         },
     })

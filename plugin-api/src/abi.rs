@@ -19,7 +19,7 @@ use abi_stable::library::RootModule;
 use abi_stable::package_version_strings;
 use abi_stable::sabi_trait;
 use abi_stable::sabi_types::VersionStrings;
-use abi_stable::std_types::{RBox, RResult, RStr, RString, RVec};
+use abi_stable::std_types::{RBox, RResult, RSlice, RStr, RString, RVec};
 use async_ffi::FfiFuture;
 
 use crate::entity::Entity;
@@ -58,18 +58,27 @@ impl PluginKind {
 }
 
 /// A plugin's metadata, as it crosses the boundary.
+///
+/// A prefix type, so that later minor versions can append fields: the plugin hands out
+/// a [`FfiPluginInfoRef`] to a value it leaks (once per load), and the host reads the
+/// fields appended after version 0.1.0 as `Option`s, `None` for a plugin built before
+/// them (the crate docs' "Evolving the interface"). A prefix type's accessors copy, so
+/// its fields are `'static` borrows of what the plugin leaked, not owned strings.
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug)]
+#[derive(StableAbi, Debug)]
+#[sabi(kind(Prefix(prefix_ref = FfiPluginInfoRef)))]
+#[sabi(missing_field(option))]
 pub struct FfiPluginInfo {
     /// The plugin's name (`nova`, `static`).
-    pub name: RString,
+    pub name: RStr<'static>,
     /// The plugin crate's version.
-    pub version: RString,
+    pub version: RStr<'static>,
     /// One line on what it collects.
-    pub description: RString,
+    pub description: RStr<'static>,
     /// The entity types it provides.
-    pub entity_types: RVec<RString>,
+    pub entity_types: RSlice<'static, RStr<'static>>,
     /// Collector, bus or both.
+    #[sabi(last_prefix_field)]
     pub kind: PluginKind,
 }
 
@@ -272,7 +281,7 @@ pub type PluginInstanceBox = PluginInstance_TO<'static, RBox<()>>;
 #[sabi(missing_field(panic))]
 pub struct PluginMod {
     /// The plugin's metadata.
-    pub info: extern "C" fn() -> RResult<FfiPluginInfo, FfiError>,
+    pub info: extern "C" fn() -> RResult<FfiPluginInfoRef, FfiError>,
 
     /// Checks an instance's configuration (JSON text) without starting anything.
     pub validate_config:

@@ -34,12 +34,13 @@ use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 
-use abi_stable::std_types::{RString, RVec};
+use abi_stable::prefix_type::PrefixTypeTrait;
+use abi_stable::std_types::{RSlice, RStr, RVec};
 use serde::de::DeserializeOwned;
 
 use crate::abi::{
-    ErrorKind, FfiError, FfiIncomplete, FfiPluginInfo, FfiPushed, FfiSnapshot, HostSinkBox,
-    PluginKind, PushAction,
+    ErrorKind, FfiError, FfiIncomplete, FfiPluginInfo, FfiPluginInfoRef, FfiPushed, FfiSnapshot,
+    HostSinkBox, PluginKind, PushAction,
 };
 use crate::entity::Entity;
 use crate::health::Health;
@@ -63,18 +64,22 @@ pub struct PluginInfo {
 }
 
 impl PluginInfo {
-    pub(crate) fn to_ffi(&self) -> FfiPluginInfo {
+    /// The boundary's copy, leaked: a prefix type is handed out by `'static` reference
+    /// and the loader asks for it once per load.
+    pub(crate) fn to_ffi(&self) -> FfiPluginInfoRef {
+        let types: Vec<RStr<'static>> = self
+            .entity_types
+            .iter()
+            .map(|t| RStr::from_str(t))
+            .collect();
         FfiPluginInfo {
-            name: self.name.into(),
-            version: self.version.into(),
-            description: self.description.into(),
-            entity_types: self
-                .entity_types
-                .iter()
-                .map(|t| RString::from(*t))
-                .collect(),
+            name: RStr::from_str(self.name),
+            version: RStr::from_str(self.version),
+            description: RStr::from_str(self.description),
+            entity_types: RSlice::from_slice(Vec::leak(types)),
             kind: self.kind,
         }
+        .leak_into_prefix()
     }
 }
 

@@ -23,7 +23,7 @@ use tokio_util::task::AbortOnDropHandle;
 use super::logging;
 use super::{Context, Error, Plugin, Shutdown, Sink};
 use crate::abi::{
-    ErrorKind, FfiCounter, FfiError, FfiHealth, FfiPluginInfo, FfiSnapshot, HostContextBox,
+    ErrorKind, FfiCounter, FfiError, FfiHealth, FfiPluginInfoRef, FfiSnapshot, HostContextBox,
     HostSinkBox, PluginInstance, PluginInstance_TO, PluginInstanceBox, PluginMod, PluginModRef,
 };
 
@@ -63,7 +63,7 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, Error>) -> RResult<T, Ff
     }
 }
 
-extern "C" fn info<P: Plugin>() -> RResult<FfiPluginInfo, FfiError> {
+extern "C" fn info<P: Plugin>() -> RResult<FfiPluginInfoRef, FfiError> {
     guarded("info", || Ok(P::info().to_ffi()))
 }
 
