@@ -21,6 +21,63 @@ use synchronizer_plugin_api::{ErrorKind, Health};
 use crate::hub::{Hub, Origin};
 use crate::loader::PluginLibrary;
 
+/// The first problem a plugin found in an instance's configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// The field's path in the instance's `config` table (`tls.ca_file`,
+    /// `families[1]`), when the problem is one field's.
+    pub field: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ConfigProblem {
+    /// Reads a 0.1.0 SDK's message back: `instance `x`: invalid config field `f`: ...`,
+    /// without serde_json's ` at line 1 column 12` (a place in JSON the host generated).
+    fn from_message(instance: &str, message: &str) -> Self {
+        let rest = message
+            .strip_prefix(&format!("instance `{instance}`: "))
+            .unwrap_or(message);
+        let rest = strip_json_position(rest);
+        for prefix in ["invalid config field `", "config field `"] {
+            if let Some(tail) = rest.strip_prefix(prefix) {
+                if let Some((field, what)) = tail.split_once("`: ") {
+                    return ConfigProblem {
+                        field: Some(field.to_owned()),
+                        message: what.to_owned(),
+                    };
+                }
+            }
+        }
+        ConfigProblem {
+            field: None,
+            message: rest.to_owned(),
+        }
+    }
+}
+
+fn strip_json_position(message: &str) -> &str {
+    let Some((head, tail)) = message.rsplit_once(" at line ") else {
+        return message;
+    };
+    let is_position = tail.split_once(" column ").is_some_and(|(line, column)| {
+        !line.is_empty()
+            && !column.is_empty()
+            && line.bytes().all(|b| b.is_ascii_digit())
+            && column.bytes().all(|b| b.is_ascii_digit())
+    });
+    if is_position { head } else { message }
+}
+
+impl std::fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.field {
+            Some(field) => write!(f, "field `{field}`: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
 /// A failed plugin call, in host types.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -257,24 +314,37 @@ impl PluginInstance {
         }
     }
 
-    /// Validates an instance's configuration without creating it.
-    pub fn validate(
+    /// Checks an instance's configuration as its creation would (the plugin parses it
+    /// and runs its own validation), without creating anything. A plugin built against
+    /// plugin-api 0.1.0 has no `check_config`: its `validate_config` answers, and the
+    /// field is read back from its message.
+    pub fn check_config(
         library: &PluginLibrary,
         name: &str,
         config: &serde_json::Value,
-    ) -> Result<(), CallError> {
+    ) -> Result<(), ConfigProblem> {
         let module = library.module;
         let json = config.to_string();
-        match std::panic::catch_unwind(|| {
-            (module.validate_config())(RStr::from_str(name), RStr::from_str(&json))
-        }) {
-            Ok(RResult::ROk(())) => Ok(()),
-            Ok(RResult::RErr(e)) => Err(e.into()),
-            Err(_) => Err(CallError {
-                kind: ErrorKind::Panicked,
-                message: "panicked while validating its configuration".into(),
-            }),
-        }
+        let (name_s, json_s) = (RStr::from_str(name), RStr::from_str(&json));
+        let answer = std::panic::catch_unwind(|| match module.check_config() {
+            Some(check) => match check(name_s, json_s) {
+                RResult::ROk(()) => Ok(()),
+                RResult::RErr(p) => Err(ConfigProblem {
+                    field: Some(p.field.into_string()).filter(|f| !f.is_empty()),
+                    message: p.message.into_string(),
+                }),
+            },
+            None => match (module.validate_config())(name_s, json_s) {
+                RResult::ROk(()) => Ok(()),
+                RResult::RErr(e) => Err(ConfigProblem::from_message(name, &e.message)),
+            },
+        });
+        answer.unwrap_or_else(|_| {
+            Err(ConfigProblem {
+                field: None,
+                message: "the plugin panicked while checking its configuration".into(),
+            })
+        })
     }
 
     /// Runs the push loop, handing changes to `hub` as `origin`.

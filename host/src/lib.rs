@@ -40,6 +40,7 @@ pub mod backoff;
 pub mod baseline;
 pub mod change;
 pub mod config;
+pub mod config_location;
 pub mod delivery;
 #[cfg(feature = "http")]
 pub mod http;

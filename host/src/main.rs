@@ -20,6 +20,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use synchronizer::config::ConfigError;
+use synchronizer::config_location::locate;
 use synchronizer::instance::PluginInstance;
 use synchronizer::loader::{host_api_version, load};
 use synchronizer::{Config, Event, SubscribeOptions, Synchronizer, output};
@@ -67,6 +68,10 @@ enum Command {
         /// The configuration file.
         #[arg(long, short)]
         config: PathBuf,
+        /// Print this plugin's sample `[[instances]]` table (a plugin name or a library
+        /// file name in the plugins directory) and nothing else.
+        #[arg(long, value_name = "NAME")]
+        sample: Option<String>,
     },
     /// Collect once and print the entities as JSON lines.
     Snapshot {
@@ -166,7 +171,10 @@ async fn dispatch(command: Command) -> Result<()> {
             types,
             resync_every,
         } => run(&config, types, resync_every).await,
-        Command::Plugins { config } => plugins(&config),
+        Command::Plugins { config, sample } => match sample {
+            Some(name) => print_sample(&config, &name),
+            None => plugins(&config),
+        },
         Command::Snapshot { config, types } => snapshot(&config, types).await,
         Command::CheckConfig { file } => check_config(&file),
         Command::PluginChild { .. } => Ok(()),
@@ -451,8 +459,9 @@ async fn snapshot(path: &Path, types: Vec<String>) -> Result<()> {
     Err(Partial(what.join("; ")).into())
 }
 
-fn plugins(path: &Path) -> Result<()> {
-    let config = load_config(path)?;
+/// The plugin files `plugins` looks at: every `.so` in the plugins directory and every
+/// instance's library.
+fn plugin_files(config: &Config) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = Vec::new();
     if let Ok(rd) = std::fs::read_dir(&config.plugins_dir) {
         for entry in rd.flatten() {
@@ -469,6 +478,58 @@ fn plugins(path: &Path) -> Result<()> {
         }
     }
     files.sort();
+    files
+}
+
+/// `plugins --sample NAME`: the sample table of the plugin named NAME (or in the file
+/// NAME), as the plugin carries it.
+fn print_sample(path: &Path, name: &str) -> Result<()> {
+    let config = load_config(path)?;
+    let mut found = None;
+    for file in plugin_files(&config) {
+        let by_file = file.file_name().is_some_and(|f| f == name);
+        match load(&file) {
+            Ok(lib) if by_file || lib.meta.name == name => {
+                found = Some(lib);
+                break;
+            }
+            Err(e) if by_file => return Err(Invalid(e.to_string()).into()),
+            _ => {}
+        }
+    }
+    let Some(lib) = found else {
+        return Err(Invalid(format!(
+            "no plugin named `{name}` in {} (nor among the instances' libraries); `synchronizer plugins --config {}` lists them",
+            config.plugins_dir.display(),
+            path.display()
+        ))
+        .into());
+    };
+    match lib.sample_config.as_deref() {
+        Some(sample) if !sample.trim().is_empty() => {
+            print!("{sample}");
+            if !sample.ends_with('\n') {
+                println!();
+            }
+            Ok(())
+        }
+        Some(_) => Err(anyhow::anyhow!(
+            "plugin `{}` ({}) carries no sample configuration; see its README",
+            lib.meta.name,
+            lib.path.display()
+        )),
+        None => Err(anyhow::anyhow!(
+            "plugin `{}` ({}) was built against plugin-api {}, which predates sample configurations (0.1.1); see its README",
+            lib.meta.name,
+            lib.path.display(),
+            lib.meta.api_version
+        )),
+    }
+}
+
+fn plugins(path: &Path) -> Result<()> {
+    let config = load_config(path)?;
+    let files = plugin_files(&config);
     println!("host plugin-api {}", host_api_version());
     println!("plugins directory {}", config.plugins_dir.display());
     let mut bad = 0;
@@ -487,8 +548,17 @@ fn plugins(path: &Path) -> Result<()> {
                 } else {
                     m.entity_types.join(", ")
                 };
+                let sample = match lib.sample_config.as_deref() {
+                    Some(s) if !s.trim().is_empty() => format!(
+                        "synchronizer plugins --config {} --sample {}",
+                        path.display(),
+                        m.name
+                    ),
+                    Some(_) => "(none)".to_owned(),
+                    None => format!("(none: plugin-api {} has no samples)", m.api_version),
+                };
                 println!(
-                    "\n{}\n  plugin {} {} ({}), plugin-api {}\n  {}\n  types: {}\n  instances: {}",
+                    "\n{}\n  plugin {} {} ({}), plugin-api {}\n  {}\n  types: {}\n  sample config: {sample}\n  instances: {}",
                     file.display(),
                     m.name,
                     m.version,
@@ -618,20 +688,38 @@ fn describe_instance(i: &synchronizer::config::InstanceConfig) -> String {
     format!("{} ({})", i.name, parts.join(", "))
 }
 
+/// Checks the file and, through the real loader, every instance's own table: each plugin
+/// parses its table and runs its own validation (`Plugin::validate`). Each problem is
+/// one line, `FILE:LINE:COLUMN: instance `NAME`: field `PATH`: what is wrong`, the
+/// position that of the field in the file as written (config_location).
 fn check_config(path: &Path) -> Result<()> {
     let config = load_config(path)?;
+    let text = std::fs::read_to_string(path).unwrap_or_default();
     let mut errors = Vec::new();
     for inst in &config.instances {
         let file = config.library_path(inst);
-        match load(&file) {
-            Ok(lib) => {
-                if let Err(e) = PluginInstance::validate(&lib, &inst.name, &inst.config) {
+        let problem = match load(&file) {
+            Ok(lib) => match PluginInstance::check_config(&lib, &inst.name, &inst.config) {
+                Ok(()) => continue,
+                Err(problem) => {
                     let secrets = synchronizer::secrets::of_json(&inst.config);
-                    errors.push(secrets.scrub(&e.message));
+                    let at = locate(&text, &inst.name, problem.field.as_deref());
+                    let place = at.map_or(String::new(), |l| format!(":{l}"));
+                    format!(
+                        "{}{place}: instance `{}`: {}",
+                        path.display(),
+                        inst.name,
+                        secrets.scrub(&problem.to_string())
+                    )
                 }
+            },
+            Err(e) => {
+                let place =
+                    locate(&text, &inst.name, None).map_or(String::new(), |l| format!(":{l}"));
+                format!("{}{place}: instance `{}`: {e}", path.display(), inst.name)
             }
-            Err(e) => errors.push(format!("instance `{}`: {e}", inst.name)),
-        }
+        };
+        errors.push(problem);
     }
     if errors.is_empty() {
         println!(
@@ -641,6 +729,12 @@ fn check_config(path: &Path) -> Result<()> {
         );
         Ok(())
     } else {
-        Err(Invalid(format!("{}:\n  {}", path.display(), errors.join("\n  "))).into())
+        Err(Invalid(format!(
+            "{} problem(s) in {}:\n  {}",
+            errors.len(),
+            path.display(),
+            errors.join("\n  ")
+        ))
+        .into())
     }
 }

@@ -80,6 +80,24 @@ pub struct FfiPluginInfo {
     /// Collector, bus or both.
     #[sabi(last_prefix_field)]
     pub kind: PluginKind,
+
+    // Appended in 0.1.1: `None` from a plugin built against 0.1.0.
+    /// A sample `[[instances]]` table for this plugin, as TOML (empty when the plugin
+    /// gives none).
+    pub sample_config: RStr<'static>,
+}
+
+/// The first problem found in an instance's configuration, apart from where it is, so
+/// that the host can point at the TOML the user wrote (file, line and column).
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug)]
+pub struct FfiConfigProblem {
+    /// The field's path inside the instance's table (`tls.ca_file`, `families[2]`);
+    /// empty when the problem is the table as a whole.
+    pub field: RString,
+    /// What is wrong, without the instance's name or the field's path (the host says
+    /// both).
+    pub message: RString,
 }
 
 /// What went wrong in a plugin call.
@@ -295,6 +313,15 @@ pub struct PluginMod {
         config_json: RStr<'_>,
         ctx: HostContextBox,
     ) -> RResult<PluginInstanceBox, FfiError>,
+
+    // Appended in 0.1.1: `None` from a plugin built against 0.1.0, whose host falls back
+    // to `validate_config`.
+    /// Checks an instance's configuration as `create` would (parsing it and running the
+    /// plugin's own validation) without starting anything, and reports the first problem
+    /// with its field apart.
+    #[sabi(missing_field(option))]
+    pub check_config:
+        extern "C" fn(instance: RStr<'_>, config_json: RStr<'_>) -> RResult<(), FfiConfigProblem>,
 }
 
 impl RootModule for PluginModRef {

@@ -50,6 +50,44 @@
 //!
 //! Build plugins with `panic = "unwind"` (the default): a plugin built with
 //! `panic = "abort"` loads, but any panic in it ends the host process.
+//!
+//! # What a plugin depends on
+//!
+//! plugin-api and serde (with `derive`), nothing else: the SDK re-exports what plugin
+//! code commonly needs, at the versions it was built with — [`serde_json`] (for
+//! [`Entity::with_properties`] and free-form properties), [`tokio`] (timers, I/O, tasks
+//! on the instance's own runtime) and [`tracing`] (logs, forwarded to the host). Write
+//! `use synchronizer_plugin_api::{tokio, tracing};` and use them as usual. A plugin may
+//! depend on them directly instead; they must then be semver-compatible with these.
+//!
+//! # Evolving the interface
+//!
+//! A plugin is compiled against one plugin-api; the host checks, when it loads the
+//! `.so`, the version and the layout of every type that crosses. The rules:
+//!
+//! - **Which plugins a host loads**: those built against the same release series
+//!   (`0.1` while the major is 0, then the major) and a version no newer than the
+//!   host's own. A host with plugin-api 0.1.1 loads plugins built against 0.1.0 and
+//!   0.1.1; it refuses 0.1.2 (which may call host entry points 0.1.1 lacks) and 0.2.x,
+//!   saying both versions.
+//! - **A compatible release (0.1.x → 0.1.x+1)** may: append a field after the last field
+//!   of a prefix type ([`abi::PluginMod`], [`abi::FfiPluginInfo`]), marked optional so
+//!   that the host reads `None` from an older plugin and falls back; append a method at
+//!   the end of a `#[sabi_trait]` ([`abi::PluginInstance`], [`abi::HostSink`],
+//!   [`abi::HostContext`]), with a default body or an optional marker for the same
+//!   reason; add SDK items, and [`Plugin`] methods with a default (never a field of
+//!   [`PluginInfo`], which authors build with a struct literal). 0.1.1 did this: the
+//!   sample configuration ([`Plugin::sample_config`], appended to `FfiPluginInfo`) and
+//!   validation with the field apart ([`Plugin::validate`], `PluginMod::check_config`).
+//! - **A break (0.2.0)** is anything else that crosses: a field or a method changed,
+//!   removed, reordered or inserted before the end; any change to a by-value type
+//!   ([`Entity`], [`Relation`], `FfiSnapshot`, `FfiPushed`, `FfiError`, `FfiHealth`,
+//!   `FfiCounter`, `LogRecord`, a variant added to any `#[repr(u8)]` enum); another
+//!   abi_stable. `Entity` stays by value on purpose: it crosses millions of times.
+//! - **Proven by a test**: `tests/tests/abi_evolution.rs` builds a plugin against the
+//!   frozen copy of 0.1.0 in `tests/abi/` and runs it in today's host (the appended field
+//!   absent, validation through the 0.1.0 entry point), and builds one against a
+//!   generated 0.1.x+1 that today's host must refuse.
 #![deny(missing_docs)]
 
 pub mod abi;
@@ -66,6 +104,17 @@ pub use health::Health;
 pub use sdk::{Change, Context, Error, Plugin, PluginInfo, Shutdown, Sink, Snapshot};
 
 pub use abi::{ErrorKind, PluginKind};
+
+// What a plugin's code needs besides serde (whose derive wants it as a direct
+// dependency), at the versions the SDK was built with: a plugin depends on plugin-api
+// and serde only. `tokio`'s attribute macros (`#[tokio::test]`) name `::tokio` and take
+// `crate = "synchronizer_plugin_api::tokio"`.
+#[cfg(feature = "sdk")]
+pub use serde_json;
+#[cfg(feature = "sdk")]
+pub use tokio;
+#[cfg(feature = "sdk")]
+pub use tracing;
 
 /// Re-exports the export macro needs; not part of the API.
 #[cfg(feature = "sdk")]

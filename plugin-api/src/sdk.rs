@@ -66,7 +66,7 @@ pub struct PluginInfo {
 impl PluginInfo {
     /// The boundary's copy, leaked: a prefix type is handed out by `'static` reference
     /// and the loader asks for it once per load.
-    pub(crate) fn to_ffi(&self) -> FfiPluginInfoRef {
+    pub(crate) fn to_ffi(&self, sample_config: &'static str) -> FfiPluginInfoRef {
         let types: Vec<RStr<'static>> = self
             .entity_types
             .iter()
@@ -78,6 +78,7 @@ impl PluginInfo {
             description: RStr::from_str(self.description),
             entity_types: RSlice::from_slice(Vec::leak(types)),
             kind: self.kind,
+            sample_config: RStr::from_str(sample_config),
         }
         .leak_into_prefix()
     }
@@ -113,6 +114,8 @@ impl Context {
 pub struct Error {
     kind: ErrorKind,
     message: String,
+    /// For a configuration error: the field it is about (`tls.ca_file`).
+    field: Option<String>,
 }
 
 impl Error {
@@ -121,15 +124,34 @@ impl Error {
         Error {
             kind: ErrorKind::Failed,
             message: message.to_string(),
+            field: None,
         }
     }
 
-    /// An invalid configuration.
+    /// An invalid configuration, as a whole.
     pub fn config(message: impl fmt::Display) -> Self {
         Error {
             kind: ErrorKind::Config,
             message: message.to_string(),
+            field: None,
         }
+    }
+
+    /// An invalid configuration field: `field` is its path in the instance's table
+    /// (`prefetch`, `tls.ca_file`, `families[1]`), `message` what is wrong with it. The
+    /// host points at the field in the TOML file, with its line and column, so say only
+    /// what is wrong: "must be at least 1".
+    pub fn config_field(field: impl Into<String>, message: impl fmt::Display) -> Self {
+        Error {
+            kind: ErrorKind::Config,
+            message: message.to_string(),
+            field: Some(field.into()),
+        }
+    }
+
+    /// The field a configuration error is about.
+    pub fn field(&self) -> Option<&str> {
+        self.field.as_deref()
     }
 
     /// A call this plugin does not support.
@@ -137,6 +159,7 @@ impl Error {
         Error {
             kind: ErrorKind::Unsupported,
             message: message.to_string(),
+            field: None,
         }
     }
 
@@ -154,13 +177,19 @@ impl Error {
         Error {
             kind,
             message: message.to_string(),
+            field: None,
         }
     }
 
+    /// The boundary's error: one message, the field (if any) named in it.
     pub(crate) fn into_ffi(self) -> FfiError {
+        let message = match &self.field {
+            Some(field) => format!("config field `{field}`: {}", self.message),
+            None => self.message,
+        };
         FfiError {
             kind: self.kind,
-            message: self.message.into(),
+            message: message.into(),
         }
     }
 
@@ -168,6 +197,7 @@ impl Error {
         Error {
             kind: e.kind,
             message: e.message.into(),
+            field: None,
         }
     }
 }
@@ -320,7 +350,28 @@ pub trait Plugin: Sized + Send + Sync + 'static {
     /// The plugin's metadata.
     fn info() -> PluginInfo;
 
-    /// Builds an instance from its configuration. Runs inside the instance's runtime.
+    /// A sample `[[instances]]` table for this plugin, as TOML, with every option and a
+    /// comment on each: `synchronizer plugins --sample NAME` prints it, and a user
+    /// starts from it. `include_str!("../sample.toml")` keeps it beside the README.
+    /// Since plugin-api 0.1.1; the default is none.
+    fn sample_config() -> &'static str {
+        ""
+    }
+
+    /// Checks a parsed configuration for what serde cannot (ranges, combinations, files
+    /// that must exist and parse), without side effects: no connection, no thread, no
+    /// file written. `synchronizer check-config` calls it for every instance through the
+    /// real loader, and the SDK calls it before [`Plugin::new`], so `new` may assume a
+    /// valid configuration. Report a field with [`Error::config_field`]: the host then
+    /// points at its line in the TOML file. Since plugin-api 0.1.1; the default accepts
+    /// whatever parses.
+    fn validate(config: &Self::Config, ctx: &Context) -> Result<(), Error> {
+        let _ = (config, ctx);
+        Ok(())
+    }
+
+    /// Builds an instance from its (validated) configuration. Runs inside the
+    /// instance's runtime.
     fn new(config: Self::Config, ctx: &Context) -> Result<Self, Error>;
 
     /// Collects a complete snapshot of the given entity types (a subset of

@@ -23,8 +23,9 @@ use tokio_util::task::AbortOnDropHandle;
 use super::logging;
 use super::{Context, Error, Plugin, Shutdown, Sink};
 use crate::abi::{
-    ErrorKind, FfiCounter, FfiError, FfiHealth, FfiPluginInfoRef, FfiSnapshot, HostContextBox,
-    HostSinkBox, PluginInstance, PluginInstance_TO, PluginInstanceBox, PluginMod, PluginModRef,
+    ErrorKind, FfiConfigProblem, FfiCounter, FfiError, FfiHealth, FfiPluginInfoRef, FfiSnapshot,
+    HostContextBox, HostSinkBox, PluginInstance, PluginInstance_TO, PluginInstanceBox, PluginMod,
+    PluginModRef,
 };
 
 /// Builds the root module for plugin type `P`. Called once, by the loader, through the
@@ -35,6 +36,7 @@ pub fn root_module<P: Plugin>() -> PluginModRef {
         info: info::<P>,
         validate_config: validate_config::<P>,
         create: create::<P>,
+        check_config: check_config::<P>,
     }
     .leak_into_prefix()
 }
@@ -64,30 +66,75 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, Error>) -> RResult<T, Ff
 }
 
 extern "C" fn info<P: Plugin>() -> RResult<FfiPluginInfoRef, FfiError> {
-    guarded("info", || Ok(P::info().to_ffi()))
+    guarded("info", || Ok(P::info().to_ffi(P::sample_config())))
 }
 
-fn parse_config<P: Plugin>(instance: &str, config_json: &str) -> Result<P::Config, Error> {
+/// Parses an instance's configuration. The error names the field and says what serde
+/// said, without serde_json's "at line 1 column 57": that position is in JSON the host
+/// generated from the user's TOML, and the host points at the TOML instead.
+fn parse_config<P: Plugin>(config_json: &str) -> Result<P::Config, Error> {
     let mut de = serde_json::Deserializer::from_str(config_json);
     serde_path_to_error::deserialize::<_, P::Config>(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
+        let mut message = inner.to_string();
+        let position = format!(" at line {} column {}", inner.line(), inner.column());
+        if let Some(stripped) = message.strip_suffix(&position) {
+            message.truncate(stripped.len());
+        }
         if path == "." {
-            Error::config(format!("instance `{instance}`: invalid config: {inner}"))
+            Error::config(format!("invalid config: {message}"))
         } else {
-            Error::config(format!(
-                "instance `{instance}`: invalid config field `{path}`: {inner}"
-            ))
+            Error::config_field(path, message)
         }
     })
 }
 
+/// Parses and validates, as `create` does before constructing.
+fn checked_config<P: Plugin>(instance: &str, config_json: &str) -> Result<P::Config, Error> {
+    let config = parse_config::<P>(config_json)?;
+    let context = Context {
+        instance: instance.to_owned(),
+    };
+    P::validate(&config, &context)?;
+    Ok(config)
+}
+
+/// The 0.1.0 entry point, for a host that has no `check_config`: one message, the field
+/// named in it (the host names the instance).
 extern "C" fn validate_config<P: Plugin>(
     instance: RStr<'_>,
     config_json: RStr<'_>,
 ) -> RResult<(), FfiError> {
     guarded("validate_config", || {
-        parse_config::<P>(instance.as_str(), config_json.as_str()).map(drop)
+        checked_config::<P>(instance.as_str(), config_json.as_str()).map(drop)
+    })
+}
+
+extern "C" fn check_config<P: Plugin>(
+    instance: RStr<'_>,
+    config_json: RStr<'_>,
+) -> RResult<(), FfiConfigProblem> {
+    let checked = catch_unwind(AssertUnwindSafe(|| {
+        checked_config::<P>(instance.as_str(), config_json.as_str()).map(drop)
+    }));
+    let (field, message) = match checked {
+        Ok(Ok(())) => return RResult::ROk(()),
+        Ok(Err(e)) => (
+            e.field().unwrap_or_default().to_owned(),
+            e.message().to_owned(),
+        ),
+        Err(payload) => (
+            String::new(),
+            format!(
+                "plugin panicked in check_config: {}",
+                panic_message(&*payload)
+            ),
+        ),
+    };
+    RResult::RErr(FfiConfigProblem {
+        field: field.into(),
+        message: message.into(),
     })
 }
 
@@ -99,7 +146,7 @@ extern "C" fn create<P: Plugin>(
     let instance = instance.as_str().to_owned();
     let config_json = config_json.as_str();
     guarded("create", move || {
-        let config = parse_config::<P>(&instance, config_json)?;
+        let config = checked_config::<P>(&instance, config_json)?;
         let dispatch = logging::dispatch_for(Arc::new(ctx));
         let thread_dispatch = dispatch.clone();
         let short: String = instance.chars().take(10).collect();

@@ -369,16 +369,16 @@ impl Config {
                 "at least one is needed",
             ));
         }
-        for sub in &self.subscriptions {
+        for (i, sub) in self.subscriptions.iter().enumerate() {
             if sub.exchange.is_empty() {
                 return Err(ConfigError::invalid(
-                    "subscriptions.exchange",
+                    format!("subscriptions[{i}].exchange"),
                     "must not be empty",
                 ));
             }
             if sub.topics.is_empty() || sub.topics.iter().any(String::is_empty) {
                 return Err(ConfigError::invalid(
-                    "subscriptions.topics",
+                    format!("subscriptions[{i}].topics"),
                     format!(
                         "exchange `{}`: name at least one non-empty topic",
                         sub.exchange
@@ -387,8 +387,12 @@ impl Config {
             }
             let priorities = sub.priorities.as_ref().unwrap_or(&self.priorities);
             if priorities.is_empty() || priorities.iter().any(String::is_empty) {
+                let field = match sub.priorities {
+                    Some(_) => format!("subscriptions[{i}].priorities"),
+                    None => "priorities".to_owned(),
+                };
                 return Err(ConfigError::invalid(
-                    "priorities",
+                    field,
                     format!(
                         "exchange `{}`: name at least one non-empty priority",
                         sub.exchange

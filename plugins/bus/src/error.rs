@@ -9,8 +9,8 @@ pub enum ConfigError {
     /// A field has an invalid value.
     #[error("config field `{field}`: {message}")]
     Invalid {
-        /// The field (`urls`, `subscriptions.queue`...).
-        field: &'static str,
+        /// The field's path (`urls`, `subscriptions[1].exchange`...).
+        field: String,
         /// What is wrong.
         message: String,
     },
@@ -27,10 +27,22 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         ConfigError::Invalid {
-            field,
+            field: field.into(),
             message: message.into(),
+        }
+    }
+
+    /// The field's path and what is wrong with it, apart.
+    pub fn field_and_message(&self) -> (String, String) {
+        match self {
+            ConfigError::Invalid { field, message } => (field.clone(), message.clone()),
+            ConfigError::File {
+                field,
+                path,
+                source,
+            } => ((*field).to_owned(), format!("cannot read {path}: {source}")),
         }
     }
 }

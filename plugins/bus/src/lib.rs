@@ -58,6 +58,11 @@ impl BusPlugin {
     }
 }
 
+fn config_error(e: ConfigError) -> Error {
+    let (field, message) = e.field_and_message();
+    Error::config_field(field, message)
+}
+
 impl Plugin for BusPlugin {
     type Config = Config;
 
@@ -71,9 +76,20 @@ impl Plugin for BusPlugin {
         }
     }
 
+    fn sample_config() -> &'static str {
+        include_str!("../sample.toml")
+    }
+
+    /// Everything `new` checks (URLs, ranges, the queues plan, the TLS files): building
+    /// the consumer connects to nothing.
+    fn validate(config: &Config, ctx: &Context) -> Result<(), Error> {
+        Bus::new(config.clone(), &ctx.instance)
+            .map(drop)
+            .map_err(config_error)
+    }
+
     fn new(config: Config, ctx: &Context) -> Result<Self, Error> {
-        let bus = Bus::new(config, &ctx.instance)
-            .map_err(|e| Error::config(format!("instance `{}`: {e}", ctx.instance)))?;
+        let bus = Bus::new(config, &ctx.instance).map_err(config_error)?;
         tracing::info!(
             instance = %ctx.instance,
             queues = %bus.queues().iter().map(|q| q.name.as_str()).collect::<Vec<_>>().join(","),
