@@ -438,8 +438,10 @@ fn shutdown_signal() -> impl std::future::Future<Output = &'static str> {
 
 async fn snapshot(path: &Path, types: Vec<String>) -> Result<()> {
     let config = load_config(path)?;
+    // Each instance is collected once: its schedule's first collection serves.
+    let since = std::time::Instant::now();
     let sync = start(config).await?;
-    let result = sync.get_all_report(&types).await;
+    let result = sync.get_all_report_since(&types, Some(since)).await;
     sync.shutdown().await;
     let report = result.context("snapshot failed")?;
     let stdout = std::io::stdout();

@@ -106,7 +106,15 @@ pub struct Collector {
     types: Vec<String>,
     hub: Arc<Hub>,
     status: Arc<StatusCell>,
-    in_flight: Mutex<Option<Shared<BoxFuture<'static, CollectResult>>>>,
+    /// The last collection (running or finished) and when it started.
+    in_flight: Mutex<
+        Option<(
+            std::time::Instant,
+            Shared<BoxFuture<'static, CollectResult>>,
+        )>,
+    >,
+    /// When the collector was built, before anything ran.
+    created: std::time::Instant,
     initial_done: AtomicBool,
     /// The `seq` of the last change a collection of this instance emitted.
     last_emitted: AtomicU64,
@@ -131,6 +139,7 @@ impl Collector {
             hub,
             status,
             in_flight: Mutex::new(None),
+            created: std::time::Instant::now(),
             initial_done: AtomicBool::new(false),
             last_emitted: AtomicU64::new(0),
         })
@@ -153,9 +162,19 @@ impl Collector {
 
     /// Starts a collection, or joins the one in flight.
     pub fn collect(self: &Arc<Self>) -> Shared<BoxFuture<'static, CollectResult>> {
+        self.collect_since(None)
+    }
+
+    /// Like [`Collector::collect`], and a collection that started at `since` or later
+    /// serves too, even if it has finished: a one-shot caller (`synchronizer snapshot`)
+    /// takes the scheduler's first collection instead of calling the plugin again.
+    pub fn collect_since(
+        self: &Arc<Self>,
+        since: Option<std::time::Instant>,
+    ) -> Shared<BoxFuture<'static, CollectResult>> {
         let mut slot = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(f) = slot.as_ref()
-            && f.peek().is_none()
+        if let Some((started, f)) = slot.as_ref()
+            && (f.peek().is_none() || since.is_some_and(|since| *started >= since))
         {
             return f.clone();
         }
@@ -170,7 +189,7 @@ impl Collector {
         }
         .boxed()
         .shared();
-        let previous = slot.replace(fut.clone());
+        let previous = slot.replace((std::time::Instant::now(), fut.clone()));
         drop(slot);
         // The previous result may hold the last references to millions of entities:
         // freeing them takes a second at 2,000,000, which must not hold an async worker.
@@ -332,10 +351,13 @@ impl Collector {
     /// Runs the schedule until `shutdown`.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(self.schedule.backoff_initial, self.schedule.backoff_max);
+        // The first collection joins one a caller started since the collector exists
+        // (`synchronizer snapshot` may ask before this task runs): one call, not two.
+        let mut since = Some(self.created);
         loop {
             let outcome = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                r = self.collect() => r,
+                r = self.collect_since(since.take()) => r,
             };
             let ok = outcome.is_ok();
             // Back-pressure from reliable outputs: no new poll before they confirmed

@@ -295,6 +295,18 @@ impl Synchronizer {
     /// Like [`Synchronizer::get_all`], with the types that came back incomplete (a page
     /// that failed, a project that could not be listed): their entities may be missing.
     pub async fn get_all_report<S: AsRef<str>>(&self, types: &[S]) -> Result<GetAll, GetAllError> {
+        self.get_all_report_since(types, None).await
+    }
+
+    /// Like [`Synchronizer::get_all_report`], and a collection that started at `since`
+    /// or later serves too, even one that has finished. With the time before
+    /// [`Synchronizer::start`], each instance is collected exactly once: its schedule's
+    /// first collection serves the caller (what `synchronizer snapshot` does).
+    pub async fn get_all_report_since<S: AsRef<str>>(
+        &self,
+        types: &[S],
+        since: Option<std::time::Instant>,
+    ) -> Result<GetAll, GetAllError> {
         let filter = TypeFilter::new(types);
         let wanted: Vec<&Arc<Collector>> = self
             .instances
@@ -327,7 +339,8 @@ impl Synchronizer {
                 types.iter().map(|t| t.as_ref().to_owned()).collect(),
             ));
         }
-        let results = futures::future::join_all(wanted.iter().map(|c| c.collect())).await;
+        let results =
+            futures::future::join_all(wanted.iter().map(|c| c.collect_since(since))).await;
         let mut out = GetAll {
             entities: pushed,
             ..GetAll::default()

@@ -131,15 +131,18 @@ fn plugins_lists_what_each_file_provides_or_why_it_cannot_load() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout);
+    let api = synchronizer::loader::host_api_version();
     assert!(
-        text.contains("plugin static 0.1.0 (collector), plugin-api 0.1.0"),
+        text.contains(&format!(
+            "plugin static 0.1.0 (collector), plugin-api {api}"
+        )),
         "{text}"
     );
     assert!(text.contains("instances: static-test"), "{text}");
     assert!(text.contains("plugin faulty 0.1.0"), "{text}");
     assert!(
         text.contains("libsynchronizer_test_incompatible.so\n  cannot load:")
-            && text.contains("incompatible"),
+            && text.contains("built against plugin-api 0.2.0"),
         "{text}"
     );
 }
@@ -356,4 +359,134 @@ async fn snapshot_exits_3_naming_an_incomplete_type() {
         .collect();
     assert_eq!(types.len(), 5, "the instances were printed: {stdout}");
     assert!(types.iter().all(|t| t == "\"nova.instance\""), "{stdout}");
+}
+
+/// A config file in a temporary directory, the build's plugins directory first.
+fn config_file(body: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sync.toml");
+    let text = format!(
+        "plugins_dir = {:?}\n{body}",
+        plugins_dir().display().to_string()
+    );
+    std::fs::write(&file, text).unwrap();
+    (dir, file.display().to_string())
+}
+
+#[test]
+fn snapshot_collects_each_instance_exactly_once() {
+    // The tick plugin counts its calls: `n` is 1 on the first. The scheduler's first
+    // collection starts as the host does; the snapshot must take it, not call again,
+    // however the two race.
+    let (_dir, file) = config_file(
+        "[[instances]]\nname = \"counter\"\nlibrary = \"libsynchronizer_test_faulty.so\"\n[instances.config]\nmode = \"tick\"\n",
+    );
+    for round in 0..10 {
+        let out = synchronizer(&["snapshot", "--config", &file]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON"))
+            .collect();
+        assert_eq!(lines.len(), 1, "round {round}: {lines:?}");
+        assert_eq!(
+            lines[0]["properties"]["n"], 1,
+            "round {round}: the plugin was called more than once: {lines:?}"
+        );
+    }
+}
+
+#[test]
+fn check_config_points_at_the_file_line_and_column_of_a_plugins_field() {
+    let (_dir, file) = config_file(
+        r#"
+[[instances]]
+name = "bus"
+library = "libsynchronizer_bus.so"
+[instances.config]
+urls = ["amqp://guest:s3cr3t@127.0.0.1:5672/"]
+families = ["nova-versioned"]
+prefetch = 0
+
+[[instances]]
+name = "typo"
+library = "libsynchronizer_test_faulty.so"
+[instances.config]
+mode = "ok"
+entities = "three"
+"#,
+    );
+    let out = synchronizer(&["check-config", &file]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Line 1 is plugins_dir, line 2 empty: prefetch is on line 9, entities on 16.
+    assert!(
+        err.contains(&format!(
+            "{file}:9:1: instance `bus`: field `prefetch`: must be at least 1"
+        )),
+        "a check the plugin's validate makes, which serde cannot: {err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{file}:16:1: instance `typo`: field `entities`: invalid type: string \"three\""
+        )),
+        "a serde error, at the TOML, not at generated JSON: {err}"
+    );
+    assert!(!err.contains("line 1 column"), "{err}");
+    assert!(!err.contains("s3cr3t"), "{err}");
+    assert!(err.contains("2 problem(s)"), "{err}");
+}
+
+#[test]
+fn plugins_sample_prints_a_plugins_own_table_or_says_why_not() {
+    let (_dir, file) = config_file("");
+    let out = synchronizer(&["plugins", "--config", &file, "--sample", "bus"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sample = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        sample.contains("library = \"libsynchronizer_bus.so\""),
+        "{sample}"
+    );
+
+    let out = synchronizer(&["plugins", "--config", &file, "--sample", "vintage"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("built against plugin-api 0.1.0, which predates sample configurations"),
+        "{err}"
+    );
+
+    let out = synchronizer(&["plugins", "--config", &file, "--sample", "nosuch"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no plugin named `nosuch`"));
+}
+
+#[test]
+fn every_shipped_plugins_sample_passes_check_config() {
+    let (_dir, file) = config_file("");
+    for name in ["nova", "heat", "nagios", "bus", "static"] {
+        let out = synchronizer(&["plugins", "--config", &file, "--sample", name]);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let sample = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(sample.contains("[[instances]]"), "{name}: {sample}");
+        let (_d, with_sample) = config_file(&sample);
+        let out = synchronizer(&["check-config", &with_sample]);
+        assert!(
+            out.status.success(),
+            "{name}'s sample fails check-config: {}\n{sample}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
