@@ -4,8 +4,10 @@
 //!
 //! Two locks, taken in this order: the writer's (the baseline and what judging a batch
 //! needs; held for as long as a batch takes, by one batch at a time) and the readers'
-//! (the view, which is a persistent map, and the subscribers; held only to announce a
-//! batch, to add a subscriber or to copy the view). Judging a million-entity snapshot
+//! (the view, which is a persistent map, and the subscribers; held only to swap in the
+//! view a batch produced and hand the batch to the subscribers, to add a subscriber or
+//! to copy the view: the batch's changes go into a copy of the view outside it).
+//! Judging a million-entity snapshot
 //! never holds up a reader: `GET /v1/entities`, get-all and a subscriber's snapshot take
 //! a copy of the view in O(1) and collect and sort it on their own time
 //! ([`crate::view`]). Marking a snapshot's start takes neither lock.
@@ -137,6 +139,10 @@ pub struct Hub {
     /// Taken before `shared` when both are needed.
     state: Mutex<State>,
     shared: Mutex<Shared>,
+    /// Held by the one announcing, for the whole of it: the view is changed on a copy
+    /// outside `shared`, and this keeps two announcers (the store's writer, and the
+    /// writer's fallback when the store stops) from each changing a copy of their own.
+    announcing: Mutex<()>,
     generations: Generations,
     /// The `seq` of the last change decided (0 before the first).
     last_seq: AtomicU64,
@@ -204,6 +210,7 @@ impl Hub {
                 declared: HashMap::new(),
                 names: HashMap::new(),
             }),
+            announcing: Mutex::new(()),
             shared: Mutex::new(Shared {
                 view: View::default(),
                 subscribers: Vec::new(),
@@ -801,11 +808,22 @@ impl Hub {
         let Some(last) = changes.last().map(|c| c.seq) else {
             return;
         };
-        let mut state = self.shared();
+        let _announcing = self.announcing.lock().unwrap_or_else(|p| p.into_inner());
+        // The changes go into a copy of the view (O(1) to take: the maps are persistent),
+        // outside the readers' lock: a first snapshot of 2,000,000 entities takes about a
+        // second to insert, and readers and subscribers must not wait for it. The copy
+        // replaces the view, and the subscribers get the changes, in one short hold.
+        let mut view = self.shared().view.clone();
         for c in &changes {
-            state.view.apply(c);
+            view.apply(c);
         }
+        let mut state = self.shared();
+        let previous = std::mem::replace(&mut state.view, view);
         let lagged = state.fan_out(&changes);
+        drop(state);
+        // What only the old view held (the entities a batch replaced) is freed here,
+        // outside the lock.
+        drop(previous);
         if lagged > 0 {
             self.metrics.subscriber_resyncs.inc_by(lagged);
         }
