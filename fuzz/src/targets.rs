@@ -41,6 +41,7 @@ pub const ALL: &[(&str, Target)] = &[
     ("http_query", http_query),
     ("outputs", outputs),
     ("secrets", secrets),
+    ("config_location", config_location),
 ];
 
 fn split_nul(data: &[u8]) -> Vec<&[u8]> {
@@ -599,5 +600,33 @@ pub fn secrets(data: &[u8]) {
             "the password {password:?} of {token:?} is left in {scrubbed:?}"
         );
         assert!(!Secrets::of_url(token).scrub(token).contains(password));
+    }
+}
+
+/// Where check-config points for a plugin's field (`config_location::locate`): TOML
+/// text, then after NUL bytes an instance name and a field path. It never panics, and a
+/// position it gives is inside the text.
+pub fn config_location(data: &[u8]) {
+    let parts = split_nul(data);
+    let [text, instance, rest @ ..] = parts.as_slice() else {
+        return;
+    };
+    let (Ok(text), Ok(instance)) = (std::str::from_utf8(text), std::str::from_utf8(instance))
+    else {
+        return;
+    };
+    let field = rest.first().and_then(|f| std::str::from_utf8(f).ok());
+    if let Some(at) = synchronizer::config_location::locate(text, instance, field) {
+        let lines: Vec<&str> = text.split('\n').collect();
+        assert!(
+            at.line >= 1 && at.line <= lines.len(),
+            "{at} outside {} lines",
+            lines.len()
+        );
+        let width = lines[at.line - 1].chars().count();
+        assert!(
+            at.column >= 1 && at.column <= width + 1,
+            "{at}: the line has {width} characters"
+        );
     }
 }
