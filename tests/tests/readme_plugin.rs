@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use synchronizer::{Config, Synchronizer};
-use synchronizer_tests::{root, target_dir};
+use synchronizer_test_kit::paths::{root, target_dir};
 
 /// The fenced blocks of `lang` in the README's section `heading`, in order.
 fn blocks(readme: &str, heading: &str, lang: &str) -> Vec<String> {

@@ -322,7 +322,11 @@ async fn remote_consumers_get_the_changes_they_bind_to() {
     let conn = connect().await;
     let changes_exchange = format!("{tag}.changes");
     let _cleanup = Cleanup::new()
-        .queues([format!("{topic}.info"), format!("{tag}.dlq")])
+        .queues([
+            format!("{topic}.info"),
+            format!("{topic}.error"),
+            format!("{tag}.dlq"),
+        ])
         .exchanges([
             exchange.clone(),
             format!("{tag}.dlx"),
@@ -412,7 +416,11 @@ async fn an_output_broker_that_goes_away_holds_notifications_upstream() {
     let conn = connect().await;
     let changes_exchange = format!("{tag}.changes");
     let _cleanup = Cleanup::new()
-        .queues([format!("{topic}.info"), format!("{tag}.dlq")])
+        .queues([
+            format!("{topic}.info"),
+            format!("{topic}.error"),
+            format!("{tag}.dlq"),
+        ])
         .exchanges([
             exchange.clone(),
             format!("{tag}.dlx"),
@@ -504,7 +512,11 @@ async fn a_shutdown_grace_longer_than_the_default_stop_timeout_is_honoured() {
     let conn = connect().await;
     let changes_exchange = format!("{tag}.changes");
     let _cleanup = Cleanup::new()
-        .queues([format!("{topic}.info"), format!("{tag}.dlq")])
+        .queues([
+            format!("{topic}.info"),
+            format!("{topic}.error"),
+            format!("{tag}.dlq"),
+        ])
         .exchanges([
             exchange.clone(),
             format!("{tag}.dlx"),
@@ -561,7 +573,11 @@ async fn a_bus_plugin_in_a_child_process_is_held_back_too() {
     let conn = connect().await;
     let changes_exchange = format!("{tag}.changes");
     let _cleanup = Cleanup::new()
-        .queues([format!("{topic}.info"), format!("{tag}.dlq")])
+        .queues([
+            format!("{topic}.info"),
+            format!("{topic}.error"),
+            format!("{tag}.dlq"),
+        ])
         .exchanges([
             exchange.clone(),
             format!("{tag}.dlx"),

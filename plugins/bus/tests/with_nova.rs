@@ -88,7 +88,11 @@ async fn a_notification_and_the_polls_around_it_agree() {
     let exchange = format!("nova-{tag}");
     let topic = format!("t-{tag}");
     let _cleanup = Cleanup::new()
-        .queues([format!("{topic}.info"), format!("{tag}.dlq")])
+        .queues([
+            format!("{topic}.info"),
+            format!("{topic}.error"),
+            format!("{tag}.dlq"),
+        ])
         .exchanges([exchange.clone(), format!("{tag}.dlx")]);
     let a3_key = format!("nova.instance:{}", nova::VM_A3);
 
