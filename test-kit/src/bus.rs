@@ -86,6 +86,10 @@ impl RecordingSink {
     pub fn len(&self) -> usize {
         self.got.lock().unwrap().len()
     }
+    /// Whether no change was accepted yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 impl synchronizer_bus::ChangeSink for RecordingSink {
