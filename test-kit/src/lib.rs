@@ -15,6 +15,7 @@
 //! | `hub` | `host` | driving the host's hub by hand: snapshots, pushes, counts |
 //! | `nova` | `nova` | the loopback Keystone + Nova replaying a real Nova's answers; `nova::lab`, the lab Nova's API |
 //! | `heat` | `heat` | the loopback Keystone + Heat replaying a real Heat's answers |
+//! | `replay` | `nova` or `heat` | what those two share: a cloud behind a lock, served over HTTP |
 //! | `broker` | `broker` | the shared test RabbitMQ: names that clean up on drop, queue inspection, raw publishing |
 //! | `oslo` | `broker` | the real oslo.messaging publisher (a Python venv) |
 //! | `bus` | `bus` | the bus plugin's test configuration, a recording sink, test logs |
@@ -46,3 +47,5 @@ pub mod hub;
 pub mod nova;
 #[cfg(feature = "broker")]
 pub mod oslo;
+#[cfg(any(feature = "nova", feature = "heat"))]
+pub mod replay;

@@ -5,11 +5,12 @@
 
 pub mod lab;
 
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use synchronizer_openstack::testing::{Reply, Request, Server, keystone_token_reply};
+use synchronizer_openstack::testing::{Reply, Request, keystone_token_reply};
+
+use crate::replay::{Replay, merged};
 
 /// Keystone's answer to a password authentication, as captured.
 pub const TOKEN: &str = include_str!("../../plugins/nova/tests/fixtures/keystone-auth-tokens.json");
@@ -116,35 +117,18 @@ impl Cloud {
 }
 
 /// The running loopback Keystone + Nova; it stops when dropped.
-pub struct Nova {
-    /// The HTTP server (its base URL, the requests it got).
-    pub server: Server,
-    /// The cloud it answers from.
-    pub cloud: Arc<Mutex<Cloud>>,
-}
+pub type Nova = Replay<Cloud>;
 
-impl Nova {
+impl Replay<Cloud> {
     /// Starts on a free loopback port, answering from `cloud`.
     pub async fn start(cloud: Cloud) -> Nova {
-        let cloud = Arc::new(Mutex::new(cloud));
-        let state = cloud.clone();
-        let server = Server::start(move |req: &Request, base: &str| {
-            handle(&mut state.lock().unwrap(), req, base)
-        })
-        .await
-        .unwrap();
-        Nova { server, cloud }
-    }
-
-    /// The cloud, to read or change between polls.
-    pub fn cloud(&self) -> MutexGuard<'_, Cloud> {
-        self.cloud.lock().unwrap()
+        Replay::serve(cloud, handle).await
     }
 
     /// The plugin configuration for this cloud (password auth through the loopback
     /// Keystone), with `extra` merged in at the top level.
     pub fn config(&self, extra: Value) -> Value {
-        let mut config = json!({
+        let config = json!({
             "cloud": {
                 "auth": {
                     "auth_url": format!("{}/identity", self.server.base()),
@@ -159,12 +143,7 @@ impl Nova {
             },
             "page_size": 2
         });
-        if let (Some(c), Some(e)) = (config.as_object_mut(), extra.as_object()) {
-            for (k, v) in e {
-                c.insert(k.clone(), v.clone());
-            }
-        }
-        config
+        merged(config, extra)
     }
 
     /// Server-side `GET` lines for the servers listing, in order.
