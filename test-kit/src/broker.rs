@@ -2,8 +2,9 @@
 //! (`scripts/rabbitmq/ensure.sh`, as root, sets it up). Other engineers' tests use it at
 //! the same time, so a test's queues and exchanges have names of their own
 //! ([`crate::sys::unique`]) and go away with it: [`Cleanup`] deletes them when dropped,
-//! whether the test passed or failed. (A vhost per test would need the management plugin,
-//! which the broker does not run.)
+//! whether the test passed or failed. (A vhost per test through the management API would
+//! need the management plugin, which the broker does not run; [`Vhost`] makes one with
+//! `rabbitmqctl`, for the tests about vhosts.)
 //!
 //! When the broker is not there the tests fail with a message that says so: they never
 //! pass without it.
@@ -260,6 +261,38 @@ pub async fn publish_raw_with_headers(
     .expect("publish")
     .await
     .expect("confirmation");
+}
+
+/// A virtual host of one test on the test broker (`rabbitmqctl add_vhost`, guest allowed
+/// everything in it), deleted with everything in it when dropped.
+#[derive(Debug)]
+pub struct Vhost {
+    name: String,
+}
+
+impl Vhost {
+    /// Adds vhost `name` (a [`crate::sys::unique`] name) and lets guest use it.
+    pub fn add(name: &str) -> Vhost {
+        rabbitmqctl(&["add_vhost", name]);
+        let vhost = Vhost {
+            name: name.to_owned(),
+        };
+        rabbitmqctl(&["set_permissions", "-p", name, "guest", ".*", ".*", ".*"]);
+        vhost
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for Vhost {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["delete_vhost", &self.name])
+            .output();
+    }
 }
 
 /// Runs `rabbitmqctl` with `args`, failing the test when it fails.

@@ -822,8 +822,7 @@ async fn the_vhost_is_configurable() {
     logs();
     require_broker().await;
     let tag = unique("vhost");
-    rabbitmqctl(&["add_vhost", &tag]);
-    rabbitmqctl(&["set_permissions", "-p", &tag, "guest", ".*", ".*", ".*"]);
+    let _vhost = Vhost::add(&tag);
     let topic = format!("t-{tag}");
     let mut cfg = config(vec![subscription("nova", &topic)], &tag);
     cfg.vhost = Some(tag.clone());
@@ -838,7 +837,6 @@ async fn the_vhost_is_configurable() {
     );
     wait_until(WAIT, "a change from the vhost", || sink.len() == 1).await;
     stop_bus(stop, handle).await;
-    rabbitmqctl(&["delete_vhost", &tag]);
 }
 
 /// Subscriptions of the default configuration, for the record.
