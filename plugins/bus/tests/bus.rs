@@ -1,6 +1,6 @@
 //! Integration tests of the bus plugin against the real RabbitMQ and the real
 //! oslo.messaging publisher. Each test has its own exchanges, topics, queues and
-//! dead-letter queue, so they run in parallel. See tests/common/mod.rs for the setup they
+//! dead-letter queue, so they run in parallel. See the test kit's `broker` module (test-kit/src/broker.rs) for the setup they
 //! need (they fail, not pass, without a broker).
 
 use std::path::PathBuf;
