@@ -18,7 +18,8 @@ use synchronizer_test_faulty::Faulty;
 const N: usize = 10_000;
 
 fn release_plugin() -> PathBuf {
-    let p = synchronizer_tests::root().join("target/release/libsynchronizer_test_faulty.so");
+    let p =
+        synchronizer_test_kit::paths::root().join("target/release/libsynchronizer_test_faulty.so");
     assert!(
         p.exists(),
         "build it first: cargo build --release -p synchronizer-test-faulty"

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use synchronizer_tests::{env_or, free_port};
+use synchronizer_test_kit::sys::{env_or, free_port};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -24,7 +24,7 @@ const RACK: &str = "entities:\n  - type: rack\n    id: r1\n    name: rack one\n 
 
 /// `VmRSS` and `VmHWM` of `pid`, in KiB (0 once it is gone).
 fn rss_kib(pid: u32) -> (u64, u64) {
-    synchronizer_tests::rss_kib(pid).unwrap_or((0, 0))
+    synchronizer_test_kit::sys::rss_kib(pid).unwrap_or((0, 0))
 }
 
 fn mib(kib: u64) -> f64 {
@@ -166,7 +166,7 @@ fn run(binary: &PathBuf, conns: usize, after_s: u64, release_memory: bool) -> Ru
 fn main() {
     let binary = std::env::var_os("BURST_BINARY")
         .map(PathBuf::from)
-        .unwrap_or_else(|| synchronizer_tests::release("synchronizer"));
+        .unwrap_or_else(|| synchronizer_test_kit::paths::release("synchronizer"));
     let conns = env_or("BURST_CONNS", 10_000) as usize;
     let after_s = env_or("BURST_AFTER_S", 60);
     let limit = raise_fd_limit(conns as u64 * 2 + 1024);

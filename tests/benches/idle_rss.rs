@@ -18,13 +18,14 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use synchronizer_tests::http::{FixtureServer, Reply};
-use synchronizer_tests::{root, rss_kib};
+use synchronizer_test_kit::http::{FixtureServer, Reply};
+use synchronizer_test_kit::paths::root;
+use synchronizer_test_kit::sys::rss_kib;
 
 const RACK: &str = "entities:\n  - type: rack\n    id: r1\n    name: rack one\n    state: available\n  - type: switch\n    id: s1\n    state: available\nrelationships:\n  - source: rack:r1\n    target: switch:s1\n    type: contains\n";
 
 fn release_dir() -> PathBuf {
-    synchronizer_tests::target_dir().join("release")
+    synchronizer_test_kit::paths::target_dir().join("release")
 }
 
 fn fixture(path: &str) -> Vec<u8> {

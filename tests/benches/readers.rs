@@ -50,14 +50,14 @@ struct Phase {
 }
 
 fn main() {
-    let n = synchronizer_tests::env_or("READERS_N", 1_000_000);
-    let readers = synchronizer_tests::env_or("READERS", 16);
-    let phase_s = synchronizer_tests::env_or("READERS_PHASE_S", 45);
-    let interval = synchronizer_tests::env_or("READERS_INTERVAL_S", 3);
-    let program = synchronizer_tests::release("synchronizer");
-    synchronizer_tests::release("libsynchronizer_test_faulty.so");
+    let n = synchronizer_test_kit::sys::env_or("READERS_N", 1_000_000);
+    let readers = synchronizer_test_kit::sys::env_or("READERS", 16);
+    let phase_s = synchronizer_test_kit::sys::env_or("READERS_PHASE_S", 45);
+    let interval = synchronizer_test_kit::sys::env_or("READERS_INTERVAL_S", 3);
+    let program = synchronizer_test_kit::paths::release("synchronizer");
+    synchronizer_test_kit::paths::release("libsynchronizer_test_faulty.so");
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = synchronizer_tests::free_port();
+    let port = synchronizer_test_kit::sys::free_port();
     let plugins = program.parent().expect("target dir").display().to_string();
     let config = format!(
         r#"plugins_dir = {plugins:?}

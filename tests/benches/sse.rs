@@ -207,7 +207,7 @@ fn main() {
         .build()
         .expect("runtime");
 
-    let config = synchronizer_tests::config("[http]\n");
+    let config = synchronizer_test_kit::host::config("[http]\n");
     let http = config.http.clone().expect("[http]");
     let (sync, addr, stop) = server_rt.block_on(async {
         let sync = Arc::new(Synchronizer::start(config).await.expect("starts"));

@@ -81,13 +81,13 @@ impl Phase {
 }
 
 fn main() {
-    let n = synchronizer_tests::env_or("STALL_N", 2_000_000);
-    let seconds = synchronizer_tests::env_or("STALL_SECONDS", 30);
-    let interval = synchronizer_tests::env_or("STALL_INTERVAL_S", 5);
-    let program = synchronizer_tests::release("synchronizer");
-    synchronizer_tests::release("libsynchronizer_test_faulty.so");
+    let n = synchronizer_test_kit::sys::env_or("STALL_N", 2_000_000);
+    let seconds = synchronizer_test_kit::sys::env_or("STALL_SECONDS", 30);
+    let interval = synchronizer_test_kit::sys::env_or("STALL_INTERVAL_S", 5);
+    let program = synchronizer_test_kit::paths::release("synchronizer");
+    synchronizer_test_kit::paths::release("libsynchronizer_test_faulty.so");
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = synchronizer_tests::free_port();
+    let port = synchronizer_test_kit::sys::free_port();
     let plugins = program.parent().expect("target dir").display().to_string();
     let config = format!(
         r#"plugins_dir = {plugins:?}

@@ -16,7 +16,8 @@ use synchronizer::instance::PluginInstance;
 use synchronizer::loader::{LoadError, host_api_version, load};
 use synchronizer::{Health, PluginHealth, Synchronizer};
 
-use synchronizer_tests::{binary, config, plugin};
+use synchronizer_test_kit::host::config;
+use synchronizer_test_kit::paths::{binary, plugin};
 
 fn refusal(name: &str) -> String {
     let path = plugin(name);

@@ -8,11 +8,8 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use synchronizer_tests::{binary, plugins_dir};
-
-/// The loopback Nova of the nova plugin's tests (captured Nova 30.3 responses).
-#[path = "../../plugins/nova/tests/common/mod.rs"]
-mod nova;
+use synchronizer_test_kit::nova;
+use synchronizer_test_kit::paths::{binary, plugins_dir};
 
 const RACK: &str = "entities:\n  - type: rack\n    id: r1\n    name: rack one\n    state: available\n  - type: switch\n    id: s1\n    state: available\nrelationships:\n  - source: rack:r1\n    target: switch:s1\n    type: contains\n";
 

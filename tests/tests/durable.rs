@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use synchronizer_tests::{binary, plugins_dir};
+use synchronizer_test_kit::paths::{binary, plugins_dir};
 
 fn yaml(entities: &[(&str, &str)]) -> String {
     let mut s = String::from("entities:\n");

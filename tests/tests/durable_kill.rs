@@ -19,19 +19,13 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
-use synchronizer_tests::{binary, plugins_dir};
+use synchronizer_test_kit::paths::{binary, plugins_dir};
+use synchronizer_test_kit::sys::free_port;
 
 const KILLS: usize = 50;
 const IDS: u32 = 24;
 
 type State = BTreeMap<String, String>;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 fn write_config(dir: &Path, port: u16) {
     let config = format!(

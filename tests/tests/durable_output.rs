@@ -8,13 +8,18 @@ use std::path::Path;
 use std::time::Duration;
 
 use synchronizer::{Action, Event, SubscribeOptions, Subscription, Synchronizer};
-use synchronizer_tests::plugins_dir;
+use synchronizer_test_kit::broker::{BROKER, Cleanup};
+use synchronizer_test_kit::paths::plugins_dir;
 
-const BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// Nothing listens on port 1: connections are refused at once.
 const AWAY: &str = "amqp://guest:guest@127.0.0.1:1/%2f";
 
 const DATA: &str = "entities:\n  - type: switch\n    id: s1\n    state: up\n  - type: switch\n    id: s2\n    state: up\n";
+
+/// The output's exchange on the test broker: this run's own.
+fn exchange() -> String {
+    format!("synchronizer-test-durable-{}", std::process::id())
+}
 
 fn config(dir: &Path, output_url: &str) -> synchronizer::Config {
     let toml = format!(
@@ -24,7 +29,7 @@ baseline_file = {store:?}
 
 [[outputs.amqp]]
 url = "{output_url}"
-exchange = "synchronizer-test-durable-{pid}"
+exchange = "{exchange}"
 reconnect_initial = "50ms"
 reconnect_max = "100ms"
 drain_timeout = "300ms"
@@ -40,7 +45,7 @@ directory = {data:?}
         plugins = plugins_dir().display().to_string(),
         store = dir.join("baseline.redb").display().to_string(),
         data = dir.join("data").display().to_string(),
-        pid = std::process::id(),
+        exchange = exchange(),
     );
     synchronizer::Config::from_toml(&toml).expect("config")
 }
@@ -87,6 +92,7 @@ async fn changes(sub: &mut Subscription, n: usize) -> Vec<(Action, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_the_output_never_confirmed_are_announced_again_after_a_restart() {
+    let _cleanup = Cleanup::new().exchanges([exchange()]);
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir(dir.path().join("data")).expect("data dir");
     std::fs::write(dir.path().join("data/switches.yaml"), DATA).expect("data");

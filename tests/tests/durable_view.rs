@@ -25,7 +25,7 @@ fn entity(i: u64) -> Entity {
 }
 
 fn config(dir: &std::path::Path) -> synchronizer::Config {
-    synchronizer_tests::config(&format!(
+    synchronizer_test_kit::host::config(&format!(
         "baseline_file = {:?}\n[http]\n",
         dir.join("baseline.redb").display().to_string()
     ))

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use synchronizer::status::Health;
 use synchronizer::{Action, Event, SubscribeOptions, Synchronizer};
-use synchronizer_tests::{config, next_event};
+use synchronizer_test_kit::host::{config, next_event, status_of, wait_status};
 
 /// A config with a 100 ms `tick` instance beside `faulty` in the given mode.
 fn beside_ticker(faulty: &str) -> synchronizer::Config {
@@ -37,14 +37,6 @@ timeout = "300ms"
     ))
 }
 
-fn status_of(sync: &Synchronizer, name: &str) -> synchronizer::status::InstanceStatus {
-    sync.status()
-        .into_iter()
-        .find(|r| r.name == name)
-        .map(|r| r.status)
-        .unwrap_or_else(|| panic!("no instance {name}"))
-}
-
 /// Counts the ticker's updates over `window`; the ticker polls every 100 ms.
 async fn ticks_during(sub: &mut synchronizer::Subscription, window: Duration) -> usize {
     let end = Instant::now() + window;
@@ -61,30 +53,16 @@ async fn ticks_during(sub: &mut synchronizer::Subscription, window: Duration) ->
     ticks
 }
 
-async fn wait_for(
-    sync: &Synchronizer,
-    name: &str,
-    what: &str,
-    pred: impl Fn(&synchronizer::status::InstanceStatus) -> bool,
-) {
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        let s = status_of(sync, name);
-        if pred(&s) {
-            return;
-        }
-        assert!(Instant::now() < end, "{name} never became {what}: {s:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_snapshot_is_a_failure_and_the_host_goes_on() {
     let sync = Synchronizer::start(beside_ticker("mode = \"panic\""))
         .await
         .unwrap();
     let mut sub = sync.subscribe(&SubscribeOptions::types(&["faulty.tick"]));
-    wait_for(&sync, "faulty", "failing", |s| s.failures >= 2).await;
+    wait_status(&sync, "faulty", "failing", Duration::from_secs(10), |s| {
+        s.failures >= 2
+    })
+    .await;
     let s = status_of(&sync, "faulty");
     assert_eq!(s.health, Health::Failing);
     let err = s.last_error.unwrap_or_default();
@@ -108,7 +86,10 @@ async fn a_hanging_snapshot_is_cancelled_at_its_timeout() {
         ticks >= 6,
         "the ticker was held back: {ticks} ticks in 1 s at 100 ms"
     );
-    wait_for(&sync, "faulty", "timed out", |s| s.failures >= 2).await;
+    wait_status(&sync, "faulty", "timed out", Duration::from_secs(10), |s| {
+        s.failures >= 2
+    })
+    .await;
     let s = status_of(&sync, "faulty");
     // Cancelled, not stuck: the plugin's task was really aborted.
     assert_eq!(s.health, Health::Failing, "{s:?}");
@@ -126,7 +107,10 @@ async fn a_blocked_thread_is_abandoned_reported_stuck_and_not_called_again() {
         .await
         .unwrap();
     let mut faulty = sync.subscribe(&SubscribeOptions::types(&["faulty.tick"]));
-    wait_for(&sync, "faulty", "stuck", |s| s.health == Health::Stuck).await;
+    wait_status(&sync, "faulty", "stuck", Duration::from_secs(10), |s| {
+        s.health == Health::Stuck
+    })
+    .await;
     let s = status_of(&sync, "faulty");
     assert!(
         s.last_error.as_deref().unwrap_or("").contains("stuck"),
@@ -159,6 +143,9 @@ async fn a_blocked_thread_is_abandoned_reported_stuck_and_not_called_again() {
         assert!(Instant::now() < end);
     }
     // The status follows the change it reports.
-    wait_for(&sync, "faulty", "healthy", |s| s.health == Health::Healthy).await;
+    wait_status(&sync, "faulty", "healthy", Duration::from_secs(10), |s| {
+        s.health == Health::Healthy
+    })
+    .await;
     sync.shutdown().await;
 }

@@ -3,14 +3,14 @@
 //! port, asked with a real HTTP client (reqwest). The change stream is read as SSE text
 //! and parsed here; `/metrics` is parsed by a Prometheus text-format parser.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use synchronizer_tests::{binary, plugins_dir};
+use synchronizer_test_kit::binary::{Host, Setup};
+use synchronizer_test_kit::paths::binary;
+use synchronizer_test_kit::sys::free_port;
 
 const RACK: &str = "entities:\n  - type: rack\n    id: r1\n    name: rack one\n    state: available\n  - type: switch\n    id: s1\n    state: available\nrelationships:\n  - source: rack:r1\n    target: switch:s1\n    type: contains\n";
 
@@ -29,189 +29,7 @@ fn yaml(rack_state: &str, switch_state: Option<&str>) -> String {
     }
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-    l.local_addr().expect("local addr").port()
-}
-
-/// A running `synchronizer run` with the HTTP API.
-struct Host {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-    base: String,
-    stderr: Arc<Mutex<String>>,
-    http: reqwest::Client,
-}
-
-/// What a host runs.
-struct Setup<'a> {
-    /// `[[instances]]` tables (with `{data}` standing for the YAML directory).
-    instances: &'a str,
-    /// Extra lines of the `[http]` table.
-    http: &'a str,
-    /// Extra environment.
-    env: &'a [(&'a str, &'a str)],
-    /// Extra arguments before `run`.
-    args: &'a [&'a str],
-}
-
 const STATIC: &str = "[[instances]]\nname = \"static-test\"\nlibrary = \"libsynchronizer_static.so\"\ninterval = \"200ms\"\njitter = \"0s\"\n[instances.config]\ndirectory = {data}\n";
-
-impl Host {
-    fn start(setup: Setup<'_>) -> Host {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let data = dir.path().join("data");
-        std::fs::create_dir(&data).expect("data dir");
-        std::fs::write(data.join("rack.yaml"), RACK).expect("write yaml");
-        let port = free_port();
-        let instances = setup
-            .instances
-            .replace("{data}", &format!("{:?}", data.display().to_string()));
-        let config = format!(
-            "plugins_dir = {:?}\n\n{instances}\n[http]\nlisten = \"127.0.0.1:{port}\"\n{}\n",
-            plugins_dir().display().to_string(),
-            setup.http,
-        );
-        let file = dir.path().join("sync.toml");
-        std::fs::write(&file, config).expect("write config");
-        let mut cmd = Command::new(binary());
-        cmd.args(setup.args)
-            .args(["run", "--config"])
-            .arg(&file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .env_remove("RUST_LOG");
-        for (k, v) in setup.env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn synchronizer");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().expect("stderr");
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Host {
-            child: Some(child),
-            dir,
-            base: format!("http://127.0.0.1:{port}"),
-            stderr,
-            http: reqwest::Client::new(),
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    fn log(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Waits until `/healthz` answers.
-    async fn alive(&self) {
-        let end = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(r) = self.http.get(self.url("/healthz")).send().await {
-                assert_eq!(r.status(), 200);
-                return;
-            }
-            assert!(
-                Instant::now() < end,
-                "the HTTP API never answered; log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    /// Waits until `/readyz` says ready.
-    async fn ready(&self) {
-        self.alive().await;
-        let end = Instant::now() + Duration::from_secs(15);
-        loop {
-            let r = self.http.get(self.url("/readyz")).send().await.unwrap();
-            if r.status() == 200 {
-                return;
-            }
-            assert!(Instant::now() < end, "never ready; log:\n{}", self.log());
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    async fn get_json(&self, path: &str) -> (u16, Value) {
-        let r = self.http.get(self.url(path)).send().await.unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.expect("a JSON body"))
-    }
-
-    /// Replaces the YAML file atomically (the plugin never reads half a file).
-    fn write_yaml(&self, text: &str) {
-        let tmp = self.dir.path().join("rack.yaml.tmp");
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, self.dir.path().join("data/rack.yaml")).unwrap();
-    }
-
-    /// Waits until the current view shows `key` with `state` (`None`: absent).
-    async fn view_shows(&self, key: &str, state: Option<&str>) {
-        let end = Instant::now() + Duration::from_secs(10);
-        loop {
-            let (_, v) = self.get_json("/v1/entities").await;
-            let found = v
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|e| e["key"] == key)
-                .map(|e| e["state"].as_str().unwrap_or("").to_owned());
-            if found.as_deref() == state {
-                return;
-            }
-            assert!(Instant::now() < end, "{key} never became {state:?}: {v}");
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    /// SIGTERM, wait, and the whole log.
-    fn stop(mut self) -> String {
-        let mut child = self.child.take().unwrap();
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let end = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                assert!(status.success(), "exit after SIGTERM: {status:?}");
-                break;
-            }
-            if Instant::now() > end {
-                let _ = child.kill();
-                panic!("did not stop within 15 s of SIGTERM; log:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        // Let the stderr reader reach the end.
-        std::thread::sleep(Duration::from_millis(100));
-        self.log()
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 /// One Server-Sent Event.
 #[derive(Debug, Clone)]
@@ -229,7 +47,7 @@ struct SseClient {
 impl SseClient {
     async fn open(host: &Host, query: &str, last_id: Option<&str>, token: Option<&str>) -> Self {
         let mut req = host
-            .http
+            .http()
             .get(host.url(&format!("/v1/changes{query}")))
             .header("accept", "text/event-stream");
         if let Some(id) = last_id {
@@ -330,6 +148,7 @@ fn change(e: &Sse) -> (u64, String, String) {
 
 fn static_host(http: &str) -> Host {
     Host::start(Setup {
+        data: RACK,
         instances: STATIC,
         http,
         env: &[],
@@ -354,7 +173,7 @@ const ENTITY_FIELDS: [&str; 10] = [
 async fn every_endpoint_answers() {
     let host = static_host("");
     host.ready().await;
-    let c = &host.http;
+    let c = host.http();
 
     let (status, v) = host.get_json("/healthz").await;
     assert_eq!((status, v), (200, serde_json::json!({"status": "ok"})));
@@ -478,6 +297,7 @@ async fn every_endpoint_answers() {
 #[tokio::test]
 async fn snapshot_errors_name_the_instance() {
     let host = Host::start(Setup {
+        data: RACK,
         instances: "[[instances]]\nname = \"broken\"\nlibrary = \"libsynchronizer_test_faulty.so\"\ninterval = \"1h\"\njitter = \"0s\"\n[instances.config]\nmode = \"fail\"\n",
         http: "",
         env: &[],
@@ -485,7 +305,7 @@ async fn snapshot_errors_name_the_instance() {
     });
     host.alive().await;
     let r = host
-        .http
+        .http()
         .post(host.url("/v1/snapshot?types=faulty.item"))
         .send()
         .await
@@ -500,7 +320,7 @@ async fn snapshot_errors_name_the_instance() {
     );
     // No collector provides the type.
     let r = host
-        .http
+        .http()
         .post(host.url("/v1/snapshot?types=nothing"))
         .send()
         .await
@@ -521,6 +341,7 @@ async fn snapshot_errors_name_the_instance() {
     host.stop();
 
     let host = Host::start(Setup {
+        data: RACK,
         instances: "[[instances]]\nname = \"hung\"\nlibrary = \"libsynchronizer_test_faulty.so\"\ninterval = \"1h\"\njitter = \"0s\"\ntimeout = \"300ms\"\n[instances.config]\nmode = \"hang\"\n",
         http: "",
         env: &[],
@@ -528,7 +349,7 @@ async fn snapshot_errors_name_the_instance() {
     });
     host.alive().await;
     let r = host
-        .http
+        .http()
         .post(host.url("/v1/snapshot"))
         .send()
         .await
@@ -544,6 +365,7 @@ async fn snapshot_errors_name_the_instance() {
 async fn readyz_is_503_until_the_first_snapshot() {
     let started = Instant::now();
     let host = Host::start(Setup {
+        data: RACK,
         instances: "[[instances]]\nname = \"slow\"\nlibrary = \"libsynchronizer_test_faulty.so\"\ninterval = \"1h\"\njitter = \"0s\"\n[instances.config]\nmode = \"slow\"\nblock_ms = 2500\n",
         http: "",
         env: &[],
@@ -760,7 +582,7 @@ async fn a_reconnecting_client_gets_exactly_what_it_missed() {
 
     // A malformed id is refused.
     let r = host
-        .http
+        .http()
         .get(host.url("/v1/changes"))
         .header("last-event-id", "yesterday")
         .send()
@@ -784,7 +606,7 @@ fn write_token(dir: &Path, token: &str) -> PathBuf {
 }
 
 async fn check_token_required(host: &Host, token: &str) {
-    let c = &host.http;
+    let c = host.http();
     for path in ["/v1/entities", "/v1/plugins", "/metrics", "/v1/changes"] {
         let r = c.get(host.url(path)).send().await.unwrap();
         assert_eq!(r.status(), 401, "{path} without a token");
@@ -845,6 +667,7 @@ async fn the_token_is_required_and_never_logged() {
     let file = write_token(dir.path(), &token);
     let http = format!("token_file = {:?}", file.display().to_string());
     let host = Host::start(Setup {
+        data: RACK,
         instances: STATIC,
         http: &http,
         env: &[],
@@ -860,6 +683,7 @@ async fn the_token_is_required_and_never_logged() {
     // From the environment, with JSON logs.
     let token = format!("env-{}-{}", std::process::id(), free_port());
     let host = Host::start(Setup {
+        data: RACK,
         instances: STATIC,
         http: "token_env = \"SYNC_TEST_HTTP_TOKEN\"",
         env: &[("SYNC_TEST_HTTP_TOKEN", &token)],
@@ -876,6 +700,7 @@ async fn the_token_is_required_and_never_logged() {
 async fn a_missing_token_keeps_the_api_closed() {
     // token_env names an unset variable: the API must not come up open.
     let host = Host::start(Setup {
+        data: RACK,
         instances: STATIC,
         http: "token_env = \"SYNC_TEST_HTTP_TOKEN_UNSET\"",
         env: &[],
@@ -891,7 +716,7 @@ async fn a_missing_token_keeps_the_api_closed() {
         "{}",
         host.log()
     );
-    assert!(host.http.get(host.url("/healthz")).send().await.is_err());
+    assert!(host.http().get(host.url("/healthz")).send().await.is_err());
     host.stop();
 }
 
@@ -914,7 +739,7 @@ fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]
 
 async fn scrape(host: &Host) -> prometheus_parse::Scrape {
     let text = host
-        .http
+        .http()
         .get(host.url("/metrics"))
         .send()
         .await
@@ -1045,6 +870,7 @@ fn instance(plugins: &Value, name: &str) -> Value {
 fn host_with_unreachable_bus(readiness: bool) -> Host {
     let instances = unreachable_bus(readiness);
     Host::start(Setup {
+        data: RACK,
         instances: &instances,
         http: "",
         env: &[],
@@ -1088,7 +914,7 @@ async fn a_bus_that_never_connected_is_degraded_and_readiness_waits_for_it() {
     assert!(!bus.to_string().contains("s3cr3t-pw"), "{bus}");
     assert_eq!(bus["status"]["reported_healthy"], false, "{bus}");
 
-    let r = host.http.get(host.url("/readyz")).send().await.unwrap();
+    let r = host.http().get(host.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 503);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["waiting_for"], serde_json::json!(["bus"]), "{v}");
@@ -1128,7 +954,7 @@ async fn a_bus_that_never_connected_is_degraded_and_readiness_waits_for_it() {
     // `synchronizer plugins` asks the running host and says the same.
     let out = Command::new(binary())
         .args(["plugins", "--config"])
-        .arg(host.dir.path().join("sync.toml"))
+        .arg(host.dir().join("sync.toml"))
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -1171,7 +997,7 @@ fn prometheus_tool(name: &str) -> PathBuf {
 
 /// The repository's alert rules.
 fn rules_dir() -> PathBuf {
-    synchronizer_tests::root().join("packaging/prometheus")
+    synchronizer_test_kit::paths::root().join("packaging/prometheus")
 }
 
 /// promtool's lint finds nothing to say about `/metrics` in the classic format, with
@@ -1181,7 +1007,7 @@ async fn promtool_finds_the_metrics_clean() {
     let host = host_with_unreachable_bus(false);
     host.ready().await;
     let text = host
-        .http
+        .http()
         .get(host.url("/metrics"))
         .header("accept", "text/plain;version=0.0.4")
         .send()
@@ -1260,7 +1086,7 @@ async fn a_real_prometheus_scrapes_the_host_and_evaluates_the_rules() {
         dir.path().join("alerts.yml"),
     )
     .unwrap();
-    let target = host.base.trim_start_matches("http://").to_owned();
+    let target = host.base().trim_start_matches("http://").to_owned();
     std::fs::write(
         dir.path().join("prometheus.yml"),
         format!(
@@ -1293,7 +1119,7 @@ async fn a_real_prometheus_scrapes_the_host_and_evaluates_the_rules() {
     let _server = Kill(server);
     let api = |path: &str| format!("http://127.0.0.1:{port}{path}");
     let get = |url: String| {
-        let http = host.http.clone();
+        let http = host.http().clone();
         async move {
             match http.get(url).send().await {
                 Ok(r) if r.status() == 200 => r.json::<Value>().await.ok(),

@@ -111,7 +111,7 @@ impl RawSse {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_client_is_resynced_and_never_holds_the_host_back() {
-    let config = synchronizer_tests::config("[http]\n");
+    let config = synchronizer_test_kit::host::config("[http]\n");
     let http = config.http.clone().unwrap();
     let sync = Arc::new(Synchronizer::start(config).await.unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -3,12 +3,10 @@
 //! slow, silent and idle connections are closed on time, a connection flood leaves
 //! `/healthz` answering and is counted, and nothing of it stays held afterwards.
 
-use std::io::Read;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use synchronizer_tests::{binary, env_or, free_port, plugins_dir};
+use synchronizer_test_kit::binary::{Host, Setup};
+use synchronizer_test_kit::sys::env_or;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -16,145 +14,18 @@ const STATIC: &str = "[[instances]]\nname = \"static-test\"\nlibrary = \"libsync
 
 const RACK: &str = "entities:\n  - type: rack\n    id: r1\n    state: available\n";
 
-/// A running `synchronizer run` with an `[http]` section.
-struct Host {
-    child: Child,
-    _dir: tempfile::TempDir,
-    addr: std::net::SocketAddr,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Host {
-    async fn start(http: &str) -> Host {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let data = dir.path().join("data");
-        std::fs::create_dir(&data).expect("data dir");
-        std::fs::write(data.join("rack.yaml"), RACK).expect("write yaml");
-        let port = free_port();
-        let instances = STATIC.replace("{data}", &format!("{:?}", data.display().to_string()));
-        let config = format!(
-            "plugins_dir = {:?}\n\n{instances}\n[http]\nlisten = \"127.0.0.1:{port}\"\n{http}\n",
-            plugins_dir().display().to_string(),
-        );
-        let file = dir.path().join("sync.toml");
-        std::fs::write(&file, config).expect("write config");
-        let mut child = Command::new(binary())
-            .args(["run", "--config"])
-            .arg(&file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .env("RUST_LOG", "info")
-            .spawn()
-            .expect("spawn synchronizer");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().expect("stderr");
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let host = Host {
-            child,
-            _dir: dir,
-            addr: ([127, 0, 0, 1], port).into(),
-            stderr,
-        };
-        let end = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(answer) = host.get("/healthz").await
-                && answer.starts_with("HTTP/1.1 200")
-            {
-                break;
-            }
-            assert!(
-                Instant::now() < end,
-                "the HTTP API never answered; log:\n{}",
-                host.log()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        host
-    }
-
-    fn log(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// The server's open file descriptors.
-    fn fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
-            .map(|d| d.count())
-            .unwrap_or(0)
-    }
-
-    /// One request on a new connection (`Connection: close`): the whole answer.
-    async fn get(&self, path: &str) -> std::io::Result<String> {
-        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        self.raw(request.as_bytes()).await
-    }
-
-    /// `bytes` on a new connection; everything read until the server closes (within 5 s).
-    async fn raw(&self, bytes: &[u8]) -> std::io::Result<String> {
-        let mut conn = TcpStream::connect(self.addr).await?;
-        conn.write_all(bytes).await?;
-        let mut out = Vec::new();
-        match tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut out)).await {
-            Ok(r) => r.map(|_| String::from_utf8_lossy(&out).into_owned()),
-            Err(_) => Err(std::io::Error::other("no end within 5 s")),
-        }
-    }
-
-    /// [`Host::get`], retried (bounded) while the connection is refused: the answer and
-    /// how many tries were refused.
-    async fn get_retry(&self, path: &str) -> (String, usize) {
-        let end = Instant::now() + Duration::from_secs(2);
-        let mut refused = 0;
-        loop {
-            match self.get(path).await {
-                Ok(a) if !a.is_empty() => return (a, refused),
-                r => assert!(Instant::now() < end, "{path}: {r:?}"),
-            }
-            refused += 1;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// A metric's value, asked on a new connection; retried (bounded) while the answer is
-    /// not a 200 (a slot still taken).
-    async fn metric(&self, name: &str) -> f64 {
-        let end = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Ok(text) = self.get("/metrics").await
-                && text.starts_with("HTTP/1.1 200")
-            {
-                let value = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix(&format!("{name} ")))
-                    .and_then(|v| v.trim().parse().ok());
-                match value {
-                    Some(v) => return v,
-                    None => panic!("{name} is not in the metrics:\n{text}"),
-                }
-            }
-            assert!(Instant::now() < end, "/metrics never answered 200");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A running `synchronizer run` with `http` in its `[http]` section, once `/healthz`
+/// answers.
+async fn start(http: &str) -> Host {
+    let host = Host::start(Setup {
+        instances: STATIC,
+        data: RACK,
+        http,
+        env: &[("RUST_LOG", "info")],
+        ..Setup::default()
+    });
+    host.alive().await;
+    host
 }
 
 /// How long until the server ends `conn` (EOF or reset), at most `within`; reads and
@@ -202,9 +73,9 @@ const TIMEOUTS: &str = "header_timeout = \"1s\"\nidle_timeout = \"2s\"\n";
 
 #[tokio::test]
 async fn silent_connections_are_closed_within_the_header_timeout() {
-    let host = Host::start(TIMEOUTS).await;
+    let host = start(TIMEOUTS).await;
     let started = Instant::now();
-    let mut silent = TcpStream::connect(host.addr).await.unwrap();
+    let mut silent = TcpStream::connect(host.addr()).await.unwrap();
     let took = closed_after(&mut silent, Duration::from_secs(5)).await;
     let took = took.unwrap_or_else(|| panic!("a silent connection was still open after 5 s"));
     assert!(
@@ -215,8 +86,8 @@ async fn silent_connections_are_closed_within_the_header_timeout() {
 
 #[tokio::test]
 async fn slowloris_connections_are_closed_within_the_header_timeout() {
-    let host = Host::start(TIMEOUTS).await;
-    let conn = TcpStream::connect(host.addr).await.unwrap();
+    let host = start(TIMEOUTS).await;
+    let conn = TcpStream::connect(host.addr()).await.unwrap();
     let (mut read, mut write) = conn.into_split();
     // A header line every 200 ms, never the blank line that ends the head: well under
     // the idle timeout between two writes, so only the head's own deadline can end it.
@@ -264,8 +135,8 @@ async fn slowloris_connections_are_closed_within_the_header_timeout() {
 
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
-    let host = Host::start(TIMEOUTS).await;
-    let mut conn = TcpStream::connect(host.addr).await.unwrap();
+    let host = start(TIMEOUTS).await;
+    let mut conn = TcpStream::connect(host.addr()).await.unwrap();
     // Two requests on the connection, the second after more than the header timeout:
     // between requests the idle timeout (2 s) applies, not the header timeout (1 s).
     for pause in [Duration::ZERO, Duration::from_millis(1500)] {
@@ -300,8 +171,8 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
 
 #[tokio::test]
 async fn a_change_stream_outlives_the_idle_and_header_timeouts() {
-    let host = Host::start(TIMEOUTS).await;
-    let mut conn = TcpStream::connect(host.addr).await.unwrap();
+    let host = start(TIMEOUTS).await;
+    let mut conn = TcpStream::connect(host.addr()).await.unwrap();
     conn.write_all(b"GET /v1/changes HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
@@ -327,7 +198,7 @@ async fn a_change_stream_outlives_the_idle_and_header_timeouts() {
 
 #[tokio::test]
 async fn oversized_heads_and_bodies_are_refused() {
-    let host = Host::start("max_headers = 8\nmax_body_bytes = 1000\n").await;
+    let host = start("max_headers = 8\nmax_body_bytes = 1000\n").await;
     let mut many = String::from("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
     for i in 0..20 {
         many.push_str(&format!("X-H{i}: v\r\n"));
@@ -353,7 +224,7 @@ async fn oversized_heads_and_bodies_are_refused() {
 #[tokio::test]
 async fn beyond_the_limit_the_reserve_answers_health_and_the_rest_is_refused_and_counted() {
     let host =
-        Host::start("max_connections = 3\nreserved_connections = 1\nheader_timeout = \"20s\"\nidle_timeout = \"20s\"\n")
+        start("max_connections = 3\nreserved_connections = 1\nheader_timeout = \"20s\"\nidle_timeout = \"20s\"\n")
             .await;
     assert_eq!(
         host.metric("synchronizer_http_connections_refused_total")
@@ -366,7 +237,7 @@ async fn beyond_the_limit_the_reserve_answers_health_and_the_rest_is_refused_and
     let mut held = Vec::new();
     let end = Instant::now() + Duration::from_secs(5);
     while held.len() < 3 {
-        let mut c = TcpStream::connect(host.addr).await.unwrap();
+        let mut c = TcpStream::connect(host.addr()).await.unwrap();
         c.write_all(b"GET /v1/entities HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .unwrap();
@@ -392,7 +263,7 @@ async fn beyond_the_limit_the_reserve_answers_health_and_the_rest_is_refused_and
     let (mut reserve, reserve_at) = loop {
         let at = Instant::now();
         // A connection refused at once may already be reset when connect() returns.
-        if let Ok(mut c) = TcpStream::connect(host.addr).await
+        if let Ok(mut c) = TcpStream::connect(host.addr()).await
             && closed_after(&mut c, Duration::from_millis(300))
                 .await
                 .is_none()
@@ -405,7 +276,7 @@ async fn beyond_the_limit_the_reserve_answers_health_and_the_rest_is_refused_and
     seen_refused += attempts;
     // ... and while it holds the reserve, the next connection is refused at once.
     let started = Instant::now();
-    if let Ok(mut refused) = TcpStream::connect(host.addr).await {
+    if let Ok(mut refused) = TcpStream::connect(host.addr()).await {
         closed_after(&mut refused, Duration::from_secs(3))
             .await
             .unwrap_or_else(|| panic!("a connection beyond the limit and reserve was kept"));
@@ -462,7 +333,7 @@ async fn a_connection_flood_leaves_healthz_answering_and_nothing_held_after_it()
     let flood = want.min(limit.saturating_sub(256)) as usize;
     assert!(flood >= 1000, "fd limit {limit} leaves too few for a flood");
     let max = 200;
-    let host = Host::start(&format!(
+    let host = start(&format!(
         "max_connections = {max}\nreserved_connections = 4\nheader_timeout = \"10s\"\nidle_timeout = \"10s\"\n"
     ))
     .await;
@@ -473,7 +344,7 @@ async fn a_connection_flood_leaves_healthz_answering_and_nothing_held_after_it()
     let mut reset = 0;
     let mut error = None;
     for _ in 0..flood {
-        match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(host.addr)).await {
+        match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(host.addr())).await {
             Ok(Ok(c)) => conns.push(c),
             // Refused at once: the reset came before the connect was seen complete.
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => reset += 1,

@@ -4,7 +4,8 @@
 
 use synchronizer::loader::{LoadError, load};
 use synchronizer::{Health, PluginHealth, StartError, Synchronizer};
-use synchronizer_tests::{config, plugin, plugins_dir};
+use synchronizer_test_kit::host::config;
+use synchronizer_test_kit::paths::{plugin, plugins_dir};
 
 #[test]
 fn a_good_plugin_loads_with_its_metadata() {

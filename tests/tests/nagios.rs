@@ -7,9 +7,11 @@
 use std::time::Duration;
 
 use synchronizer::status::Health;
-use synchronizer::{Action, Event, SubscribeOptions, Synchronizer};
-use synchronizer_tests::http::{FixtureServer, Reply};
-use synchronizer_tests::{config, root};
+use synchronizer::{Action, SubscribeOptions, Synchronizer};
+use synchronizer_test_kit::host::config;
+use synchronizer_test_kit::host::{Seen, by_name, queued_ids};
+use synchronizer_test_kit::http::{FixtureServer, Reply};
+use synchronizer_test_kit::paths::root;
 
 const SERVICES: &str = "/cgi-bin/nagios4/statusjson.cgi?query=servicelist&details=true";
 const HOSTS: &str = "/cgi-bin/nagios4/statusjson.cgi?query=hostlist&details=true";
@@ -40,19 +42,9 @@ key = "static.node:this-machine"
     Synchronizer::start(c).await.expect("starts")
 }
 
-fn changes(sub: &mut synchronizer::Subscription) -> Vec<(Action, String, Option<String>)> {
-    let mut out = Vec::new();
-    while let Some(e) = sub.try_recv() {
-        if let Event::Change(c) = e {
-            out.push((
-                c.action,
-                c.entity.id().to_owned(),
-                c.entity.state().map(str::to_owned),
-            ));
-        }
-    }
-    out.sort_by(|a, b| a.1.cmp(&b.1));
-    out
+/// The changes queued for `sub`, as `(action, id, state)`, sorted by id.
+fn changes(sub: &mut synchronizer::Subscription) -> Vec<Seen> {
+    by_name(queued_ids(sub))
 }
 
 #[tokio::test]

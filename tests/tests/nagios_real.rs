@@ -14,7 +14,8 @@
 use std::process::Command;
 
 use synchronizer::{Action, Event, SubscribeOptions, Synchronizer};
-use synchronizer_tests::{config, root};
+use synchronizer_test_kit::host::config;
+use synchronizer_test_kit::paths::root;
 
 /// Sets a state with a result checked now.
 fn set_state(host: &str, service: &str, state: &str, output: &str) {

@@ -14,8 +14,9 @@
 use synchronizer::{Action, Event, SubscribeOptions, Synchronizer};
 use synchronizer_openstack::time::parse_timestamp;
 use synchronizer_plugin_api::time::format_rfc3339_micros;
-use synchronizer_tests::http::{FixtureServer, Reply};
-use synchronizer_tests::{config, root};
+use synchronizer_test_kit::host::config;
+use synchronizer_test_kit::http::{FixtureServer, Reply};
+use synchronizer_test_kit::paths::root;
 
 const SERVICES: &str = "/cgi-bin/nagios4/statusjson.cgi?query=servicelist&details=true";
 const HOSTS: &str = "/cgi-bin/nagios4/statusjson.cgi?query=hostlist&details=true";

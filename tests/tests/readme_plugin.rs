@@ -13,7 +13,7 @@ use std::time::Duration;
 use synchronizer::instance::PluginInstance;
 use synchronizer::loader::load;
 use synchronizer::{Action, Config, Event, SubscribeOptions, Synchronizer};
-use synchronizer_tests::{root, target_dir};
+use synchronizer_test_kit::paths::{root, target_dir};
 
 /// The fenced blocks of `lang` in the README's section `heading`, in order.
 fn blocks(readme: &str, heading: &str, lang: &str) -> Vec<String> {

@@ -7,7 +7,8 @@ use std::io::Read as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use synchronizer_tests::{binary, free_port, plugins_dir};
+use synchronizer_test_kit::paths::{binary, plugins_dir};
+use synchronizer_test_kit::sys::free_port;
 
 /// The password of every mistake; any part of it printed is a leak.
 const MARK: &str = "Zq9SECRETpw";

@@ -7,7 +7,8 @@ use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use synchronizer_tests::{binary, env_or, free_port, plugins_dir};
+use synchronizer_test_kit::paths::{binary, plugins_dir};
+use synchronizer_test_kit::sys::{env_or, free_port};
 
 /// Receives notify messages until one equals `want`, or fails after `within`.
 fn wait_for_state(socket: &UnixDatagram, want: &str, within: Duration, seen: &mut Vec<String>) {

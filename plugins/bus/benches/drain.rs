@@ -32,7 +32,6 @@
 //! when a target is missed. Without `--bench` (as `cargo test --benches` runs it) it
 //! does nothing.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -46,29 +45,13 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use synchronizer::{Event, SubscribeOptions, Synchronizer};
+use synchronizer_test_kit::broker::BROKER;
+use synchronizer_test_kit::paths::plugin_library_dir;
+use synchronizer_test_kit::sys::env_or;
 
-const BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const FIXTURE: &str = include_str!(
     "../tests/fixtures/nova-30/versioned_notifications.info__instance.update.raw.json"
 );
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn plugin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("bench binary path");
-    let deps = exe.parent().expect("deps").to_path_buf();
-    for dir in [deps.clone(), deps.join("..")] {
-        if dir.join("libsynchronizer_bus.so").exists() {
-            return dir;
-        }
-    }
-    panic!("libsynchronizer_bus.so not found beside {}", exe.display());
-}
 
 /// Real-format bodies: the captured envelope with a fresh message id, `_unique_id` and
 /// instance uuid (`...-<i>`), so every message is a distinct change.
@@ -263,7 +246,7 @@ exchange = "{exchange}"
 topics = ["{topic}"]
 {extra}
 "#,
-        dir = plugin_dir().display()
+        dir = plugin_library_dir("synchronizer_bus").display()
     );
     toml
 }
@@ -291,8 +274,8 @@ impl Consumer {
 }
 
 /// The release binary beside the plugin (`cargo build --release -p synchronizer`).
-fn binary() -> PathBuf {
-    let dir = plugin_dir();
+fn binary() -> std::path::PathBuf {
+    let dir = plugin_library_dir("synchronizer_bus");
     match [dir.join("synchronizer"), dir.join("../synchronizer")]
         .into_iter()
         .find(|p| p.exists())

@@ -1,14 +1,11 @@
 //! Integration tests of the bus plugin against the real RabbitMQ and the real
 //! oslo.messaging publisher. Each test has its own exchanges, topics, queues and
-//! dead-letter queue, so they run in parallel. See tests/common/mod.rs for the setup they
+//! dead-letter queue, so they run in parallel. See the test kit's `broker` module (test-kit/src/broker.rs) for the setup they
 //! need (they fail, not pass, without a broker).
-
-mod common;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::*;
 use synchronizer::{Action, Event, SubscribeOptions, Synchronizer};
 use synchronizer_bus::Bus;
 use synchronizer_bus::config::Subscription;
@@ -16,6 +13,12 @@ use synchronizer_bus::mapping::{
     Families, Family, Interpretation, Interpreted, interpret, parse_timestamp,
 };
 use synchronizer_plugin_api::{Change, Direction};
+use synchronizer_test_kit::broker::*;
+use synchronizer_test_kit::bus::*;
+use synchronizer_test_kit::oslo::*;
+use synchronizer_test_kit::paths::plugin_library_dir;
+use synchronizer_test_kit::sys::unique;
+use synchronizer_test_kit::wait::{wait_for, wait_until};
 use tokio_util::sync::CancellationToken;
 
 const V_UPDATE: &str = "nova-30/versioned_notifications.info__instance.update.raw.json";
@@ -71,6 +74,13 @@ async fn lifecycle_through_the_loaded_plugin() {
     let tag = unique("lifecycle");
     let exchange = format!("nova-{tag}");
     let topic = format!("t-{tag}");
+    let _cleanup = Cleanup::new()
+        .queues([
+            format!("{topic}.info"),
+            format!("{topic}.error"),
+            format!("{tag}.dlq"),
+        ])
+        .exchanges([exchange.clone(), format!("{tag}.dlx")]);
     let toml = format!(
         r#"
 plugins_dir = "{dir}"
@@ -94,7 +104,7 @@ durable = false
 exchange = "{exchange}"
 topics = ["{topic}"]
 "#,
-        dir = plugin_dir().display()
+        dir = plugin_library_dir("synchronizer_bus").display()
     );
     let config = synchronizer::Config::from_toml(&toml).expect("host config");
     let sync = Synchronizer::start(config)
@@ -235,17 +245,6 @@ topics = ["{topic}"]
     assert_eq!(current[0].id(), v);
 
     sync.shutdown().await;
-    let conn = connect().await;
-    cleanup(
-        conn,
-        &[
-            format!("{topic}.info"),
-            format!("{topic}.error"),
-            format!("{tag}.dlq"),
-        ],
-        &[exchange, format!("{tag}.dlx")],
-    )
-    .await;
 }
 
 /// Legacy Nova notifications (one sent by the older `messaging` driver, unwrapped) and
@@ -259,6 +258,13 @@ async fn legacy_heat_and_the_older_driver_in_process() {
     let tag = unique("legacy");
     let (nova, heat) = (format!("nova-{tag}"), format!("heat-{tag}"));
     let topic = format!("t-{tag}");
+    let _cleanup = Cleanup::new()
+        .queues([
+            format!("{topic}.info"),
+            format!("{topic}.error"),
+            format!("{tag}.dlq"),
+        ])
+        .exchanges([nova.clone(), heat.clone(), format!("{tag}.dlx")]);
     let mut config = config(
         vec![subscription(&nova, &topic), subscription(&heat, &topic)],
         &tag,
@@ -349,16 +355,7 @@ async fn legacy_heat_and_the_older_driver_in_process() {
     for q in [format!("{topic}.info"), format!("{topic}.error")] {
         assert_eq!(ready(&conn, &q).await, Some(0), "{q} is drained");
     }
-    cleanup(
-        conn,
-        &[
-            format!("{topic}.info"),
-            format!("{topic}.error"),
-            format!("{tag}.dlq"),
-        ],
-        &[nova, heat, format!("{tag}.dlx")],
-    )
-    .await;
+    close(conn).await;
 }
 
 /// The same message twice on one queue, and one notification sent to two topics (same
@@ -370,6 +367,14 @@ async fn duplicates_are_dropped() {
     let tag = unique("dups");
     let exchange = format!("nova-{tag}");
     let (t1, t2) = (format!("a-{tag}"), format!("b-{tag}"));
+    let _cleanup = Cleanup::new()
+        .queues(
+            [&t1, &t2]
+                .iter()
+                .flat_map(|t| [format!("{t}.info"), format!("{t}.error")]),
+        )
+        .queues([format!("{tag}.dlq")])
+        .exchanges([exchange.clone(), format!("{tag}.dlx")]);
     let mut sub = subscription(&exchange, &t1);
     sub.topics.push(t2.clone());
     let bus = std::sync::Arc::new(Bus::new(config(vec![sub], &tag), "dups").unwrap());
@@ -413,7 +418,7 @@ async fn duplicates_are_dropped() {
     for q in &queues[..4] {
         assert_eq!(ready(&conn, q).await, Some(0), "{q}");
     }
-    cleanup(conn, &queues, &[exchange, format!("{tag}.dlx")]).await;
+    close(conn).await;
 }
 
 /// Malformed messages on the queue oslo declares itself: republished to the dead-letter
@@ -426,6 +431,13 @@ async fn malformed_messages_go_to_the_dead_letter_queue() {
     let tag = unique("malformed");
     let exchange = format!("nova-{tag}");
     let topic = format!("t-{tag}");
+    let _cleanup = Cleanup::new()
+        .queues([
+            format!("{topic}.info"),
+            format!("{topic}.error"),
+            format!("{tag}.dlq"),
+        ])
+        .exchanges([exchange.clone(), format!("{tag}.dlx")]);
     let bus = std::sync::Arc::new(
         Bus::new(
             config(vec![subscription(&exchange, &topic)], &tag),
@@ -520,16 +532,7 @@ async fn malformed_messages_go_to_the_dead_letter_queue() {
         (5, 2, 2, 3),
         "{s:?}"
     );
-    cleanup(
-        conn,
-        &[
-            format!("{topic}.info"),
-            format!("{topic}.error"),
-            format!("{tag}.dlq"),
-        ],
-        &[exchange, format!("{tag}.dlx")],
-    )
-    .await;
+    close(conn).await;
 }
 
 /// On a queue of our own (declared with `x-dead-letter-exchange`), a malformed message
@@ -541,6 +544,13 @@ async fn malformed_messages_on_our_own_queue_are_rejected_to_the_dead_letter_exc
     let tag = unique("reject");
     let exchange = format!("nova-{tag}");
     let topic = format!("t-{tag}");
+    let _cleanup = Cleanup::new()
+        .queues([
+            format!("sync.{topic}.info"),
+            format!("{topic}.info"),
+            format!("{tag}.dlq"),
+        ])
+        .exchanges([exchange.clone(), format!("{tag}.dlx")]);
     let mut sub = subscription(&exchange, &topic);
     sub.queue = Some("sync.{topic}.{priority}".into());
     sub.priorities = Some(vec!["info".into()]);
@@ -557,7 +567,7 @@ async fn malformed_messages_on_our_own_queue_are_rejected_to_the_dead_letter_exc
     publish(&[Spec::new(V_CREATE, &exchange, &topic)
         .uuid(&uuid(0x4e, 1))
         .at("2026-11-25 08:37:41")]);
-    wait_until(WAIT, "1 change", || sink.len() >= 1).await;
+    wait_until(WAIT, "1 change", || !sink.is_empty()).await;
     wait_until(WAIT, "1 dead letter", || bus.stats().malformed >= 1).await;
     // The broker dead-letters asynchronously.
     let dlq = format!("{tag}.dlq");
@@ -581,12 +591,7 @@ async fn malformed_messages_on_our_own_queue_are_rejected_to_the_dead_letter_exc
 
     stop_bus(stop, handle).await;
     assert_eq!(ready(&conn, &own).await, Some(0));
-    cleanup(
-        conn,
-        &[own, format!("{topic}.info"), format!("{tag}.dlq")],
-        &[exchange, format!("{tag}.dlx")],
-    )
-    .await;
+    close(conn).await;
 }
 
 /// Shutdown while messages are in flight: what was received is handed over and
@@ -599,6 +604,13 @@ async fn shutdown_with_messages_in_flight_loses_nothing() {
     let tag = unique("shutdown");
     let exchange = format!("nova-{tag}");
     let topic = format!("t-{tag}");
+    let _cleanup = Cleanup::new()
+        .queues([
+            format!("{topic}.info"),
+            format!("{topic}.error"),
+            format!("{tag}.dlq"),
+        ])
+        .exchanges([exchange.clone(), format!("{tag}.dlx")]);
     let specs: Vec<Spec> = (0..N)
         .map(|i| {
             Spec::new(V_UPDATE, &exchange, &topic)
@@ -661,12 +673,7 @@ async fn shutdown_with_messages_in_flight_loses_nothing() {
     all.dedup();
     assert_eq!(all.len(), N as usize, "every message was delivered");
     assert_eq!(ready(&conn, &queue).await, Some(0));
-    cleanup(
-        conn,
-        &[queue, format!("{topic}.error"), format!("{tag}.dlq")],
-        &[exchange, format!("{tag}.dlx")],
-    )
-    .await;
+    close(conn).await;
 }
 
 /// When the host refuses a batch, its messages are not acknowledged: they are still in
@@ -678,6 +685,13 @@ async fn a_refused_batch_is_not_acknowledged() {
     let tag = unique("refused");
     let exchange = format!("nova-{tag}");
     let topic = format!("t-{tag}");
+    let _cleanup = Cleanup::new()
+        .queues([
+            format!("{topic}.info"),
+            format!("{topic}.error"),
+            format!("{tag}.dlq"),
+        ])
+        .exchanges([exchange.clone(), format!("{tag}.dlx")]);
     let specs: Vec<Spec> = (0..5)
         .map(|i| {
             Spec::new(V_UPDATE, &exchange, &topic)
@@ -710,12 +724,7 @@ async fn a_refused_batch_is_not_acknowledged() {
         ready(&conn, &queue).await == Some(4)
     })
     .await;
-    cleanup(
-        conn,
-        &[queue, format!("{topic}.error"), format!("{tag}.dlq")],
-        &[exchange, format!("{tag}.dlx")],
-    )
-    .await;
+    close(conn).await;
 }
 
 /// amqps:// with the test CA (scripts/rabbitmq/ensure.sh makes it), after failing over
@@ -733,6 +742,13 @@ async fn tls_with_a_custom_ca_and_failover() {
     let tag = unique("tls");
     let exchange = format!("nova-{tag}");
     let topic = format!("t-{tag}");
+    let _cleanup = Cleanup::new()
+        .queues([
+            format!("{topic}.info"),
+            format!("{topic}.error"),
+            format!("{tag}.dlq"),
+        ])
+        .exchanges([exchange.clone(), format!("{tag}.dlx")]);
     let mut cfg = config(vec![subscription(&exchange, &topic)], &tag);
     cfg.urls = vec![
         "amqps://guest:guest@127.0.0.1:1/%2f".into(),
@@ -772,18 +788,6 @@ async fn tls_with_a_custom_ca_and_failover() {
     );
     assert!(!message.contains("s3cr3t-pw"), "{message}");
     stop_bus(stop, handle).await;
-
-    let conn = connect().await;
-    cleanup(
-        conn,
-        &[
-            format!("{topic}.info"),
-            format!("{topic}.error"),
-            format!("{tag}.dlq"),
-        ],
-        &[exchange, format!("{tag}.dlx")],
-    )
-    .await;
 }
 
 /// A wrong password is reported without the password.
@@ -818,8 +822,7 @@ async fn the_vhost_is_configurable() {
     logs();
     require_broker().await;
     let tag = unique("vhost");
-    rabbitmqctl(&["add_vhost", &tag]);
-    rabbitmqctl(&["set_permissions", "-p", &tag, "guest", ".*", ".*", ".*"]);
+    let _vhost = Vhost::add(&tag);
     let topic = format!("t-{tag}");
     let mut cfg = config(vec![subscription("nova", &topic)], &tag);
     cfg.vhost = Some(tag.clone());
@@ -834,7 +837,6 @@ async fn the_vhost_is_configurable() {
     );
     wait_until(WAIT, "a change from the vhost", || sink.len() == 1).await;
     stop_bus(stop, handle).await;
-    rabbitmqctl(&["delete_vhost", &tag]);
 }
 
 /// Subscriptions of the default configuration, for the record.

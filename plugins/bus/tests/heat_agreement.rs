@@ -13,8 +13,6 @@
 //! *derived* file of that directory (the captured cloud had no Nova, Cinder or Neutron;
 //! see its PROVENANCE.md). A loopback server replays them over real HTTP. No broker.
 
-mod through_hub;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,19 +27,14 @@ use synchronizer_bus::mapping::{Families, Interpretation, interpret, parse_times
 use synchronizer_openstack::heat_stack::{ApiResources, ApiStack, comprises, resource_types};
 use synchronizer_openstack::testing::{Reply, Server, keystone_token_reply};
 use synchronizer_plugin_api::{Change, Entity};
-use through_hub::{counts, drain, snapshot, upsert};
+use synchronizer_test_kit::heat::{
+    BASIC_A, FAILING_A, GLOBAL as STACKS, NESTED_A, RES_BASIC_A, RES_FAILING_A, RES_NESTED_A, TOKEN,
+};
+use synchronizer_test_kit::host::drain_ids as drain;
+use synchronizer_test_kit::hub::{counts, snapshot, upsert};
 
-const TOKEN: &str = include_str!("../../heat/tests/fixtures/keystone-auth-tokens.json");
-const STACKS: &str = include_str!("../../heat/tests/fixtures/stacks-global.json");
-const RES_BASIC_A: &str = include_str!("../../heat/tests/fixtures/resources-basic-a.derived.json");
-const RES_FAILING_A: &str = include_str!("../../heat/tests/fixtures/resources-failing-a.json");
-const RES_NESTED_A: &str = include_str!("../../heat/tests/fixtures/resources-nested-a-depth3.json");
 const INFO: &str = include_str!("fixtures/heat-24/notifications-vitrage_notifications.info.json");
 const ERROR: &str = include_str!("fixtures/heat-24/notifications-vitrage_notifications.error.json");
-
-const BASIC_A: &str = "8b975fd3-1abc-42db-8f09-7cc89cac27cd";
-const FAILING_A: &str = "1e700381-8647-4e2f-b67f-a0f5a87597d4";
-const NESTED_A: &str = "099f3b7e-b363-4f5d-86b6-61ea8ddb238f";
 
 /// The mapping both sides are configured with: the defaults, and two of Heat's own
 /// resource types so that the captured (non-derived) resources give relations too.

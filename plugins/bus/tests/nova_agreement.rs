@@ -10,8 +10,6 @@
 //! All captured from the same Nova 30.3 run (plugins/nova/tests/fixtures and
 //! tests/fixtures/nova-30; see their PROVENANCE.md). No broker needed.
 
-mod through_hub;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,12 +19,12 @@ use synchronizer::hub::{Applied, Hub, Origin, TypeFilter};
 use synchronizer_bus::mapping::{Families, Interpretation, interpret, parse_timestamp};
 use synchronizer_openstack::nova_instance::{ApiServer, status_from_state};
 use synchronizer_plugin_api::{Change, Entity};
-use through_hub::{counts, drain, snapshot, upsert};
+use synchronizer_test_kit::host::drain_ids as drain;
+use synchronizer_test_kit::hub::{counts, snapshot, upsert};
 
 /// `GET /servers/detail?all_tenants=1` (microversion 2.53) from the Nova collector's
 /// fixtures.
-const SERVERS: &[u8] =
-    include_bytes!("../../nova/tests/fixtures/servers-detail-all_tenants.mv2.53.json");
+const SERVERS: &[u8] = synchronizer_test_kit::nova::ALL.as_bytes();
 const V_CREATE: &str =
     include_str!("fixtures/nova-30/versioned_notifications.info__instance.create.end.raw.json");
 const L_CREATE: &str = include_str!(
@@ -38,8 +36,7 @@ const L_POWER_OFF: &str = include_str!(
     "fixtures/nova-30/vitrage_notifications.info__compute.instance.power_off.end.raw.json"
 );
 
-const VM_A1: &str = "21531c76-f1e4-41a9-ac03-54c2993a7c4c";
-const VM_A3: &str = "fbcbef24-d6c0-47fb-8152-f633a837780f";
+use synchronizer_test_kit::nova::{VM_A1, VM_A3};
 
 /// The collector's entities of a `/servers/detail` body: the Nova plugin parses its pages
 /// into `ApiServer`s and makes each an entity with `ApiServer::into_entity`.

@@ -23,13 +23,6 @@
 //!   updates were sent and consumed, poll: the view equals Nova's listing, and no
 //!   `created` follows the server's `deleted`.
 
-mod common;
-#[path = "../../nova/tests/common/mod.rs"]
-mod nova;
-#[path = "../../nova/tests/real_api/mod.rs"]
-mod real_api;
-mod through_hub;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,13 +31,22 @@ use lapin::options::{
     BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Channel, ExchangeKind};
 use serde_json::{Value, json};
 use synchronizer::hub::{Hub, Origin, TypeFilter};
 use synchronizer::{Action, Event, SubscribeOptions, Synchronizer};
 use synchronizer_bus::mapping::{Families, Interpretation, interpret, parse_timestamp};
 use synchronizer_plugin_api::Change;
-use through_hub::{counts, push};
+use synchronizer_test_kit::broker::{Cleanup, close, connect_to, rabbitmqctl};
+use synchronizer_test_kit::bus::logs;
+use synchronizer_test_kit::hub::{counts, push};
+use synchronizer_test_kit::nova::lab::{Api, poll};
+use synchronizer_test_kit::paths::plugin_library;
+use synchronizer_test_kit::sys::unique;
+use synchronizer_test_kit::wait::wait_until;
+
+/// What starts the lab Nova's RabbitMQ vhost.
+const LAB: &str = "start the lab with scripts/openstack/nova.sh";
 
 /// The lab Nova's exchange and the two topics it sends on (nova.sh).
 const EXCHANGE: &str = "nova";
@@ -320,20 +322,6 @@ fn a_soft_deleted_server_is_deleted_and_created_again_when_restored() {
     );
 }
 
-/// Connects to the lab Nova's vhost.
-async fn connect(url: &str) -> Connection {
-    let props = ConnectionProperties::default()
-        .with_executor(tokio_executor_trait::Tokio::current())
-        .with_reactor(tokio_reactor_trait::Tokio);
-    match tokio::time::timeout(Duration::from_secs(10), Connection::connect(url, props)).await {
-        Ok(Ok(c)) => c,
-        other => panic!(
-            "the lab Nova's RabbitMQ vhost ({}) is not reachable: {other:?}; start the lab with scripts/openstack/nova.sh",
-            synchronizer_plugin_api::redact::redact_url(url)
-        ),
-    }
-}
-
 /// A queue of this test's own, bound like oslo's `<topic>.info`: it sees every
 /// notification the bus plugin's queue sees, from now on. Exclusive: it goes away with
 /// the connection.
@@ -394,7 +382,7 @@ fn vhost(url: &str) -> String {
 
 /// Messages in `queue` of `vhost`, ready or delivered and not yet acknowledged.
 fn in_queue(vhost: &str, queue: &str) -> Option<u64> {
-    common::rabbitmqctl(&[
+    rabbitmqctl(&[
         "-q",
         "list_queues",
         "--no-table-headers",
@@ -413,7 +401,7 @@ fn in_queue(vhost: &str, queue: &str) -> Option<u64> {
 /// run that failed left (a queue bound to Nova's exchange fills up while nobody reads it).
 fn leftovers(vhost: &str, prefix: &str) -> (Vec<String>, Vec<String>) {
     let names = |what: &str| -> Vec<String> {
-        common::rabbitmqctl(&["-q", what, "--no-table-headers", "-p", vhost, "name"])
+        rabbitmqctl(&["-q", what, "--no-table-headers", "-p", vhost, "name"])
             .lines()
             .map(str::trim)
             .filter(|n| n.starts_with(prefix))
@@ -481,8 +469,8 @@ exchange = "{EXCHANGE}"
 topics = ["{VERSIONED}", "{LEGACY}"]
 queue = "{tag}.{{topic}}.{{priority}}"
 "#,
-        nova_so = nova::plugin_library("synchronizer_nova").display(),
-        bus_so = nova::plugin_library("synchronizer_bus").display(),
+        nova_so = plugin_library("synchronizer_nova").display(),
+        bus_so = plugin_library("synchronizer_bus").display(),
     )
 }
 
@@ -507,8 +495,8 @@ fn record(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the real services: scripts/test.sh starts them and runs it with --ignored"]
 async fn a_real_nova_deleting_a_server_with_both_plugins() {
-    common::logs();
-    let api = real_api::Api::from_env();
+    logs();
+    let api = Api::from_env();
     let Ok(amqp) = std::env::var("SYNCHRONIZER_REAL_NOVA_AMQP") else {
         panic!(
             "SYNCHRONIZER_REAL_NOVA_AMQP is not set: scripts/openstack/nova.sh prints it (scripts/test.sh sets it)"
@@ -517,9 +505,9 @@ async fn a_real_nova_deleting_a_server_with_both_plugins() {
     let vhost = vhost(&amqp);
     api.delete_named("real-nova-deletes-").await;
     let (queues, exchanges) = leftovers(&vhost, "real-nova-deletes-");
-    common::cleanup(connect(&amqp).await, &queues, &exchanges).await;
-    let tag = common::unique("real-nova-deletes");
-    let conn = connect(&amqp).await;
+    drop(Cleanup::on(&amqp).queues(queues).exchanges(exchanges));
+    let tag = unique("real-nova-deletes");
+    let conn = connect_to(&amqp, LAB).await;
     let ch = conn.create_channel().await.expect("channel");
     let observers = [
         observe(&ch, &tag, VERSIONED).await,
@@ -529,6 +517,10 @@ async fn a_real_nova_deleting_a_server_with_both_plugins() {
         format!("{tag}.{VERSIONED}.info"),
         format!("{tag}.{LEGACY}.info"),
     ];
+    let _cleanup = Cleanup::on(&amqp)
+        .queues(bus_queues.iter().cloned())
+        .queues([format!("{tag}.dlq")])
+        .exchanges([format!("{tag}.dlx")]);
 
     let config =
         synchronizer::Config::from_toml(&host_toml(&tag, &api.nova, &amqp)).expect("host config");
@@ -542,7 +534,7 @@ async fn a_real_nova_deleting_a_server_with_both_plugins() {
         assert!(Instant::now() < deadline, "the first poll never completed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    common::wait_until(Duration::from_secs(30), "the bus's queues", || {
+    wait_until(Duration::from_secs(30), "the bus's queues", || {
         bus_queues.iter().all(|q| in_queue(&vhost, q).is_some())
     })
     .await;
@@ -587,11 +579,11 @@ async fn a_real_nova_deleting_a_server_with_both_plugins() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    common::wait_until(Duration::from_secs(60), "the bus to consume them", || {
+    wait_until(Duration::from_secs(60), "the bus to consume them", || {
         bus_queues.iter().all(|q| in_queue(&vhost, q) == Some(0))
     })
     .await;
-    real_api::poll(&sync, &["nova.instance"]).await;
+    poll(&sync, &["nova.instance"]).await;
     record(&mut sub, &mut changes);
 
     let mine: Vec<Seen> = seen
@@ -652,7 +644,5 @@ async fn a_real_nova_deleting_a_server_with_both_plugins() {
     }
 
     sync.shutdown().await;
-    let mut queues: Vec<String> = bus_queues.to_vec();
-    queues.push(format!("{tag}.dlq"));
-    common::cleanup(conn, &queues, &[format!("{tag}.dlx")]).await;
+    close(conn).await;
 }

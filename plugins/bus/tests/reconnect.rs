@@ -5,14 +5,16 @@
 //! In a test binary of its own because it closes every connection of the broker: cargo
 //! runs test binaries one after another, so the other tests' connections are not hit.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use synchronizer_bus::Bus;
+use synchronizer_test_kit::broker::*;
+use synchronizer_test_kit::bus::*;
+use synchronizer_test_kit::oslo::*;
+use synchronizer_test_kit::sys::unique;
+use synchronizer_test_kit::wait::wait_until;
 use tokio_util::sync::CancellationToken;
 
 const V_UPDATE: &str = "nova-30/versioned_notifications.info__instance.update.raw.json";
@@ -26,6 +28,13 @@ async fn connection_dropped_mid_stream_loses_nothing() {
     let tag = unique("reconnect");
     let exchange = format!("nova-{tag}");
     let topic = format!("t-{tag}");
+    let _cleanup = Cleanup::new()
+        .queues([
+            format!("{topic}.info"),
+            format!("{topic}.error"),
+            format!("{tag}.dlq"),
+        ])
+        .exchanges([exchange.clone(), format!("{tag}.dlx")]);
     let spec = |i: u32| {
         Spec::new(V_UPDATE, &exchange, &topic)
             .uuid(&uuid(0xc0, i))
@@ -106,14 +115,5 @@ async fn connection_dropped_mid_stream_loses_nothing() {
         Some(0),
         "nothing left behind"
     );
-    cleanup(
-        conn,
-        &[
-            format!("{topic}.info"),
-            format!("{topic}.error"),
-            format!("{tag}.dlq"),
-        ],
-        &[exchange, format!("{tag}.dlx")],
-    )
-    .await;
+    close(conn).await;
 }

@@ -8,14 +8,11 @@
 //! notifications must wait upstream, unacknowledged, and none may be lost, also across
 //! a shutdown.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
 use futures::StreamExt as _;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions,
@@ -24,6 +21,12 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{Connection, ExchangeKind};
 use synchronizer::{Action, Event, SubscribeOptions, Subscription, Synchronizer};
+use synchronizer_test_kit::broker::*;
+use synchronizer_test_kit::bus::*;
+use synchronizer_test_kit::oslo::*;
+use synchronizer_test_kit::paths::plugin_library_dir;
+use synchronizer_test_kit::sys::unique;
+use synchronizer_test_kit::wait::{wait_for, wait_until};
 use tokio::net::{TcpListener, TcpStream};
 
 const V_CREATE: &str = "nova-30/versioned_notifications.info__instance.create.end.raw.json";
@@ -232,7 +235,7 @@ durable = false
 exchange = "{exchange}"
 topics = ["{topic}"]
 "#,
-        dir = plugin_dir().display()
+        dir = plugin_library_dir("synchronizer_bus").display()
     )
 }
 
@@ -318,6 +321,17 @@ async fn remote_consumers_get_the_changes_they_bind_to() {
     let topic = format!("t-{tag}");
     let conn = connect().await;
     let changes_exchange = format!("{tag}.changes");
+    let _cleanup = Cleanup::new()
+        .queues([
+            format!("{topic}.info"),
+            format!("{topic}.error"),
+            format!("{tag}.dlq"),
+        ])
+        .exchanges([
+            exchange.clone(),
+            format!("{tag}.dlx"),
+            changes_exchange.clone(),
+        ]);
     let mut all = Remote::bind(&conn, &changes_exchange, &["nova.instance.*"]).await;
     let mut deletions = Remote::bind(&conn, &changes_exchange, &["#.deleted"]).await;
     let mut heat = Remote::bind(&conn, &changes_exchange, &["heat.stack.*"]).await;
@@ -384,12 +398,7 @@ async fn remote_consumers_get_the_changes_they_bind_to() {
         "{metrics}"
     );
     sync.shutdown().await;
-    cleanup(
-        conn,
-        &[format!("{topic}.info"), format!("{tag}.dlq")],
-        &[exchange, format!("{tag}.dlx"), changes_exchange],
-    )
-    .await;
+    close(conn).await;
 }
 
 /// The output's broker goes away: notifications are applied (local subscribers see
@@ -406,6 +415,17 @@ async fn an_output_broker_that_goes_away_holds_notifications_upstream() {
     let queue = format!("{topic}.info");
     let conn = connect().await;
     let changes_exchange = format!("{tag}.changes");
+    let _cleanup = Cleanup::new()
+        .queues([
+            format!("{topic}.info"),
+            format!("{topic}.error"),
+            format!("{tag}.dlq"),
+        ])
+        .exchanges([
+            exchange.clone(),
+            format!("{tag}.dlx"),
+            changes_exchange.clone(),
+        ]);
     let mut remote = Remote::bind(&conn, &changes_exchange, &["#"]).await;
     let relay = Relay::start().await;
     let output_url = format!("amqp://guest:guest@{}/%2f", relay.addr);
@@ -473,12 +493,7 @@ async fn an_output_broker_that_goes_away_holds_notifications_upstream() {
     wait_upstream(&queue, 0, 0).await;
     sync.shutdown().await;
     drop(relay);
-    cleanup(
-        conn,
-        &[queue, format!("{tag}.dlq")],
-        &[exchange, format!("{tag}.dlx"), changes_exchange],
-    )
-    .await;
+    close(conn).await;
 }
 
 /// A `shutdown_grace` longer than the host's default stop timeout (10 s) is honoured:
@@ -496,6 +511,17 @@ async fn a_shutdown_grace_longer_than_the_default_stop_timeout_is_honoured() {
     let queue = format!("{topic}.info");
     let conn = connect().await;
     let changes_exchange = format!("{tag}.changes");
+    let _cleanup = Cleanup::new()
+        .queues([
+            format!("{topic}.info"),
+            format!("{topic}.error"),
+            format!("{tag}.dlq"),
+        ])
+        .exchanges([
+            exchange.clone(),
+            format!("{tag}.dlx"),
+            changes_exchange.clone(),
+        ]);
     let mut remote = Remote::bind(&conn, &changes_exchange, &["#"]).await;
     let relay = Relay::start().await;
     let output_url = format!("amqp://guest:guest@{}/%2f", relay.addr);
@@ -530,12 +556,7 @@ async fn a_shutdown_grace_longer_than_the_default_stop_timeout_is_honoured() {
         started.elapsed()
     );
     drop(relay);
-    cleanup(
-        conn,
-        &[queue, format!("{tag}.dlq")],
-        &[exchange, format!("{tag}.dlx"), changes_exchange],
-    )
-    .await;
+    close(conn).await;
 }
 
 /// The same hold in process isolation: the bus plugin runs in a child, and the parent
@@ -551,11 +572,22 @@ async fn a_bus_plugin_in_a_child_process_is_held_back_too() {
     let queue = format!("{topic}.info");
     let conn = connect().await;
     let changes_exchange = format!("{tag}.changes");
+    let _cleanup = Cleanup::new()
+        .queues([
+            format!("{topic}.info"),
+            format!("{topic}.error"),
+            format!("{tag}.dlq"),
+        ])
+        .exchanges([
+            exchange.clone(),
+            format!("{tag}.dlx"),
+            changes_exchange.clone(),
+        ]);
     let mut remote = Remote::bind(&conn, &changes_exchange, &["#"]).await;
     let relay = Relay::start().await;
     let output_url = format!("amqp://guest:guest@{}/%2f", relay.addr);
     // The child is the `synchronizer` binary cargo built (the test binary is not it).
-    let dir = plugin_dir();
+    let dir = plugin_library_dir("synchronizer_bus");
     let program = [dir.join("synchronizer"), dir.join("../synchronizer")]
         .into_iter()
         .find(|p| p.exists())
@@ -592,10 +624,5 @@ async fn a_bus_plugin_in_a_child_process_is_held_back_too() {
     wait_upstream(&queue, 0, 0).await;
     sync.shutdown().await;
     drop(relay);
-    cleanup(
-        conn,
-        &[queue, format!("{tag}.dlq")],
-        &[exchange, format!("{tag}.dlx"), changes_exchange],
-    )
-    .await;
+    close(conn).await;
 }

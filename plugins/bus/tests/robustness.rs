@@ -8,14 +8,16 @@
 //!
 //! The logs of this binary are captured (WARN and above) so that the tests can read them.
 
-mod common;
-
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use common::*;
 use synchronizer_bus::Bus;
+use synchronizer_test_kit::broker::*;
+use synchronizer_test_kit::bus::*;
+use synchronizer_test_kit::oslo::*;
+use synchronizer_test_kit::sys::unique;
+use synchronizer_test_kit::wait::wait_until;
 use tokio_util::sync::CancellationToken;
 
 const V_CREATE: &str = "nova-30/versioned_notifications.info__instance.create.end.raw.json";
@@ -106,6 +108,13 @@ async fn kombu_compressed_notifications() {
     let tag = unique("compressed");
     let exchange = format!("nova-{tag}");
     let topic = format!("t-{tag}");
+    let _cleanup = Cleanup::new()
+        .queues([
+            format!("{topic}.info"),
+            format!("{topic}.error"),
+            format!("{tag}.dlq"),
+        ])
+        .exchanges([exchange.clone(), format!("{tag}.dlx")]);
     let mut cfg = config(vec![subscription(&exchange, &topic)], &tag);
     cfg.max_decompressed_bytes = 1024 * 1024;
     let bus = Arc::new(Bus::new(cfg, "compressed").unwrap());
@@ -203,12 +212,7 @@ async fn kombu_compressed_notifications() {
     assert_eq!(ready(&conn, &rk).await, Some(0), "everything acknowledged");
     let s = bus.stats();
     assert_eq!((s.received, s.changes, s.malformed), (6, 3, 3), "{s:?}");
-    cleanup(
-        conn,
-        &[rk, format!("{topic}.error"), format!("{tag}.dlq")],
-        &[exchange, format!("{tag}.dlx")],
-    )
-    .await;
+    close(conn).await;
 }
 
 /// An envelope whose notification has a field of the wrong type fails the strict parse;
@@ -221,6 +225,13 @@ async fn dead_letters_keep_the_message_id_of_a_badly_typed_envelope() {
     let tag = unique("badtype");
     let exchange = format!("nova-{tag}");
     let topic = format!("t-{tag}");
+    let _cleanup = Cleanup::new()
+        .queues([
+            format!("{topic}.info"),
+            format!("{topic}.error"),
+            format!("{tag}.dlq"),
+        ])
+        .exchanges([exchange.clone(), format!("{tag}.dlx")]);
     let bus = Arc::new(
         Bus::new(
             config(vec![subscription(&exchange, &topic)], &tag),
@@ -301,12 +312,7 @@ async fn dead_letters_keep_the_message_id_of_a_badly_typed_envelope() {
             .contains("no `timestamp`")
     );
     stop_bus(stop, handle).await;
-    cleanup(
-        conn,
-        &[rk, format!("{topic}.error"), format!("{tag}.dlq")],
-        &[exchange, format!("{tag}.dlx")],
-    )
-    .await;
+    close(conn).await;
 }
 
 /// A subscription to an exchange nobody has declared (Cinder's `cinder`, when Cinder
@@ -320,6 +326,13 @@ async fn an_exchange_no_service_declared_is_a_warning() {
     let missing = format!("cinder-{tag}");
     let existing = format!("nova-{tag}");
     let topic = format!("t-{tag}");
+    let _cleanup = Cleanup::new()
+        .queues([
+            format!("{topic}.info"),
+            format!("{topic}.error"),
+            format!("{tag}.dlq"),
+        ])
+        .exchanges([existing.clone(), missing.clone(), format!("{tag}.dlx")]);
     // oslo declares `existing` (and its queues) when it publishes.
     publish(&[Spec::new(V_CREATE, &existing, &topic)
         .uuid(&uuid(0xe0, 1))
@@ -341,7 +354,7 @@ async fn an_exchange_no_service_declared_is_a_warning() {
     let sink = RecordingSink::default();
     let (stop, handle) = start(bus.clone(), sink.clone());
     wait_until(WAIT, "the consumer is up", || bus.stats().connected).await;
-    wait_until(WAIT, "the notification", || sink.len() >= 1).await;
+    wait_until(WAIT, "the notification", || !sink.is_empty()).await;
     let warned = log_lines(&[&format!("exchange `{missing}` did not exist")]);
     assert_eq!(warned.len(), 1, "{warned:?}");
     let line = &warned[0];
@@ -380,16 +393,7 @@ async fn an_exchange_no_service_declared_is_a_warning() {
         1
     );
     stop_bus(stop, handle).await;
-    cleanup(
-        conn,
-        &[
-            format!("{topic}.info"),
-            format!("{topic}.error"),
-            format!("{tag}.dlq"),
-        ],
-        &[existing, missing, format!("{tag}.dlx")],
-    )
-    .await;
+    close(conn).await;
 }
 
 /// A port nothing listens on.
@@ -484,6 +488,13 @@ async fn health_after_losing_the_connection() {
     let tag = unique("lose");
     let exchange = format!("nova-{tag}");
     let topic = format!("t-{tag}");
+    let _cleanup = Cleanup::new()
+        .queues([
+            format!("{topic}.info"),
+            format!("{topic}.error"),
+            format!("{tag}.dlq"),
+        ])
+        .exchanges([exchange.clone(), format!("{tag}.dlx")]);
     let mut cfg = config(vec![subscription(&exchange, &topic)], &tag);
     cfg.urls = vec![format!("amqp://guest:guest@127.0.0.1:{}/%2f", relay.port)];
     let bus = Arc::new(Bus::new(cfg, "lose").unwrap());
@@ -513,15 +524,4 @@ async fn health_after_losing_the_connection() {
     // Stopped while reconnecting: the last failure stays the reason.
     let h = bus.health();
     assert!(!h.healthy && h.message.starts_with(&shown), "{h:?}");
-    let conn = connect().await;
-    cleanup(
-        conn,
-        &[
-            format!("{topic}.info"),
-            format!("{topic}.error"),
-            format!("{tag}.dlq"),
-        ],
-        &[exchange, format!("{tag}.dlx")],
-    )
-    .await;
 }

@@ -30,20 +30,22 @@
 //! `cargo build -p synchronizer --bin synchronizer` before
 //! `cargo test -p synchronizer-bus --test shutdown_backlog`.
 
-mod common;
-
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel};
 use synchronizer::{Event, SubscribeOptions, Synchronizer};
+use synchronizer_test_kit::broker::*;
+use synchronizer_test_kit::bus::*;
+use synchronizer_test_kit::oslo::*;
+use synchronizer_test_kit::paths::binary;
+use synchronizer_test_kit::paths::plugin_library_dir;
+use synchronizer_test_kit::sys::unique;
 use tokio::sync::watch;
 
 const V_UPDATE: &str = "nova-30/versioned_notifications.info__instance.update.raw.json";
@@ -66,21 +68,6 @@ fn index_of(id: &str) -> Option<u32> {
     head.starts_with(&format!("{PREFIX:08x}-"))
         .then(|| u32::from_str_radix(tail, 16).ok())
         .flatten()
-}
-
-/// The `synchronizer` binary beside this test's plugin library.
-fn binary() -> PathBuf {
-    let dir = plugin_dir();
-    let candidates = [dir.join("synchronizer"), dir.join("../synchronizer")];
-    for c in &candidates {
-        if c.is_file() {
-            return c.clone();
-        }
-    }
-    panic!(
-        "the synchronizer binary is not in {}: build it with `cargo build -p synchronizer --bin synchronizer` (scripts/test.sh does)",
-        dir.display()
-    );
 }
 
 /// Notification bodies in the oslo 2.0 envelope: the captured versioned
@@ -430,6 +417,9 @@ async fn sigterm_during_catch_up_loses_nothing() {
     let tag = unique("sigterm");
     let exchange = format!("nova-{tag}");
     let topic = format!("t-{tag}");
+    let _cleanup = Cleanup::new()
+        .queues([format!("{topic}.info"), format!("{tag}.dlq")])
+        .exchanges([exchange.clone(), format!("{tag}.dlx")]);
     let conn = connect().await;
     let queue = queue_backlog(&conn, &exchange, &topic, n).await;
 
@@ -440,7 +430,7 @@ async fn sigterm_during_catch_up_loses_nothing() {
         &config,
         format!(
             "plugins_dir = \"{}\"\nplugin_log_level = \"warn\"\n[http]\nlisten = \"127.0.0.1:0\"\nreplay = 100000\n{}",
-            plugin_dir().display(),
+            plugin_library_dir("synchronizer_bus").display(),
             bus_instance(&tag, &exchange, &topic)
         ),
     )
@@ -535,12 +525,7 @@ async fn sigterm_during_catch_up_loses_nothing() {
         started.elapsed().as_secs_f64()
     );
     let _ = std::fs::remove_dir_all(&dir);
-    cleanup(
-        conn,
-        &[queue, format!("{tag}.dlq")],
-        &[exchange, format!("{tag}.dlx")],
-    )
-    .await;
+    close(conn).await;
 }
 
 /// The messages ready in `queue` once the broker has taken back what a stopped
@@ -567,12 +552,15 @@ async fn shutdown_mid_catch_up_delivers_every_acked_change_to_a_callback() {
     let tag = unique("callback");
     let exchange = format!("nova-{tag}");
     let topic = format!("t-{tag}");
+    let _cleanup = Cleanup::new()
+        .queues([format!("{topic}.info"), format!("{tag}.dlq")])
+        .exchanges([exchange.clone(), format!("{tag}.dlx")]);
     let conn = connect().await;
     let queue = queue_backlog(&conn, &exchange, &topic, n).await;
 
     let toml = format!(
         "plugins_dir = \"{}\"\nplugin_log_level = \"warn\"\n{}",
-        plugin_dir().display(),
+        plugin_library_dir("synchronizer_bus").display(),
         bus_instance(&tag, &exchange, &topic)
     );
     let config = synchronizer::Config::from_toml(&toml).expect("host config");
@@ -651,10 +639,5 @@ async fn shutdown_mid_catch_up_delivers_every_acked_change_to_a_callback() {
         took.as_secs_f64(),
         in_queue.len()
     );
-    cleanup(
-        conn,
-        &[queue, format!("{tag}.dlq")],
-        &[exchange, format!("{tag}.dlx")],
-    )
-    .await;
+    close(conn).await;
 }

@@ -7,15 +7,18 @@
 //! (host/src/baseline.rs, "The ordering rule"), and a poll of the state the notification
 //! reported emits nothing: the two plugins build the same entity.
 
-mod common;
-#[path = "../../nova/tests/common/mod.rs"]
-mod nova;
-
 use std::time::Duration;
 
-use common::*;
 use serde_json::json;
 use synchronizer::{Action, Event, SubscribeOptions, Synchronizer};
+use synchronizer_test_kit::broker::*;
+use synchronizer_test_kit::bus::*;
+use synchronizer_test_kit::host::queued;
+use synchronizer_test_kit::nova;
+use synchronizer_test_kit::oslo::*;
+use synchronizer_test_kit::paths::plugin_library;
+use synchronizer_test_kit::sys::unique;
+use synchronizer_test_kit::wait::wait_until;
 
 const V_POWER_OFF: &str = "nova-30/versioned_notifications.info__instance.power_off.end.raw.json";
 const WAIT: Duration = Duration::from_secs(30);
@@ -63,26 +66,11 @@ durable = false
 exchange = "{exchange}"
 topics = ["{topic}"]
 "#,
-        nova_so = nova::plugin_library("synchronizer_nova").display(),
-        bus_so = nova::plugin_library("synchronizer_bus").display(),
+        nova_so = plugin_library("synchronizer_nova").display(),
+        bus_so = plugin_library("synchronizer_bus").display(),
         auth_url = auth["auth_url"].as_str().expect("auth_url"),
         password = auth["password"].as_str().expect("password"),
     )
-}
-
-/// Every change queued for `sub` now: (action, key, state).
-fn queued(sub: &mut synchronizer::Subscription) -> Vec<(Action, String, Option<String>)> {
-    let mut out = Vec::new();
-    while let Some(event) = sub.try_recv() {
-        if let Event::Change(c) = event {
-            out.push((
-                c.action,
-                c.entity.key(),
-                c.entity.state().map(str::to_owned),
-            ));
-        }
-    }
-    out
 }
 
 fn state_of(sync: &Synchronizer, id: &str) -> Option<String> {
@@ -99,6 +87,13 @@ async fn a_notification_and_the_polls_around_it_agree() {
     let tag = unique("with-nova");
     let exchange = format!("nova-{tag}");
     let topic = format!("t-{tag}");
+    let _cleanup = Cleanup::new()
+        .queues([
+            format!("{topic}.info"),
+            format!("{topic}.error"),
+            format!("{tag}.dlq"),
+        ])
+        .exchanges([exchange.clone(), format!("{tag}.dlx")]);
     let a3_key = format!("nova.instance:{}", nova::VM_A3);
 
     // The cloud before vm-a3 was powered off: ACTIVE, last updated at its launch.
@@ -190,10 +185,4 @@ async fn a_notification_and_the_polls_around_it_agree() {
     );
 
     sync.shutdown().await;
-    cleanup(
-        connect().await,
-        &[format!("{topic}.info"), format!("{tag}.dlq")],
-        &[exchange, format!("{tag}.dlx")],
-    )
-    .await;
 }

@@ -1,12 +1,10 @@
 //! The Heat plugin in-process against a loopback Keystone + Heat serving real captures.
 
-mod common;
-
-use common::*;
 use serde_json::json;
 use synchronizer_heat::{Config, HeatPlugin};
 use synchronizer_openstack::time::parse_timestamp;
 use synchronizer_plugin_api::{Direction, Entity, Snapshot};
+use synchronizer_test_kit::heat::*;
 
 fn plugin(heat: &Heat, extra: serde_json::Value) -> HeatPlugin {
     let config: Config = serde_json::from_value(heat.config(extra)).unwrap();

@@ -2,13 +2,11 @@
 //! Keystone + Heat under Heat's default policy (global_tenant refused) with
 //! `stack_listing = "auto"`: the exact changes between polls.
 
-mod common;
-
-use std::time::Duration;
-
-use common::*;
 use serde_json::json;
-use synchronizer::{Action, Event, SubscribeOptions, Synchronizer};
+use synchronizer::{Action, SubscribeOptions, Synchronizer};
+use synchronizer_test_kit::heat::*;
+use synchronizer_test_kit::host::{drain, ready};
+use synchronizer_test_kit::paths::plugin_library;
 
 fn host_config(heat: &Heat, listing: &str) -> String {
     let config = heat.config(json!({}));
@@ -38,32 +36,6 @@ project_name = "admin"
         auth_url = auth["auth_url"].as_str().unwrap(),
         password = auth["password"].as_str().unwrap(),
     )
-}
-
-async fn ready(sync: &Synchronizer) {
-    for _ in 0..200 {
-        if sync.ready() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the initial snapshot did not complete: {:?}", sync.status());
-}
-
-fn drain(sub: &mut synchronizer::Subscription) -> Vec<(Action, String, Option<String>)> {
-    let mut out = Vec::new();
-    while let Some(event) = sub.try_recv() {
-        match event {
-            Event::Change(c) => out.push((
-                c.action,
-                c.entity.key(),
-                c.entity.state().map(str::to_owned),
-            )),
-            other => panic!("unexpected event {other:?}"),
-        }
-    }
-    out.sort_by(|a, b| a.1.cmp(&b.1));
-    out
 }
 
 fn key(id: &str) -> String {

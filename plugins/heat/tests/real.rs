@@ -4,13 +4,14 @@
 //! as ignored, never as passed; `scripts/test.sh` runs it with `--ignored` once the services
 //! are up, and it fails when `SYNCHRONIZER_REAL_KEYSTONE` is not set.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use synchronizer::{Action, Event, SubscribeOptions, Synchronizer};
+use synchronizer::{Action, SubscribeOptions, Synchronizer};
 use synchronizer_heat::{Config, HeatPlugin};
+use synchronizer_test_kit::host::queued as drain;
+use synchronizer_test_kit::paths::plugin_library;
+use synchronizer_test_kit::wait::wait_for_every;
 
 struct Env {
     auth_url: String,
@@ -71,14 +72,6 @@ async fn stack_status(http: &reqwest::Client, token: &str, url: &str) -> Option<
     doc["stack"]["stack_status"].as_str().map(str::to_owned)
 }
 
-async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 fn host_toml(env: &Env) -> String {
     format!(
         r#"
@@ -98,7 +91,7 @@ username = "admin"
 password = "{}"
 project_name = "admin"
 "#,
-        common::plugin_library("synchronizer_heat").display(),
+        plugin_library("synchronizer_heat").display(),
         env.auth_url,
         env.admin_password
     )
@@ -171,9 +164,12 @@ async fn a_real_heat() {
         .unwrap()
         .to_owned();
     let url = format!("{heat}/stacks/{name}/{id}");
-    wait_for("CREATE_COMPLETE", async || {
-        stack_status(&http, &token, &url).await.as_deref() == Some("CREATE_COMPLETE")
-    })
+    wait_for_every(
+        Duration::from_secs(120),
+        Duration::from_millis(500),
+        "CREATE_COMPLETE",
+        async || stack_status(&http, &token, &url).await.as_deref() == Some("CREATE_COMPLETE"),
+    )
     .await;
     assert_eq!(
         sync.get_all(&["heat.stack"]).await.unwrap().len(),
@@ -228,18 +224,4 @@ async fn a_real_heat() {
         "{seen:?}"
     );
     sync.shutdown().await;
-}
-
-fn drain(sub: &mut synchronizer::Subscription) -> Vec<(Action, String, Option<String>)> {
-    let mut out = Vec::new();
-    while let Some(event) = sub.try_recv() {
-        if let Event::Change(c) = event {
-            out.push((
-                c.action,
-                c.entity.key(),
-                c.entity.state().map(str::to_owned),
-            ));
-        }
-    }
-    out
 }

@@ -1,5 +1,5 @@
 //! Parse and map a status page of 10,000 services, generated at the shape of the real
-//! Nagios 4.4.6 captures (tests/common/generate.rs), in both forms: status.cgi HTML and
+//! Nagios 4.4.6 captures (the test kit's `nagios` module), in both forms: status.cgi HTML and
 //! statusjson.cgi JSON. "map" is [`HostRules::map_alarms`] with two regex rules.
 //!
 //! Run: `cargo bench -p synchronizer-nagios --bench parse`.
@@ -11,11 +11,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use synchronizer_nagios::{
     HostRules, HostRulesConfig, parse_hostlist, parse_servicelist, parse_status_page,
 };
-
-#[path = "../tests/common/generate.rs"]
-mod generate;
-
-use generate::{Shape, hostlist_json, servicelist_json, status_html};
+use synchronizer_test_kit::nagios::{Shape, hostlist_json, servicelist_json, status_html};
 
 fn rules() -> HostRules {
     let config: HostRulesConfig = serde_json::from_str(

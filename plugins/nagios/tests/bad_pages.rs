@@ -2,12 +2,10 @@
 //! empty or partial list. Most are real answers of the test Nagios (scripts/nagios) or
 //! real captures altered the way a server or a new version would alter them.
 
-mod common;
-
-use common::{replace_all, replace_once};
 use synchronizer_nagios::{
     HtmlError, JsonError, parse_hostlist, parse_servicelist, parse_status_page,
 };
+use synchronizer_test_kit::nagios::{replace_all, replace_once};
 
 const NAGIOS4: &[u8] = include_bytes!("fixtures/nagios4/status-host-all.html");
 const VITRAGE_MOCK: &[u8] = include_bytes!("fixtures/vitrage/nagios-mock.html");

@@ -1,10 +1,10 @@
 //! The 10,000-service pages the benchmark measures parse completely and agree.
 
-mod common;
-
-use common::generate::{Shape, expected_alarms, hostlist_json, servicelist_json, status_html};
 use synchronizer_nagios::{
     HostRules, HostRulesConfig, parse_hostlist, parse_servicelist, parse_status_page,
+};
+use synchronizer_test_kit::nagios::{
+    Shape, expected_alarms, hostlist_json, servicelist_json, status_html,
 };
 
 #[test]

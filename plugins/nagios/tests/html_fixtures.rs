@@ -1,13 +1,36 @@
 //! status.cgi pages from a real Nagios 4.4.6, from Vitrage's Nagios 3.5 mock and from the
 //! test Nagios of scripts/nagios: the exact entries parsed, and the alarms mapped.
 
-mod common;
-
-use common::html_row;
 use synchronizer_nagios::{
     AlarmState::{self, *},
-    HostRules, HtmlError, ServiceStatus, parse_status_page,
+    Attempt, CheckTime, HostRules, HtmlError, ServiceStatus, parse_status_page,
 };
+
+/// A service row as status.cgi shows it.
+fn html_row(
+    host: &str,
+    service: &str,
+    state: AlarmState,
+    last_check: &str,
+    duration: &str,
+    attempt: (u32, u32),
+    output: &str,
+) -> ServiceStatus {
+    ServiceStatus {
+        host: host.into(),
+        service: Some(service.into()),
+        state,
+        output: output.into(),
+        last_check: Some(CheckTime::Local(last_check.into())),
+        duration: Some(duration.into()),
+        last_state_change: None,
+        attempt: Some(Attempt {
+            current: attempt.0,
+            max: attempt.1,
+        }),
+        state_type: None,
+    }
+}
 
 const NAGIOS4: &[u8] = include_bytes!("fixtures/nagios4/status-host-all.html");
 const VITRAGE_MOCK: &[u8] = include_bytes!("fixtures/vitrage/nagios-mock.html");

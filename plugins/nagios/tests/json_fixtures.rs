@@ -2,13 +2,38 @@
 //! scripts/nagios: the exact entries parsed, agreement with status.cgi, and what Nagios
 //! makes of late, back-dated passive results.
 
-mod common;
-
-use common::json_entry;
 use synchronizer_nagios::{
     AlarmState::{self, *},
-    CheckTime, HostRules, ServiceStatus, parse_hostlist, parse_servicelist, parse_status_page,
+    Attempt, CheckTime, HostRules, ServiceStatus, StateType, parse_hostlist, parse_servicelist,
+    parse_status_page,
 };
+
+/// A service (or, with `service` None, a host) as statusjson.cgi gives it: always hard
+/// in these captures.
+fn json_entry(
+    host: &str,
+    service: Option<&str>,
+    state: AlarmState,
+    last_check_ms: i64,
+    last_state_change_ms: Option<i64>,
+    attempt: (u32, u32),
+    output: &str,
+) -> ServiceStatus {
+    ServiceStatus {
+        host: host.into(),
+        service: service.map(Into::into),
+        state,
+        output: output.into(),
+        last_check: Some(CheckTime::UnixMillis(last_check_ms)),
+        duration: None,
+        last_state_change: last_state_change_ms,
+        attempt: Some(Attempt {
+            current: attempt.0,
+            max: attempt.1,
+        }),
+        state_type: Some(StateType::Hard),
+    }
+}
 
 const SERVICELIST: &[u8] = include_bytes!("fixtures/nagios4/statusjson-servicelist.json");
 const HOSTLIST: &[u8] = include_bytes!("fixtures/nagios4/statusjson-hostlist.json");

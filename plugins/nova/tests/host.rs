@@ -1,14 +1,12 @@
 //! The built `libsynchronizer_nova.so` loaded by the real host, polling the loopback
 //! Keystone + Nova: the exact changes between polls.
 
-mod common;
-
-use std::time::Duration;
-
-use common::*;
 use serde_json::json;
-use synchronizer::{Action, Event, SubscribeOptions, Synchronizer};
+use synchronizer::{Action, SubscribeOptions, Synchronizer};
 use synchronizer_openstack::time::{format_timestamp, now_micros};
+use synchronizer_test_kit::host::{drain, ready};
+use synchronizer_test_kit::nova::*;
+use synchronizer_test_kit::paths::plugin_library;
 
 const TYPES: [&str; 3] = ["nova.instance", "nova.host", "nova.zone"];
 
@@ -46,17 +44,6 @@ project_domain_name = "Default"
     )
 }
 
-/// Waits (bounded) for the initial snapshot.
-async fn ready(sync: &Synchronizer) {
-    for _ in 0..200 {
-        if sync.ready() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the initial snapshot did not complete: {:?}", sync.status());
-}
-
 /// A host with the plugin for `types`, after its initial snapshot.
 async fn started(nova: &Nova, types: &[&str]) -> Synchronizer {
     let sync =
@@ -65,23 +52,6 @@ async fn started(nova: &Nova, types: &[&str]) -> Synchronizer {
             .unwrap();
     ready(&sync).await;
     sync
-}
-
-/// The changes queued for `sub`, as `(action, key, state)`, sorted.
-fn drain(sub: &mut synchronizer::Subscription) -> Vec<(Action, String, Option<String>)> {
-    let mut out = Vec::new();
-    while let Some(event) = sub.try_recv() {
-        match event {
-            Event::Change(c) => out.push((
-                c.action,
-                c.entity.key(),
-                c.entity.state().map(str::to_owned),
-            )),
-            other => panic!("unexpected event {other:?}"),
-        }
-    }
-    out.sort_by(|a, b| a.1.cmp(&b.1));
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,14 +1,12 @@
 //! The Nova plugin in-process against a loopback Keystone + Nova serving real captures.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use serde_json::json;
 use synchronizer_nova::{Config, NovaPlugin};
 use synchronizer_openstack::time::parse_timestamp;
 use synchronizer_plugin_api::{Direction, Entity, Snapshot};
+use synchronizer_test_kit::nova::*;
 
 fn plugin(nova: &Nova, extra: serde_json::Value) -> NovaPlugin {
     let config: Config = serde_json::from_value(nova.config(extra)).unwrap();

@@ -4,13 +4,12 @@
 //! ignored, never as passed; `scripts/test.sh` runs it with `--ignored` once the services
 //! are up, and it fails when `SYNCHRONIZER_REAL_NOVA` is not set.
 
-mod common;
-mod real_api;
-
-use real_api::{Api, poll};
 use serde_json::{Value, json};
-use synchronizer::{Action, Event, SubscribeOptions, Synchronizer};
+use synchronizer::{Action, SubscribeOptions, Synchronizer};
 use synchronizer_nova::{Config, NovaPlugin};
+use synchronizer_test_kit::host::queued as drain;
+use synchronizer_test_kit::nova::lab::{Api, poll};
+use synchronizer_test_kit::paths::plugin_library;
 
 const TYPES: [&str; 3] = ["nova.instance", "nova.host", "nova.zone"];
 
@@ -19,20 +18,6 @@ fn config(nova: &str, token: &str) -> Value {
         "cloud": {"auth": {"token": token}, "endpoint_override": nova, "timeout": "30s"},
         "page_size": 1
     })
-}
-
-fn drain(sub: &mut synchronizer::Subscription) -> Vec<(Action, String, Option<String>)> {
-    let mut out = Vec::new();
-    while let Some(event) = sub.try_recv() {
-        if let Event::Change(c) = event {
-            out.push((
-                c.action,
-                c.entity.key(),
-                c.entity.state().map(str::to_owned),
-            ));
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,7 +117,7 @@ endpoint_override = "{nova}"
 [instances.config.cloud.auth]
 token = "admin:admin"
 "#,
-        common::plugin_library("synchronizer_nova").display()
+        plugin_library("synchronizer_nova").display()
     );
     let sync = Synchronizer::start(synchronizer::Config::from_toml(&toml).unwrap())
         .await

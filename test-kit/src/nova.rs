@@ -1,30 +1,50 @@
 //! A loopback Keystone + Nova for the tests: real HTTP, answers made from the responses
-//! captured from a real Nova 30.3 (tests/fixtures, see PROVENANCE.md), paginated the way
-//! Nova paginates, with faults switched on by the test.
-#![allow(dead_code)]
+//! captured from a real Nova 30.3 (`plugins/nova/tests/fixtures`, see PROVENANCE.md
+//! there), paginated the way Nova paginates, with faults switched on by the test.
+//! [`lab`] drives the real lab Nova instead.
 
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+pub mod lab;
+
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use synchronizer_openstack::testing::{Reply, Request, Server, keystone_token_reply};
+use synchronizer_openstack::testing::{Reply, Request, keystone_token_reply};
 
-pub const TOKEN: &str = include_str!("../fixtures/keystone-auth-tokens.json");
+use crate::replay::{Replay, merged};
+
+/// Keystone's answer to a password authentication, as captured.
+pub const TOKEN: &str = include_str!("../../plugins/nova/tests/fixtures/keystone-auth-tokens.json");
+/// The servers listing in pages of two, as captured.
 pub const PAGE: [&str; 3] = [
-    include_str!("../fixtures/servers-detail-all_tenants-limit2.mv2.53.page1.json"),
-    include_str!("../fixtures/servers-detail-all_tenants-limit2.mv2.53.page2.json"),
-    include_str!("../fixtures/servers-detail-all_tenants-limit2.mv2.53.page3.json"),
+    include_str!(
+        "../../plugins/nova/tests/fixtures/servers-detail-all_tenants-limit2.mv2.53.page1.json"
+    ),
+    include_str!(
+        "../../plugins/nova/tests/fixtures/servers-detail-all_tenants-limit2.mv2.53.page2.json"
+    ),
+    include_str!(
+        "../../plugins/nova/tests/fixtures/servers-detail-all_tenants-limit2.mv2.53.page3.json"
+    ),
 ];
-pub const ALL: &str = include_str!("../fixtures/servers-detail-all_tenants.mv2.53.json");
-pub const SERVICES: &str = include_str!("../fixtures/os-services-nova-compute.mv2.53.json");
-pub const ZONES: &str = include_str!("../fixtures/os-availability-zone-detail.json");
+/// The whole servers listing, as captured.
+pub const ALL: &str =
+    include_str!("../../plugins/nova/tests/fixtures/servers-detail-all_tenants.mv2.53.json");
+/// The compute services, as captured.
+pub const SERVICES: &str =
+    include_str!("../../plugins/nova/tests/fixtures/os-services-nova-compute.mv2.53.json");
+/// The availability zones, as captured.
+pub const ZONES: &str =
+    include_str!("../../plugins/nova/tests/fixtures/os-availability-zone-detail.json");
 
-/// The servers of the capture, by name.
+/// Server vm-a1 of the capture.
 pub const VM_A1: &str = "21531c76-f1e4-41a9-ac03-54c2993a7c4c";
+/// Server vm-b3-err of the capture (in ERROR).
 pub const VM_B3_ERR: &str = "506e9219-be06-482a-9bf8-63f32f1841e7";
+/// Server vm-b1 of the capture.
 pub const VM_B1: &str = "dafb9253-6c7d-4913-ac5d-135a34934373";
+/// Server vm-a2 of the capture.
 pub const VM_A2: &str = "e382a11f-d358-4aa8-8310-e3e5d944e045";
+/// Server vm-a3 of the capture.
 pub const VM_A3: &str = "fbcbef24-d6c0-47fb-8152-f633a837780f";
 
 /// What can go wrong with one page of servers (0-based index in the listing).
@@ -42,7 +62,9 @@ pub enum Fault {
 pub struct Cloud {
     /// The servers, in Nova's listing order.
     pub servers: Vec<Value>,
+    /// The os-services answer.
     pub services: Value,
+    /// The os-availability-zone/detail answer.
     pub zones: Value,
     /// A fault on page `.0` of every listing.
     pub fault: Option<(usize, Fault)>,
@@ -59,6 +81,7 @@ pub struct Cloud {
 }
 
 impl Cloud {
+    /// The captured cloud: five servers, two computes, two zones; no fault.
     pub fn captured() -> Self {
         let servers = PAGE
             .iter()
@@ -82,40 +105,30 @@ impl Cloud {
         }
     }
 
+    /// Server `id` (which must exist), to change.
     pub fn server_mut(&mut self, id: &str) -> &mut Value {
         self.servers.iter_mut().find(|s| s["id"] == id).unwrap()
     }
 
+    /// Deletes server `id` from the cloud.
     pub fn remove_server(&mut self, id: &str) {
         self.servers.retain(|s| s["id"] != id);
     }
 }
 
-pub struct Nova {
-    pub server: Server,
-    pub cloud: Arc<Mutex<Cloud>>,
-}
+/// The running loopback Keystone + Nova; it stops when dropped.
+pub type Nova = Replay<Cloud>;
 
-impl Nova {
+impl Replay<Cloud> {
+    /// Starts on a free loopback port, answering from `cloud`.
     pub async fn start(cloud: Cloud) -> Nova {
-        let cloud = Arc::new(Mutex::new(cloud));
-        let state = cloud.clone();
-        let server = Server::start(move |req: &Request, base: &str| {
-            handle(&mut state.lock().unwrap(), req, base)
-        })
-        .await
-        .unwrap();
-        Nova { server, cloud }
-    }
-
-    pub fn cloud(&self) -> MutexGuard<'_, Cloud> {
-        self.cloud.lock().unwrap()
+        Replay::serve(cloud, handle).await
     }
 
     /// The plugin configuration for this cloud (password auth through the loopback
     /// Keystone), with `extra` merged in at the top level.
     pub fn config(&self, extra: Value) -> Value {
-        let mut config = json!({
+        let config = json!({
             "cloud": {
                 "auth": {
                     "auth_url": format!("{}/identity", self.server.base()),
@@ -130,12 +143,7 @@ impl Nova {
             },
             "page_size": 2
         });
-        if let (Some(c), Some(e)) = (config.as_object_mut(), extra.as_object()) {
-            for (k, v) in e {
-                c.insert(k.clone(), v.clone());
-            }
-        }
-        config
+        merged(config, extra)
     }
 
     /// Server-side `GET` lines for the servers listing, in order.
@@ -252,16 +260,4 @@ fn servers_page(cloud: &mut Cloud, req: &Request) -> Reply {
         },
         _ => Reply::json(200, text),
     }
-}
-
-/// The plugin's shared object, built by cargo next to the test executable.
-pub fn plugin_library(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap();
-    let file = format!("lib{name}.so");
-    [deps.join(&file), deps.parent().unwrap().join(&file)]
-        .into_iter()
-        .filter(|p| p.exists())
-        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-        .unwrap_or_else(|| panic!("{file} not found next to {}", exe.display()))
 }

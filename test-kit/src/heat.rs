@@ -1,49 +1,72 @@
 //! A loopback Keystone + Heat for the tests: real HTTP, answers made from the responses
-//! captured from a real Keystone 27.1 + Heat 24.1 (tests/fixtures, see PROVENANCE.md),
-//! paginated and policed the way that Heat does, with faults switched on by the test.
-#![allow(dead_code)]
+//! captured from a real Keystone 27.1 + Heat 24.1 (`plugins/heat/tests/fixtures`, see
+//! PROVENANCE.md there), paginated and policed the way that Heat does, with faults
+//! switched on by the test.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use synchronizer_openstack::testing::{Reply, Request, Server, keystone_token_reply};
+use synchronizer_openstack::testing::{Reply, Request, keystone_token_reply};
 
-pub const TOKEN: &str = include_str!("../fixtures/keystone-auth-tokens.json");
-pub const GLOBAL: &str = include_str!("../fixtures/stacks-global.json");
+use crate::replay::{Replay, merged};
+
+/// Keystone's answer to a password authentication, as captured.
+pub const TOKEN: &str = include_str!("../../plugins/heat/tests/fixtures/keystone-auth-tokens.json");
+/// Every project's stacks (`global_tenant=True`), as captured.
+pub const GLOBAL: &str = include_str!("../../plugins/heat/tests/fixtures/stacks-global.json");
+/// The global listing in pages of two, as captured.
 pub const PAGES: [&str; 3] = [
-    include_str!("../fixtures/stacks-global-limit2-p1.json"),
-    include_str!("../fixtures/stacks-global-limit2-p2.json"),
-    include_str!("../fixtures/stacks-global-limit2-p3.json"),
+    include_str!("../../plugins/heat/tests/fixtures/stacks-global-limit2-p1.json"),
+    include_str!("../../plugins/heat/tests/fixtures/stacks-global-limit2-p2.json"),
+    include_str!("../../plugins/heat/tests/fixtures/stacks-global-limit2-p3.json"),
 ];
-pub const DENIED: &str =
-    include_str!("../fixtures/stacks-global-as-admin-default-policy-denied.json");
-pub const RES_NESTED_A: &str = include_str!("../fixtures/resources-nested-a-depth3.json");
-pub const RES_FAILING_A: &str = include_str!("../fixtures/resources-failing-a.json");
-pub const RES_BASIC_A: &str = include_str!("../fixtures/resources-basic-a.derived.json");
+/// Heat's answer to a global listing its default policy denies, as captured.
+pub const DENIED: &str = include_str!(
+    "../../plugins/heat/tests/fixtures/stacks-global-as-admin-default-policy-denied.json"
+);
+/// The resources of nested-a (nested_depth=3), as captured.
+pub const RES_NESTED_A: &str =
+    include_str!("../../plugins/heat/tests/fixtures/resources-nested-a-depth3.json");
+/// The resources of failing-a, as captured.
+pub const RES_FAILING_A: &str =
+    include_str!("../../plugins/heat/tests/fixtures/resources-failing-a.json");
+/// The resources of basic-a (derived from the capture).
+pub const RES_BASIC_A: &str =
+    include_str!("../../plugins/heat/tests/fixtures/resources-basic-a.derived.json");
 
+/// Project admin.
 pub const ADMIN: &str = "fca91c01eef940b089c475c8aec063b9";
+/// Project demo-a.
 pub const DEMO_A: &str = "792e7e05085f495b88f1d9ecb7c2642a";
+/// Project demo-b.
 pub const DEMO_B: &str = "3d28131b7de143eebcb3dc53acae67ba";
 
+/// Stack nested-b.
 pub const NESTED_B: &str = "8c987b26-026d-45f7-adaf-fa54b77a2a2d";
+/// Stack basic-b.
 pub const BASIC_B: &str = "357482cb-fcc6-4b3c-8284-cfa0dfa9c650";
+/// Stack failing-a.
 pub const FAILING_A: &str = "1e700381-8647-4e2f-b67f-a0f5a87597d4";
+/// Stack nested-a.
 pub const NESTED_A: &str = "099f3b7e-b363-4f5d-86b6-61ea8ddb238f";
+/// Stack basic-a.
 pub const BASIC_A: &str = "8b975fd3-1abc-42db-8f09-7cc89cac27cd";
 
 /// The server that the test turns `leaf_none` (a resource two levels down in nested-a's
 /// nested stacks) into.
 pub const NESTED_SERVER: &str = "d589c9d5-8bcf-462f-a588-6a80573313ad";
 
+/// What can go wrong with one page of stacks (0-based index in the listing).
 #[derive(Clone, Debug)]
 pub enum Fault {
+    /// Answer with this status and a Heat error body.
     Status(u16),
+    /// Answer 200 with the body cut in the middle.
     Truncated,
 }
 
+/// The cloud's state, changed by the tests between polls.
 pub struct Cloud {
     /// Every top-level stack, in Heat's order (newest first).
     pub stacks: Vec<Value>,
@@ -63,6 +86,7 @@ pub struct Cloud {
     /// Listings under these projects' URLs show only that project's stacks, whatever
     /// `admin_sees_all` says.
     pub filtered_projects: Vec<String>,
+    /// Tokens issued so far (`tok-1`, `tok-2`, ...).
     pub issued: usize,
 }
 
@@ -103,38 +127,30 @@ impl Cloud {
         }
     }
 
+    /// Stack `id` (which must exist), to change.
     pub fn stack_mut(&mut self, id: &str) -> &mut Value {
         self.stacks.iter_mut().find(|s| s["id"] == id).unwrap()
     }
 
+    /// Deletes stack `id` from the cloud.
     pub fn remove_stack(&mut self, id: &str) {
         self.stacks.retain(|s| s["id"] != id);
     }
 }
 
-pub struct Heat {
-    pub server: Server,
-    pub cloud: Arc<Mutex<Cloud>>,
-}
+/// The running loopback Keystone + Heat; it stops when dropped.
+pub type Heat = Replay<Cloud>;
 
-impl Heat {
+impl Replay<Cloud> {
+    /// Starts on a free loopback port, answering from `cloud`.
     pub async fn start(cloud: Cloud) -> Heat {
-        let cloud = Arc::new(Mutex::new(cloud));
-        let state = cloud.clone();
-        let server = Server::start(move |req: &Request, base: &str| {
-            handle(&mut state.lock().unwrap(), req, base)
-        })
-        .await
-        .unwrap();
-        Heat { server, cloud }
+        Replay::serve(cloud, handle).await
     }
 
-    pub fn cloud(&self) -> MutexGuard<'_, Cloud> {
-        self.cloud.lock().unwrap()
-    }
-
+    /// The plugin configuration for this cloud (password auth through the loopback
+    /// Keystone), with `extra` merged in at the top level.
     pub fn config(&self, extra: Value) -> Value {
-        let mut config = json!({
+        let config = json!({
             "cloud": {
                 "auth": {
                     "auth_url": format!("{}/identity/v3", self.server.base()),
@@ -148,12 +164,7 @@ impl Heat {
             },
             "page_size": 2
         });
-        if let (Some(c), Some(e)) = (config.as_object_mut(), extra.as_object()) {
-            for (k, v) in e {
-                c.insert(k.clone(), v.clone());
-            }
-        }
-        config
+        merged(config, extra)
     }
 
     /// `path?query` of every GET, in order.
@@ -307,16 +318,4 @@ fn stacks_page(cloud: &mut Cloud, req: &Request, project: &str) -> Reply {
         }
         _ => Reply::json(200, text),
     }
-}
-
-/// The plugin's shared object, built by cargo next to the test executable.
-pub fn plugin_library(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap();
-    let file = format!("lib{name}.so");
-    [deps.join(&file), deps.parent().unwrap().join(&file)]
-        .into_iter()
-        .filter(|p| p.exists())
-        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-        .unwrap_or_else(|| panic!("{file} not found next to {}", exe.display()))
 }

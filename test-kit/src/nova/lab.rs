@@ -1,7 +1,6 @@
 //! Driving the real lab Nova of `scripts/openstack/nova.sh` (noauth2: the token names the
-//! user and project) from the tests that run against it: `tests/real.rs` here and the
-//! bus plugin's `tests/real_nova_deletes.rs`.
-#![allow(dead_code)]
+//! user and project) from the tests that run against it: the Nova plugin's
+//! `tests/real.rs` and the bus plugin's `tests/real_nova_deletes.rs`.
 
 use std::time::{Duration, Instant};
 
@@ -10,6 +9,7 @@ use synchronizer::Synchronizer;
 
 /// Nova's compute API, as the lab's admin.
 pub struct Api {
+    /// The client the calls go through.
     pub http: reqwest::Client,
     /// `SYNCHRONIZER_REAL_NOVA`: `http://127.0.0.1:8774/v2.1`.
     pub nova: String,
@@ -30,6 +30,8 @@ impl Api {
         }
     }
 
+    /// `method path` with `body`, as the lab's admin (compute microversion 2.53): the
+    /// status and the JSON body (`null` when there is none).
     pub async fn call(
         &self,
         method: reqwest::Method,
@@ -49,6 +51,7 @@ impl Api {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// Server `id`, or `None` when Nova does not know it.
     pub async fn server(&self, id: &str) -> Option<Value> {
         let (status, body) = self
             .call(reqwest::Method::GET, &format!("/servers/{id}"), None)
@@ -71,6 +74,7 @@ impl Api {
         unreachable!("the loop returns or fails")
     }
 
+    /// The id of the server named `name` (which must exist).
     pub async fn id_of(&self, name: &str) -> String {
         let (_, body) = self
             .call(
@@ -165,6 +169,8 @@ impl Api {
         panic!("{id} never became {want} after {action}");
     }
 
+    /// Whether the server reaches status `want` with no task (`None`: is gone) within
+    /// `within`, looking every 300 ms.
     pub async fn reaches(&self, id: &str, want: Option<&str>, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         loop {

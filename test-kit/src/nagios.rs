@@ -1,10 +1,27 @@
-//! Generates large status pages at the shape of the real Nagios 4.4.6 captures in
-//! tests/fixtures/nagios4/: the same markup per row (status.cgi) and the same detail fields
-//! and formatting per service (statusjson.cgi), only more of them. Used by the benchmark
-//! (benches/parse.rs) and by tests/generated.rs.
-#![allow(dead_code)]
+//! Nagios status pages for the Nagios plugin's tests and benchmark: pages generated at
+//! the shape of the real Nagios 4.4.6 captures in `plugins/nagios/tests/fixtures/nagios4/`
+//! (the same markup per row of status.cgi, the same detail fields and formatting per
+//! service of statusjson.cgi, only more of them), and edits of a captured page.
 
 use std::fmt::Write as _;
+
+/// Replaces the one occurrence of `from` in `page` (panics if it is not there exactly once).
+pub fn replace_once(page: &[u8], from: &str, to: &str) -> Vec<u8> {
+    let text = std::str::from_utf8(page).expect("fixture is UTF-8");
+    assert_eq!(
+        text.matches(from).count(),
+        1,
+        "{from:?} should occur exactly once in the fixture"
+    );
+    text.replacen(from, to, 1).into_bytes()
+}
+
+/// Replaces every occurrence of `from` (panics if there is none).
+pub fn replace_all(page: &[u8], from: &str, to: &str) -> Vec<u8> {
+    let text = std::str::from_utf8(page).expect("fixture is UTF-8");
+    assert!(text.contains(from), "{from:?} should occur in the fixture");
+    text.replace(from, to).into_bytes()
+}
 
 /// What a generated page holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +39,7 @@ impl Shape {
         services_per_host: 20,
     };
 
+    /// Number of services.
     pub fn services(self) -> usize {
         self.hosts * self.services_per_host
     }
@@ -66,6 +84,7 @@ pub fn host_down(h: usize) -> bool {
     h % 50 == 7
 }
 
+/// The name of host `h`: `compute-<h>`.
 pub fn host_name(h: usize) -> String {
     format!("compute-{h}")
 }
@@ -104,7 +123,8 @@ pub fn expected_alarms(shape: Shape) -> usize {
     n
 }
 
-const HTML_HEAD: &str = include_str!("../fixtures/nagios4/status-host-all.html");
+const HTML_HEAD: &str =
+    include_str!("../../plugins/nagios/tests/fixtures/nagios4/status-host-all.html");
 
 /// A `status.cgi?host=all&limit=0` page of `shape`, in the markup of the Nagios 4.4.6
 /// capture: its header, its host and service cells, its separator rows, its footer.

@@ -1,10 +1,10 @@
-//! Driving the host's real `Hub` by hand, for the tests that check that two sources of
-//! one entity type agree in the baseline (`nova_agreement.rs`, `heat_agreement.rs`) and
-//! what messages that say "deleted" do to it (`real_nova_deletes.rs`).
-#![allow(dead_code)]
+//! Driving the host's real `Hub` by hand, for the tests that check what two sources of
+//! one entity type do to the baseline (the bus plugin's `nova_agreement.rs`,
+//! `heat_agreement.rs`, `real_nova_deletes.rs`): snapshots and pushes as a plugin hands
+//! them over, and what the hub made of them. The subscriber's side is
+//! [`crate::host::drain_ids`] on the receiver.
 
 use synchronizer::hub::Applied;
-use synchronizer::{Action, Event};
 use synchronizer_plugin_api::abi::{FfiPushed, FfiSnapshot, PushAction};
 use synchronizer_plugin_api::{Change, Entity};
 
@@ -31,23 +31,6 @@ pub fn push(change: Change) -> Vec<FfiPushed> {
         Change::Delete(e) => (PushAction::Delete, e),
     };
     vec![FfiPushed { action, entity }]
-}
-
-/// The changes the subscriber got since the last call, as `(action, id, state)`.
-pub fn drain(rx: &mut tokio::sync::mpsc::Receiver<Event>) -> Vec<(Action, String, Option<String>)> {
-    let mut out = Vec::new();
-    while let Ok(event) = rx.try_recv() {
-        match event {
-            Event::Change(c) => out.push((
-                c.action,
-                c.entity.id().to_owned(),
-                c.entity.state().map(str::to_owned),
-            )),
-            other => panic!("unexpected event {other:?}"),
-        }
-    }
-    out.sort_by(|a, b| a.1.cmp(&b.1));
-    out
 }
 
 /// (created, updated, deleted) of what a snapshot or push did.
