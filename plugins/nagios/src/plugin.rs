@@ -129,7 +129,9 @@ impl Checked {
                 check_scope(instance).map_err(|e| {
                     Error::config_field(
                         "scope",
-                        format!("not set, and the instance's name (its default) {e}: set `scope`"),
+                        format!(
+                            "not set, and its default, the instance's name, is refused ({e}): set `scope`"
+                        ),
                     )
                 })?;
                 instance.to_owned()
@@ -472,7 +474,7 @@ mod tests {
             (e.field(), e.message()),
             (
                 Some("scope"),
-                "not set, and the instance's name (its default) contains `/`: set `scope`"
+                "not set, and its default, the instance's name, is refused (it contains `/`): set `scope`"
             )
         );
         assert!(
