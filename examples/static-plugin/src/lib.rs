@@ -102,14 +102,16 @@ impl Plugin for StaticPlugin {
         }
     }
 
-    fn new(config: Config, ctx: &Context) -> Result<Self, Error> {
-        if !config.directory.is_dir() {
-            return Err(Error::config(format!(
-                "instance `{}`: config field `directory`: {} is not a directory",
-                ctx.instance,
-                config.directory.display()
-            )));
-        }
+    fn sample_config() -> &'static str {
+        include_str!("../sample.toml")
+    }
+
+    /// `directory` must be a directory this process can list (nothing is read yet).
+    fn validate(config: &Config, _ctx: &Context) -> Result<(), Error> {
+        check_directory(&config.directory).map_err(|e| Error::config_field("directory", e))
+    }
+
+    fn new(config: Config, _ctx: &Context) -> Result<Self, Error> {
         tracing::info!(directory = %config.directory.display(), "static plugin ready");
         Ok(StaticPlugin {
             directory: config.directory,
@@ -154,6 +156,17 @@ impl Plugin for StaticPlugin {
 
     async fn health(&self) -> Health {
         self.check().await
+    }
+}
+
+/// Why `dir` cannot be the plugin's directory: not a directory, or not listable.
+fn check_directory(dir: &Path) -> Result<(), String> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => std::fs::read_dir(dir)
+            .map(drop)
+            .map_err(|e| format!("cannot list {}: {e}", dir.display())),
+        Ok(_) => Err(format!("{} is not a directory", dir.display())),
+        Err(e) => Err(format!("{}: {e}", dir.display())),
     }
 }
 
@@ -386,5 +399,54 @@ mod tests {
         assert_eq!(e[0].id(), format!("{opens}' {{"));
         assert_eq!(e[0].name(), format!("{opens}\" {{"));
         assert_eq!(e[0].properties(), serde_json::json!({"a": [[1]], "b": "}"}));
+    }
+
+    fn validate(directory: &Path) -> Result<(), Error> {
+        let ctx = Context {
+            instance: "static-test".into(),
+        };
+        StaticPlugin::validate(
+            &Config {
+                directory: directory.to_owned(),
+            },
+            &ctx,
+        )
+    }
+
+    #[test]
+    fn validate_wants_a_directory_it_can_list() {
+        let dir = std::env::temp_dir().join(format!("synchronizer-static-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(validate(&dir), Ok(()));
+        let file = dir.join("rack.yaml");
+        std::fs::write(&file, "entities: []\n").unwrap();
+        let e = validate(&file).unwrap_err();
+        assert_eq!(e.kind(), synchronizer_plugin_api::ErrorKind::Config);
+        assert_eq!(e.field(), Some("directory"));
+        assert_eq!(
+            e.message(),
+            format!("{} is not a directory", file.display())
+        );
+        let e = validate(&dir.join("missing")).unwrap_err();
+        assert_eq!(e.field(), Some("directory"));
+        assert!(
+            e.message().contains("No such file or directory"),
+            "{}",
+            e.message()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_sample_configuration_is_valid() {
+        let sample: toml::Value = toml::from_str(StaticPlugin::sample_config()).unwrap();
+        let instance = &sample["instances"][0];
+        assert_eq!(
+            instance["library"].as_str(),
+            Some("libsynchronizer_static.so")
+        );
+        let config: Config =
+            serde_json::from_value(serde_json::to_value(&instance["config"]).unwrap()).unwrap();
+        assert_eq!(validate(&config.directory), Ok(()));
     }
 }

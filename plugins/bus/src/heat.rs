@@ -89,8 +89,12 @@ enum Lookup {
 impl Enricher {
     /// Checks the configuration (no request is made yet).
     pub fn new(config: &HeatConfig) -> Result<Self, ConfigError> {
-        let session = Session::new(&config.cloud)
-            .map_err(|e| ConfigError::invalid("heat.cloud", e.to_string()))?;
+        let session = Session::new(&config.cloud).map_err(|e| match e {
+            synchronizer_openstack::Error::Field(f) => {
+                ConfigError::invalid(f.field_in("heat.cloud"), f.message)
+            }
+            e => ConfigError::invalid("heat.cloud", e.to_string()),
+        })?;
         Ok(Enricher {
             session,
             nested_depth: config.nested_depth,

@@ -54,7 +54,7 @@ use reqwest::Url;
 use reqwest::header::HeaderMap;
 use serde::Deserialize;
 use synchronizer_openstack::heat_stack::{self, ApiResources, ApiStack, heat_root};
-use synchronizer_openstack::{CloudConfig, Link, Pager, Session, join_path};
+use synchronizer_openstack::{AuthMethod, CloudConfig, Link, Pager, Session, join_path};
 use synchronizer_plugin_api::{Context, Entity, Error, Plugin, PluginInfo, PluginKind, Snapshot};
 
 pub use synchronizer_openstack::heat_stack::{DEFAULT_RESOURCE_TYPES, STACK};
@@ -150,33 +150,59 @@ type OsError = synchronizer_openstack::Error;
 /// The part of the 403 explanation common to every listing mode.
 const GLOBAL_INDEX_HELP: &str = "the account lacks the role or policy to list the stacks of all projects: Heat's policy rule `stacks:global_index` denies everybody by default, admins included. Fix: allow it in Heat's policy file (`\"stacks:global_index\": \"role:admin\"` in /etc/heat/policy.yaml), or set `stack_listing = \"per_project\"` (or `\"auto\"`) in this instance's config to list the stacks project by project (projects from Keystone) with this admin token";
 
-fn config_error(instance: &str, e: impl std::fmt::Display) -> Error {
-    Error::config(format!("instance `{instance}`: {e}"))
+/// A field of the `cloud` table, as a field of this plugin's table.
+fn cloud_error(e: synchronizer_openstack::ConfigError) -> Error {
+    Error::config_field(e.field_in("cloud"), e.message)
 }
 
 impl HeatPlugin {
-    /// Builds an instance from its configuration (no request is made yet).
-    pub fn from_config(config: Config, instance: &str) -> Result<Self, Error> {
+    /// Checks a configuration without side effects (no request, no client; `cloud.ca_file`
+    /// is read): what [`Plugin::validate`] runs. Each error names its field (`page_size`,
+    /// `concurrency`, `stack_listing`, `resource_types."OS::X::Y"`, `cloud.auth.auth_url`, ...).
+    pub fn check(config: &Config) -> Result<(), Error> {
         if config.page_size == Some(0) {
-            return Err(config_error(
-                instance,
-                "config field `page_size` must be at least 1",
-            ));
+            return Err(Error::config_field("page_size", "must be at least 1"));
         }
         if config.concurrency == 0 {
-            return Err(config_error(
-                instance,
-                "config field `concurrency` must be at least 1",
+            return Err(Error::config_field("concurrency", "must be at least 1"));
+        }
+        if config.service_type.is_empty() {
+            return Err(Error::config_field("service_type", "must not be empty"));
+        }
+        for (heat_type, entity_type) in &config.resource_types {
+            if heat_type.is_empty() {
+                return Err(Error::config_field(
+                    "resource_types",
+                    "a Heat resource type must not be empty",
+                ));
+            }
+            if entity_type.is_empty() {
+                return Err(Error::config_field(
+                    format!("resource_types.{heat_type}"),
+                    "the entity type must not be empty",
+                ));
+            }
+        }
+        config.cloud.validate().map_err(cloud_error)?;
+        if config.stack_listing != StackListing::Global
+            && config.cloud.auth.effective_method() == AuthMethod::StaticToken
+        {
+            return Err(Error::config_field(
+                "stack_listing",
+                "`per_project` and `auto` list the projects from Keystone (GET /v3/projects), which a static token (`cloud.auth.token`) does not reach: use `global`",
             ));
         }
-        let session = Session::new(&config.cloud)
-            .map_err(|e| config_error(instance, format!("cloud: {e}")))?;
-        if config.stack_listing != StackListing::Global && session.identity_url().is_none() {
-            return Err(config_error(
-                instance,
-                "stack_listing = per_project / auto needs Keystone (GET /v3/projects): not available with a static token",
-            ));
-        }
+        Ok(())
+    }
+
+    /// Builds an instance from its configuration, checked first as [`HeatPlugin::check`]
+    /// does (no request is made yet).
+    pub fn from_config(config: Config, instance: &str) -> Result<Self, Error> {
+        Self::check(&config)?;
+        let session = Session::new(&config.cloud).map_err(|e| match e {
+            synchronizer_openstack::Error::Field(f) => cloud_error(f),
+            e => Error::config(format!("cloud: {e}")),
+        })?;
         let resource_types = heat_stack::resource_types(&config.resource_types);
         Ok(HeatPlugin {
             session,
@@ -478,6 +504,15 @@ impl Plugin for HeatPlugin {
         }
     }
 
+    fn sample_config() -> &'static str {
+        include_str!("../sample.toml")
+    }
+
+    /// Everything `new` checks ([`HeatPlugin::check`]).
+    fn validate(config: &Config, _ctx: &Context) -> Result<(), Error> {
+        HeatPlugin::check(config)
+    }
+
     fn new(config: Config, ctx: &Context) -> Result<Self, Error> {
         let plugin = HeatPlugin::from_config(config, &ctx.instance)?;
         tracing::info!(
@@ -496,3 +531,109 @@ impl Plugin for HeatPlugin {
 }
 
 synchronizer_plugin_api::export_plugin!(HeatPlugin);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: serde_json::Value) -> Config {
+        let mut c = serde_json::json!({"cloud": {"auth": {
+            "auth_url": "https://keystone.example:5000/v3", "username": "u",
+            "password": "pw", "project_name": "admin"
+        }}});
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        serde_json::from_value(c).unwrap()
+    }
+
+    fn ctx() -> Context {
+        Context {
+            instance: "heat-test".into(),
+        }
+    }
+
+    /// The field and message `validate` refuses `extra` with.
+    fn refused(extra: serde_json::Value) -> (String, String) {
+        let e = HeatPlugin::validate(&config(extra), &ctx()).expect_err("refused");
+        assert_eq!(e.kind(), synchronizer_plugin_api::ErrorKind::Config);
+        (
+            e.field().expect("a field").to_owned(),
+            e.message().to_owned(),
+        )
+    }
+
+    #[test]
+    fn validate_passes_a_valid_config_and_the_sample() {
+        assert_eq!(
+            HeatPlugin::validate(&config(serde_json::json!({})), &ctx()),
+            Ok(())
+        );
+        let c = config(serde_json::json!({
+            "stack_listing": "auto", "page_size": 1, "concurrency": 1, "nested_depth": 0,
+            "resource_types": {"OS::Trove::Instance": "trove.instance"}
+        }));
+        assert_eq!(HeatPlugin::validate(&c, &ctx()), Ok(()));
+        let token = config(serde_json::json!({
+            "cloud": {"auth": {"token": "t"}, "endpoint_override": "http://h:8004/v1/p"}
+        }));
+        assert_eq!(HeatPlugin::validate(&token, &ctx()), Ok(()));
+        let sample: toml::Value = toml::from_str(HeatPlugin::sample_config()).unwrap();
+        let instance = &sample["instances"][0];
+        assert_eq!(
+            instance["library"].as_str(),
+            Some("libsynchronizer_heat.so")
+        );
+        let c: Config =
+            serde_json::from_value(serde_json::to_value(&instance["config"]).unwrap()).unwrap();
+        assert_eq!(HeatPlugin::validate(&c, &ctx()), Ok(()));
+    }
+
+    #[test]
+    fn validate_names_each_refused_field() {
+        assert_eq!(
+            refused(serde_json::json!({"page_size": 0})),
+            ("page_size".to_owned(), "must be at least 1".to_owned())
+        );
+        assert_eq!(
+            refused(serde_json::json!({"concurrency": 0})),
+            ("concurrency".to_owned(), "must be at least 1".to_owned())
+        );
+        assert_eq!(
+            refused(serde_json::json!({"service_type": ""})).0,
+            "service_type"
+        );
+        assert_eq!(
+            refused(serde_json::json!({"resource_types": {"OS::Trove::Instance": ""}})).0,
+            "resource_types.OS::Trove::Instance"
+        );
+        for listing in ["per_project", "auto"] {
+            let (field, message) = refused(serde_json::json!({
+                "stack_listing": listing,
+                "cloud": {"auth": {"token": "t"}, "endpoint_override": "http://h:8004/v1/p"}
+            }));
+            assert_eq!(field, "stack_listing");
+            assert!(message.contains("static token"), "{message}");
+            assert!(!message.contains("instance"), "{message}");
+        }
+        let cloud = |cloud: serde_json::Value| refused(serde_json::json!({ "cloud": cloud })).0;
+        assert_eq!(
+            cloud(
+                serde_json::json!({"auth": {"auth_url": "http://k", "username": "u", "project_name": "a"}})
+            ),
+            "cloud.auth.password"
+        );
+        assert_eq!(
+            cloud(
+                serde_json::json!({"auth": {"auth_url": "http://k", "username": "u", "password": "p", "project_name": "a"}, "timeout": "0s"})
+            ),
+            "cloud.timeout"
+        );
+        let e = HeatPlugin::from_config(config(serde_json::json!({"concurrency": 0})), "h")
+            .unwrap_err();
+        assert_eq!(
+            (e.field(), e.message()),
+            (Some("concurrency"), "must be at least 1")
+        );
+    }
+}

@@ -448,7 +448,8 @@ fn configuration_errors_name_the_field() {
     let static_token = json!({"cloud": {"auth": {"token": "t"}, "endpoint_override": "http://h:8004/v1/p"}, "stack_listing": "per_project"});
     let err =
         HeatPlugin::from_config(serde_json::from_value(static_token).unwrap(), "h").unwrap_err();
-    assert!(err.message().contains("needs Keystone"), "{err}");
+    assert_eq!(err.field(), Some("stack_listing"), "{err}");
+    assert!(err.message().contains("a static token"), "{err}");
     let c: Config = serde_json::from_value(base).unwrap();
     assert_eq!(
         (c.nested_depth, c.concurrency, c.service_type.as_str()),

@@ -91,6 +91,108 @@ pub struct Nagios {
 /// The entity type of Nagios alarms (Vitrage's name).
 pub const ENTITY_TYPE: &str = "nagios";
 
+/// What a valid configuration means, found without side effects (the files it names
+/// are read, nothing else): what `validate` and `new` both run.
+pub struct Checked {
+    /// The CGI base URL, without a trailing `/`.
+    base: String,
+    /// The compiled host rules.
+    rules: HostRules,
+    /// The scope of the alarms' ids.
+    scope: String,
+    /// Basic-auth user and password.
+    auth: Option<(String, String)>,
+    /// The certificates of `ca_file`.
+    roots: Vec<reqwest::Certificate>,
+}
+
+impl Checked {
+    /// Checks `config` of instance `instance`; each error names its field (`url`,
+    /// `host_rules.rules[1].pattern`, `scope`, `password_file`, ...).
+    pub fn of(config: &Config, instance: &str) -> Result<Self, Error> {
+        let url = reqwest::Url::parse(&config.url).map_err(|e| {
+            Error::config_field("url", format!("`{}` is not a URL: {e}", config.url))
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(Error::config_field("url", "must be an http or https URL"));
+        }
+        let rules = HostRules::new(&config.host_rules).map_err(|e| {
+            let (field, message) = e.field_and_message();
+            Error::config_field(format!("host_rules.{field}"), message)
+        })?;
+        let scope = match &config.scope {
+            Some(scope) => {
+                check_scope(scope).map_err(|e| Error::config_field("scope", e))?;
+                scope.clone()
+            }
+            None => {
+                check_scope(instance).map_err(|e| {
+                    Error::config_field(
+                        "scope",
+                        format!(
+                            "not set, and its default, the instance's name, is refused ({e}): set `scope`"
+                        ),
+                    )
+                })?;
+                instance.to_owned()
+            }
+        };
+        let password = match (&config.password, &config.password_file) {
+            (Some(_), Some(_)) => {
+                return Err(Error::config_field(
+                    "password_file",
+                    "set `password` or `password_file`, not both",
+                ));
+            }
+            (Some(p), None) => Some(p.clone()),
+            (None, Some(file)) => {
+                let text = std::fs::read_to_string(file).map_err(|e| {
+                    Error::config_field(
+                        "password_file",
+                        format!("cannot read {}: {e}", file.display()),
+                    )
+                })?;
+                Some(text.lines().next().unwrap_or_default().to_owned())
+            }
+            (None, None) => None,
+        };
+        let auth = match (&config.username, password) {
+            (Some(u), p) => Some((u.clone(), p.unwrap_or_default())),
+            (None, Some(_)) => {
+                return Err(Error::config_field(
+                    "username",
+                    "is required with a password",
+                ));
+            }
+            (None, None) => None,
+        };
+        if config.timeout.is_zero() {
+            return Err(Error::config_field("timeout", "must be more than zero"));
+        }
+        let mut roots = Vec::new();
+        if let Some(ca) = &config.ca_file {
+            let pem = std::fs::read(ca).map_err(|e| {
+                Error::config_field("ca_file", format!("cannot read {}: {e}", ca.display()))
+            })?;
+            roots = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| Error::config_field("ca_file", format!("{}: {e}", ca.display())))?;
+            if roots.is_empty() {
+                return Err(Error::config_field(
+                    "ca_file",
+                    format!("{}: no PEM certificate in the file", ca.display()),
+                ));
+            }
+        }
+        Ok(Checked {
+            base: config.url.trim_end_matches('/').to_owned(),
+            rules,
+            scope,
+            auth,
+            roots,
+        })
+    }
+}
+
 impl Plugin for Nagios {
     type Config = Config;
 
@@ -104,70 +206,34 @@ impl Plugin for Nagios {
         }
     }
 
+    fn sample_config() -> &'static str {
+        include_str!("../sample.toml")
+    }
+
+    /// Everything `new` checks ([`Checked::of`]): the URL, the host rules, the scope,
+    /// the credentials (`password_file` is read), the timeout and `ca_file` (read).
+    fn validate(config: &Config, ctx: &Context) -> Result<(), Error> {
+        Checked::of(config, &ctx.instance).map(drop)
+    }
+
     fn new(config: Config, ctx: &Context) -> Result<Self, Error> {
-        let field = |name: &str, e: &dyn std::fmt::Display| {
-            Error::config(format!(
-                "instance `{}`: invalid config field `{name}`: {e}",
-                ctx.instance
-            ))
-        };
-        let url = reqwest::Url::parse(&config.url).map_err(|e| field("url", &e))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(field("url", &"must be an http or https URL"));
-        }
-        let rules = HostRules::new(&config.host_rules).map_err(|e| field("host_rules", &e))?;
-        let scope = match config.scope {
-            Some(scope) => {
-                check_scope(&scope).map_err(|e| field("scope", &e))?;
-                scope
-            }
-            None => {
-                check_scope(&ctx.instance).map_err(|e| {
-                    field(
-                        "scope",
-                        &format!("the instance's name is the default scope, and {e}: set `scope`"),
-                    )
-                })?;
-                ctx.instance.clone()
-            }
-        };
-        let password = match (&config.password, &config.password_file) {
-            (Some(_), Some(_)) => {
-                return Err(field(
-                    "password",
-                    &"set `password` or `password_file`, not both",
-                ));
-            }
-            (Some(p), None) => Some(p.clone()),
-            (None, Some(file)) => {
-                let text = std::fs::read_to_string(file)
-                    .map_err(|e| field("password_file", &format!("{}: {e}", file.display())))?;
-                Some(text.lines().next().unwrap_or_default().to_owned())
-            }
-            (None, None) => None,
-        };
-        let auth = match (config.username, password) {
-            (Some(u), p) => Some((u, p.unwrap_or_default())),
-            (None, Some(_)) => return Err(field("username", &"a password needs a username")),
-            (None, None) => None,
-        };
+        let Checked {
+            base,
+            rules,
+            scope,
+            auth,
+            roots,
+        } = Checked::of(&config, &ctx.instance)?;
         let mut builder = reqwest::Client::builder()
             .timeout(config.timeout)
             .user_agent(concat!("synchronizer-nagios/", env!("CARGO_PKG_VERSION")))
             .danger_accept_invalid_certs(config.insecure);
-        if let Some(ca) = &config.ca_file {
-            let pem = std::fs::read(ca)
-                .map_err(|e| field("ca_file", &format!("{}: {e}", ca.display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| field("ca_file", &format!("{}: {e}", ca.display())))?;
-            for c in certs {
-                builder = builder.add_root_certificate(c);
-            }
+        for c in roots {
+            builder = builder.add_root_certificate(c);
         }
         let client = builder
             .build()
             .map_err(|e| Error::failed(format!("HTTP client: {e}")))?;
-        let base = config.url.trim_end_matches('/').to_owned();
         tracing::info!(url = %base, source = ?config.source, scope = %scope, auth = auth.is_some(), "nagios collector ready");
         Ok(Nagios {
             client,
@@ -396,20 +462,20 @@ mod tests {
             .err()
             .expect("refused");
         assert_eq!(e.kind(), synchronizer_plugin_api::ErrorKind::Config);
-        assert_eq!(
-            e.message(),
-            "instance `n`: invalid config field `scope`: it contains `/`"
-        );
+        assert_eq!((e.field(), e.message()), (Some("scope"), "it contains `/`"));
         let e = nagios("n", serde_json::json!({"url": "http://n/", "scope": ""}))
             .err()
             .expect("refused");
-        assert!(e.message().contains("it is empty"), "{e}");
+        assert_eq!((e.field(), e.message()), (Some("scope"), "it is empty"));
         let e = nagios("east/1", serde_json::json!({"url": "http://n/"}))
             .err()
             .expect("refused");
         assert_eq!(
-            e.message(),
-            "instance `east/1`: invalid config field `scope`: the instance's name is the default scope, and it contains `/`: set `scope`"
+            (e.field(), e.message()),
+            (
+                Some("scope"),
+                "not set, and its default, the instance's name, is refused (it contains `/`): set `scope`"
+            )
         );
         assert!(
             nagios(
@@ -417,6 +483,125 @@ mod tests {
                 serde_json::json!({"url": "http://n/", "scope": "east-1"})
             )
             .is_ok()
+        );
+    }
+
+    /// `validate` on a JSON config: the refused field and its message.
+    fn refused(instance: &str, config: serde_json::Value) -> (String, String) {
+        let config: Config = serde_json::from_value(config).expect("parses");
+        let ctx = Context {
+            instance: instance.into(),
+        };
+        let e = Nagios::validate(&config, &ctx).expect_err("refused");
+        assert_eq!(e.kind(), synchronizer_plugin_api::ErrorKind::Config);
+        (
+            e.field().expect("a field").to_owned(),
+            e.message().to_owned(),
+        )
+    }
+
+    fn temp_file(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("synchronizer-nagios-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn validate_passes_a_valid_config_and_the_sample() {
+        let password_file = temp_file("password", "s3cret\nignored\n");
+        let config: Config = serde_json::from_value(serde_json::json!({
+            "url": "https://nagios.example/cgi-bin/nagios4/",
+            "source": "html",
+            "username": "nagiosadmin",
+            "password_file": password_file,
+            "timeout": "5s",
+            "host_rules": {"rules": [{"pattern": "(compute-\\d+)\\..*", "key": "nova.host:$1"}]},
+            "scope": "east",
+        }))
+        .unwrap();
+        let ctx = Context {
+            instance: "nagios-east".into(),
+        };
+        assert_eq!(Nagios::validate(&config, &ctx), Ok(()));
+        let checked = Checked::of(&config, "nagios-east").unwrap();
+        assert_eq!(checked.base, "https://nagios.example/cgi-bin/nagios4");
+        assert_eq!(
+            checked.auth,
+            Some(("nagiosadmin".to_owned(), "s3cret".to_owned()))
+        );
+        assert_eq!(checked.scope, "east");
+
+        // The shipped sample's own table.
+        let sample: toml::Value = toml::from_str(Nagios::sample_config()).unwrap();
+        let table = &sample["instances"][0]["config"];
+        let config: Config = serde_json::from_value(serde_json::to_value(table).unwrap()).unwrap();
+        assert_eq!(Nagios::validate(&config, &ctx), Ok(()));
+    }
+
+    #[test]
+    fn validate_names_each_refused_field() {
+        let url = "http://n/cgi-bin";
+        let missing = std::env::temp_dir().join("synchronizer-nagios-no-such-file");
+        let not_pem = temp_file("not-pem", "no certificate here\n");
+        let cases = [
+            (serde_json::json!({"url": "nagios.example/cgi-bin"}), "url"),
+            (serde_json::json!({"url": "ftp://n/cgi-bin"}), "url"),
+            (
+                serde_json::json!({"url": url, "host_rules": {"rules": [
+                    {"pattern": "ok", "key": "x:$0"},
+                    {"pattern": "compute-(", "key": "x"}
+                ]}}),
+                "host_rules.rules[1].pattern",
+            ),
+            (
+                serde_json::json!({"url": url, "host_rules": {"rules": [{"pattern": "c-(\\d)", "key": "x:$2"}]}}),
+                "host_rules.rules[0].key",
+            ),
+            (
+                serde_json::json!({"url": url, "host_rules": {"default_key": "x:$1"}}),
+                "host_rules.default_key",
+            ),
+            (serde_json::json!({"url": url, "scope": "a/b"}), "scope"),
+            (
+                serde_json::json!({"url": url, "password": "p", "password_file": "/etc/hostname"}),
+                "password_file",
+            ),
+            (
+                serde_json::json!({"url": url, "username": "u", "password_file": missing}),
+                "password_file",
+            ),
+            (serde_json::json!({"url": url, "password": "p"}), "username"),
+            (serde_json::json!({"url": url, "timeout": "0s"}), "timeout"),
+            (
+                serde_json::json!({"url": url, "ca_file": missing}),
+                "ca_file",
+            ),
+            (
+                serde_json::json!({"url": url, "ca_file": not_pem}),
+                "ca_file",
+            ),
+        ];
+        for (config, field) in cases {
+            let (got, message) = refused("n", config.clone());
+            assert_eq!(got, field, "{config}: {message}");
+            assert!(
+                !message.contains("instance") && !message.contains('\n'),
+                "one line, no instance name: {message}"
+            );
+        }
+        assert_eq!(
+            refused(
+                "n",
+                serde_json::json!({"url": url, "host_rules": {"rules": [{"pattern": "compute-(", "key": "x"}]}})
+            )
+            .1,
+            "invalid regular expression: unclosed group"
+        );
+        assert_eq!(
+            refused("n", serde_json::json!({"url": url, "password": "p"})).1,
+            "is required with a password"
         );
     }
 }

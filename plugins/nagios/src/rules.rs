@@ -103,6 +103,39 @@ pub enum RuleError {
     },
 }
 
+impl RuleError {
+    /// The field's path inside the `host_rules` table (`rules[1].pattern`,
+    /// `rules[0].key`, `default_key`) and what is wrong with it, on one line.
+    pub fn field_and_message(&self) -> (String, String) {
+        match self {
+            RuleError::Regex { index, message, .. } => (
+                format!("rules[{index}].pattern"),
+                format!("invalid regular expression: {}", one_line(message)),
+            ),
+            RuleError::Template { index, reason, .. } => (
+                match index {
+                    Some(i) => format!("rules[{i}].key"),
+                    None => "default_key".to_owned(),
+                },
+                reason.clone(),
+            ),
+        }
+    }
+}
+
+/// The regex crate's message without its multi-line picture of the pattern (which shows
+/// the anchored form, not what was configured): its `error: ...` line, or every line
+/// joined.
+fn one_line(message: &str) -> String {
+    match message
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("error: "))
+    {
+        Some(reason) => reason.to_owned(),
+        None => message.split_whitespace().collect::<Vec<_>>().join(" "),
+    }
+}
+
 fn rule_name(index: Option<usize>) -> String {
     match index {
         Some(i) => format!("host rule {i}"),

@@ -164,19 +164,20 @@ struct ZoneState {
 /// A type that could not be listed, and why.
 type Listing = Result<Vec<Entity>, synchronizer_openstack::Error>;
 
-fn config_error(instance: &str, e: impl std::fmt::Display) -> Error {
-    Error::config(format!("instance `{instance}`: {e}"))
+/// A field of the `cloud` table, as a field of this plugin's table.
+fn cloud_error(e: synchronizer_openstack::ConfigError) -> Error {
+    Error::config_field(e.field_in("cloud"), e.message)
 }
 
 impl NovaPlugin {
-    /// The headers sent with every Nova request.
+    /// The headers sent with every Nova request, or what is wrong with `microversion`.
     fn version_headers(microversion: &str) -> Result<HeaderMap, String> {
         let valid = microversion.split_once('.').is_some_and(|(a, b)| {
             !a.is_empty() && !b.is_empty() && (a.to_owned() + b).bytes().all(|c| c.is_ascii_digit())
         });
         if !valid {
             return Err(format!(
-                "config field `microversion`: `{microversion}` is not a microversion like `2.53`"
+                "`{microversion}` is not a microversion like `2.53`"
             ));
         }
         let mut h = HeaderMap::new();
@@ -193,18 +194,31 @@ impl NovaPlugin {
         Ok(h)
     }
 
-    /// Builds an instance from its configuration (no request is made yet).
-    pub fn from_config(config: Config, instance: &str) -> Result<Self, Error> {
-        let headers =
-            Self::version_headers(&config.microversion).map_err(|e| config_error(instance, e))?;
+    /// Checks a configuration without side effects (no request, no client; `cloud.ca_file`
+    /// is read): what [`Plugin::validate`] runs. Each error names its field
+    /// (`microversion`, `page_size`, `cloud.auth.auth_url`, ...).
+    pub fn check(config: &Config) -> Result<(), Error> {
+        Self::version_headers(&config.microversion)
+            .map_err(|e| Error::config_field("microversion", e))?;
         if config.page_size == Some(0) {
-            return Err(config_error(
-                instance,
-                "config field `page_size` must be at least 1",
-            ));
+            return Err(Error::config_field("page_size", "must be at least 1"));
         }
-        let session = Session::new(&config.cloud)
-            .map_err(|e| config_error(instance, format!("cloud: {e}")))?;
+        if config.service_type.is_empty() {
+            return Err(Error::config_field("service_type", "must not be empty"));
+        }
+        config.cloud.validate().map_err(cloud_error)
+    }
+
+    /// Builds an instance from its configuration, checked first as [`NovaPlugin::check`]
+    /// does (no request is made yet).
+    pub fn from_config(config: Config, instance: &str) -> Result<Self, Error> {
+        Self::check(&config)?;
+        let headers = Self::version_headers(&config.microversion)
+            .map_err(|e| Error::config_field("microversion", e))?;
+        let session = Session::new(&config.cloud).map_err(|e| match e {
+            synchronizer_openstack::Error::Field(f) => cloud_error(f),
+            e => Error::config(format!("cloud: {e}")),
+        })?;
         Ok(NovaPlugin {
             session,
             config,
@@ -524,6 +538,15 @@ impl Plugin for NovaPlugin {
         }
     }
 
+    fn sample_config() -> &'static str {
+        include_str!("../sample.toml")
+    }
+
+    /// Everything `new` checks ([`NovaPlugin::check`]).
+    fn validate(config: &Config, _ctx: &Context) -> Result<(), Error> {
+        NovaPlugin::check(config)
+    }
+
     fn new(config: Config, ctx: &Context) -> Result<Self, Error> {
         let plugin = NovaPlugin::from_config(config, &ctx.instance)?;
         if !flavor_has_name(&plugin.config.microversion) {
@@ -550,3 +573,112 @@ impl Plugin for NovaPlugin {
 }
 
 synchronizer_plugin_api::export_plugin!(NovaPlugin);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: serde_json::Value) -> Config {
+        let mut c = serde_json::json!({"cloud": {"auth": {
+            "auth_url": "https://keystone.example:5000/v3", "username": "u",
+            "password": "pw", "project_name": "admin"
+        }}});
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        serde_json::from_value(c).unwrap()
+    }
+
+    fn ctx() -> Context {
+        Context {
+            instance: "nova-test".into(),
+        }
+    }
+
+    /// The field and message `validate` refuses `extra` with.
+    fn refused(extra: serde_json::Value) -> (String, String) {
+        let e = NovaPlugin::validate(&config(extra), &ctx()).expect_err("refused");
+        assert_eq!(e.kind(), synchronizer_plugin_api::ErrorKind::Config);
+        (
+            e.field().expect("a field").to_owned(),
+            e.message().to_owned(),
+        )
+    }
+
+    #[test]
+    fn validate_passes_a_valid_config_and_the_sample() {
+        assert_eq!(
+            NovaPlugin::validate(&config(serde_json::json!({})), &ctx()),
+            Ok(())
+        );
+        assert_eq!(
+            NovaPlugin::validate(
+                &config(serde_json::json!({"microversion": "2.1", "page_size": 1})),
+                &ctx()
+            ),
+            Ok(())
+        );
+        let sample: toml::Value = toml::from_str(NovaPlugin::sample_config()).unwrap();
+        let instance = &sample["instances"][0];
+        assert_eq!(
+            instance["library"].as_str(),
+            Some("libsynchronizer_nova.so")
+        );
+        let c: Config =
+            serde_json::from_value(serde_json::to_value(&instance["config"]).unwrap()).unwrap();
+        assert_eq!(NovaPlugin::validate(&c, &ctx()), Ok(()));
+    }
+
+    #[test]
+    fn validate_names_each_refused_field() {
+        assert_eq!(
+            refused(serde_json::json!({"microversion": "latest"})),
+            (
+                "microversion".to_owned(),
+                "`latest` is not a microversion like `2.53`".to_owned()
+            )
+        );
+        assert_eq!(
+            refused(serde_json::json!({"microversion": "2."})).0,
+            "microversion"
+        );
+        assert_eq!(
+            refused(serde_json::json!({"page_size": 0})),
+            ("page_size".to_owned(), "must be at least 1".to_owned())
+        );
+        assert_eq!(
+            refused(serde_json::json!({"service_type": ""})).0,
+            "service_type"
+        );
+        let cloud = |cloud: serde_json::Value| refused(serde_json::json!({ "cloud": cloud })).0;
+        assert_eq!(
+            cloud(
+                serde_json::json!({"auth": {"username": "u", "password": "p", "project_name": "a"}})
+            ),
+            "cloud.auth.auth_url"
+        );
+        assert_eq!(
+            cloud(
+                serde_json::json!({"auth": {"auth_url": "http://k", "username": "u", "password": "p"}})
+            ),
+            "cloud.auth.project_name"
+        );
+        assert_eq!(
+            cloud(serde_json::json!({"auth": {"token": "t"}})),
+            "cloud.endpoint_override"
+        );
+        assert_eq!(
+            cloud(
+                serde_json::json!({"auth": {"token": "t"}, "endpoint_override": "http://n/v2.1", "ca_file": "/nonexistent/ca.pem"})
+            ),
+            "cloud.ca_file"
+        );
+        // `new` refuses the same, through the SDK's order (validate first) or directly.
+        let e =
+            NovaPlugin::from_config(config(serde_json::json!({"page_size": 0})), "n").unwrap_err();
+        assert_eq!(
+            (e.field(), e.message()),
+            (Some("page_size"), "must be at least 1")
+        );
+    }
+}

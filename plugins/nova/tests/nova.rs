@@ -386,7 +386,8 @@ fn configuration_errors_name_the_field() {
     let mut bad = base.clone();
     bad["microversion"] = json!("latest");
     let err = NovaPlugin::from_config(serde_json::from_value(bad).unwrap(), "n").unwrap_err();
-    assert!(err.message().contains("`microversion`"), "{err}");
+    assert_eq!(err.field(), Some("microversion"), "{err}");
+    assert_eq!(err.message(), "`latest` is not a microversion like `2.53`");
     let c: Config = serde_json::from_value(base).unwrap();
     assert_eq!(c.microversion, "2.53");
     assert!(c.all_tenants);

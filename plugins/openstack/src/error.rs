@@ -2,24 +2,22 @@
 //! any user name or password in the URL removed) and, where there is one, the HTTP
 //! status and the service's own message, so that one log line is enough to act on.
 
-use std::path::PathBuf;
 use std::time::Duration;
+
+use crate::config::ConfigError;
 
 /// What went wrong talking to OpenStack.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The configuration cannot work (missing credentials, a bad URL).
+    /// The configuration cannot work (the HTTP client cannot be built, a catalog URL
+    /// that is not one).
     #[error("configuration: {0}")]
     Config(String),
-    /// The CA file could not be read or holds no certificate.
-    #[error("ca_file {}: {message}", path.display())]
-    CaFile {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        message: String,
-    },
+    /// A field of the `cloud` table cannot work (missing credentials, a bad URL, an
+    /// unreadable CA file): see [`CloudConfig::validate`](crate::CloudConfig::validate).
+    #[error("configuration: {0}")]
+    Field(ConfigError),
     /// Keystone refused to issue a token.
     #[error(
         "Keystone refused to authenticate: POST {url}: HTTP {status}{}",
@@ -153,7 +151,7 @@ impl Error {
         matches!(
             self,
             Error::Config(_)
-                | Error::CaFile { .. }
+                | Error::Field(_)
                 | Error::Auth { .. }
                 | Error::Catalog { .. }
                 | Error::AmbiguousRegion { .. }

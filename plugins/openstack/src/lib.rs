@@ -32,7 +32,7 @@ pub mod session;
 pub mod testing;
 pub mod time;
 
-pub use config::{AuthConfig, AuthMethod, CloudConfig, Interface, Secret};
+pub use config::{AuthConfig, AuthMethod, CloudConfig, ConfigError, Interface, Secret};
 pub use error::Error;
 pub use paging::{Link, Pager};
 pub use session::{Session, display_url, join_path};

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::catalog::{CatalogService, select_endpoint};
-use crate::config::{AuthConfig, AuthMethod, CloudConfig, Interface, Secret};
+use crate::config::{AuthConfig, AuthMethod, CloudConfig, ConfigError, Interface, Secret};
 use crate::error::{Error, chain, service_message};
 use crate::time::{now_micros, parse_timestamp};
 
@@ -122,29 +122,17 @@ impl fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    fn from_config(auth: &AuthConfig, endpoint_override: bool) -> Result<Self, Error> {
-        let method = auth.method.unwrap_or(
-            if auth.application_credential_id.is_some()
-                || auth.application_credential_name.is_some()
-                || auth.application_credential_secret.is_some()
-            {
-                AuthMethod::ApplicationCredential
-            } else if auth.token.is_some() {
-                AuthMethod::StaticToken
-            } else {
-                AuthMethod::Password
-            },
-        );
-        let token_url = || -> Result<Url, Error> {
-            let raw = auth.auth_url.as_deref().ok_or_else(|| {
-                Error::Config("auth.auth_url is required (Keystone's URL)".into())
-            })?;
+    fn from_config(auth: &AuthConfig, endpoint_override: bool) -> Result<Self, ConfigError> {
+        let token_url = || -> Result<Url, ConfigError> {
+            let field = "auth.auth_url";
+            let raw = auth
+                .auth_url
+                .as_deref()
+                .ok_or_else(|| ConfigError::new(field, "is required: Keystone's URL"))?;
             let mut url = Url::parse(raw)
-                .map_err(|e| Error::Config(format!("auth.auth_url `{raw}` is not a URL: {e}")))?;
+                .map_err(|e| ConfigError::new(field, format!("`{raw}` is not a URL: {e}")))?;
             if !matches!(url.scheme(), "http" | "https") {
-                return Err(Error::Config(format!(
-                    "auth.auth_url `{raw}` is not an http(s) URL"
-                )));
+                return Err(ConfigError::new(field, "must be an http or https URL"));
             }
             let ends_v3 = url
                 .path_segments()
@@ -155,23 +143,26 @@ impl Credentials {
             }
             Ok(join_path(&url, &["auth", "tokens"]))
         };
-        let user = |needed_for: &str| -> Result<Ident, Error> {
+        let user = |needed_for: &str| -> Result<Ident, ConfigError> {
             match (&auth.user_id, &auth.username) {
                 (Some(id), _) => Ok(Ident::Id(id.clone())),
                 (None, Some(name)) => Ok(Ident::Name {
                     name: name.clone(),
                     domain: Domain::from_config(&auth.user_domain_id, &auth.user_domain_name),
                 }),
-                (None, None) => Err(Error::Config(format!(
-                    "auth.username or auth.user_id is required for {needed_for}"
-                ))),
+                (None, None) => Err(ConfigError::new(
+                    "auth.username",
+                    format!("is required for {needed_for} (or `user_id`)"),
+                )),
             }
         };
-        match method {
+        match auth.effective_method() {
             AuthMethod::Password => {
                 let password = auth.password.clone().ok_or_else(|| {
-                    Error::Config("auth.password is required for password authentication".into())
+                    ConfigError::new("auth.password", "is required for password authentication")
                 })?;
+                let token_url = token_url()?;
+                let user = user("password authentication")?;
                 let project = match (&auth.project_id, &auth.project_name) {
                     (Some(id), _) => Ident::Id(id.clone()),
                     (None, Some(name)) => Ident::Name {
@@ -182,22 +173,27 @@ impl Credentials {
                         ),
                     },
                     (None, None) => {
-                        return Err(Error::Config(
-                            "auth.project_name or auth.project_id is required: the token must be scoped to a project to carry a service catalog and admin rights".into(),
+                        return Err(ConfigError::new(
+                            "auth.project_name",
+                            "is required (or `project_id`): the token must be scoped to a project to carry a service catalog and admin rights",
                         ));
                     }
                 };
                 Ok(Credentials::Password {
-                    token_url: token_url()?,
-                    user: user("password authentication")?,
+                    token_url,
+                    user,
                     password,
                     project,
                 })
             }
             AuthMethod::ApplicationCredential => {
                 let secret = auth.application_credential_secret.clone().ok_or_else(|| {
-                    Error::Config("auth.application_credential_secret is required for application credentials".into())
+                    ConfigError::new(
+                        "auth.application_credential_secret",
+                        "is required for an application credential",
+                    )
                 })?;
+                let token_url = token_url()?;
                 let credential = match (
                     &auth.application_credential_id,
                     &auth.application_credential_name,
@@ -208,25 +204,32 @@ impl Credentials {
                         user("an application credential given by name")?,
                     )),
                     (None, None) => {
-                        return Err(Error::Config(
-                            "auth.application_credential_id (or _name with the user) is required"
-                                .into(),
+                        return Err(ConfigError::new(
+                            "auth.application_credential_id",
+                            "is required (or `application_credential_name` with the user)",
                         ));
                     }
                 };
                 Ok(Credentials::ApplicationCredential {
-                    token_url: token_url()?,
+                    token_url,
                     credential,
                     secret,
                 })
             }
             AuthMethod::StaticToken => {
                 let token = auth.token.clone().ok_or_else(|| {
-                    Error::Config("auth.token is required for static_token".into())
+                    ConfigError::new("auth.token", "is required for `method = \"static_token\"`")
                 })?;
+                if HeaderValue::from_str(token.expose()).is_err() {
+                    return Err(ConfigError::new(
+                        "auth.token",
+                        "holds characters not allowed in an HTTP header",
+                    ));
+                }
                 if !endpoint_override {
-                    return Err(Error::Config(
-                        "static_token has no service catalog: set cloud.endpoint_override".into(),
+                    return Err(ConfigError::new(
+                        "endpoint_override",
+                        "is required with a static token (there is no service catalog)",
                     ));
                 }
                 Ok(Credentials::Static(token))
@@ -391,7 +394,73 @@ impl fmt::Debug for Session {
     }
 }
 
-fn build_client(config: &CloudConfig) -> Result<reqwest::Client, Error> {
+/// What [`check`] found a configuration to mean.
+pub(crate) struct Checked {
+    credentials: Credentials,
+    endpoint_override: Option<Url>,
+    /// The certificates of `ca_file`.
+    roots: Vec<reqwest::Certificate>,
+}
+
+/// Checks a `cloud` table without side effects (it reads `ca_file`, nothing else): what
+/// [`CloudConfig::validate`] and [`Session::new`] both run.
+pub(crate) fn check(config: &CloudConfig) -> Result<Checked, ConfigError> {
+    let endpoint_override = match &config.endpoint_override {
+        Some(raw) => {
+            let url = Url::parse(raw).map_err(|e| {
+                ConfigError::new("endpoint_override", format!("`{raw}` is not a URL: {e}"))
+            })?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(ConfigError::new(
+                    "endpoint_override",
+                    "must be an http or https URL",
+                ));
+            }
+            Some(url)
+        }
+        None => None,
+    };
+    let credentials = Credentials::from_config(&config.auth, endpoint_override.is_some())?;
+    if config.timeout.is_zero() {
+        return Err(ConfigError::new("timeout", "must be more than zero"));
+    }
+    if config.connect_timeout.is_zero() {
+        return Err(ConfigError::new(
+            "connect_timeout",
+            "must be more than zero",
+        ));
+    }
+    let roots = match &config.ca_file {
+        Some(path) => read_ca_file(path)?,
+        None => Vec::new(),
+    };
+    Ok(Checked {
+        credentials,
+        endpoint_override,
+        roots,
+    })
+}
+
+/// The certificates of a PEM file; an error when it cannot be read or holds none.
+fn read_ca_file(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, ConfigError> {
+    let field = "ca_file";
+    let pem = std::fs::read(path)
+        .map_err(|e| ConfigError::new(field, format!("cannot read {}: {e}", path.display())))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| ConfigError::new(field, format!("{}: {}", path.display(), chain(&e))))?;
+    if certs.is_empty() {
+        return Err(ConfigError::new(
+            field,
+            format!("{}: no PEM certificate in the file", path.display()),
+        ));
+    }
+    Ok(certs)
+}
+
+fn build_client(
+    config: &CloudConfig,
+    roots: Vec<reqwest::Certificate>,
+) -> Result<reqwest::Client, Error> {
     let mut builder = reqwest::Client::builder()
         .timeout(config.timeout)
         .connect_timeout(config.connect_timeout)
@@ -400,24 +469,8 @@ fn build_client(config: &CloudConfig) -> Result<reqwest::Client, Error> {
             env!("CARGO_PKG_VERSION")
         ))
         .pool_idle_timeout(Duration::from_secs(50));
-    if let Some(path) = &config.ca_file {
-        let pem = std::fs::read(path).map_err(|e| Error::CaFile {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| Error::CaFile {
-            path: path.clone(),
-            message: chain(&e),
-        })?;
-        if certs.is_empty() {
-            return Err(Error::CaFile {
-                path: path.clone(),
-                message: "no PEM certificate in the file".into(),
-            });
-        }
-        for cert in certs {
-            builder = builder.add_root_certificate(cert);
-        }
+    for cert in roots {
+        builder = builder.add_root_certificate(cert);
     }
     if config.insecure {
         tracing::warn!("cloud.insecure = true: TLS certificates are NOT verified");
@@ -429,21 +482,24 @@ fn build_client(config: &CloudConfig) -> Result<reqwest::Client, Error> {
 }
 
 impl Session {
-    /// Builds the session: checks the configuration and reads the CA file, but does not
-    /// contact Keystone yet (the first request does).
+    /// Builds the session: checks the configuration ([`CloudConfig::validate`]) and reads
+    /// the CA file, but does not contact Keystone yet (the first request does). A
+    /// configuration that cannot work is [`Error::Field`].
     pub fn new(config: &CloudConfig) -> Result<Session, Error> {
-        let endpoint_override = match &config.endpoint_override {
-            Some(raw) => Some(Url::parse(raw).map_err(|e| {
-                Error::Config(format!("cloud.endpoint_override `{raw}` is not a URL: {e}"))
-            })?),
-            None => None,
-        };
-        let credentials = Credentials::from_config(&config.auth, endpoint_override.is_some())?;
-        let http = build_client(config)?;
+        let Checked {
+            credentials,
+            endpoint_override,
+            roots,
+        } = check(config).map_err(Error::Field)?;
+        let http = build_client(config, roots)?;
         let initial = match &credentials {
             Credentials::Static(secret) => {
+                // Checked by `check`.
                 let mut value = HeaderValue::from_str(secret.expose()).map_err(|_| {
-                    Error::Config("auth.token holds characters not allowed in a header".into())
+                    Error::Field(ConfigError::new(
+                        "auth.token",
+                        "holds characters not allowed in an HTTP header",
+                    ))
                 })?;
                 value.set_sensitive(true);
                 Some(Arc::new(Token {

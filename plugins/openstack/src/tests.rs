@@ -291,7 +291,7 @@ async fn credentials_in_a_url_never_show() {
 }
 
 #[test]
-fn configuration_errors_say_what_is_missing() {
+fn configuration_errors_name_the_field() {
     let err = Session::new(&CloudConfig::new(AuthConfig {
         auth_url: Some("http://k:5000".into()),
         username: Some("u".into()),
@@ -299,17 +299,31 @@ fn configuration_errors_say_what_is_missing() {
         ..Default::default()
     }))
     .unwrap_err();
+    let Error::Field(field) = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(field.field, "auth.project_name");
     assert!(
-        err.to_string()
-            .contains("auth.project_name or auth.project_id is required"),
+        field.message.starts_with("is required (or `project_id`)"),
         "{err}"
     );
+    assert!(err.is_permanent());
     let err = Session::new(&CloudConfig::new(AuthConfig {
         token: Some(Secret::new("t")),
         ..Default::default()
     }))
     .unwrap_err();
-    assert!(err.to_string().contains("endpoint_override"), "{err}");
+    assert_eq!(
+        err,
+        Error::Field(crate::ConfigError::new(
+            "endpoint_override",
+            "is required with a static token (there is no service catalog)"
+        ))
+    );
+    assert_eq!(
+        err.to_string(),
+        "configuration: field `endpoint_override`: is required with a static token (there is no service catalog)"
+    );
 }
 
 /// Neither the password nor the token appears in any log line, at any level.
@@ -460,6 +474,12 @@ mod tls {
             err.to_string().contains(&empty.display().to_string()),
             "{err}"
         );
+        let Error::Field(field) = err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(field.field, "ca_file");
+        assert_eq!(bad.validate(), Err(field));
+        assert_eq!(with_ca.validate(), Ok(()));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
