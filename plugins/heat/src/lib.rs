@@ -329,7 +329,8 @@ impl HeatPlugin {
     }
 
     async fn stacks(&self, endpoint: &Url, root: &Url) -> Result<Vec<ApiStack>, Error> {
-        let fail = |e: String| Error::failed(format!("instance `{}`: {e}", self.instance));
+        // The host names the instance.
+        let fail = Error::failed;
         let per_project = match self.config.stack_listing {
             StackListing::PerProject => true,
             StackListing::Auto => self.fell_back.load(Ordering::Relaxed),
@@ -405,7 +406,7 @@ impl HeatPlugin {
             return Ok(Snapshot::complete(Vec::new()));
         }
         let started = Instant::now();
-        let fail = |e: OsError| Error::failed(format!("instance `{}`: {e}", self.instance));
+        let fail = |e: OsError| Error::failed(e.to_string());
         let endpoint = self
             .session
             .endpoint(&self.config.service_type)

@@ -330,7 +330,7 @@ impl NovaPlugin {
             .session
             .endpoint(&self.config.service_type)
             .await
-            .map_err(|e| Error::failed(format!("instance `{}`: {e}", self.instance)))?;
+            .map_err(|e| Error::failed(e.to_string()))?;
         let skip = || async { Ok(Vec::new()) };
         let (instances, hosts, zones) = tokio::join!(
             async {
@@ -375,10 +375,8 @@ impl NovaPlugin {
                 .collect::<Vec<_>>()
                 .join("; ");
             tracing::warn!(instance = %self.instance, error = %message, "Nova snapshot failed");
-            return Err(Error::failed(format!(
-                "instance `{}`: {message}",
-                self.instance
-            )));
+            // The host names the instance.
+            return Err(Error::failed(message));
         }
         let mut entities = Vec::new();
         let mut counts = [0usize; 3];

@@ -263,7 +263,7 @@ async fn a_500_mid_pagination_fails_the_snapshot() {
         "{text}"
     );
     assert!(
-        text.starts_with("instance `nova-test`: nova.instance: "),
+        text.starts_with("nova.instance: "),
         "{text}"
     );
 
