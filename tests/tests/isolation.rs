@@ -474,6 +474,59 @@ async fn a_malformed_frame_is_a_protocol_error_that_restarts_the_child() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_one_byte_over_the_max_length_is_refused_on_its_length() {
+    // Only the length: the host refuses it without waiting for (or reserving) its body.
+    let over = u32::try_from(synchronizer::isolation::wire::MAX_FRAME + 1).expect("fits");
+    let child = ScriptedChild::new(&over.to_le_bytes(), &[]);
+    let (sync, cause) = child.until_restarted("interval = \"1h\"").await;
+    assert!(
+        cause.contains("protocol error") && cause.contains("larger than the limit"),
+        "{cause}"
+    );
+    // The host goes on: the child is restarted (and refused again).
+    let s = wait_for(
+        &sync,
+        "fake",
+        "restarted twice",
+        Duration::from_secs(15),
+        |s| s.restarts >= 2,
+    )
+    .await;
+    assert!(s.last_exit.unwrap_or_default().contains("protocol error"));
+    sync.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_that_does_not_decode_is_a_protocol_error_that_restarts_the_child() {
+    // Well framed, but no message: tag 250 (and a call id), which no message has.
+    let mut unknown = 9u32.to_le_bytes().to_vec();
+    unknown.push(250);
+    unknown.extend_from_slice(&[0; 8]);
+    let child = ScriptedChild::new(&unknown, &[]);
+    let (sync, cause) = child.until_restarted("interval = \"1h\"").await;
+    assert!(
+        cause.contains("protocol error: unknown message tag 250"),
+        "{cause}"
+    );
+    sync.shutdown().await;
+    // A snapshot's answer cut short: its frame says 3 entities and holds one.
+    let mut short = tail(&small_entities(1));
+    // len 4, tag 1, id 8, `Ok` 1: the entity count.
+    assert_eq!(&short[14..18], &1u32.to_le_bytes());
+    short[14..18].copy_from_slice(&3u32.to_le_bytes());
+    let child = ScriptedChild::new(&[], &[vec![short]]);
+    let (sync, cause) = child.until_restarted("interval = \"100ms\"").await;
+    assert!(cause.contains("protocol error: truncated frame"), "{cause}");
+    // The call failed with the child's end, and nothing was collected.
+    let s = wait_for(&sync, "fake", "failed", Duration::from_secs(10), |s| {
+        s.failures >= 1
+    })
+    .await;
+    assert_eq!((s.collections, sync.current(&["x"]).len()), (0, 0), "{s:?}");
+    sync.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_streamed_in_parts_of_small_entities_is_accepted() {
     // 2,500 entities of 26 to 29 bytes: two parts and a tail. The decoder once assumed 30
     // bytes per entity, refused such parts as truncated and killed the child.

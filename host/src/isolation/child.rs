@@ -24,6 +24,7 @@ use synchronizer_plugin_api::ErrorKind;
 use synchronizer_plugin_api::abi::{FfiError, FfiPushed, HostSink, HostSink_TO, LogLevel};
 use tokio::sync::{mpsc, oneshot};
 
+use super::lock;
 use super::wire::{self, FromChild, ToChild, WireMeta};
 use crate::instance::{PluginInstance, Source};
 
@@ -252,10 +253,6 @@ fn failed(message: &str) -> FfiError {
         kind: ErrorKind::Failed,
         message: RString::from(message),
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 async fn serve(

@@ -8,20 +8,32 @@
 //! `isolation = "process"` runs the instance in a child: the same `synchronizer` binary,
 //! started as `synchronizer plugin-child`, loads the same `.so` through the same loader
 //! and [`PluginInstance::create`], and serves the instance's calls over its stdin/stdout
-//! pipes in length-prefixed binary frames ([`wire`]). The child logs JSON lines to
-//! stderr, which the host re-emits with the instance's name. The host ([`process`])
-//! supervises it: it kills the child when a call that passed its timeout does not leave
-//! the plugin (a stuck thread), when it stops answering heartbeats, when its resident
-//! memory passes `memory_limit`, or when it sends a malformed frame; it restarts it with
-//! backoff and reports every restart and its cause in the instance's status. A child that
-//! dies mid-snapshot fails that snapshot: nothing is deleted. The child asks the kernel
-//! to kill it when the host dies (`PR_SET_PDEATHSIG`), so no plugin outlives its host.
+//! pipes. The host supervises it: it kills the child when a call that passed its timeout
+//! does not leave the plugin (a stuck thread), when it stops answering heartbeats, when
+//! its resident memory passes `memory_limit`, or when it sends a malformed frame; it
+//! restarts it with backoff and reports every restart and its cause in the instance's
+//! status. A child that dies mid-snapshot fails that snapshot: nothing is deleted. The
+//! child asks the kernel to kill it when the host dies (`PR_SET_PDEATHSIG`), so no plugin
+//! outlives its host.
+//!
+//! One module per job:
+//! - [`process`]: [`ProcessInstance`], the handle the rest of the host calls;
+//! - `spawn`: launching a child and its first exchange (`Init`, then `Ready`);
+//! - `supervision`: heartbeats, the memory limit, killing for a cause, restarts;
+//! - `connection`: the frames to and from a running child, and the calls in hand;
+//! - [`wire`]: the messages, their encoding and the framing;
+//! - `logs`: the child's log lines, re-emitted through the host's tracing;
+//! - [`child`]: the child's side, `synchronizer plugin-child`.
 //!
 //! Plugin authors do nothing different: the same `.so` runs either way. [`Instance`] is
 //! what the rest of the host holds, whichever the mode.
 
 pub mod child;
+mod connection;
+mod logs;
 pub mod process;
+mod spawn;
+mod supervision;
 pub mod wire;
 
 use std::fmt;
@@ -231,6 +243,11 @@ impl Instance for ProcessInstance {
     fn into_source(self: Arc<Self>) -> Arc<dyn Source> {
         self
     }
+}
+
+/// Locks `m`, whether or not a thread panicked while holding it.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Converts a host-side call error into the boundary's.
