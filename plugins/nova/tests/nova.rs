@@ -262,10 +262,7 @@ async fn a_500_mid_pagination_fails_the_snapshot() {
         )),
         "{text}"
     );
-    assert!(
-        text.starts_with("nova.instance: "),
-        "{text}"
-    );
+    assert!(text.starts_with("nova.instance: "), "{text}");
 
     // With hosts and zones listed whole, the snapshot is complete but for instances.
     let s = p.collect(&all()).await.unwrap();
