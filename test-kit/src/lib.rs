@@ -18,8 +18,11 @@
 //! | `replay` | `nova` or `heat` | what those two share: a cloud behind a lock, served over HTTP |
 //! | `broker` | `broker` | the shared test RabbitMQ: names that clean up on drop, queue inspection, raw publishing |
 //! | `oslo` | `broker` | the real oslo.messaging publisher (a Python venv) |
-//! | `bus` | `bus` | the bus plugin's test configuration, a recording sink, test logs |
 //! | `binary` | `binary` | the `synchronizer` binary running with an HTTP API, and its client |
+//!
+//! The bus plugin's test configuration and recording sink live in the bus crate
+//! (`synchronizer_bus::testing`): a kit that linked a plugin would put two plugins'
+//! exported root modules into other plugins' tests.
 //!
 //! Nothing here is ever skipped quietly: a helper that cannot find what it needs (a
 //! library not built, the broker down) fails the test and says how to get it.
@@ -35,8 +38,6 @@ pub mod wait;
 pub mod binary;
 #[cfg(feature = "broker")]
 pub mod broker;
-#[cfg(feature = "bus")]
-pub mod bus;
 #[cfg(feature = "heat")]
 pub mod heat;
 #[cfg(feature = "host")]

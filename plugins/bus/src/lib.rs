@@ -41,6 +41,9 @@ use synchronizer_plugin_api::{
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
+#[cfg(feature = "testing")]
+pub mod testing;
+
 pub use config::Config;
 pub use consumer::{Bus, ChangeSink};
 pub use error::{BusError, ConfigError};

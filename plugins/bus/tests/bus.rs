@@ -12,9 +12,9 @@ use synchronizer_bus::config::Subscription;
 use synchronizer_bus::mapping::{
     Families, Family, Interpretation, Interpreted, interpret, parse_timestamp,
 };
+use synchronizer_bus::testing::*;
 use synchronizer_plugin_api::{Change, Direction};
 use synchronizer_test_kit::broker::*;
-use synchronizer_test_kit::bus::*;
 use synchronizer_test_kit::oslo::*;
 use synchronizer_test_kit::paths::plugin_library_dir;
 use synchronizer_test_kit::sys::unique;

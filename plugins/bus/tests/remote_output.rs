@@ -21,8 +21,8 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{Connection, ExchangeKind};
 use synchronizer::{Action, Event, SubscribeOptions, Subscription, Synchronizer};
+use synchronizer_bus::testing::*;
 use synchronizer_test_kit::broker::*;
-use synchronizer_test_kit::bus::*;
 use synchronizer_test_kit::oslo::*;
 use synchronizer_test_kit::paths::plugin_library_dir;
 use synchronizer_test_kit::sys::unique;

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use synchronizer_bus::Bus;
+use synchronizer_bus::testing::*;
 use synchronizer_test_kit::broker::*;
-use synchronizer_test_kit::bus::*;
 use synchronizer_test_kit::oslo::*;
 use synchronizer_test_kit::sys::unique;
 use synchronizer_test_kit::wait::wait_until;

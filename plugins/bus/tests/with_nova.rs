@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use synchronizer::{Action, Event, SubscribeOptions, Synchronizer};
+use synchronizer_bus::testing::*;
 use synchronizer_test_kit::broker::*;
-use synchronizer_test_kit::bus::*;
 use synchronizer_test_kit::host::queued;
 use synchronizer_test_kit::nova;
 use synchronizer_test_kit::oslo::*;

@@ -1,15 +1,20 @@
-//! The bus plugin's tests: a configuration of its own for each test (exchanges, topics,
+//! For the bus plugin's tests only (feature `testing`, which its dev-dependency on
+//! itself turns on): a configuration of its own for each test (exchanges, topics,
 //! dead-letter names, fast reconnects), a sink that records what the plugin pushes, and
-//! the test log.
+//! the test log. Here rather than in the test kit: a kit that linked this crate would put
+//! two plugins' exported root modules into every test that also links another plugin
+//! (one `cargo build --workspace` unifies the kit's features), and the link fails.
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use synchronizer_bus::Config;
-use synchronizer_bus::config::Subscription;
 use synchronizer_plugin_api::{Change, Entity};
 
-use crate::broker::BROKER;
+use crate::Config;
+use crate::config::Subscription;
+
+/// The test broker (scripts/rabbitmq/ensure.sh), as the test kit has it.
+const BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// A bus configuration for one test: its own exchange(s) and topics, fast reconnects,
 /// its own dead-letter exchange and queue.
@@ -92,7 +97,7 @@ impl RecordingSink {
     }
 }
 
-impl synchronizer_bus::ChangeSink for RecordingSink {
+impl crate::ChangeSink for RecordingSink {
     async fn push(&self, batch: Vec<Change>) -> Result<(), synchronizer_plugin_api::Error> {
         if let Some(d) = self.delay {
             tokio::time::sleep(d).await;
