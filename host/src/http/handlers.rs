@@ -19,7 +19,7 @@ use super::query::Params;
 use crate::metrics::Format;
 use crate::output;
 
-/// Entities per chunk of a streamed JSON array (one blocking-thread hand-off each).
+/// Entities per chunk of a streamed JSON array (one read-thread hand-off each).
 const ARRAY_CHUNK: usize = 4096;
 /// How long each plugin gets for its own health report (`/v1/plugins?health=true`).
 const PLUGIN_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -39,13 +39,16 @@ pub(super) async fn entities(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let params = params(query, &[])?;
-    // Copying and sorting a large view is work for a blocking thread, not an async
-    // worker (which also answers `/healthz` and runs the schedules).
+    // Copying and sorting a large view is work for a read thread, not an async worker
+    // (which also answers `/healthz` and runs the schedules), and not at the writer's
+    // priority (see `read_pool`).
     let sync = state.sync.clone();
-    let entities = tokio::task::spawn_blocking(move || sync.current(&params.types))
+    let entities = state
+        .reads
+        .run(move || sync.current(&params.types))
         .await
         .map_err(|e| ApiError::Internal(format!("reading the view failed: {e}")))?;
-    Ok(json_array(entities))
+    Ok(json_array(&state, entities))
 }
 
 /// The header of a `POST /v1/snapshot` answer that lists, comma-separated, the types
@@ -62,7 +65,7 @@ pub(super) async fn snapshot(
         return Err(ApiError::ShuttingDown);
     }
     match state.sync.get_all_report(&params.types).await {
-        Ok(report) if report.incomplete.is_empty() => Ok(json_array(report.entities)),
+        Ok(report) if report.incomplete.is_empty() => Ok(json_array(&state, report.entities)),
         Ok(report) => {
             // Partial data is still data: the body is what came, and a header names the
             // types that may be missing entities.
@@ -77,7 +80,7 @@ pub(super) async fn snapshot(
                 tracing::warn!(instance = %i.instance, entity_type = %i.entity_type, reason = %i.reason, "snapshot request answered with an incomplete type");
             }
             let types = types.join(",");
-            let mut response = json_array(report.entities);
+            let mut response = json_array(&state, report.entities);
             if let Ok(value) = axum::http::HeaderValue::from_str(&types) {
                 response.headers_mut().insert(INCOMPLETE_HEADER, value);
             }
@@ -98,13 +101,15 @@ pub(super) async fn snapshot(
 
 /// Entities as a JSON array of [`output::entity_to_json`] objects, streamed in chunks
 /// so that a large view is never held twice in memory as text.
-fn json_array(entities: Vec<Arc<Entity>>) -> Response {
+fn json_array(state: &AppState, entities: Vec<Arc<Entity>>) -> Response {
     let entities = Arc::new(entities);
+    let state = state.clone();
     let chunks = entities.len().div_ceil(ARRAY_CHUNK).max(1);
-    // Each chunk is encoded on a blocking thread: a million entities are seconds of
-    // JSON, which must not hold an async worker.
+    // Each chunk is encoded on a read thread: a million entities are seconds of JSON,
+    // which must not hold an async worker nor take the writer's CPU.
     let stream = futures::stream::iter(0..=chunks).then(move |i| {
         let entities = entities.clone();
+        let state = state.clone();
         async move {
             let encode = move || {
                 let mut out = String::new();
@@ -123,7 +128,9 @@ fn json_array(entities: Vec<Arc<Entity>>) -> Response {
                 }
                 Bytes::from(out)
             };
-            tokio::task::spawn_blocking(encode)
+            state
+                .reads
+                .run(encode)
                 .await
                 .map_err(|e| std::io::Error::other(format!("encoding failed: {e}")))
         }

@@ -25,6 +25,7 @@ mod auth;
 mod error;
 mod handlers;
 mod query;
+mod read_pool;
 mod replay;
 mod server;
 mod sse;
@@ -65,6 +66,9 @@ pub enum HttpError {
     /// The server failed while running.
     #[error("http server: {0}")]
     Serve(#[source] std::io::Error),
+    /// The read threads could not be started.
+    #[error("cannot start the HTTP API's read threads: {0}")]
+    Threads(#[source] std::io::Error),
 }
 
 /// What every handler shares.
@@ -73,6 +77,8 @@ struct Shared {
     window: Arc<replay::Window>,
     token: Option<auth::Token>,
     shutdown: CancellationToken,
+    /// Where whole-view reads are collected and encoded, below the writer's priority.
+    reads: read_pool::ReadPool,
 }
 
 type AppState = Arc<Shared>;
@@ -131,7 +137,7 @@ async fn run(
         tracing::warn!(listen = %local, "HTTP API reachable beyond loopback without a token");
     }
     let metrics = sync.hub().metrics().clone();
-    let (router, reserve, stop_feed) = build(sync, &config, token.clone(), shutdown.clone());
+    let (router, reserve, stop_feed) = build(sync, &config, token.clone(), shutdown.clone())?;
     tracing::info!(
         listen = %local,
         auth = if token.is_some() { "bearer token" } else { "none" },
@@ -174,7 +180,9 @@ fn build(
     config: &HttpConfig,
     token: Option<auth::Token>,
     shutdown: CancellationToken,
-) -> (Router, Router, CancellationToken) {
+) -> Result<(Router, Router, CancellationToken), HttpError> {
+    let reads = read_pool::ReadPool::start(read_pool::ReadPool::default_threads())
+        .map_err(HttpError::Threads)?;
     let stop_feed = shutdown.child_token();
     let window = replay::Window::start(&sync, config.replay, stop_feed.clone());
     let state: AppState = Arc::new(Shared {
@@ -182,6 +190,7 @@ fn build(
         window,
         token,
         shutdown,
+        reads,
     });
     let api = Router::new()
         .route("/v1/entities", get(handlers::entities))
@@ -211,7 +220,7 @@ fn build(
         .fallback(|| async { ApiError::TooManyConnections })
         .layer(axum::middleware::from_fn(log_request))
         .with_state(state);
-    (router, reserve, stop_feed)
+    Ok((router, reserve, stop_feed))
 }
 
 /// Answers 413 to a request whose `Content-Length` is over `max` (no handler reads a
