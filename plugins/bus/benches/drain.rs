@@ -302,10 +302,8 @@ async fn binary_drain(
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
-    let http = match consumer {
-        Consumer::Sse => format!("[http]\nlisten = \"127.0.0.1:{port}\"\n"),
-        _ => String::new(),
-    };
+    // The HTTP API serves the SSE consumer, and for both the plugin's counters at the end.
+    let http = format!("[http]\nlisten = \"127.0.0.1:{port}\"\n");
     let file = std::env::temp_dir().join(format!(
         "{tag}-{}.toml",
         STORES.fetch_add(1, Ordering::SeqCst)
@@ -369,6 +367,10 @@ async fn binary_drain(
     let result = tokio::task::spawn_blocking(move || reader.join())
         .await
         .expect("join");
+    let batches = tokio::task::spawn_blocking(move || plugin_counter(port, "batches_pushed"))
+        .await
+        .ok()
+        .flatten();
     // SIGTERM: the service's graceful stop.
     let _ = std::process::Command::new("kill")
         .arg(pid.to_string())
@@ -380,9 +382,14 @@ async fn binary_drain(
             let drain = last.saturating_sub(first);
             let rate = n as f64 / drain.as_secs_f64();
             println!(
-                "         bus plugin via the binary to {consumer:?}: {n} messages in {:.3} s = {rate:.0} msg/s ({:.0} ms to start and connect before the first change{})",
+                "         bus plugin via the binary to {consumer:?}: {n} messages in {:.3} s = {rate:.0} msg/s ({:.0} ms to start and connect before the first change; {}{})",
                 drain.as_secs_f64(),
                 first.as_secs_f64() * 1e3,
+                match batches {
+                    Some(b) if b > 0 =>
+                        format!("{b} batches, {:.1} messages each", n as f64 / b as f64),
+                    _ => "batches not known".to_owned(),
+                },
                 if resyncs > 0 {
                     format!("; {resyncs} resync markers: the reader fell behind")
                 } else {
@@ -400,6 +407,25 @@ async fn binary_drain(
             None
         }
     }
+}
+
+/// One of the bus instance's counters, read from the binary's `/metrics`.
+fn plugin_counter(port: u16, name: &str) -> Option<u64> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    text.lines()
+        .filter(|l| {
+            l.starts_with("synchronizer_plugin_stat")
+                && l.contains(&format!("name=\"{name}\""))
+                && l.contains("plugin_instance=\"bus\"")
+        })
+        .find_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
 }
 
 /// CPU time (user + system) this process has used so far.
