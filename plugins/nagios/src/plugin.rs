@@ -813,4 +813,95 @@ mod tests {
             "is required with a password"
         );
     }
+
+    #[test]
+    fn stale_status_data_is_reported_and_fresh_is_not() {
+        let n = nagios("n", serde_json::json!({"url": "http://n/cgi-bin"})).unwrap();
+        let body = include_bytes!("../tests/fixtures/nagios4-fidelity/statusjson-servicelist.json");
+        let mut list = crate::json::parse_servicelist(body).unwrap();
+        assert_eq!(n.staleness("u", &list), None, "the real capture is fresh");
+        let now = list.query_time.unwrap();
+        list.last_data_update = Some(now - 3_600_000);
+        let reason = n.staleness("u", &list).expect("an hour old is stale");
+        assert!(reason.contains("1h old"), "{reason}");
+        let off = nagios(
+            "n",
+            serde_json::json!({"url": "http://n/cgi-bin", "max_status_age": "none"}),
+        )
+        .unwrap();
+        assert_eq!(off.staleness("u", &list), None);
+        let zero = nagios(
+            "n",
+            serde_json::json!({"url": "http://n/cgi-bin", "max_status_age": "0s"}),
+        )
+        .unwrap();
+        assert_eq!(zero.staleness("u", &list), None);
+    }
+
+    #[test]
+    fn vitrage_conf_is_read_and_checked() {
+        let good = temp_file(
+            "nagios_conf.yaml",
+            include_str!("../tests/fixtures/vitrage/nagios_conf.yaml"),
+        );
+        let n = nagios(
+            "n",
+            serde_json::json!({"url": "http://n/", "vitrage_conf": good}),
+        )
+        .unwrap();
+        let statuses = vec![
+            ServiceStatus::new("compute-10", Some("CPU load".into()), AlarmState::Warning),
+            ServiceStatus::new("ceph-0", Some("CPU load".into()), AlarmState::Critical),
+            ServiceStatus::new("compute-1", Some("New".into()), AlarmState::Pending),
+        ];
+        let got: Vec<_> = n
+            .entities(&statuses)
+            .iter()
+            .map(|e| (e.key(), e.relations()[0].other().to_owned()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "nagios:n/compute-10;CPU load".to_owned(),
+                    "nova.host:compute-1".to_owned()
+                ),
+                (
+                    "nagios:n/compute-1;New".to_owned(),
+                    "nova.host:compute-1".to_owned()
+                ),
+            ]
+        );
+        let skip = nagios(
+            "n",
+            serde_json::json!({"url": "http://n/", "vitrage_conf": good, "pending": "skip"}),
+        )
+        .unwrap();
+        assert_eq!(skip.entities(&statuses).len(), 1);
+        let bad = temp_file(
+            "bad_conf.yaml",
+            "nagios:\n  - nagios_host: compute-(\n    type: nova.host\n    name: x\n",
+        );
+        let (field, message) = refused(
+            "n",
+            serde_json::json!({"url": "http://n/", "vitrage_conf": bad}),
+        );
+        assert_eq!(field, "vitrage_conf");
+        assert!(
+            message.contains("nagios[0].nagios_host")
+                && message.contains("invalid regular expression"),
+            "{message}"
+        );
+        let (field, message) = refused(
+            "n",
+            serde_json::json!({"url": "http://n/", "vitrage_conf": good, "host_rules": {}}),
+        );
+        assert_eq!(
+            (field.as_str(), message.as_str()),
+            (
+                "vitrage_conf",
+                "set `host_rules` or `vitrage_conf`, not both"
+            )
+        );
+    }
 }
