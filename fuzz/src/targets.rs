@@ -27,6 +27,7 @@ pub type Target = fn(&[u8]);
 pub const ALL: &[(&str, Target)] = &[
     ("nagios_html", nagios_html),
     ("nagios_json", nagios_json),
+    ("nagios_vitrage_conf", nagios_vitrage_conf),
     ("bus_message", bus_message),
     ("bus_notification", bus_notification),
     ("bus_compressed", bus_compressed),
@@ -81,6 +82,19 @@ fn nagios_statuses(statuses: &[synchronizer_nagios::ServiceStatus]) {
             rules,
             statuses,
         ));
+    }
+}
+
+/// Vitrage's `nagios_conf.yaml` (the nagios plugin's `vitrage_conf`): read, built into
+/// rules, and the rules applied to a few host names.
+pub fn nagios_vitrage_conf(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    if let Ok(mappings) = synchronizer_nagios::parse_vitrage_conf(&text) {
+        if let Ok(rules) = HostRules::vitrage(&mappings) {
+            for host in ["compute-1", "compute-10", "compute-1.local", "ceph-0", ""] {
+                let _ = rules.resource_key(host);
+            }
+        }
     }
 }
 

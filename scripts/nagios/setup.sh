@@ -26,6 +26,8 @@ NAGIOS_CFG=/etc/nagios4/nagios.cfg
 CGI_CFG=/etc/nagios4/cgi.cfg
 OBJECTS_SRC="$HERE/nagios-test.cfg"
 OBJECTS_DST=/etc/nagios4/conf.d/synchronizer-test.cfg
+FIDELITY_SRC="$HERE/nagios-fidelity.cfg"
+FIDELITY_DST=/etc/nagios4/conf.d/synchronizer-fidelity.cfg
 CMD_FILE=/var/lib/nagios4/rw/nagios.cmd
 LOCK_FILE=/run/nagios4/nagios4.pid
 BASE_URL="http://127.0.0.1:${PORT}/cgi-bin/nagios4"
@@ -35,6 +37,7 @@ die() { log "ERROR: $*"; exit 1; }
 
 [[ $EUID -eq 0 ]] || die "run as root"
 [[ -f "$OBJECTS_SRC" ]] || die "missing $OBJECTS_SRC"
+[[ -f "$FIDELITY_SRC" ]] || die "missing $FIDELITY_SRC"
 
 start_ts=$(date +%s)
 
@@ -121,6 +124,7 @@ done
 if set_option "$CGI_CFG" result_limit 0; then :; fi   # status.cgi lists everything by default
 mkdir -p /etc/nagios4/conf.d
 if write_if_changed "$OBJECTS_DST" <"$OBJECTS_SRC"; then nagios_changed=1; fi
+if write_if_changed "$FIDELITY_DST" <"$FIDELITY_SRC"; then nagios_changed=1; fi
 
 # The CGIs read status.dat and friends under /var/lib/nagios4.
 if ! id -nG www-data | tr ' ' '\n' | grep -qx nagios; then
@@ -233,14 +237,15 @@ wait_for "apache to answer" 30 curl -fsS -o /dev/null "http://127.0.0.1:${PORT}/
 # --- 4. initial states and readiness -------------------------------------------------
 # Configured services and hosts, from the object file: "host;service" lines and host names.
 mapfile -t services < <(awk '
-    /^[[:space:]]*define[[:space:]]+service/ { in_svc = 1; h = ""; d = ""; next }
+    /^[[:space:]]*define[[:space:]]+service/ { in_svc = 1; h = ""; d = ""; p = 0; next }
+    in_svc && tolower($1) == "_synchronizer_pending" { p = 1 }
     in_svc && $1 == "host_name" { h = $2 }
     in_svc && $1 == "service_description" { $1 = ""; sub(/^[[:space:]]+/, ""); d = $0 }
-    in_svc && /^[[:space:]]*}/ { if (h != "" && d != "") print h ";" d; in_svc = 0 }' "$OBJECTS_SRC")
+    in_svc && /^[[:space:]]*}/ { if (h != "" && d != "" && !p) print h ";" d; in_svc = 0 }' "$OBJECTS_SRC" "$FIDELITY_SRC")
 mapfile -t hosts < <(awk '
     /^[[:space:]]*define[[:space:]]+host[[:space:]]*{/ { in_host = 1; next }
     in_host && $1 == "host_name" { print $2 }
-    in_host && /^[[:space:]]*}/ { in_host = 0 }' "$OBJECTS_SRC")
+    in_host && /^[[:space:]]*}/ { in_host = 0 }' "$OBJECTS_SRC" "$FIDELITY_SRC")
 ((${#services[@]})) || die "no services found in $OBJECTS_SRC"
 
 if ((nagios_restarted)); then

@@ -66,7 +66,7 @@ pub enum HtmlError {
     },
     /// A login form or an authentication error page instead of the status page.
     #[error(
-        "got a login or authentication page instead of the Nagios status page (title: {title:?}): check the credentials"
+        "got a login or authentication page instead of the Nagios status page ({}): check the credentials", show_title(.title)
     )]
     LoginPage {
         /// The page's `<title>`, if any.
@@ -74,7 +74,7 @@ pub enum HtmlError {
     },
     /// A complete HTML page without the service status table: an error page of the web
     /// server, another CGI, another product.
-    #[error("not a Nagios service status page: no <table class='status'> (page title: {title:?})")]
+    #[error("not a Nagios service status page: no <table class='status'> ({})", show_title(.title))]
     NoStatusTable {
         /// The page's `<title>`, if any.
         title: Option<String>,
@@ -129,6 +129,14 @@ pub enum HtmlError {
         /// Number of matching services.
         total: u64,
     },
+}
+
+/// How an error names a page's title: `title "404 Not Found"`, or `no title`.
+pub(crate) fn show_title(title: &Option<String>) -> String {
+    match title {
+        Some(t) => format!("title \"{t}\""),
+        None => "no title".to_owned(),
+    }
 }
 
 /// Parses a `status.cgi?host=all&limit=0` page (Nagios 3 or 4) into one entry per service
@@ -220,6 +228,65 @@ pub fn parse_status_page(body: &[u8]) -> Result<Vec<ServiceStatus>, HtmlError> {
         }
     }
     Ok(table.out)
+}
+
+/// The `Last Updated:` line of status.cgi's info box (`Wed Nov 25 09:33:53 UTC 2026`:
+/// when the CGI made the page, in the Nagios server's local time, whatever its
+/// `date_format`) as seconds since the epoch, the local time read as UTC. With the
+/// HTTP `Date` header of the same answer (the server's clock in UTC) it gives the
+/// server's UTC offset ([`utc_offset`]).
+pub fn last_updated(body: &[u8]) -> Option<i64> {
+    let at = memmem::find(body, b"Last Updated:")? + b"Last Updated:".len();
+    let rest = &body[at..body.len().min(at + 80)];
+    let end = memchr3(b'<', b'\n', b'\r', rest).unwrap_or(rest.len());
+    let text = std::str::from_utf8(&rest[..end]).ok()?;
+    let f: Vec<&str> = text.split_whitespace().collect();
+    // weekday month day HH:MM:SS [zone...] year
+    if f.len() < 5 {
+        return None;
+    }
+    let month = crate::model::month_number(f[1])?;
+    let day = f[2].parse().ok()?;
+    let (h, m, sec) = crate::model::parse_hms(f[3])?;
+    let year = f[f.len() - 1].parse().ok()?;
+    crate::model::civil_to_unix(year, month, day, h, m, sec)
+}
+
+/// The server's UTC offset in seconds, from its local time ([`last_updated`]) and its UTC
+/// time (the `Date` header) at the same moment: their difference rounded to a quarter of
+/// an hour (every zone's offset is a multiple of 15 minutes); `None` beyond ±14 h.
+pub fn utc_offset(local: i64, utc: i64) -> Option<i64> {
+    let diff = local - utc;
+    let offset = (diff as f64 / 900.0).round() as i64 * 900;
+    (offset.abs() <= 14 * 3600).then_some(offset)
+}
+
+/// What status.cgi does not say but its columns give, so that an entry of the HTML page
+/// has the fields of the JSON one: `last_check` as a Unix time (the local text read in
+/// `format`, minus the server's `utc_offset` in seconds, when known) and `state_type`
+/// from the attempt (a problem below its last attempt is soft, else hard; Nagios sets
+/// `current_attempt` to `max_attempts` when a state turns hard and keeps it there).
+pub fn complete_fields(
+    statuses: &mut [ServiceStatus],
+    format: crate::model::DateFormat,
+    utc_offset: Option<i64>,
+) {
+    for s in statuses {
+        if let (Some(CheckTime::Local(text)), Some(offset)) = (&s.last_check, utc_offset) {
+            if let Some(secs) = crate::model::parse_local_time(text, format) {
+                s.last_check = Some(CheckTime::UnixMillis((secs - offset).saturating_mul(1000)));
+            }
+        }
+        if s.state_type.is_none() {
+            if let Some(a) = s.attempt {
+                s.state_type = Some(if a.current < a.max && s.is_alarm() {
+                    crate::model::StateType::Soft
+                } else {
+                    crate::model::StateType::Hard
+                });
+            }
+        }
+    }
 }
 
 /// Whether a `<div>` is one of Nagios' messages: `errorMessage` (no permission, status
@@ -1169,6 +1236,21 @@ mod tests {
             Some(AlarmState::Unreachable)
         );
         assert_eq!(host_state_of_class(b"statusEven"), None);
+    }
+
+    #[test]
+    fn last_updated_and_offset() {
+        let page = b"<td>Last Updated: Wed Nov 25 09:33:53 UTC 2026<BR>";
+        let local = last_updated(page).unwrap();
+        assert_eq!(
+            crate::model::CheckTime::UnixMillis(local * 1000).to_string(),
+            "2026-11-25T09:33:53Z"
+        );
+        assert_eq!(utc_offset(local, local - 1), Some(0));
+        assert_eq!(utc_offset(local + 7199, local), Some(7200));
+        assert_eq!(utc_offset(local - 19_800, local + 2), Some(-19_800));
+        assert_eq!(utc_offset(local + 20 * 3600, local), None);
+        assert_eq!(last_updated(b"Last Updated: soon"), None);
     }
 
     #[test]

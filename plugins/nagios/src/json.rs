@@ -32,7 +32,7 @@ pub enum JsonError {
     #[error("the statusjson.cgi answer is empty")]
     Empty,
     /// The body is an HTML page (an error or login page, a proxy's answer).
-    #[error("the statusjson.cgi answer is an HTML page, not JSON (title: {title:?})")]
+    #[error("the statusjson.cgi answer is an HTML page, not JSON ({})", crate::html::show_title(.title))]
     Html {
         /// The page's `<title>`, if any.
         title: Option<String>,

@@ -6,6 +6,7 @@
 //! - [`model`]: [`ServiceStatus`] and its states;
 //! - [`html`]: the `status.cgi?host=all&limit=0` page of Nagios 3 and 4;
 //! - [`json`]: Nagios 4's `statusjson.cgi` `servicelist` and `hostlist` answers;
+//! - [`vitrage`]: Vitrage's `nagios_conf.yaml`, read as Vitrage reads it;
 //! - [`rules`]: Nagios host name → entity key of the resource, and the alarms with their
 //!   ids (local to one Nagios; [`plugin`] scopes them) and resource keys.
 //!
@@ -18,10 +19,12 @@ pub mod json;
 pub mod model;
 pub mod plugin;
 pub mod rules;
+pub mod vitrage;
 
 pub use html::{HtmlError, parse_status_page};
 pub use json::{JsonError, StatusList, parse_hostlist, parse_servicelist};
-pub use model::{AlarmState, Attempt, CheckTime, ServiceStatus, StateType};
-pub use rules::{HostRuleConfig, HostRules, HostRulesConfig, MappedAlarm, RuleError};
+pub use model::{AlarmState, Attempt, CheckTime, DateFormat, Pending, ServiceStatus, StateType};
+pub use rules::{HostRuleConfig, HostRules, HostRulesConfig, MappedAlarm, Resolved, RuleError};
+pub use vitrage::{VitrageConfError, VitrageMapping, parse_vitrage_conf};
 
 synchronizer_plugin_api::export_plugin!(plugin::Nagios);

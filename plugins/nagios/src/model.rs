@@ -14,12 +14,14 @@
 //! | `state_type` | `None` | soft / hard |
 //! | host entries | only for a host shown DOWN or UNREACHABLE (no output text) | every host of `hostlist` |
 //!
-//! An entry is an alarm ([`ServiceStatus::is_alarm`]) when its state is WARNING, CRITICAL,
-//! UNKNOWN, DOWN or UNREACHABLE. OK, UP and PENDING (never checked) are not alarms.
+//! An entry is a problem ([`ServiceStatus::is_alarm`]) when its state is WARNING, CRITICAL,
+//! UNKNOWN, DOWN or UNREACHABLE. A PENDING service (never checked) is an alarm too unless
+//! [`Pending::Skip`] says otherwise: Vitrage reports it, with severity PENDING
+//! ([`Pending::is_alarm`]). OK, UP and a PENDING host are never alarms.
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The state of a service or a host, as Nagios names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -116,6 +118,32 @@ impl fmt::Display for AlarmState {
     }
 }
 
+/// Whether a PENDING service (one Nagios has no result for yet) is an alarm: the
+/// `pending` option.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pending {
+    /// An alarm in state PENDING, as Vitrage reports it (Vitrage's driver keeps every
+    /// service not OK, and its severity is the Nagios status text).
+    #[default]
+    Alarm,
+    /// Not an alarm: only results Nagios has seen raise alarms.
+    Skip,
+}
+
+impl Pending {
+    /// Whether `status` is an alarm under this policy: a problem
+    /// ([`ServiceStatus::is_alarm`]), or a PENDING service with [`Pending::Alarm`]. A
+    /// PENDING host is not: Vitrage reports no host states, and status.cgi does not show
+    /// them.
+    pub fn is_alarm(self, status: &ServiceStatus) -> bool {
+        status.is_alarm()
+            || (self == Pending::Alarm
+                && status.state == AlarmState::Pending
+                && status.service.is_some())
+    }
+}
+
 /// When a check ran.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -163,6 +191,118 @@ impl fmt::Display for CheckTime {
             }
         }
     }
+}
+
+/// Nagios' `date_format`, the order of a local date on status.cgi: `us` (`MM-DD-YYYY`,
+/// Nagios' default) or `euro` (`DD-MM-YYYY`). The ISO forms (`YYYY-MM-DD HH:MM:SS`,
+/// `YYYY-MM-DDTHH:MM:SS`) are recognised whatever the setting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DateFormat {
+    /// `MM-DD-YYYY HH:MM:SS`.
+    #[default]
+    Us,
+    /// `DD-MM-YYYY HH:MM:SS`.
+    Euro,
+    /// `YYYY-MM-DD HH:MM:SS`.
+    Iso8601,
+    /// `YYYY-MM-DDTHH:MM:SS`.
+    StrictIso8601,
+}
+
+/// Seconds since the Unix epoch of a calendar date and time read as UTC; `None` when a
+/// field is out of range.
+pub fn civil_to_unix(y: i64, m: u32, d: u32, hh: u32, mm: u32, ss: u32) -> Option<i64> {
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    if !(0..=9999).contains(&y) {
+        return None;
+    }
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = i64::from(if m > 2 { m - 3 } else { m + 9 });
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + i64::from(hh) * 3600 + i64::from(mm) * 60 + i64::from(ss))
+}
+
+/// status.cgi's `Last Check` text (`11-25-2026 02:43:10`, in `format` unless it is an ISO
+/// form) as seconds since the epoch, the text read as UTC (subtract the server's UTC
+/// offset to get the real time).
+pub fn parse_local_time(text: &str, format: DateFormat) -> Option<i64> {
+    let text = text.trim();
+    let (date, time) = text.split_once([' ', 'T'])?;
+    let mut d = date.split('-');
+    let (a, b, c) = (d.next()?, d.next()?, d.next()?);
+    if d.next().is_some() {
+        return None;
+    }
+    let (y, m, day) = if a.len() == 4 {
+        (a, b, c)
+    } else {
+        match format {
+            DateFormat::Euro => (c, b, a),
+            _ => (c, a, b),
+        }
+    };
+    let mut t = time.trim().split(':');
+    let (hh, mm, ss) = (t.next()?, t.next()?, t.next()?);
+    if t.next().is_some() {
+        return None;
+    }
+    let num = |s: &str| -> Option<u32> {
+        if s.is_empty() || s.len() > 4 || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        s.parse().ok()
+    };
+    civil_to_unix(
+        i64::from(num(y)?),
+        num(m)?,
+        num(day)?,
+        num(hh)?,
+        num(mm)?,
+        num(ss)?,
+    )
+}
+
+/// The month of an English three-letter abbreviation (`Jan` = 1).
+pub(crate) fn month_number(name: &str) -> Option<u32> {
+    const MONTHS: [&str; 12] = [
+        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+    ];
+    let name = name.get(..3)?.to_ascii_lowercase();
+    MONTHS
+        .iter()
+        .position(|m| *m == name)
+        .and_then(|i| u32::try_from(i + 1).ok())
+}
+
+/// `HH:MM:SS` → (h, m, s).
+pub(crate) fn parse_hms(text: &str) -> Option<(u32, u32, u32)> {
+    let mut t = text.split(':');
+    let h = t.next()?.parse().ok()?;
+    let m = t.next()?.parse().ok()?;
+    let s = t.next()?.parse().ok()?;
+    if t.next().is_some() {
+        return None;
+    }
+    Some((h, m, s))
+}
+
+/// An HTTP `Date` header (`Wed, 02 Dec 2026 19:06:16 GMT`, RFC 9110's IMF-fixdate) as
+/// seconds since the epoch.
+pub fn parse_http_date(text: &str) -> Option<i64> {
+    let mut f = text.split_whitespace();
+    let _weekday = f.next()?;
+    let day = f.next()?.parse().ok()?;
+    let month = month_number(f.next()?)?;
+    let year = f.next()?.parse().ok()?;
+    let (h, m, s) = parse_hms(f.next()?)?;
+    civil_to_unix(year, month, day, h, m, s)
 }
 
 /// Year, month, day of a day count since 1970-01-01 (proleptic Gregorian calendar;
@@ -314,6 +454,46 @@ mod tests {
             CheckTime::UnixMillis(-1000).to_string(),
             "1969-12-31T23:59:59Z"
         );
+    }
+
+    #[test]
+    fn local_times_and_http_dates() {
+        let t = 1_795_574_590; // 2026-11-25T02:43:10Z
+        assert_eq!(
+            parse_local_time("11-25-2026 02:43:10", DateFormat::Us),
+            Some(t)
+        );
+        assert_eq!(
+            parse_local_time("25-11-2026 02:43:10", DateFormat::Euro),
+            Some(t)
+        );
+        assert_eq!(
+            parse_local_time("2026-11-25 02:43:10", DateFormat::Us),
+            Some(t)
+        );
+        assert_eq!(
+            parse_local_time("2026-11-25T02:43:10", DateFormat::Euro),
+            Some(t)
+        );
+        assert_eq!(
+            parse_local_time("25-11-2026 02:43:10", DateFormat::Us),
+            None
+        );
+        assert_eq!(parse_local_time("N/A", DateFormat::Us), None);
+        assert_eq!(parse_local_time("11-25-2026 02:43", DateFormat::Us), None);
+        assert_eq!(parse_http_date("Wed, 25 Nov 2026 02:43:10 GMT"), Some(t));
+        assert_eq!(civil_to_unix(1970, 1, 1, 0, 0, 0), Some(0));
+        assert_eq!(civil_to_unix(2000, 2, 29, 0, 0, 0), Some(951_782_400));
+        assert_eq!(parse_http_date("garbage"), None);
+    }
+
+    #[test]
+    fn pending_services_are_alarms_unless_skipped() {
+        let s = ServiceStatus::new("h", Some("s".into()), AlarmState::Pending);
+        let h = ServiceStatus::new("h", None, AlarmState::Pending);
+        assert!(Pending::Alarm.is_alarm(&s));
+        assert!(!Pending::Skip.is_alarm(&s));
+        assert!(!Pending::Alarm.is_alarm(&h));
     }
 
     #[test]

@@ -23,8 +23,10 @@ use synchronizer_plugin_api::{
     Context, Entity, Error, Health, Plugin, PluginInfo, PluginKind, Relation, Snapshot,
 };
 
-use crate::model::ServiceStatus;
-use crate::rules::{HostRules, HostRulesConfig};
+use std::sync::Mutex;
+
+use crate::model::{DateFormat, Pending, ServiceStatus};
+use crate::rules::{HostRules, HostRulesConfig, RuleError};
 
 /// Which status page to read.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -64,9 +66,30 @@ pub struct Config {
     /// Accept any certificate (testing only).
     #[serde(default)]
     pub insecure: bool,
-    /// How Nagios host names map to the resources alarms are `on`.
+    /// How Nagios host names map to the resources alarms are `on` (default: no rules,
+    /// `nova.host:<host name>`). Not with `vitrage_conf`.
     #[serde(default)]
-    pub host_rules: HostRulesConfig,
+    pub host_rules: Option<HostRulesConfig>,
+    /// Vitrage's `nagios_conf.yaml`, read and matched as Vitrage does (prefix patterns,
+    /// hosts that match no entry dropped) instead of `host_rules`.
+    #[serde(default)]
+    pub vitrage_conf: Option<PathBuf>,
+    /// PENDING services (no result yet): `alarm` (default, as Vitrage) or `skip`.
+    #[serde(default)]
+    pub pending: Pending,
+    /// statusjson.cgi's status data older than this (`last_data_update` behind
+    /// `query_time`) makes the instance degraded and its snapshot delete nothing;
+    /// default 10 min, `0s` or `none`: not checked.
+    #[serde(default = "default_max_status_age", deserialize_with = "max_age")]
+    pub max_status_age: Option<Duration>,
+    /// How long an idle keep-alive connection is kept for the next poll (default 4 s:
+    /// below Apache's `KeepAliveTimeout` of 5 s). `0s`: a new connection every request.
+    #[serde(default = "default_pool_idle", with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+    /// Nagios' `date_format` (status.cgi's times): `us` (default) or `euro`; the ISO
+    /// forms are recognised anyway.
+    #[serde(default)]
+    pub date_format: DateFormat,
     /// The name of this Nagios in the alarms' native ids (`<scope>/<host>;<service>`);
     /// default: the instance's name. Set it to keep the keys when renaming the instance.
     /// Must not be empty nor contain `/`.
@@ -78,6 +101,28 @@ fn default_timeout() -> Duration {
     Duration::from_secs(10)
 }
 
+fn default_max_status_age() -> Option<Duration> {
+    Some(Duration::from_secs(600))
+}
+
+fn default_pool_idle() -> Duration {
+    Duration::from_secs(4)
+}
+
+/// `max_status_age`: a humantime duration, `0s` or `none` for no check.
+fn max_age<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    if text.trim().eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let age = humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "max_status_age: `{text}` is not a duration (or `none`): {e}"
+        ))
+    })?;
+    Ok((!age.is_zero()).then_some(age))
+}
+
 /// The plugin instance.
 pub struct Nagios {
     client: reqwest::Client,
@@ -86,6 +131,11 @@ pub struct Nagios {
     auth: Option<(String, String)>,
     rules: HostRules,
     scope: String,
+    pending: Pending,
+    max_status_age: Option<Duration>,
+    date_format: DateFormat,
+    /// Why the last snapshot's status data was stale (`None`: fresh, or not checked).
+    stale: Mutex<Option<String>>,
 }
 
 /// The entity type of Nagios alarms (Vitrage's name).
@@ -116,10 +166,19 @@ impl Checked {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(Error::config_field("url", "must be an http or https URL"));
         }
-        let rules = HostRules::new(&config.host_rules).map_err(|e| {
-            let (field, message) = e.field_and_message();
-            Error::config_field(format!("host_rules.{field}"), message)
-        })?;
+        let rules = match (&config.host_rules, &config.vitrage_conf) {
+            (Some(_), Some(_)) => {
+                return Err(Error::config_field(
+                    "vitrage_conf",
+                    "set `host_rules` or `vitrage_conf`, not both",
+                ));
+            }
+            (_, Some(path)) => vitrage_rules(path)?,
+            (rules, None) => HostRules::new(&rules.clone().unwrap_or_default()).map_err(|e| {
+                let (field, message) = e.field_and_message();
+                Error::config_field(format!("host_rules.{field}"), message)
+            })?,
+        };
         let scope = match &config.scope {
             Some(scope) => {
                 check_scope(scope).map_err(|e| Error::config_field("scope", e))?;
@@ -226,6 +285,7 @@ impl Plugin for Nagios {
         } = Checked::of(&config, &ctx.instance)?;
         let mut builder = reqwest::Client::builder()
             .timeout(config.timeout)
+            .pool_idle_timeout(config.pool_idle_timeout)
             .user_agent(concat!("synchronizer-nagios/", env!("CARGO_PKG_VERSION")))
             .danger_accept_invalid_certs(config.insecure);
         for c in roots {
@@ -242,74 +302,167 @@ impl Plugin for Nagios {
             auth,
             rules,
             scope,
+            pending: config.pending,
+            max_status_age: config.max_status_age,
+            date_format: config.date_format,
+            stale: Mutex::new(None),
         })
     }
 
     async fn snapshot(&self, _types: &[String]) -> Result<Snapshot, Error> {
+        let mut stale = None;
         let statuses = match self.source {
             Source::Html => {
                 let url = format!("{}/status.cgi?host=all&limit=0", self.base);
-                let body = self.get(&url).await?;
-                crate::html::parse_status_page(&body)
-                    .map_err(|e| Error::failed(format!("{url}: {e}")))?
+                let (body, date) = self.get(&url).await?;
+                let mut statuses = crate::html::parse_status_page(&body)
+                    .map_err(|e| Error::failed(format!("{url}: {e}")))?;
+                let utc = date.unwrap_or_else(unix_now);
+                let offset = crate::html::last_updated(&body)
+                    .and_then(|local| crate::html::utc_offset(local, utc));
+                crate::html::complete_fields(&mut statuses, self.date_format, offset);
+                statuses
             }
             Source::Json => {
                 let url = format!(
                     "{}/statusjson.cgi?query=servicelist&details=true",
                     self.base
                 );
-                let body = self.get(&url).await?;
-                let mut all = crate::json::parse_servicelist(&body)
-                    .map_err(|e| Error::failed(format!("{url}: {e}")))?
-                    .entries;
+                let (body, _) = self.get(&url).await?;
+                let services = crate::json::parse_servicelist(&body)
+                    .map_err(|e| Error::failed(format!("{url}: {e}")))?;
+                stale = stale.or(self.staleness(&url, &services));
+                let mut all = services.entries;
                 let url = format!("{}/statusjson.cgi?query=hostlist&details=true", self.base);
-                let body = self.get(&url).await?;
-                all.extend(
-                    crate::json::parse_hostlist(&body)
-                        .map_err(|e| Error::failed(format!("{url}: {e}")))?
-                        .entries,
-                );
+                let (body, _) = self.get(&url).await?;
+                let hosts = crate::json::parse_hostlist(&body)
+                    .map_err(|e| Error::failed(format!("{url}: {e}")))?;
+                stale = stale.or(self.staleness(&url, &hosts));
+                all.extend(hosts.entries);
                 all
             }
         };
-        Ok(Snapshot::complete(self.entities(&statuses)))
+        let snapshot = Snapshot::complete(self.entities(&statuses));
+        let snapshot = match &stale {
+            Some(reason) => {
+                tracing::warn!(url = %self.base, %reason, "nagios status data is stale: nothing is deleted");
+                snapshot.mark_incomplete(ENTITY_TYPE, reason)
+            }
+            None => snapshot,
+        };
+        if let Ok(mut last) = self.stale.lock() {
+            *last = stale;
+        }
+        Ok(snapshot)
     }
 
+    /// Unhealthy (the instance is shown degraded) while the last snapshot's status data
+    /// was older than `max_status_age`.
     async fn health(&self) -> Health {
-        Health::healthy()
+        match self.stale.lock().ok().and_then(|s| s.clone()) {
+            Some(reason) => Health::unhealthy(reason),
+            None => Health::healthy(),
+        }
     }
 }
 
 impl Nagios {
-    async fn get(&self, url: &str) -> Result<Vec<u8>, Error> {
+    /// GETs `url`: the body and the answer's `Date` (Unix seconds). A request that fails
+    /// because the server closed the connection before answering (a keep-alive
+    /// connection it timed out as the request went out: "connection closed before
+    /// message completed") is sent once more, on a new connection.
+    async fn get(&self, url: &str) -> Result<(Vec<u8>, Option<i64>), Error> {
+        match self.get_once(url).await {
+            Err(e) if is_closed_connection(&e) => {
+                drop(e);
+                tracing::debug!(%url, "connection closed by the server before its answer: retrying once");
+                self.get_once(url).await
+            }
+            other => other,
+        }
+        .map_err(|e| match e {
+            Failure::Http(e) => Error::failed(format!("GET {url}: {}", describe(&e))),
+            Failure::Body(e) => Error::failed(format!(
+                "GET {url}: reading the body: {}",
+                describe(&e)
+            )),
+            Failure::Status(status) => {
+                if status == reqwest::StatusCode::UNAUTHORIZED
+                    || status == reqwest::StatusCode::FORBIDDEN
+                {
+                    Error::failed(format!(
+                        "GET {url}: HTTP {status}: check the instance's username and password"
+                    ))
+                } else {
+                    Error::failed(format!("GET {url}: HTTP {status}"))
+                }
+            }
+        })
+    }
+
+    async fn get_once(&self, url: &str) -> Result<(Vec<u8>, Option<i64>), Failure> {
         let mut req = self.client.get(url);
         if let Some((user, password)) = &self.auth {
             req = req.basic_auth(user, Some(password));
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| Error::failed(format!("GET {url}: {}", describe(&e))))?;
+        let resp = req.send().await.map_err(Failure::Http)?;
         let status = resp.status();
-        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
-            return Err(Error::failed(format!(
-                "GET {url}: HTTP {status}: check the instance's username and password"
-            )));
-        }
         if !status.is_success() {
-            return Err(Error::failed(format!("GET {url}: HTTP {status}")));
+            return Err(Failure::Status(status));
         }
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| Error::failed(format!("GET {url}: reading the body: {}", describe(&e))))?;
-        Ok(body.to_vec())
+        let date = resp
+            .headers()
+            .get(reqwest::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::model::parse_http_date);
+        let body = resp.bytes().await.map_err(Failure::Body)?;
+        Ok((body.to_vec(), date))
+    }
+
+    /// Why a statusjson.cgi answer's data is too old to delete on, if it is.
+    fn staleness(&self, url: &str, list: &crate::json::StatusList) -> Option<String> {
+        let max = self.max_status_age?;
+        let updated = list.last_data_update?;
+        let now = list
+            .query_time
+            .unwrap_or_else(|| unix_now().saturating_mul(1000));
+        let age_ms = now.saturating_sub(updated);
+        let age = Duration::from_millis(u64::try_from(age_ms).ok()?);
+        (age > max).then(|| {
+            format!(
+                "{url}: Nagios' status data is {} old (last_data_update {}, max_status_age {}): Nagios is not updating it; alarms are kept, none deleted",
+                humantime::format_duration(Duration::from_secs(age.as_secs())),
+                crate::model::CheckTime::UnixMillis(updated),
+                humantime::format_duration(max),
+            )
+        })
     }
 
     /// The alarm entities of a status list.
     pub fn entities(&self, statuses: &[ServiceStatus]) -> Vec<Entity> {
-        to_entities(&self.scope, &self.rules, statuses)
+        to_entities_with(&self.scope, &self.rules, statuses, self.pending)
     }
+}
+
+/// The rules of a Vitrage `nagios_conf.yaml` (read now); errors name `vitrage_conf`.
+fn vitrage_rules(path: &std::path::Path) -> Result<HostRules, Error> {
+    let field = |message: String| Error::config_field("vitrage_conf", message);
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| field(format!("cannot read {}: {e}", path.display())))?;
+    let mappings = crate::vitrage::parse_vitrage_conf(&text)
+        .map_err(|e| field(format!("{}: {e}", path.display())))?;
+    HostRules::vitrage(&mappings).map_err(|e| match e {
+        RuleError::Regex {
+            index,
+            pattern,
+            message,
+        } => field(format!(
+            "{}: nagios[{index}].nagios_host {pattern:?}: invalid regular expression: {}",
+            path.display(),
+            crate::rules::one_line(&message)
+        )),
+        other => field(format!("{}: {other}", path.display())),
+    })
 }
 
 /// Why a scope cannot be used: empty, or with a `/` (which ends the scope in an id).
@@ -339,8 +492,18 @@ pub fn alarm_id(scope: &str, local_id: &str) -> String {
 /// of the content, so that an alarm is updated only when its state, output or resource
 /// changes.
 pub fn to_entities(scope: &str, rules: &HostRules, statuses: &[ServiceStatus]) -> Vec<Entity> {
+    to_entities_with(scope, rules, statuses, Pending::default())
+}
+
+/// [`to_entities`] with the `pending` option.
+pub fn to_entities_with(
+    scope: &str,
+    rules: &HostRules,
+    statuses: &[ServiceStatus],
+    pending: Pending,
+) -> Vec<Entity> {
     rules
-        .map_alarms(statuses)
+        .map_alarms_with(statuses, pending)
         .into_iter()
         .map(|a| {
             let s = a.status;
@@ -353,6 +516,7 @@ pub fn to_entities(scope: &str, rules: &HostRules, statuses: &[ServiceStatus]) -
                     "service": s.service,
                     "output": s.output,
                     "state_type": s.state_type.map(|t| format!("{t:?}").to_lowercase()),
+                    "attempt": s.attempt.map(|a| a.to_string()),
                 }));
             if let Some(ms) = s.last_check.as_ref().and_then(|c| c.unix_millis()) {
                 e = e.with_source_updated_micros(ms.saturating_mul(1000));
@@ -360,6 +524,51 @@ pub fn to_entities(scope: &str, rules: &HostRules, statuses: &[ServiceStatus]) -
             e
         })
         .collect()
+}
+
+/// Why one request failed.
+enum Failure {
+    Http(reqwest::Error),
+    Body(reqwest::Error),
+    Status(reqwest::StatusCode),
+}
+
+/// Whether a request failed because the server closed the connection before its answer
+/// (hyper's "connection closed before message completed", or the connection reset).
+fn is_closed_connection(failure: &Failure) -> bool {
+    let e = match failure {
+        Failure::Http(e) | Failure::Body(e) => e,
+        Failure::Status(_) => return false,
+    };
+    if e.is_timeout() || e.is_connect() {
+        return false;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_canceled() {
+                return true;
+            }
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            ) {
+                return true;
+            }
+        }
+        source = s.source();
+    }
+    false
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 fn describe(e: &reqwest::Error) -> String {
@@ -602,6 +811,97 @@ mod tests {
         assert_eq!(
             refused("n", serde_json::json!({"url": url, "password": "p"})).1,
             "is required with a password"
+        );
+    }
+
+    #[test]
+    fn stale_status_data_is_reported_and_fresh_is_not() {
+        let n = nagios("n", serde_json::json!({"url": "http://n/cgi-bin"})).unwrap();
+        let body = include_bytes!("../tests/fixtures/nagios4-fidelity/statusjson-servicelist.json");
+        let mut list = crate::json::parse_servicelist(body).unwrap();
+        assert_eq!(n.staleness("u", &list), None, "the real capture is fresh");
+        let now = list.query_time.unwrap();
+        list.last_data_update = Some(now - 3_600_000);
+        let reason = n.staleness("u", &list).expect("an hour old is stale");
+        assert!(reason.contains("1h old"), "{reason}");
+        let off = nagios(
+            "n",
+            serde_json::json!({"url": "http://n/cgi-bin", "max_status_age": "none"}),
+        )
+        .unwrap();
+        assert_eq!(off.staleness("u", &list), None);
+        let zero = nagios(
+            "n",
+            serde_json::json!({"url": "http://n/cgi-bin", "max_status_age": "0s"}),
+        )
+        .unwrap();
+        assert_eq!(zero.staleness("u", &list), None);
+    }
+
+    #[test]
+    fn vitrage_conf_is_read_and_checked() {
+        let good = temp_file(
+            "nagios_conf.yaml",
+            include_str!("../tests/fixtures/vitrage/nagios_conf.yaml"),
+        );
+        let n = nagios(
+            "n",
+            serde_json::json!({"url": "http://n/", "vitrage_conf": good}),
+        )
+        .unwrap();
+        let statuses = vec![
+            ServiceStatus::new("compute-10", Some("CPU load".into()), AlarmState::Warning),
+            ServiceStatus::new("ceph-0", Some("CPU load".into()), AlarmState::Critical),
+            ServiceStatus::new("compute-1", Some("New".into()), AlarmState::Pending),
+        ];
+        let got: Vec<_> = n
+            .entities(&statuses)
+            .iter()
+            .map(|e| (e.key(), e.relations()[0].other().to_owned()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "nagios:n/compute-10;CPU load".to_owned(),
+                    "nova.host:compute-1".to_owned()
+                ),
+                (
+                    "nagios:n/compute-1;New".to_owned(),
+                    "nova.host:compute-1".to_owned()
+                ),
+            ]
+        );
+        let skip = nagios(
+            "n",
+            serde_json::json!({"url": "http://n/", "vitrage_conf": good, "pending": "skip"}),
+        )
+        .unwrap();
+        assert_eq!(skip.entities(&statuses).len(), 1);
+        let bad = temp_file(
+            "bad_conf.yaml",
+            "nagios:\n  - nagios_host: compute-(\n    type: nova.host\n    name: x\n",
+        );
+        let (field, message) = refused(
+            "n",
+            serde_json::json!({"url": "http://n/", "vitrage_conf": bad}),
+        );
+        assert_eq!(field, "vitrage_conf");
+        assert!(
+            message.contains("nagios[0].nagios_host")
+                && message.contains("invalid regular expression"),
+            "{message}"
+        );
+        let (field, message) = refused(
+            "n",
+            serde_json::json!({"url": "http://n/", "vitrage_conf": good, "host_rules": {}}),
+        );
+        assert_eq!(
+            (field.as_str(), message.as_str()),
+            (
+                "vitrage_conf",
+                "set `host_rules` or `vitrage_conf`, not both"
+            )
         );
     }
 }

@@ -29,15 +29,15 @@
 //!     ]
 //! }"#).unwrap();
 //! let rules = HostRules::new(&config).unwrap();
-//! assert_eq!(rules.resource_key("compute-7.example.org"), "nova.host:compute-7");
-//! assert_eq!(rules.resource_key("instance-42"), "nova.instance:42");
-//! assert_eq!(rules.resource_key("db-1"), "nova.host:db-1");
+//! assert_eq!(rules.resource_key("compute-7.example.org").as_deref(), Some("nova.host:compute-7"));
+//! assert_eq!(rules.resource_key("instance-42").as_deref(), Some("nova.instance:42"));
+//! assert_eq!(rules.resource_key("db-1").as_deref(), Some("nova.host:db-1"));
 //! ```
 
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-use crate::model::ServiceStatus;
+use crate::model::{Pending, ServiceStatus};
 
 /// The default for [`HostRulesConfig::default_key`].
 pub const DEFAULT_KEY_TEMPLATE: &str = "nova.host:${name}";
@@ -126,7 +126,7 @@ impl RuleError {
 /// The regex crate's message without its multi-line picture of the pattern (which shows
 /// the anchored form, not what was configured): its `error: ...` line, or every line
 /// joined.
-fn one_line(message: &str) -> String {
+pub(crate) fn one_line(message: &str) -> String {
     match message
         .lines()
         .find_map(|l| l.trim().strip_prefix("error: "))
@@ -293,7 +293,8 @@ struct Rule {
 #[derive(Debug, Clone)]
 pub struct HostRules {
     rules: Vec<Rule>,
-    default_key: Template,
+    /// `None`: hosts that match no rule are dropped (Vitrage's `nagios_conf.yaml`).
+    default_key: Option<Template>,
 }
 
 impl Default for HostRules {
@@ -301,12 +302,24 @@ impl Default for HostRules {
     fn default() -> Self {
         HostRules {
             rules: Vec::new(),
-            default_key: Template {
+            default_key: Some(Template {
                 segments: vec![Segment::Literal("nova.host:".to_owned()), Segment::HostName],
                 needs_captures: false,
-            },
+            }),
         }
     }
+}
+
+/// Which rule gave a host its resource key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolved {
+    /// The rule at this index (from 0).
+    Rule(usize),
+    /// No rule matched: the default key.
+    Default,
+    /// No rule matched and there is no default key (Vitrage's `nagios_conf.yaml`): the
+    /// host's alarms are dropped.
+    Dropped,
 }
 
 impl HostRules {
@@ -334,41 +347,99 @@ impl HostRules {
                 template: config.default_key.clone(),
                 reason,
             })?;
-        Ok(HostRules { rules, default_key })
+        Ok(HostRules {
+            rules,
+            default_key: Some(default_key),
+        })
     }
 
-    /// The entity key of the resource a Nagios host name stands for.
-    pub fn resource_key(&self, host: &str) -> String {
+    /// Rules from Vitrage's `nagios_conf.yaml` entries, with Vitrage's semantics
+    /// ([`crate::vitrage`]): each `nagios_host` pattern is matched at the start of the host
+    /// name only (Python's `re.match`: `compute-1` matches `compute-10` and
+    /// `compute-1.local`); the key is `<type>:<name>`, `name` being the host name when it
+    /// is exactly `${nagios_host}` and taken literally otherwise; a host that matches no
+    /// entry is dropped.
+    pub fn vitrage(mappings: &[crate::vitrage::VitrageMapping]) -> Result<Self, RuleError> {
+        let mut rules = Vec::with_capacity(mappings.len());
+        for (index, m) in mappings.iter().enumerate() {
+            let regex =
+                Regex::new(&format!("^(?:{})", m.nagios_host)).map_err(|e| RuleError::Regex {
+                    index,
+                    pattern: m.nagios_host.clone(),
+                    message: e.to_string(),
+                })?;
+            let mut segments = vec![Segment::Literal(format!("{}:", m.resource_type))];
+            if m.name == crate::vitrage::NAGIOS_HOST_NAME {
+                segments.push(Segment::HostName);
+            } else {
+                segments.push(Segment::Literal(m.name.clone()));
+            }
+            rules.push(Rule {
+                regex,
+                key: Template {
+                    segments,
+                    needs_captures: false,
+                },
+            });
+        }
+        Ok(HostRules {
+            rules,
+            default_key: None,
+        })
+    }
+
+    /// The entity key of the resource a Nagios host name stands for; `None` when the host
+    /// is dropped (no rule matches and there is no default key).
+    pub fn resource_key(&self, host: &str) -> Option<String> {
         let mut key = String::with_capacity(host.len() + 16);
-        self.resource_key_into(host, &mut key);
-        key
+        match self.resource_key_into(host, &mut key) {
+            Resolved::Dropped => None,
+            _ => Some(key),
+        }
     }
 
-    /// Like [`resource_key`](Self::resource_key), appending to `out`; returns the index of
-    /// the rule that matched (`None`: the default key).
-    pub fn resource_key_into(&self, host: &str, out: &mut String) -> Option<usize> {
+    /// Like [`resource_key`](Self::resource_key), appending to `out` (nothing when the
+    /// host is dropped); tells which rule matched.
+    pub fn resource_key_into(&self, host: &str, out: &mut String) -> Resolved {
         for (index, rule) in self.rules.iter().enumerate() {
             if rule.key.needs_captures {
                 if let Some(captures) = rule.regex.captures(host) {
                     rule.key.expand(host, Some(&captures), out);
-                    return Some(index);
+                    return Resolved::Rule(index);
                 }
             } else if rule.regex.is_match(host) {
                 rule.key.expand(host, None, out);
-                return Some(index);
+                return Resolved::Rule(index);
             }
         }
-        self.default_key.expand(host, None, out);
-        None
+        match &self.default_key {
+            Some(default_key) => {
+                default_key.expand(host, None, out);
+                Resolved::Default
+            }
+            None => Resolved::Dropped,
+        }
     }
 
-    /// The alarms among `statuses` (services not OK, hosts DOWN or UNREACHABLE), each
-    /// with its native id and the key of the resource it is on. Consecutive entries of
-    /// the same host (as both status pages list them) resolve the rules once.
+    /// The alarms among `statuses` ([`Pending::Alarm`]: services not OK, hosts DOWN or
+    /// UNREACHABLE), each with its native id and the key of the resource it is on.
     pub fn map_alarms<'a>(&self, statuses: &'a [ServiceStatus]) -> Vec<MappedAlarm<'a>> {
+        self.map_alarms_with(statuses, Pending::default())
+    }
+
+    /// The alarms among `statuses` (services WARNING, CRITICAL, UNKNOWN, and PENDING unless
+    /// `pending` is [`Pending::Skip`]; hosts DOWN or UNREACHABLE), each with its native id
+    /// and the key of the resource it is on; the alarms of dropped hosts are left out.
+    /// Consecutive entries of the same host (as both status pages list them) resolve the
+    /// rules once.
+    pub fn map_alarms_with<'a>(
+        &self,
+        statuses: &'a [ServiceStatus],
+        pending: Pending,
+    ) -> Vec<MappedAlarm<'a>> {
         let mut out = Vec::new();
-        let mut last: Option<(&str, String)> = None;
-        for status in statuses.iter().filter(|s| s.is_alarm()) {
+        let mut last: Option<(&str, Option<String>)> = None;
+        for status in statuses.iter().filter(|s| pending.is_alarm(s)) {
             let resource_key = match &last {
                 Some((host, key)) if *host == status.host => key.clone(),
                 _ => {
@@ -376,6 +447,9 @@ impl HostRules {
                     last = Some((&status.host, key.clone()));
                     key
                 }
+            };
+            let Some(resource_key) = resource_key else {
+                continue;
             };
             out.push(MappedAlarm {
                 status,
@@ -411,9 +485,19 @@ mod tests {
     #[test]
     fn default_maps_to_nova_host() {
         let r = HostRules::default();
-        assert_eq!(r.resource_key("compute-0"), "nova.host:compute-0");
+        assert_eq!(
+            r.resource_key("compute-0")
+                .as_deref()
+                .unwrap_or("<dropped>"),
+            "nova.host:compute-0"
+        );
         let r = rules("{}").unwrap();
-        assert_eq!(r.resource_key("compute-0"), "nova.host:compute-0");
+        assert_eq!(
+            r.resource_key("compute-0")
+                .as_deref()
+                .unwrap_or("<dropped>"),
+            "nova.host:compute-0"
+        );
     }
 
     #[test]
@@ -426,16 +510,33 @@ mod tests {
             ], "default_key": "other:${nagios_host}"}"#,
         )
         .unwrap();
-        assert_eq!(r.resource_key("compute-1"), "nova.host:first");
-        assert_eq!(r.resource_key("compute-10"), "nova.host:node10");
         assert_eq!(
-            r.resource_key("db.example.org"),
+            r.resource_key("compute-1")
+                .as_deref()
+                .unwrap_or("<dropped>"),
+            "nova.host:first"
+        );
+        assert_eq!(
+            r.resource_key("compute-10")
+                .as_deref()
+                .unwrap_or("<dropped>"),
+            "nova.host:node10"
+        );
+        assert_eq!(
+            r.resource_key("db.example.org")
+                .as_deref()
+                .unwrap_or("<dropped>"),
             "example.org/db/db.example.org/db.example.org/$"
         );
-        assert_eq!(r.resource_key("xcompute-1"), "other:xcompute-1");
+        assert_eq!(
+            r.resource_key("xcompute-1")
+                .as_deref()
+                .unwrap_or("<dropped>"),
+            "other:xcompute-1"
+        );
         let mut s = String::new();
-        assert_eq!(r.resource_key_into("compute-2", &mut s), Some(1));
-        assert_eq!(r.resource_key_into("zzz", &mut s), None);
+        assert_eq!(r.resource_key_into("compute-2", &mut s), Resolved::Rule(1));
+        assert_eq!(r.resource_key_into("zzz", &mut s), Resolved::Default);
     }
 
     #[test]
@@ -444,7 +545,12 @@ mod tests {
             r#"{"rules": [{"pattern": "(?P<name>[^.]+)\\..*", "key": "nova.host:${name}"}]}"#,
         )
         .unwrap();
-        assert_eq!(r.resource_key("compute-3.local"), "nova.host:compute-3");
+        assert_eq!(
+            r.resource_key("compute-3.local")
+                .as_deref()
+                .unwrap_or("<dropped>"),
+            "nova.host:compute-3"
+        );
     }
 
     #[test]
@@ -501,7 +607,15 @@ mod tests {
                 ("compute-0;b", "nova.host:compute-0", AlarmState::Critical),
                 ("compute-0;c", "nova.host:compute-0", AlarmState::Warning),
                 ("compute-1", "nova.host:compute-1", AlarmState::Down),
+                ("compute-1;d", "nova.host:compute-1", AlarmState::Pending),
             ]
+        );
+        let skipped = HostRules::default().map_alarms_with(&statuses, Pending::Skip);
+        assert_eq!(skipped.len(), 3);
+        assert!(
+            skipped
+                .iter()
+                .all(|m| m.status.state != AlarmState::Pending)
         );
     }
 }

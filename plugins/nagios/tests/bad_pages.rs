@@ -42,7 +42,7 @@ fn web_server_error_page() {
     );
     assert_eq!(
         err.to_string(),
-        "not a Nagios service status page: no <table class='status'> (page title: Some(\"404 Not Found\"))"
+        "not a Nagios service status page: no <table class='status'> (title \"404 Not Found\")"
     );
     let page = b"<html><head><title>500 Internal Server Error</title></head><body><h1>Internal Server Error</h1></body></html>";
     assert_eq!(
@@ -413,7 +413,7 @@ fn json_got_an_html_page() {
     );
     assert_eq!(
         err.to_string(),
-        "the statusjson.cgi answer is an HTML page, not JSON (title: Some(\"401 Unauthorized\"))"
+        "the statusjson.cgi answer is an HTML page, not JSON (title \"401 Unauthorized\")"
     );
 }
 
