@@ -20,7 +20,7 @@
 //!   the notification's `volume_type`, which is the type's id), `availability_zone`,
 //!   `host` (`os-vol-host-attr:host` / `host`, `backend@pool#pool`), `user_id`,
 //!   `created_at` (written `2026-12-01T21:50:40Z`), `metadata` (an object: the API's
-//!   dict, the notification's list of `{key, value}`), and `attachments` (the attached
+//!   dict without [`ADMIN_METADATA`], the notification's list of `{key, value}`), and `attachments` (the attached
 //!   servers' ids, sorted).
 //!
 //! Left out because one source lacks them (every poll after a notification would report
@@ -56,6 +56,11 @@ pub const PROPERTIES: &[&str] = &[
     "metadata",
     "attachments",
 ];
+
+/// Keys of the volume's *admin* metadata that Cinder's API merges into `metadata` for an
+/// admin (`readonly`, `attached_mode`, set by Cinder itself on attach) and that its
+/// notifications never carry: left out of the `metadata` property.
+pub const ADMIN_METADATA: &[&str] = &["readonly", "attached_mode"];
 
 /// The status of a volume Cinder has deleted (`volume.delete.end` carries it).
 pub const DELETED_STATUS: &str = "deleted";
@@ -152,6 +157,10 @@ impl CinderVolume<'_> {
         for s in &servers {
             e = e.with_relation(Relation::to(ATTACHED, format!("{INSTANCE}:{s}")));
         }
+        let mut metadata = self.metadata;
+        for key in ADMIN_METADATA {
+            metadata.remove(*key);
+        }
         let mut props = Map::new();
         props.insert("size".into(), self.size.map_or(Value::Null, Value::from));
         props.insert("volume_type_id".into(), text(self.volume_type_id));
@@ -159,7 +168,7 @@ impl CinderVolume<'_> {
         props.insert("host".into(), text(self.host));
         props.insert("user_id".into(), text(self.user_id));
         props.insert("created_at".into(), normalised_time(self.created_at));
-        props.insert("metadata".into(), Value::Object(self.metadata));
+        props.insert("metadata".into(), Value::Object(metadata));
         props.insert(
             "attachments".into(),
             Value::Array(servers.iter().map(|s| Value::from(*s)).collect()),

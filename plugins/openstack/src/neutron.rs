@@ -11,7 +11,8 @@
 //! `DOWN`, `BUILD`, `ERROR`), project = `project_id` (`tenant_id`), the properties
 //! [`NETWORK_PROPERTIES`]: `admin_state_up`, `shared`, `router_external`
 //! (`router:external`), `mtu`, `network_type` (`provider:network_type`, admin only),
-//! `subnets` (sorted ids), `created_at`.
+//! `created_at`. Not `subnets`: adding a subnet changes the network's list without a
+//! `network.update.end` (only `subnet.create.end`), so the poll after it would disagree.
 //!
 //! `neutron.port`: key `neutron.port:<uuid>`, name, state = `status` (`ACTIVE`, `DOWN`,
 //! `BUILD`), project, relations `neutron.network:<network_id> --contains--> this` and,
@@ -52,7 +53,6 @@ pub const NETWORK_PROPERTIES: &[&str] = &[
     "router_external",
     "mtu",
     "network_type",
-    "subnets",
     "created_at",
 ];
 
@@ -115,8 +115,6 @@ pub struct ApiNetwork {
     #[serde(rename = "provider:network_type", default)]
     network_type: Option<String>,
     #[serde(default)]
-    subnets: Option<Vec<String>>,
-    #[serde(default)]
     created_at: Option<String>,
     #[serde(default)]
     updated_at: Option<String>,
@@ -144,15 +142,12 @@ impl ApiNetwork {
         {
             e = e.with_source_updated_micros(ts);
         }
-        let mut subnets = self.subnets.unwrap_or_default();
-        subnets.sort_unstable();
         let mut props = Map::new();
         props.insert("admin_state_up".into(), self.admin_state_up.into());
         props.insert("shared".into(), self.shared.into());
         props.insert("router_external".into(), self.router_external.into());
         props.insert("mtu".into(), self.mtu.into());
         props.insert("network_type".into(), text(&self.network_type));
-        props.insert("subnets".into(), subnets.into());
         props.insert(
             "created_at".into(),
             normalised_time(self.created_at.as_deref()),
