@@ -33,6 +33,8 @@ pub const ALL: &[(&str, Target)] = &[
     ("bus_compressed", bus_compressed),
     ("nova_pages", nova_pages),
     ("heat_pages", heat_pages),
+    ("cinder_pages", cinder_pages),
+    ("neutron_pages", neutron_pages),
     ("openstack_time", openstack_time),
     ("host_config", host_config),
     ("static_yaml", static_yaml),
@@ -282,6 +284,26 @@ pub fn nova_pages(data: &[u8]) {
         check::entities(&entities);
     }
     if let Ok(entities) = fuzzing::zones(data) {
+        check::entities(&entities);
+    }
+}
+
+/// Cinder's `volumes/detail` pages through the collector's own types.
+pub fn cinder_pages(data: &[u8]) {
+    use synchronizer_cinder::fuzzing;
+    if let Ok((entities, _next)) = fuzzing::volumes_page(page_url(), data) {
+        check::entities(&entities);
+    }
+}
+
+/// Neutron's answers, each read as a `networks` and a `ports` page, through the
+/// collector's own types.
+pub fn neutron_pages(data: &[u8]) {
+    use synchronizer_neutron::fuzzing;
+    if let Ok((entities, _next)) = fuzzing::networks_page(page_url(), data) {
+        check::entities(&entities);
+    }
+    if let Ok((entities, _next)) = fuzzing::ports_page(page_url(), data) {
         check::entities(&entities);
     }
 }

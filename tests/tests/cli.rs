@@ -469,7 +469,9 @@ fn plugins_sample_prints_a_plugins_own_table_or_says_why_not() {
 #[test]
 fn every_shipped_plugins_sample_passes_check_config() {
     let (_dir, file) = config_file("");
-    for name in ["nova", "heat", "nagios", "bus", "static"] {
+    for name in [
+        "nova", "heat", "nagios", "bus", "static", "cinder", "neutron",
+    ] {
         let out = synchronizer(&["plugins", "--config", &file, "--sample", name]);
         assert!(
             out.status.success(),

@@ -14,6 +14,8 @@
 //! | `nova-versioned` | `instance.*`, payload `{"nova_object.data": {...}}` | `nova.instance` |
 //! | `nova-legacy` | `compute.instance.*`, flat payload | `nova.instance` |
 //! | `heat` | `orchestration.stack.*` | `heat.stack` |
+//! | `cinder` | `volume.*` (Cinder's `_usage_from_volume` payload) | `cinder.volume` |
+//! | `neutron` | `network.{create,update,delete}.end`, `port.{create,update,delete}.end` (other `network.*` / `port.*`, such as `*.start`, are ignored) | `neutron.network`, `neutron.port` |
 //!
 //! A message is a deletion when its event says so or when its payload says the entity is
 //! deleted, whatever its event type; every other event of a family is an upsert of the
@@ -24,6 +26,13 @@
 //! | `nova-versioned` | `instance.delete.end`, or any `instance.*` whose `state` is `deleted` or `soft-delete` (`instance.update`, `instance.soft_delete.end`, `instance.exists`, ...) |
 //! | `nova-legacy` | `compute.instance.delete.end`, or any `compute.instance.*` whose `state` is `deleted` or `soft-delete` |
 //! | `heat` | `orchestration.stack.delete.end`, or any `orchestration.stack.*` whose `state` is `DELETE_COMPLETE` |
+//! | `cinder` | `volume.delete.end`, or any `volume.*` whose `status` is `deleted` |
+//! | `neutron` | `network.delete.end`, `port.delete.end` |
+//!
+//! The `cinder` and `neutron` families are off by default (add them to `families`, with a
+//! subscription to Cinder's exchange, `openstack` by default, and Neutron's, `neutron`);
+//! their entities are the shared models of `synchronizer_openstack::{cinder_volume,
+//! neutron}`, the same the Cinder and Neutron collectors build.
 //!
 //! (The shared models' `is_deleted` decide: `nova_instance::DELETED_VM_STATES`,
 //! `heat_stack::DELETED_STATUS`.) A real Nova sends such messages after `delete.end`: with
@@ -71,7 +80,9 @@ use std::fmt;
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
+use synchronizer_openstack::cinder_volume::NotifiedVolume;
 use synchronizer_openstack::heat_stack::HeatStack as StackModel;
+use synchronizer_openstack::neutron;
 use synchronizer_openstack::nova_instance::{NovaInstance, status_from_state};
 use synchronizer_plugin_api::Change;
 
@@ -92,6 +103,10 @@ pub enum Family {
     NovaLegacy,
     /// Heat's stack notifications (`orchestration.stack.*`).
     Heat,
+    /// Cinder's volume notifications (`volume.*`).
+    Cinder,
+    /// Neutron's network and port notifications (`network.*`, `port.*`).
+    Neutron,
 }
 
 impl Family {
@@ -103,6 +118,10 @@ impl Family {
             Some(Family::NovaVersioned)
         } else if event_type.starts_with("orchestration.stack.") {
             Some(Family::Heat)
+        } else if event_type.starts_with("volume.") {
+            Some(Family::Cinder)
+        } else if event_type.starts_with("network.") || event_type.starts_with("port.") {
+            Some(Family::Neutron)
         } else {
             None
         }
@@ -114,6 +133,8 @@ impl Family {
             Family::NovaVersioned => "nova-versioned",
             Family::NovaLegacy => "nova-legacy",
             Family::Heat => "heat",
+            Family::Cinder => "cinder",
+            Family::Neutron => "neutron",
         }
     }
 }
@@ -124,6 +145,8 @@ pub struct Families {
     nova_versioned: bool,
     nova_legacy: bool,
     heat: bool,
+    cinder: bool,
+    neutron: bool,
 }
 
 impl Families {
@@ -133,6 +156,8 @@ impl Families {
             nova_versioned: true,
             nova_legacy: true,
             heat: true,
+            cinder: true,
+            neutron: true,
         }
     }
 
@@ -144,6 +169,8 @@ impl Families {
                 Family::NovaVersioned => f.nova_versioned = true,
                 Family::NovaLegacy => f.nova_legacy = true,
                 Family::Heat => f.heat = true,
+                Family::Cinder => f.cinder = true,
+                Family::Neutron => f.neutron = true,
             }
         }
         f
@@ -155,6 +182,8 @@ impl Families {
             Family::NovaVersioned => self.nova_versioned,
             Family::NovaLegacy => self.nova_legacy,
             Family::Heat => self.heat,
+            Family::Cinder => self.cinder,
+            Family::Neutron => self.neutron,
         }
     }
 }
@@ -396,6 +425,18 @@ fn interpret_notification(n: &Wire<'_>, families: Families) -> Result<Interprete
         Family::NovaVersioned => nova_versioned(event_type, payload, at_us),
         Family::NovaLegacy => nova_legacy(event_type, payload, at_us),
         Family::Heat => heat(event_type, payload, at_us),
+        Family::Cinder => cinder(event_type, payload, at_us),
+        Family::Neutron => match neutron::notified(event_type, payload.get(), at_us) {
+            Ok(neutron::Notified::Change(delete, e)) => Ok(if delete {
+                Change::Delete(*e)
+            } else {
+                Change::Upsert(*e)
+            }),
+            Ok(neutron::Notified::Ignored) => {
+                return done(Interpretation::Ignored(Ignored::UnknownEvent));
+            }
+            Err(e) => Err(e),
+        },
     }
     .map_err(|reason| malformed(reason, Some(event_type)))?;
     done(Interpretation::Change(change))
@@ -632,6 +673,20 @@ fn nova_legacy(event_type: &str, payload: &RawValue, at_us: i64) -> Result<Chang
         instance,
         at_us,
     ))
+}
+
+/// A `cinder.volume` change: the shared model's entity (`cinder_volume`), stamped with
+/// the message's time; a deletion for `volume.delete.end` or a payload saying `deleted`.
+/// Event types other than the model's (`volume.exists`, `volume.usage`, ...) are upserts
+/// of the same state when they carry a volume.
+fn cinder(event_type: &str, payload: &RawValue, at_us: i64) -> Result<Change, String> {
+    let p: NotifiedVolume = parse_payload(payload, "cinder volume")?;
+    let (delete, e) = p.into_change(event_type, at_us)?;
+    Ok(if delete {
+        Change::Delete(e)
+    } else {
+        Change::Upsert(e)
+    })
 }
 
 fn heat(event_type: &str, payload: &RawValue, at_us: i64) -> Result<Change, String> {

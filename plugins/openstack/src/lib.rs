@@ -14,6 +14,10 @@
 //! - [`heat_stack`]: the one `heat.stack` entity model that the Heat collector and the
 //!   bus plugin (Heat's notifications, enriched with the stack's resources) both build,
 //!   and Heat's resource type → entity type mapping.
+//! - [`cinder_volume`]: the one `cinder.volume` model of the Cinder collector and the
+//!   bus plugin (Cinder's `volume.*` notifications).
+//! - [`neutron`]: the `neutron.network` / `neutron.port` models of the Neutron collector
+//!   and the bus plugin (Neutron's `network.*` / `port.*` notifications).
 //! - `testing` (feature `test-server`): a loopback HTTP server for tests and benchmarks.
 //!
 //! Nothing here logs a secret: passwords, application credential secrets and tokens are
@@ -22,9 +26,11 @@
 #![deny(missing_docs)]
 
 pub mod catalog;
+pub mod cinder_volume;
 pub mod config;
 pub mod error;
 pub mod heat_stack;
+pub mod neutron;
 pub mod nova_instance;
 pub mod paging;
 pub mod session;
