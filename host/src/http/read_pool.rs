@@ -99,11 +99,10 @@ fn lower_priority() {
     {
         // SAFETY: gettid and setpriority take plain integers and touch no memory of ours.
         let tid = unsafe { libc::syscall(libc::SYS_gettid) } as libc::id_t;
-        let current = {
-            // getpriority returns -1 both as a value and as an error; errno tells.
-            // SAFETY: as above.
-            unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) }
-        };
+        // A failed getpriority (-1, which is also a valid nice value) only makes the
+        // thread's nice 9 instead of the process's + 10: still below the writer.
+        // SAFETY: as above.
+        let current = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) };
         let wanted = (current + READER_NICENESS).min(19);
         // SAFETY: as above.
         if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, wanted) } != 0 {
