@@ -23,7 +23,7 @@ use synchronizer::config::ConfigError;
 use synchronizer::config_location::locate;
 use synchronizer::instance::PluginInstance;
 use synchronizer::loader::{host_api_version, load};
-use synchronizer::{Config, Event, SubscribeOptions, Synchronizer, output};
+use synchronizer::{Config, SubscribeOptions, Synchronizer, output};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -226,7 +226,7 @@ async fn run(
         initial_snapshot: false,
         resync_every,
     };
-    let (sync, mut sub) = Synchronizer::start_subscribed(config, &options)
+    let (sync, sub) = Synchronizer::start_subscribed(config, &options)
         .await
         .map_err(start_error)?;
     let sync = Arc::new(sync);
@@ -257,11 +257,14 @@ async fn run(
     for f in sync.failures() {
         tracing::error!(error = %f, "instance skipped");
     }
-    let (tx, writer) = stdout_writer()?;
-    // The host's shutdown runs beside the loop below, which keeps writing what it
-    // delivers until the subscription ends after the drain.
+    // stdout's own thread reads the subscription and writes: one hand-off per change,
+    // from the hub's delivery straight to the thread that writes it.
+    let (writer, mut written) = stdout_writer(sub)?;
+    // The host's shutdown runs beside the loop below, while the writer keeps writing
+    // what it is delivered until the subscription ends after the drain.
     let mut stopping: Option<tokio::task::JoinHandle<()>> = None;
     let mut stopped = false;
+    let mut shutdown_failed = false;
     loop {
         tokio::select! {
             s = &mut signal, if stopping.is_none() => {
@@ -280,21 +283,19 @@ async fn run(
                 // Normally the subscription ends next; without a drain it never would.
                 if let Err(e) = done {
                     tracing::error!(error = %e, "shutdown task failed");
+                    shutdown_failed = true;
                     break;
                 }
             }
-            event = sub.recv() => match event {
-                Some(event) => {
-                    if !forward(&tx, event).await {
-                        tracing::error!("stdout closed; stopping");
-                        break;
-                    }
+            _ = &mut written => {
+                // The subscription ended (after the drain), or stdout failed.
+                if stopping.is_none() {
+                    tracing::error!("stdout closed; stopping");
                 }
-                None => break,
-            },
+                break;
+            }
         }
     }
-    drop(sub);
     match stopping {
         Some(task) if !stopped => {
             if let Err(e) = task.await {
@@ -307,8 +308,12 @@ async fn run(
             sync.shutdown().await;
         }
     }
-    // Every change is with the writer: it writes and flushes them, then ends.
-    drop(tx);
+    if shutdown_failed {
+        // No drain will end the subscription: the writer is left to the process's exit.
+        anyhow::bail!("the shutdown failed; changes queued for stdout may be lost");
+    }
+    // The subscription has ended (or ends now, after the drain): the writer flushes and
+    // ends.
     let written = tokio::task::spawn_blocking(move || writer.join()).await;
     // Last, the HTTP API (its change streams have ended after the drain).
     stop_http.cancel();
@@ -329,45 +334,37 @@ async fn run(
 
 type StdoutWriter = std::thread::JoinHandle<std::io::Result<()>>;
 
-/// The thread that writes events to stdout, so that a slow pipe delays only this
-/// subscriber. It writes until every sender is dropped, flushing whenever nothing else
-/// is waiting.
-fn stdout_writer() -> Result<(std::sync::mpsc::SyncSender<Event>, StdoutWriter)> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Event>(1024);
+/// The thread that reads `sub` and writes its events to stdout, so that a slow pipe
+/// delays only this subscriber (the hub marks it lagged and resyncs it; see
+/// `synchronizer::hub`). It writes until the subscription ends or stdout fails, flushing
+/// whenever nothing else is queued, so a reader sees each change at once without a
+/// write per change under load. The receiver completes when it has ended.
+fn stdout_writer(
+    mut sub: synchronizer::Subscription,
+) -> Result<(StdoutWriter, tokio::sync::oneshot::Receiver<()>)> {
+    let (done, ended) = tokio::sync::oneshot::channel();
     let writer = std::thread::Builder::new()
         .name("stdout".into())
         .spawn(move || -> std::io::Result<()> {
             let stdout = std::io::stdout();
-            let mut out = BufWriter::new(stdout.lock());
-            while let Ok(event) = rx.recv() {
-                output::write_event(&mut out, &event)?;
-                // Flush when nothing else is waiting, so a reader sees changes at once.
-                let mut more = rx.try_recv();
-                while let Ok(event) = more {
+            let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
+            let result = (|| {
+                while let Some(event) = sub.blocking_recv() {
                     output::write_event(&mut out, &event)?;
-                    more = rx.try_recv();
+                    while let Some(event) = sub.try_recv() {
+                        output::write_event(&mut out, &event)?;
+                    }
+                    out.flush()?;
                 }
-                out.flush()?;
-            }
-            out.flush()
+                out.flush()
+            })();
+            // Unsubscribed before the main task hears of it.
+            drop(sub);
+            let _ = done.send(());
+            result
         })
         .context("cannot start the stdout writer")?;
-    Ok((tx, writer))
-}
-
-/// Hands `event` to the stdout writer; false when stdout is closed.
-async fn forward(tx: &std::sync::mpsc::SyncSender<Event>, event: Event) -> bool {
-    match tx.try_send(event) {
-        Ok(()) => true,
-        Err(std::sync::mpsc::TrySendError::Full(event)) => {
-            // stdout is slow: wait on a blocking thread, so that only this subscriber is
-            // held back (and resynced if it falls too far).
-            let tx = tx.clone();
-            let sent = tokio::task::spawn_blocking(move || tx.send(event)).await;
-            matches!(sent, Ok(Ok(())))
-        }
-        Err(std::sync::mpsc::TrySendError::Disconnected(_)) => false,
-    }
+    Ok((writer, ended))
 }
 
 /// Tells systemd (Type=notify) about the service's state, when run under it.

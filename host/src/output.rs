@@ -42,7 +42,7 @@ struct RelationJson<'a> {
 struct EntityJson<'a> {
     #[serde(rename = "type")]
     entity_type: &'a str,
-    key: String,
+    key: KeyJson<'a>,
     id: &'a str,
     category: &'static str,
     name: &'a str,
@@ -51,6 +51,15 @@ struct EntityJson<'a> {
     relations: Vec<RelationJson<'a>>,
     source_updated: Option<String>,
     properties: std::borrow::Cow<'a, RawValue>,
+}
+
+/// An entity's key, `<type>:<id>`, written as it is serialized (no string built first).
+struct KeyJson<'a>(&'a Entity);
+
+impl Serialize for KeyJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{}:{}", self.0.entity_type(), self.0.id()))
+    }
 }
 
 #[derive(Serialize)]
@@ -89,7 +98,7 @@ fn entity_json(e: &Entity) -> EntityJson<'_> {
     let empty: &RawValue = serde_json::from_str("{}").unwrap_or_else(|_| unreachable!());
     EntityJson {
         entity_type: e.entity_type(),
-        key: e.key(),
+        key: KeyJson(e),
         id: e.id(),
         category: e.category().as_str(),
         name: e.name(),
@@ -109,17 +118,20 @@ fn entity_json(e: &Entity) -> EntityJson<'_> {
     }
 }
 
-/// A change as one JSON object.
-pub fn change_to_json(change: &Change) -> String {
-    let obj = ChangeJson {
+fn change_json(change: &Change) -> ChangeJson<'_> {
+    ChangeJson {
         action: change.action.as_str(),
         initial: change.initial,
         entity: entity_json(&change.entity),
         sampled_at: time(change.sampled_us),
         instance: &change.instance,
         seq: change.seq,
-    };
-    serde_json::to_string(&obj).unwrap_or_default()
+    }
+}
+
+/// A change as one JSON object.
+pub fn change_to_json(change: &Change) -> String {
+    serde_json::to_string(&change_json(change)).unwrap_or_default()
 }
 
 /// An entity as one JSON object (what `snapshot` prints).
@@ -132,19 +144,23 @@ pub fn resync_to_json(reason: ResyncReason) -> String {
     serde_json::json!({"action": "resync", "reason": reason.as_str()}).to_string()
 }
 
-/// One entity of a snapshot as one JSON object: `{"action":"snapshot", ...entity fields...}`.
-pub fn snapshot_entity_to_json(entity: &Entity) -> String {
-    #[derive(Serialize)]
-    struct SnapshotLine<'a> {
-        action: &'static str,
-        #[serde(flatten)]
-        entity: EntityJson<'a>,
-    }
-    let line = SnapshotLine {
+#[derive(Serialize)]
+struct SnapshotLine<'a> {
+    action: &'static str,
+    #[serde(flatten)]
+    entity: EntityJson<'a>,
+}
+
+fn snapshot_line(entity: &Entity) -> SnapshotLine<'_> {
+    SnapshotLine {
         action: "snapshot",
         entity: entity_json(entity),
-    };
-    serde_json::to_string(&line).unwrap_or_default()
+    }
+}
+
+/// One entity of a snapshot as one JSON object: `{"action":"snapshot", ...entity fields...}`.
+pub fn snapshot_entity_to_json(entity: &Entity) -> String {
+    serde_json::to_string(&snapshot_line(entity)).unwrap_or_default()
 }
 
 /// The end of a snapshot of `count` entities: `{"action":"snapshot_end","count":N}`.
@@ -152,14 +168,20 @@ pub fn snapshot_end_to_json(count: usize) -> String {
     serde_json::json!({"action": "snapshot_end", "count": count}).to_string()
 }
 
+/// One value as one line, serialized straight into `out` (no string in between).
+fn write_line(out: &mut impl Write, value: &impl Serialize) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *out, value).map_err(std::io::Error::from)?;
+    out.write_all(b"\n")
+}
+
 /// Writes an event as JSON lines.
 pub fn write_event(out: &mut impl Write, event: &Event) -> std::io::Result<()> {
     match event {
-        Event::Change(c) => writeln!(out, "{}", change_to_json(c)),
+        Event::Change(c) => write_line(out, &change_json(c)),
         Event::Resync(reason) => writeln!(out, "{}", resync_to_json(*reason)),
         Event::Snapshot(entities) => {
             for e in entities {
-                writeln!(out, "{}", snapshot_entity_to_json(e))?;
+                write_line(out, &snapshot_line(e))?;
             }
             writeln!(out, "{}", snapshot_end_to_json(entities.len()))
         }

@@ -5,14 +5,16 @@
 //! - a client that reconnects with `Last-Event-ID` is sent, from here, the changes it
 //!   missed, if they are all still here (the most recent `replay` changes);
 //! - every SSE client takes a change's JSON from here instead of serialising it again
-//!   (one serialisation per change, not one per change and client).
+//!   (one serialisation per change, not one per change and client). The JSON is made
+//!   when a client first asks for it, so that with no SSE client the window costs no
+//!   serialisation at all (stdout and the AMQP output have their own).
 //!
 //! The window holds contiguous `seq`s. Its subscription is unfiltered and its task only
 //! serialises and stores, so it practically never falls behind; if it ever does, the
 //! window starts afresh at the next change, and older ids are answered with a resync.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -36,8 +38,24 @@ const FEED_BATCH: usize = 1_024;
 pub(super) struct Entry {
     /// The change.
     pub change: Arc<Change>,
-    /// Its JSON ([`output::change_to_json`]).
-    pub json: Arc<str>,
+    /// Its JSON ([`output::change_to_json`]), made on first use and shared by every
+    /// client from then on.
+    json: Arc<OnceLock<Arc<str>>>,
+}
+
+impl Entry {
+    fn new(change: Arc<Change>) -> Self {
+        Entry {
+            change,
+            json: Arc::default(),
+        }
+    }
+
+    /// The change's JSON.
+    pub fn json(&self) -> &Arc<str> {
+        self.json
+            .get_or_init(|| Arc::from(output::change_to_json(&self.change)))
+    }
 }
 
 struct Ring {
@@ -133,15 +151,11 @@ impl Window {
 
     /// Stores a batch of events from the feed.
     fn take_in(&self, events: impl Iterator<Item = Event>) {
-        // Serialise outside the lock.
         let mut entries = Vec::new();
         let mut lost = false;
         for event in events {
             match event {
-                Event::Change(change) => {
-                    let json: Arc<str> = Arc::from(output::change_to_json(&change));
-                    entries.push(Some(Entry { change, json }));
-                }
+                Event::Change(change) => entries.push(Some(Entry::new(change))),
                 Event::Resync(_) => entries.push(None),
                 Event::Snapshot(_) => {}
             }
@@ -253,7 +267,7 @@ impl Json<'_> {
             .entries
             .get(i)
             .filter(|e| e.change.seq == seq)
-            .map(|e| &*e.json)
+            .map(|e| &**e.json())
     }
 }
 

@@ -116,7 +116,7 @@ pub(super) async fn changes(
                 Resume::Replay(entries) => {
                     let replay = entries
                         .into_iter()
-                        .map(|e| (e.change.seq, e.json))
+                        .map(|e| (e.change.seq, e.json().clone()))
                         .collect();
                     (
                         ChangeStream::new(peer, sub, &state, replay, through),

@@ -8,7 +8,7 @@
 //!
 //! 1. Drain: a queue is filled with `BENCH_MESSAGES` (100,000) real-format notifications
 //!    (the captured versioned `instance.update` body in its oslo envelope, each with its
-//!    own message id and instance uuid). A bare lapin consumer (prefetch 256, one
+//!    own message id and instance uuid). A bare lapin consumer (the plugin's default prefetch, one
 //!    `multiple` ack per 128 messages, no parsing) drains it; the queue is filled again
 //!    and the host, with the bus plugin loaded from its `.so`, drains it to a subscriber
 //!    callback. Both rates are timed from when consuming starts (the plugin's time to
@@ -163,10 +163,12 @@ async fn fill(ch: &Channel, exchange: &str, queue: &str, bodies: &Bodies, run: u
     assert_eq!(u64::from(q.message_count()), n, "queue filled");
 }
 
-/// The bare consumer: prefetch 256, one multiple ack per 128 messages.
+/// The bare consumer: the bus plugin's default prefetch, one multiple ack per 128
+/// messages (its default batch size).
 async fn bare_drain(conn: &Connection, queue: &str, n: u64) -> Duration {
     let ch = conn.create_channel().await.expect("channel");
-    ch.basic_qos(256, BasicQosOptions::default())
+    let prefetch = synchronizer_bus::config::Config::with_urls(Vec::<String>::new()).prefetch;
+    ch.basic_qos(prefetch, BasicQosOptions::default())
         .await
         .expect("qos");
     let start = Instant::now();

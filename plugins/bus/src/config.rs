@@ -206,8 +206,11 @@ fn default_reconnect_initial() -> Duration {
 fn default_reconnect_max() -> Duration {
     Duration::from_secs(30)
 }
+/// Deep enough that the broker keeps sending while a batch is with the host: a message is
+/// acknowledged only once the host has taken its change, so the window must cover the
+/// batches between receipt and ack (oslo.messaging's own consumers default to no limit).
 fn default_prefetch() -> u16 {
-    256
+    1024
 }
 fn default_batch_size() -> usize {
     128
@@ -536,7 +539,7 @@ mod tests {
     #[test]
     fn defaults_parse_from_an_almost_empty_table() {
         let c: Config = serde_json::from_value(serde_json::json!({"urls": ["amqp://h"]})).unwrap();
-        assert_eq!(c.prefetch, 256);
+        assert_eq!(c.prefetch, 1024);
         assert_eq!(c.families, vec![Family::NovaVersioned, Family::Heat]);
         let names: Vec<String> = c.queues().unwrap().into_iter().map(|q| q.name).collect();
         assert_eq!(

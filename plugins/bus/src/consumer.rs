@@ -619,6 +619,9 @@ impl Bus {
     ) -> Result<(), BusError> {
         let mut chunks = consumer.ready_chunks(self.config.batch_size);
         let mut stopping = false;
+        // How many messages the last batch had: a busy queue lingers a little before the
+        // next batch (see `LINGER`).
+        let mut last_len = 0usize;
         let grace = tokio::time::sleep(Duration::from_secs(365 * 24 * 3600));
         tokio::pin!(grace);
         loop {
@@ -635,6 +638,18 @@ impl Bus {
                 {
                     tracing::debug!(queue = %ctx.plan.name, error = %e, "cancel failed; closing");
                     return Ok(());
+                }
+            }
+            if !stopping && (LINGER_FROM..self.config.batch_size).contains(&last_len) {
+                // Messages are streaming in: let the next batch gather for a moment
+                // instead of taking a few at a time, each costing a hand-off to the host,
+                // its subscribers and an ack. The acks go out first, so that the broker
+                // keeps sending meanwhile.
+                acks.send().await?;
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => {}
+                    _ = tokio::time::sleep(LINGER) => {}
                 }
             }
             let chunk = match chunks.next().now_or_never() {
@@ -663,6 +678,7 @@ impl Bus {
                     message: format!("the broker cancelled the consumer of `{}`", ctx.plan.name),
                 });
             };
+            last_len = chunk.len();
             let mut deliveries = Vec::with_capacity(chunk.len());
             let mut failure = None;
             for item in chunk {
@@ -867,6 +883,14 @@ type AckFuture<'c> = Pin<Box<dyn Future<Output = lapin::Result<()>> + Send + 'c>
 /// client at once and in order (lapin queues the frame on the future's first poll); its
 /// completion (the client's I/O thread writing it) is only checked later, so consuming
 /// never waits for that thread.
+/// A batch of at least this many messages (and fewer than `batch_size`) means the queue
+/// is busy: the next batch waits [`LINGER`] to gather more.
+const LINGER_FROM: usize = 16;
+/// How long a busy queue's next batch gathers. Under a steady trickle batches stay small
+/// and nothing waits; in a burst a change is delayed by at most this (plus the timer's
+/// millisecond resolution).
+const LINGER: Duration = Duration::from_millis(1);
+
 struct AckPipe<'c> {
     channel: &'c Channel,
     stats: &'c Stats,
