@@ -31,13 +31,17 @@
 # Prints `export ...` lines for the tests on stdout.
 #
 # Environment: OPENSTACK_STATE (default <repo>/target/openstack), OS_ADMIN_PASSWORD and
-# OS_DEMO_PASSWORD (as for keystone-heat.sh), OPENSTACK_READY_TIMEOUT seconds (default 240).
+# OS_DEMO_PASSWORD (as for keystone-heat.sh), OPENSTACK_READY_TIMEOUT seconds (default 240),
+# OPENSTACK_NOVA_TIMEOUT seconds to wait for the lab Nova's vm-a1 (default 900: nova.sh may
+# run beside it).
 set -euo pipefail
 LOG_TAG=cinder
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 [[ $EUID -eq 0 ]] || die "run as root"
 READY_TIMEOUT="${OPENSTACK_READY_TIMEOUT:-240}"
+# How long to wait for the lab Nova's vm-a1 (nova.sh may be starting beside this script).
+NOVA_TIMEOUT="${OPENSTACK_NOVA_TIMEOUT:-900}"
 ADMIN_PASSWORD="${OS_ADMIN_PASSWORD:-synchronizer-admin}"
 DEMO_PASSWORD="${OS_DEMO_PASSWORD:-synchronizer-demo}"
 SERVICE_PASSWORD="synchronizer-service"
@@ -236,7 +240,7 @@ nova_server() {
         "http://127.0.0.1:8774/v2.1/servers/detail?all_tenants=1&name=^$1\$" |
         jq -er ".servers[] | select(.status == \"ACTIVE\") | .id"
 }
-wait_until "the lab Nova's vm-a1 ACTIVE (scripts/openstack/nova.sh)" "$READY_TIMEOUT" nova_server vm-a1 ||
+wait_until "the lab Nova's vm-a1 ACTIVE (scripts/openstack/nova.sh)" "$NOVA_TIMEOUT" nova_server vm-a1 ||
     die "no ACTIVE vm-a1 in the lab Nova: start scripts/openstack/nova.sh"
 SERVER="$(nova_server vm-a1)"
 A1="$(vol vol-a1 id)"

@@ -28,13 +28,16 @@
 # Prints `export ...` lines for the tests on stdout.
 #
 # Environment: OPENSTACK_STATE (default <repo>/target/openstack), OS_ADMIN_PASSWORD (as for
-# keystone-heat.sh), OPENSTACK_READY_TIMEOUT seconds (default 240).
+# keystone-heat.sh), OPENSTACK_READY_TIMEOUT seconds (default 240), OPENSTACK_NOVA_TIMEOUT
+# seconds to wait for the lab Nova's vm-a1 (default 900: nova.sh may run beside it).
 set -euo pipefail
 LOG_TAG=neutron
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 [[ $EUID -eq 0 ]] || die "run as root"
 READY_TIMEOUT="${OPENSTACK_READY_TIMEOUT:-240}"
+# How long to wait for the lab Nova's vm-a1 (nova.sh may be starting beside this script).
+NOVA_TIMEOUT="${OPENSTACK_NOVA_TIMEOUT:-900}"
 ADMIN_PASSWORD="${OS_ADMIN_PASSWORD:-synchronizer-admin}"
 SERVICE_PASSWORD="synchronizer-service"
 VENV="$STATE/neutron-venv"
@@ -200,7 +203,7 @@ ensure_port port-a2 net-a "$PROJ_A"
 ensure_network net-b "$PROJ_B"
 ensure_subnet subnet-b net-b 10.10.2.0/24 "$PROJ_B"
 ensure_port port-b1 net-b "$PROJ_B"
-wait_until "the lab Nova's vm-a1 ACTIVE (scripts/openstack/nova.sh)" "$READY_TIMEOUT" nova_server vm-a1 ||
+wait_until "the lab Nova's vm-a1 ACTIVE (scripts/openstack/nova.sh)" "$NOVA_TIMEOUT" nova_server vm-a1 ||
     die "no ACTIVE vm-a1 in the lab Nova: start scripts/openstack/nova.sh"
 ensure_port port-a1 net-a "$PROJ_A" compute:nova "$(nova_server vm-a1)"
 
