@@ -93,6 +93,14 @@ if [[ ! -f "$STATE/keystone/.cinder-identities" ]]; then
     fi
     touch "$STATE/keystone/.cinder-identities"
 fi
+# The role `service` on user cinder: a request carrying its token as X-Service-Token is a
+# service's (Nova sends one), which Cinder requires before it deletes an attachment that is
+# connected to a server without asking Nova (bug #2004555; the lab Nova has no Keystone).
+if [[ ! -f "$STATE/keystone/.cinder-service-role" ]]; then
+    "$OSC" role create --or-show service >/dev/null
+    "$OSC" role add --project service --user cinder service
+    touch "$STATE/keystone/.cinder-service-role"
+fi
 
 # --- 3. RabbitMQ vhost ---------------------------------------------------------------------
 bash "$REPO/scripts/rabbitmq/ensure.sh" >&2
@@ -181,7 +189,8 @@ token() { # token PROJECT [USER PASSWORD]
 ADMIN_TOKEN="$(token admin)"
 TOKEN_A="$(token demo-a demo "$DEMO_PASSWORD")"
 TOKEN_B="$(token demo-b demo "$DEMO_PASSWORD")"
-[[ -n "$ADMIN_TOKEN" && -n "$TOKEN_A" && -n "$TOKEN_B" ]] || die "Keystone gave no token"
+SERVICE_TOKEN="$(token service cinder "$SERVICE_PASSWORD")"
+[[ -n "$ADMIN_TOKEN" && -n "$TOKEN_A" && -n "$TOKEN_B" && -n "$SERVICE_TOKEN" ]] || die "Keystone gave no token"
 PROJ_ADMIN="$("$OSC" project show admin -f value -c id)"
 PROJ_A="$("$OSC" project show demo-a -f value -c id)"
 PROJ_B="$("$OSC" project show demo-b -f value -c id)"
@@ -248,8 +257,8 @@ attached_to() { admin GET "/volumes/$A1" | jq -r '[.volume.attachments[].server_
 if [[ "$(attached_to)" != "$SERVER" ]]; then
     for att in $(admin GET "/volumes/$A1" | jq -r '.volume.attachments[].attachment_id'); do
         log "detaching vol-a1 from a server of an earlier lab Nova (attachment $att)"
-        admin POST "/volumes/$A1/action" '{"os-begin_detaching": null}' >/dev/null || true
-        admin POST "/volumes/$A1/action" "{\"os-detach\": {\"attachment_id\": \"$att\"}}" >/dev/null
+        curl -sf --max-time 60 -X DELETE -H "X-Auth-Token: $ADMIN_TOKEN" -H "X-Service-Token: $SERVICE_TOKEN" \
+            -H "OpenStack-API-Version: volume 3.71" "$API/v3/$PROJ_ADMIN/attachments/$att" >/dev/null
     done
     available() { [[ "$(vol vol-a1 status)" == available ]]; }
     wait_until "vol-a1 available" 120 available

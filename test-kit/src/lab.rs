@@ -94,6 +94,14 @@ impl Keystone {
         self.token("demo", &self.demo_password, project).await
     }
 
+    /// A token of a service (user cinder, role `service` in project service: cinder.sh),
+    /// for `X-Service-Token`.
+    pub async fn service(&self) -> Scoped {
+        let password = std::env::var("SYNCHRONIZER_REAL_SERVICE_PASSWORD")
+            .unwrap_or_else(|_| "synchronizer-service".into());
+        self.token("cinder", &password, "service").await
+    }
+
     /// The plugins' `cloud` table for `user` in `project`: password auth through this
     /// Keystone, endpoints from its catalog (RegionOne).
     pub fn cloud(&self, user: &str, password: &str, project: &str) -> Value {
@@ -226,5 +234,6 @@ pub async fn changes_until(
     }
     tokio::time::sleep(quiet).await;
     record(sub, &mut seen);
+    eprintln!("{what}: {seen:?}");
     seen
 }
