@@ -153,12 +153,19 @@ pub fn vhost(url: &str) -> String {
 
 /// The queues of `vhost` whose names start with `prefix`.
 pub fn queues(vhost: &str, prefix: &str) -> Vec<String> {
-    rabbitmqctl(&["-q", "list_queues", "--no-table-headers", "-p", vhost, "name"])
-        .lines()
-        .map(str::trim)
-        .filter(|n| n.starts_with(prefix))
-        .map(str::to_owned)
-        .collect()
+    rabbitmqctl(&[
+        "-q",
+        "list_queues",
+        "--no-table-headers",
+        "-p",
+        vhost,
+        "name",
+    ])
+    .lines()
+    .map(str::trim)
+    .filter(|n| n.starts_with(prefix))
+    .map(str::to_owned)
+    .collect()
 }
 
 /// Deletes the queues of `vhost` whose names start with `prefix` (a run that failed
@@ -172,7 +179,14 @@ pub fn delete_queues(vhost: &str, prefix: &str) {
 /// The bus plugin's instance `bus` for a lab service: consuming `topic.info` (and
 /// `.error`) of `exchange` on the vhost of `amqp` into the queues `<tag>.<topic>.<priority>`
 /// (TOML, after a `[[instances]]` header).
-pub fn bus_instance(bus_so: &str, amqp: &str, tag: &str, family: &str, exchange: &str, topic: &str) -> String {
+pub fn bus_instance(
+    bus_so: &str,
+    amqp: &str,
+    tag: &str,
+    family: &str,
+    exchange: &str,
+    topic: &str,
+) -> String {
     format!(
         r#"
 [[instances]]

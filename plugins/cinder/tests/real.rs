@@ -24,8 +24,7 @@ use serde_json::{Value, json};
 use synchronizer::{Action, SubscribeOptions, Synchronizer};
 use synchronizer_cinder::{CinderPlugin, Config};
 use synchronizer_test_kit::lab::{
-    Keystone, Scoped, Seen, bus_instance, changes_until, delete_queues, env, queues, record,
-    vhost,
+    Keystone, Scoped, Seen, bus_instance, changes_until, delete_queues, env, queues, record, vhost,
 };
 use synchronizer_test_kit::nova::lab::Api as Nova;
 use synchronizer_test_kit::paths::plugin_library;
@@ -147,8 +146,10 @@ impl Cinder {
                 who,
                 reqwest::Method::POST,
                 "/attachments",
-                Some(json!({"attachment": {"volume_uuid": id, "instance_uuid": server,
-                    "connector": connector, "mode": "rw"}})),
+                Some(
+                    json!({"attachment": {"volume_uuid": id, "instance_uuid": server,
+                    "connector": connector, "mode": "rw"}}),
+                ),
             )
             .await;
         assert_eq!(status, 200, "{body}");
@@ -175,7 +176,10 @@ impl Cinder {
             let att = a["attachment_id"].as_str().expect("attachment_id");
             let r = self
                 .http
-                .delete(format!("{}/{}/attachments/{att}", self.base, admin.project_id))
+                .delete(format!(
+                    "{}/{}/attachments/{att}",
+                    self.base, admin.project_id
+                ))
                 .header("x-auth-token", &admin.token)
                 .header("x-service-token", &service.token)
                 .header("openstack-api-version", "volume 3.71")
@@ -198,7 +202,12 @@ impl Cinder {
             self.detach(admin, service, id).await;
         }
         let (status, body) = self
-            .call(admin, reqwest::Method::DELETE, &format!("/volumes/{id}"), None)
+            .call(
+                admin,
+                reqwest::Method::DELETE,
+                &format!("/volumes/{id}"),
+                None,
+            )
             .await;
         assert!(status == 202 || status == 404, "{status} {body}");
         self.wait(admin, id, None).await;
@@ -238,7 +247,10 @@ fn cloud_config(ks: &Keystone, user: &str, password: &str, project: &str) -> Con
 }
 
 /// What the volume's entity must say, from Cinder's own answer.
-fn expected(v: &Value) -> (String, Option<String>, Option<String>, Vec<String>) {
+/// An entity as the test compares it: name, state, project, relations' other ends.
+type Seen4 = (String, Option<String>, Option<String>, Vec<String>);
+
+fn expected(v: &Value) -> Seen4 {
     let mut servers: Vec<String> = v["attachments"]
         .as_array()
         .into_iter()
@@ -268,7 +280,11 @@ fn one_change(seen: &[Seen], key: &str, action: Action, state: &str, transient: 
         "only {key} changed: {seen:?}"
     );
     let last = seen.last().unwrap_or_else(|| panic!("no change of {key}"));
-    assert_eq!((last.0, last.2.as_deref()), (action, Some(state)), "{seen:?}");
+    assert_eq!(
+        (last.0, last.2.as_deref()),
+        (action, Some(state)),
+        "{seen:?}"
+    );
     match seen {
         [_] => {}
         [first, _] => {
@@ -317,7 +333,11 @@ async fn a_real_cinder() {
             .get(name)
             .unwrap_or_else(|| panic!("{name} missing: {listed:?}"));
         assert_eq!(v["status"], status, "{name}");
-        assert_eq!(v["os-vol-tenant-attr:tenant_id"], project.as_str(), "{name}");
+        assert_eq!(
+            v["os-vol-tenant-attr:tenant_id"],
+            project.as_str(),
+            "{name}"
+        );
     }
     assert_eq!(
         by_name["vol-a1"]["attachments"][0]["server_id"],
@@ -326,11 +346,13 @@ async fn a_real_cinder() {
     );
 
     // The admin's snapshot (one volume per page) is exactly Cinder's listing.
-    let plugin =
-        CinderPlugin::from_config(cloud_config(&ks, "admin", &ks.admin_password, "admin"), "real")
-            .expect("plugin");
+    let plugin = CinderPlugin::from_config(
+        cloud_config(&ks, "admin", &ks.admin_password, "admin"),
+        "real",
+    )
+    .expect("plugin");
     let snapshot = plugin.collect(&[]).await.expect("a snapshot");
-    let got: BTreeMap<String, (String, Option<String>, Option<String>, Vec<String>)> = snapshot
+    let got: BTreeMap<String, Seen4> = snapshot
         .entities()
         .iter()
         .map(|e| {
@@ -548,7 +570,9 @@ async fn real_cinder_notifications_through_the_bus() {
     let admin = ks.admin().await;
     let demo_a = ks.demo("demo-a").await;
     let service = ks.service().await;
-    cinder.delete_named(&admin, &service, "real-cinder-bus-").await;
+    cinder
+        .delete_named(&admin, &service, "real-cinder-bus-")
+        .await;
     delete_queues(&vhost, "real-cinder-bus-");
     let tag = unique("real-cinder-bus");
 
@@ -608,7 +632,10 @@ async fn real_cinder_notifications_through_the_bus() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    let seen = changes_until(&mut sub, within, quiet, "renamed, from the bus", |s| s.1 == k).await;
+    let seen = changes_until(&mut sub, within, quiet, "renamed, from the bus", |s| {
+        s.1 == k
+    })
+    .await;
     from_bus(&seen);
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(seen[0].0, Action::Updated);
@@ -623,7 +650,12 @@ async fn real_cinder_notifications_through_the_bus() {
     from_bus(&seen);
     let states: Vec<(Action, Option<&str>)> = seen
         .iter()
-        .map(|s| (s.0, (s.0 == Action::Updated).then_some(s.2.as_deref()).flatten()))
+        .map(|s| {
+            (
+                s.0,
+                (s.0 == Action::Updated).then_some(s.2.as_deref()).flatten(),
+            )
+        })
         .collect();
     assert_eq!(
         states,

@@ -56,9 +56,10 @@ fn a_members_port_create_end_is_the_admins_port() {
     let (payload, notified) = from_notification(include_str!(
         "fixtures/notifications-member/port.create.end.raw.json"
     ));
-    let api: Value =
-        serde_json::from_str(include_str!("fixtures/port-show-member-created-as-admin.json"))
-            .expect("JSON");
+    let api: Value = serde_json::from_str(include_str!(
+        "fixtures/port-show-member-created-as-admin.json"
+    ))
+    .expect("JSON");
     for admin_only in ["binding:host_id", "binding:vif_type"] {
         assert!(payload["port"].get(admin_only).is_none(), "{admin_only}");
         assert!(api["port"].get(admin_only).is_some(), "{admin_only}");

@@ -29,8 +29,7 @@ use serde_json::{Value, json};
 use synchronizer::{Action, SubscribeOptions, Synchronizer};
 use synchronizer_neutron::{Config, NeutronPlugin};
 use synchronizer_test_kit::lab::{
-    Keystone, Scoped, Seen, bus_instance, changes_until, delete_queues, env, queues, record,
-    vhost,
+    Keystone, Scoped, Seen, bus_instance, changes_until, delete_queues, env, queues, record, vhost,
 };
 use synchronizer_test_kit::nova::lab::Api as Nova;
 use synchronizer_test_kit::paths::plugin_library;
@@ -111,7 +110,12 @@ impl Neutron {
 
     async fn delete(&self, who: &Scoped, kind: &str, id: &str) {
         let (status, answer) = self
-            .call(who, reqwest::Method::DELETE, &format!("/{kind}s/{id}"), None)
+            .call(
+                who,
+                reqwest::Method::DELETE,
+                &format!("/{kind}s/{id}"),
+                None,
+            )
             .await;
         assert!(status == 204 || status == 404, "{status} {answer}");
     }
@@ -319,7 +323,10 @@ page_size = 2
         .create(&demo_b, "network", json!({"name": format!("{tag}-net")}))
         .await;
     let net_key = format!("neutron.network:{net}");
-    let seen = changes_until(&mut sub, within, quiet, "network created", |s| s.1 == net_key).await;
+    let seen = changes_until(&mut sub, within, quiet, "network created", |s| {
+        s.1 == net_key
+    })
+    .await;
     exactly(&seen, Action::Created, &net_key, "ACTIVE");
 
     let port = neutron
@@ -362,7 +369,10 @@ page_size = 2
     exactly(&seen, Action::Deleted, &port_key, "DOWN");
 
     neutron.delete(&demo_b, "network", &net).await;
-    let seen = changes_until(&mut sub, within, quiet, "network deleted", |s| s.1 == net_key).await;
+    let seen = changes_until(&mut sub, within, quiet, "network deleted", |s| {
+        s.1 == net_key
+    })
+    .await;
     exactly(&seen, Action::Deleted, &net_key, "ACTIVE");
     sync.shutdown().await;
 }
