@@ -31,6 +31,10 @@ use synchronizer_test_kit::paths::plugin_library;
 use synchronizer_test_kit::sys::unique;
 use synchronizer_test_kit::wait::wait_for_every;
 
+/// The tests of this file share one lab: each sees what the others create, so they run
+/// one at a time (cargo runs a file's tests in parallel).
+static LAB: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const TYPES: [&str; 1] = ["cinder.volume"];
 /// The host's polling interval in the host test.
 const INTERVAL: Duration = Duration::from_secs(2);
@@ -306,6 +310,7 @@ fn one_change(seen: &[Seen], key: &str, action: Action, state: &str, transient: 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the real services: scripts/test.sh starts them and runs it with --ignored"]
 async fn a_real_cinder() {
+    let _lab = LAB.lock().await;
     let cinder = Cinder::from_env();
     let ks = Keystone::from_env();
     let nova = Nova::from_env();
@@ -563,6 +568,7 @@ async fn poll(sync: &Synchronizer, sub: &mut synchronizer::Subscription) -> Vec<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the real services: scripts/test.sh starts them and runs it with --ignored"]
 async fn real_cinder_notifications_through_the_bus() {
+    let _lab = LAB.lock().await;
     let cinder = Cinder::from_env();
     let ks = Keystone::from_env();
     let amqp = env("SYNCHRONIZER_REAL_CINDER_AMQP", "cinder.sh");

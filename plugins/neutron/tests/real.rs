@@ -36,6 +36,10 @@ use synchronizer_test_kit::paths::plugin_library;
 use synchronizer_test_kit::sys::unique;
 use synchronizer_test_kit::wait::wait_for_every;
 
+/// The tests of this file share one lab: each sees what the others create, so they run
+/// one at a time (cargo runs a file's tests in parallel).
+static LAB: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const TYPES: [&str; 2] = ["neutron.network", "neutron.port"];
 /// The host's polling interval in the host test.
 const INTERVAL: Duration = Duration::from_secs(2);
@@ -218,6 +222,7 @@ fn exactly(seen: &[Seen], action: Action, key: &str, state: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the real services: scripts/test.sh starts them and runs it with --ignored"]
 async fn a_real_neutron() {
+    let _lab = LAB.lock().await;
     let neutron = Neutron::from_env();
     let ks = Keystone::from_env();
     let nova = Nova::from_env();
@@ -388,6 +393,7 @@ async fn poll(sync: &Synchronizer, sub: &mut synchronizer::Subscription) -> Vec<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the real services: scripts/test.sh starts them and runs it with --ignored"]
 async fn real_neutron_notifications_through_the_bus() {
+    let _lab = LAB.lock().await;
     let neutron = Neutron::from_env();
     let ks = Keystone::from_env();
     let nova = Nova::from_env();
@@ -521,6 +527,7 @@ timeout = "30s"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the real services: scripts/test.sh starts them and runs it with --ignored"]
 async fn the_combined_graph() {
+    let _lab = LAB.lock().await;
     let ks = Keystone::from_env();
     let nova = Nova::from_env();
     let neutron_amqp = env("SYNCHRONIZER_REAL_NEUTRON_AMQP", "neutron.sh");
