@@ -9,7 +9,7 @@
 # - a private MariaDB (Debian's mariadb-server, installed with apt-get when missing):
 #   datadir and unix socket in $OPENSTACK_STATE/cinder, `--skip-networking` (no TCP port).
 #   Cinder cannot run on sqlite reliably: with three writer processes cinder-volume dies at
-#   start with `database is locked` (fixtures/README.md of the plugin, SETUP-NOTES);
+#   start with `database is locked`; scripts/openstack/README.md);
 # - cinder-api on 127.0.0.1:18776 (`auth_strategy = keystone`, keystonemiddleware against
 #   the Keystone on 127.0.0.1:5000, service user `cinder`), cinder-scheduler and
 #   cinder-volume (host lab-cinder, backend `fake`: Cinder's own
