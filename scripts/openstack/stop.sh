@@ -4,7 +4,10 @@
 set -euo pipefail
 LOG_TAG=openstack-stop
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-for name in heat-api heat-engine keystone nova-api nova-compute1 nova-compute2 nova-conductor nova-scheduler placement-api glance-api neutron-stub; do
+# Cinder's services before its MariaDB; Keystone after the services that use it.
+for name in heat-api heat-engine cinder-api cinder-scheduler cinder-volume cinder-mariadb \
+    neutron-server keystone nova-api nova-compute1 nova-compute2 nova-conductor \
+    nova-scheduler placement-api glance-api neutron-stub; do
     stop "$name"
 done
 if [[ "${1:-}" == "--wipe" ]]; then

@@ -14,6 +14,7 @@
 //! | `host` | `host` | host configs, readiness, draining a subscription, instance status |
 //! | `hub` | `host` | driving the host's hub by hand: snapshots, pushes, counts |
 //! | `nova` | `nova` | the loopback Keystone + Nova replaying a real Nova's answers; `nova::lab`, the lab Nova's API |
+//! | `lab` | `nova` | the lab's Keystone (tokens, the plugins' `cloud` table), the lab broker's queues, changes over a window (the real Cinder and Neutron tests) |
 //! | `heat` | `heat` | the loopback Keystone + Heat replaying a real Heat's answers |
 //! | `replay` | `nova` or `heat` | what those two share: a cloud behind a lock, served over HTTP |
 //! | `broker` | `broker` | the shared test RabbitMQ: names that clean up on drop, queue inspection, raw publishing |
@@ -44,6 +45,8 @@ pub mod heat;
 pub mod host;
 #[cfg(feature = "host")]
 pub mod hub;
+#[cfg(feature = "nova")]
+pub mod lab;
 #[cfg(feature = "nova")]
 pub mod nova;
 #[cfg(feature = "broker")]

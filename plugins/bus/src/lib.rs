@@ -73,8 +73,16 @@ impl Plugin for BusPlugin {
         PluginInfo {
             name: "bus",
             version: env!("CARGO_PKG_VERSION"),
-            description: "OpenStack notifications (oslo.messaging over AMQP): Nova instances and Heat stacks as they change",
-            entity_types: &[mapping::NOVA_INSTANCE, mapping::HEAT_STACK],
+            description: "OpenStack notifications (oslo.messaging over AMQP): Nova instances, Heat stacks, Cinder volumes, Neutron networks and ports as they change",
+            // Every type a family can push: the host refuses a pushed entity of a type
+            // its plugin does not declare.
+            entity_types: &[
+                mapping::NOVA_INSTANCE,
+                mapping::HEAT_STACK,
+                mapping::CINDER_VOLUME,
+                mapping::NEUTRON_NETWORK,
+                mapping::NEUTRON_PORT,
+            ],
             kind: PluginKind::Bus,
         }
     }

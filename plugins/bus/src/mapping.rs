@@ -92,6 +92,12 @@ pub const NOVA_INSTANCE: &str = synchronizer_openstack::nova_instance::INSTANCE;
 pub const HEAT_STACK: &str = synchronizer_openstack::heat_stack::STACK;
 /// The entity type of Nova compute hosts (the other end of an instance's relation).
 pub const NOVA_HOST: &str = synchronizer_openstack::nova_instance::HOST;
+/// Entity type of a Cinder volume (family `cinder`).
+pub const CINDER_VOLUME: &str = synchronizer_openstack::cinder_volume::VOLUME;
+/// Entity type of a Neutron network (family `neutron`).
+pub const NEUTRON_NETWORK: &str = synchronizer_openstack::neutron::NETWORK;
+/// Entity type of a Neutron port (family `neutron`).
+pub const NEUTRON_PORT: &str = synchronizer_openstack::neutron::PORT;
 
 /// A family of notifications that can be switched on or off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
