@@ -51,6 +51,14 @@ pub struct Config {
     /// List the volumes of every project (`all_tenants=1`, needs the admin role).
     #[serde(default = "yes")]
     pub all_tenants: bool,
+    /// With `all_tenants`: the roles that let the account list every project's volumes
+    /// (`admin` under Cinder's default policy). An account whose token has none of them
+    /// fails every snapshot with an error saying so, because Cinder does not refuse such
+    /// a listing: it silently lists the account's own project only, and the other
+    /// projects' volumes would be reported deleted. Name the role a custom policy grants
+    /// instead, or set `[]` to turn the check off.
+    #[serde(default = "default_all_tenants_roles")]
+    pub all_tenants_roles: Vec<String>,
     /// The catalog service type of Cinder.
     #[serde(default = "default_service_type")]
     pub service_type: String,
@@ -58,6 +66,10 @@ pub struct Config {
 
 fn default_microversion() -> String {
     "3.71".to_owned()
+}
+
+fn default_all_tenants_roles() -> Vec<String> {
+    vec!["admin".to_owned()]
 }
 
 fn default_service_type() -> String {
@@ -226,6 +238,38 @@ impl CinderPlugin {
         }
     }
 
+    /// With `all_tenants`, fails unless the token has one of `all_tenants_roles`: Cinder
+    /// answers a non-admin's `all_tenants=1` with its own project only (bug #1917574),
+    /// a snapshot that would delete every other project's volumes.
+    async fn check_all_tenants_roles(&self) -> Result<(), Error> {
+        let wanted = &self.config.all_tenants_roles;
+        if !self.config.all_tenants || wanted.is_empty() {
+            return Ok(());
+        }
+        let roles = self
+            .session
+            .roles()
+            .await
+            .map_err(|e| Error::failed(format!("{VOLUME}: {e}")))?;
+        if roles
+            .iter()
+            .any(|r| wanted.iter().any(|w| w.eq_ignore_ascii_case(r)))
+        {
+            return Ok(());
+        }
+        let message = format!(
+            "{VOLUME}: the account's roles ({}) include none of `all_tenants_roles` ({}): Cinder would not refuse `all_tenants=1` but list this project's volumes only, and every other project's volumes would be reported deleted; give the user the `admin` role, name the role your Cinder policy grants in `all_tenants_roles`, or set `all_tenants = false` to watch only this project",
+            if roles.is_empty() {
+                "none".to_owned()
+            } else {
+                roles.join(", ")
+            },
+            wanted.join(", ")
+        );
+        tracing::warn!(instance = %self.instance, error = %message, "Cinder snapshot refused");
+        Err(Error::failed(message))
+    }
+
     /// Collects a snapshot of the volumes (`types` empty or naming `cinder.volume`).
     pub async fn collect(&self, types: &[String]) -> Result<Snapshot, Error> {
         if !types.is_empty() && !types.iter().any(|t| t == VOLUME) {
@@ -237,6 +281,7 @@ impl CinderPlugin {
             .endpoint(&self.config.service_type)
             .await
             .map_err(|e| Error::failed(e.to_string()))?;
+        self.check_all_tenants_roles().await?;
         match self.volumes(&endpoint).await {
             Ok(entities) => {
                 tracing::debug!(
