@@ -22,7 +22,7 @@ use reqwest::Url;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 use synchronizer_openstack::cinder_volume::ApiVolume;
-use synchronizer_openstack::{CloudConfig, Link, Pager, Session, display_url, join_path};
+use synchronizer_openstack::{CloudConfig, Link, Pager, Session, display_url, plugin};
 use synchronizer_plugin_api::{Context, Entity, Error, Plugin, PluginInfo, PluginKind, Snapshot};
 
 /// Entity type of a Cinder volume.
@@ -98,10 +98,6 @@ struct VolumesPage {
 }
 
 /// A field of the `cloud` table, as a field of this plugin's table.
-fn cloud_error(e: synchronizer_openstack::ConfigError) -> Error {
-    Error::config_field(e.field_in("cloud"), e.message)
-}
-
 /// `(major, minor)` of a microversion like `3.71`.
 fn parse_microversion(v: &str) -> Option<(u32, u32)> {
     let (a, b) = v.split_once('.')?;
@@ -135,13 +131,7 @@ impl CinderPlugin {
     pub fn check(config: &Config) -> Result<(), Error> {
         Self::version_headers(&config.microversion)
             .map_err(|e| Error::config_field("microversion", e))?;
-        if config.page_size == Some(0) {
-            return Err(Error::config_field("page_size", "must be at least 1"));
-        }
-        if config.service_type.is_empty() {
-            return Err(Error::config_field("service_type", "must not be empty"));
-        }
-        config.cloud.validate().map_err(cloud_error)
+        plugin::check_common(&config.cloud, config.page_size, &config.service_type)
     }
 
     /// Builds an instance from its configuration, checked first as [`CinderPlugin::check`]
@@ -150,10 +140,7 @@ impl CinderPlugin {
         Self::check(&config)?;
         let headers = Self::version_headers(&config.microversion)
             .map_err(|e| Error::config_field("microversion", e))?;
-        let session = Session::new(&config.cloud).map_err(|e| match e {
-            synchronizer_openstack::Error::Field(f) => cloud_error(f),
-            e => Error::config(format!("cloud: {e}")),
-        })?;
+        let session = plugin::session(&config.cloud)?;
         Ok(CinderPlugin {
             session,
             config,
@@ -168,20 +155,13 @@ impl CinderPlugin {
     }
 
     fn volumes_url(&self, endpoint: &Url, marker: Option<&str>) -> Url {
-        let mut url = join_path(endpoint, &["volumes", "detail"]);
-        {
-            let mut q = url.query_pairs_mut();
-            if self.config.all_tenants {
-                q.append_pair("all_tenants", "1");
-            }
-            if let Some(limit) = self.config.page_size {
-                q.append_pair("limit", &limit.to_string());
-            }
-            if let Some(marker) = marker {
-                q.append_pair("marker", marker);
-            }
-        }
-        url
+        plugin::listing_url(
+            endpoint,
+            &["volumes", "detail"],
+            self.config.all_tenants,
+            self.config.page_size,
+            marker,
+        )
     }
 
     /// Every volume, page after page; each page is turned into entities on the blocking
