@@ -22,7 +22,7 @@ use reqwest::Url;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 use synchronizer_openstack::cinder_volume::ApiVolume;
-use synchronizer_openstack::{CloudConfig, Link, Pager, Session, display_url, join_path};
+use synchronizer_openstack::{CloudConfig, Link, Pager, Session, display_url, plugin};
 use synchronizer_plugin_api::{Context, Entity, Error, Plugin, PluginInfo, PluginKind, Snapshot};
 
 /// Entity type of a Cinder volume.
@@ -51,6 +51,14 @@ pub struct Config {
     /// List the volumes of every project (`all_tenants=1`, needs the admin role).
     #[serde(default = "yes")]
     pub all_tenants: bool,
+    /// With `all_tenants`: the roles that let the account list every project's volumes
+    /// (`admin` under Cinder's default policy). An account whose token has none of them
+    /// fails every snapshot with an error saying so, because Cinder does not refuse such
+    /// a listing: it silently lists the account's own project only, and the other
+    /// projects' volumes would be reported deleted. Name the role a custom policy grants
+    /// instead, or set `[]` to turn the check off.
+    #[serde(default = "default_all_tenants_roles")]
+    pub all_tenants_roles: Vec<String>,
     /// The catalog service type of Cinder.
     #[serde(default = "default_service_type")]
     pub service_type: String,
@@ -58,6 +66,10 @@ pub struct Config {
 
 fn default_microversion() -> String {
     "3.71".to_owned()
+}
+
+fn default_all_tenants_roles() -> Vec<String> {
+    vec!["admin".to_owned()]
 }
 
 fn default_service_type() -> String {
@@ -86,10 +98,6 @@ struct VolumesPage {
 }
 
 /// A field of the `cloud` table, as a field of this plugin's table.
-fn cloud_error(e: synchronizer_openstack::ConfigError) -> Error {
-    Error::config_field(e.field_in("cloud"), e.message)
-}
-
 /// `(major, minor)` of a microversion like `3.71`.
 fn parse_microversion(v: &str) -> Option<(u32, u32)> {
     let (a, b) = v.split_once('.')?;
@@ -123,13 +131,7 @@ impl CinderPlugin {
     pub fn check(config: &Config) -> Result<(), Error> {
         Self::version_headers(&config.microversion)
             .map_err(|e| Error::config_field("microversion", e))?;
-        if config.page_size == Some(0) {
-            return Err(Error::config_field("page_size", "must be at least 1"));
-        }
-        if config.service_type.is_empty() {
-            return Err(Error::config_field("service_type", "must not be empty"));
-        }
-        config.cloud.validate().map_err(cloud_error)
+        plugin::check_common(&config.cloud, config.page_size, &config.service_type)
     }
 
     /// Builds an instance from its configuration, checked first as [`CinderPlugin::check`]
@@ -138,10 +140,7 @@ impl CinderPlugin {
         Self::check(&config)?;
         let headers = Self::version_headers(&config.microversion)
             .map_err(|e| Error::config_field("microversion", e))?;
-        let session = Session::new(&config.cloud).map_err(|e| match e {
-            synchronizer_openstack::Error::Field(f) => cloud_error(f),
-            e => Error::config(format!("cloud: {e}")),
-        })?;
+        let session = plugin::session(&config.cloud)?;
         Ok(CinderPlugin {
             session,
             config,
@@ -156,20 +155,13 @@ impl CinderPlugin {
     }
 
     fn volumes_url(&self, endpoint: &Url, marker: Option<&str>) -> Url {
-        let mut url = join_path(endpoint, &["volumes", "detail"]);
-        {
-            let mut q = url.query_pairs_mut();
-            if self.config.all_tenants {
-                q.append_pair("all_tenants", "1");
-            }
-            if let Some(limit) = self.config.page_size {
-                q.append_pair("limit", &limit.to_string());
-            }
-            if let Some(marker) = marker {
-                q.append_pair("marker", marker);
-            }
-        }
-        url
+        plugin::listing_url(
+            endpoint,
+            &["volumes", "detail"],
+            self.config.all_tenants,
+            self.config.page_size,
+            marker,
+        )
     }
 
     /// Every volume, page after page; each page is turned into entities on the blocking
@@ -226,6 +218,38 @@ impl CinderPlugin {
         }
     }
 
+    /// With `all_tenants`, fails unless the token has one of `all_tenants_roles`: Cinder
+    /// answers a non-admin's `all_tenants=1` with its own project only (bug #1917574),
+    /// a snapshot that would delete every other project's volumes.
+    async fn check_all_tenants_roles(&self) -> Result<(), Error> {
+        let wanted = &self.config.all_tenants_roles;
+        if !self.config.all_tenants || wanted.is_empty() {
+            return Ok(());
+        }
+        let roles = self
+            .session
+            .roles()
+            .await
+            .map_err(|e| Error::failed(format!("{VOLUME}: {e}")))?;
+        if roles
+            .iter()
+            .any(|r| wanted.iter().any(|w| w.eq_ignore_ascii_case(r)))
+        {
+            return Ok(());
+        }
+        let message = format!(
+            "{VOLUME}: the account's roles ({}) include none of `all_tenants_roles` ({}): Cinder would not refuse `all_tenants=1` but list this project's volumes only, and every other project's volumes would be reported deleted; give the user the `admin` role, name the role your Cinder policy grants in `all_tenants_roles`, or set `all_tenants = false` to watch only this project",
+            if roles.is_empty() {
+                "none".to_owned()
+            } else {
+                roles.join(", ")
+            },
+            wanted.join(", ")
+        );
+        tracing::warn!(instance = %self.instance, error = %message, "Cinder snapshot refused");
+        Err(Error::failed(message))
+    }
+
     /// Collects a snapshot of the volumes (`types` empty or naming `cinder.volume`).
     pub async fn collect(&self, types: &[String]) -> Result<Snapshot, Error> {
         if !types.is_empty() && !types.iter().any(|t| t == VOLUME) {
@@ -237,6 +261,7 @@ impl CinderPlugin {
             .endpoint(&self.config.service_type)
             .await
             .map_err(|e| Error::failed(e.to_string()))?;
+        self.check_all_tenants_roles().await?;
         match self.volumes(&endpoint).await {
             Ok(entities) => {
                 tracing::debug!(

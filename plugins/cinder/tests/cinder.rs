@@ -33,6 +33,8 @@ struct Cloud {
     /// Page index answered with a cut body.
     truncated: Option<usize>,
     forbid_all_tenants: bool,
+    /// Keystone's token body, when not the captured admin's.
+    token: Option<String>,
     issued: usize,
     valid_from: usize,
     /// Revoke every token after this many volume pages.
@@ -71,7 +73,7 @@ fn handle(cloud: &mut Cloud, req: &Request, base: &str) -> Reply {
     if req.method == "POST" && req.path == "/identity/v3/auth/tokens" {
         cloud.issued += 1;
         return keystone_token_reply(
-            TOKEN,
+            cloud.token.as_deref().unwrap_or(TOKEN),
             base,
             &format!("tok-{}", cloud.issued),
             Duration::from_secs(3600),
@@ -352,6 +354,48 @@ async fn all_tenants_forbidden_names_the_policy_to_grant() {
         .await
         .unwrap();
     assert_eq!(s.entities().len(), 4);
+}
+
+/// The captured token with its `admin` role taken out (a member's roles stay).
+fn member_token() -> String {
+    let admin = r#"{"id": "ace06e3db8ff4011929abdea275c5727", "name": "admin"}, "#;
+    assert!(
+        TOKEN.contains(admin),
+        "the captured token has the admin role"
+    );
+    TOKEN.replace(admin, "")
+}
+
+#[tokio::test]
+async fn a_token_without_an_all_tenants_role_fails_before_listing() {
+    // Real Cinder answers a member's all_tenants=1 with its own project only
+    // (tests/fixtures/volumes-detail-all_tenants-as-member.mv3.71.json): that snapshot
+    // would delete every other project's volumes, so it is never asked for.
+    let mut cloud = captured();
+    cloud.token = Some(member_token());
+    let c = start(cloud).await;
+    let err = plugin(&c, json!({})).collect(&[]).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("roles (reader, heat_stack_owner, manager, member) include none of `all_tenants_roles` (admin)"),
+        "{text}"
+    );
+    assert!(text.contains("`all_tenants = false`"), "{text}");
+    assert!(pages(&c).is_empty(), "no volume page was asked for");
+    // The role a custom policy grants, named: the listing goes ahead.
+    let s = plugin(&c, json!({"all_tenants_roles": ["Manager"]}))
+        .collect(&[])
+        .await
+        .unwrap();
+    assert_eq!(s.entities().len(), 4);
+    // The check turned off, and without all_tenants: no check either.
+    for extra in [
+        json!({"all_tenants_roles": []}),
+        json!({"all_tenants": false}),
+    ] {
+        let s = plugin(&c, extra).collect(&[]).await.unwrap();
+        assert_eq!(s.entities().len(), 4);
+    }
 }
 
 #[tokio::test]

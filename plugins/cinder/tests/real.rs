@@ -394,11 +394,23 @@ async fn a_real_cinder() {
     // A member of demo-a asking for all_tenants=1 is not refused: Cinder drops the
     // parameter silently (bug #1917574) and lists the member's project only — a snapshot
     // that looks complete (tests/fixtures/volumes-detail-all_tenants-as-member.mv3.71.json).
+    // So the plugin refuses the listing for a token without the admin role...
     let member = CinderPlugin::from_config(
         cloud_config(&ks, "demo", &ks.demo_password, "demo-a"),
         "real",
     )
     .expect("plugin");
+    let refused = member.collect(&[]).await.expect_err("a member's snapshot");
+    assert!(
+        refused
+            .to_string()
+            .contains("include none of `all_tenants_roles` (admin)"),
+        "{refused}"
+    );
+    // ... and with the check turned off, what Cinder answers is the member's project.
+    let mut unchecked = cloud_config(&ks, "demo", &ks.demo_password, "demo-a");
+    unchecked.all_tenants_roles.clear();
+    let member = CinderPlugin::from_config(unchecked, "real").expect("plugin");
     let own = member.collect(&[]).await.expect("a member's snapshot");
     let mut own_keys: Vec<String> = own.entities().iter().map(|e| e.key()).collect();
     own_keys.sort();

@@ -54,7 +54,7 @@ use reqwest::Url;
 use reqwest::header::HeaderMap;
 use serde::Deserialize;
 use synchronizer_openstack::heat_stack::{self, ApiResources, ApiStack, heat_root};
-use synchronizer_openstack::{AuthMethod, CloudConfig, Link, Pager, Session, join_path};
+use synchronizer_openstack::{AuthMethod, CloudConfig, Link, Pager, Session, join_path, plugin};
 use synchronizer_plugin_api::{Context, Entity, Error, Plugin, PluginInfo, PluginKind, Snapshot};
 
 pub use synchronizer_openstack::heat_stack::{DEFAULT_RESOURCE_TYPES, STACK};
@@ -151,10 +151,6 @@ type OsError = synchronizer_openstack::Error;
 const GLOBAL_INDEX_HELP: &str = "the account lacks the role or policy to list the stacks of all projects: Heat's policy rule `stacks:global_index` denies everybody by default, admins included. Fix: allow it in Heat's policy file (`\"stacks:global_index\": \"role:admin\"` in /etc/heat/policy.yaml), or set `stack_listing = \"per_project\"` (or `\"auto\"`) in this instance's config to list the stacks project by project (projects from Keystone) with this admin token";
 
 /// A field of the `cloud` table, as a field of this plugin's table.
-fn cloud_error(e: synchronizer_openstack::ConfigError) -> Error {
-    Error::config_field(e.field_in("cloud"), e.message)
-}
-
 impl HeatPlugin {
     /// Checks a configuration without side effects (no request, no client; `cloud.ca_file`
     /// is read): what [`Plugin::validate`] runs. Each error names its field (`page_size`,
@@ -183,7 +179,7 @@ impl HeatPlugin {
                 ));
             }
         }
-        config.cloud.validate().map_err(cloud_error)?;
+        config.cloud.validate().map_err(plugin::cloud_error)?;
         if config.stack_listing != StackListing::Global
             && config.cloud.auth.effective_method() == AuthMethod::StaticToken
         {
@@ -199,10 +195,7 @@ impl HeatPlugin {
     /// does (no request is made yet).
     pub fn from_config(config: Config, instance: &str) -> Result<Self, Error> {
         Self::check(&config)?;
-        let session = Session::new(&config.cloud).map_err(|e| match e {
-            synchronizer_openstack::Error::Field(f) => cloud_error(f),
-            e => Error::config(format!("cloud: {e}")),
-        })?;
+        let session = plugin::session(&config.cloud)?;
         let resource_types = heat_stack::resource_types(&config.resource_types);
         Ok(HeatPlugin {
             session,

@@ -19,7 +19,7 @@ use reqwest::header::HeaderMap;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use synchronizer_openstack::neutron::{ApiNetwork, ApiPort};
-use synchronizer_openstack::{CloudConfig, Link, Pager, Session, display_url, join_path};
+use synchronizer_openstack::{CloudConfig, Link, Pager, Session, display_url, plugin};
 use synchronizer_plugin_api::{Context, Entity, Error, Plugin, PluginInfo, PluginKind, Snapshot};
 
 /// Entity type of a Neutron network.
@@ -100,29 +100,16 @@ impl Page for PortsPage {
 
 type Listing = Result<Vec<Entity>, synchronizer_openstack::Error>;
 
-fn cloud_error(e: synchronizer_openstack::ConfigError) -> Error {
-    Error::config_field(e.field_in("cloud"), e.message)
-}
-
 impl NeutronPlugin {
     /// Checks a configuration without side effects: what [`Plugin::validate`] runs.
     pub fn check(config: &Config) -> Result<(), Error> {
-        if config.page_size == Some(0) {
-            return Err(Error::config_field("page_size", "must be at least 1"));
-        }
-        if config.service_type.is_empty() {
-            return Err(Error::config_field("service_type", "must not be empty"));
-        }
-        config.cloud.validate().map_err(cloud_error)
+        plugin::check_common(&config.cloud, config.page_size, &config.service_type)
     }
 
     /// Builds an instance from its configuration (no request is made yet).
     pub fn from_config(config: Config, instance: &str) -> Result<Self, Error> {
         Self::check(&config)?;
-        let session = Session::new(&config.cloud).map_err(|e| match e {
-            synchronizer_openstack::Error::Field(f) => cloud_error(f),
-            e => Error::config(format!("cloud: {e}")),
-        })?;
+        let session = plugin::session(&config.cloud)?;
         Ok(NeutronPlugin {
             session,
             config,
@@ -139,21 +126,12 @@ impl NeutronPlugin {
     /// without `/v2.0`.
     fn url(&self, endpoint: &Url, collection: &str, marker: Option<&str>) -> Url {
         let versioned = endpoint.path().trim_end_matches('/').ends_with("/v2.0");
-        let mut url = if versioned {
-            join_path(endpoint, &[collection])
+        let path: &[&str] = if versioned {
+            &[collection]
         } else {
-            join_path(endpoint, &["v2.0", collection])
+            &["v2.0", collection]
         };
-        if self.config.page_size.is_some() || marker.is_some() {
-            let mut q = url.query_pairs_mut();
-            if let Some(limit) = self.config.page_size {
-                q.append_pair("limit", &limit.to_string());
-            }
-            if let Some(marker) = marker {
-                q.append_pair("marker", marker);
-            }
-        }
-        url
+        plugin::listing_url(endpoint, path, false, self.config.page_size, marker)
     }
 
     async fn list<P: Page>(&self, endpoint: &Url, collection: &str) -> Listing {

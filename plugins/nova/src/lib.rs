@@ -47,7 +47,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use synchronizer_openstack::nova_instance::ApiServer;
 use synchronizer_openstack::time::parse_timestamp;
-use synchronizer_openstack::{CloudConfig, Link, Pager, Session, display_url, join_path};
+use synchronizer_openstack::{CloudConfig, Link, Pager, Session, display_url, join_path, plugin};
 use synchronizer_plugin_api::{
     Context, Entity, Error, Plugin, PluginInfo, PluginKind, Relation, Snapshot,
 };
@@ -165,10 +165,6 @@ struct ZoneState {
 type Listing = Result<Vec<Entity>, synchronizer_openstack::Error>;
 
 /// A field of the `cloud` table, as a field of this plugin's table.
-fn cloud_error(e: synchronizer_openstack::ConfigError) -> Error {
-    Error::config_field(e.field_in("cloud"), e.message)
-}
-
 impl NovaPlugin {
     /// The headers sent with every Nova request, or what is wrong with `microversion`.
     fn version_headers(microversion: &str) -> Result<HeaderMap, String> {
@@ -200,13 +196,7 @@ impl NovaPlugin {
     pub fn check(config: &Config) -> Result<(), Error> {
         Self::version_headers(&config.microversion)
             .map_err(|e| Error::config_field("microversion", e))?;
-        if config.page_size == Some(0) {
-            return Err(Error::config_field("page_size", "must be at least 1"));
-        }
-        if config.service_type.is_empty() {
-            return Err(Error::config_field("service_type", "must not be empty"));
-        }
-        config.cloud.validate().map_err(cloud_error)
+        plugin::check_common(&config.cloud, config.page_size, &config.service_type)
     }
 
     /// Builds an instance from its configuration, checked first as [`NovaPlugin::check`]
@@ -215,10 +205,7 @@ impl NovaPlugin {
         Self::check(&config)?;
         let headers = Self::version_headers(&config.microversion)
             .map_err(|e| Error::config_field("microversion", e))?;
-        let session = Session::new(&config.cloud).map_err(|e| match e {
-            synchronizer_openstack::Error::Field(f) => cloud_error(f),
-            e => Error::config(format!("cloud: {e}")),
-        })?;
+        let session = plugin::session(&config.cloud)?;
         Ok(NovaPlugin {
             session,
             config,
@@ -233,20 +220,13 @@ impl NovaPlugin {
     }
 
     fn servers_url(&self, endpoint: &Url, marker: Option<&str>) -> Url {
-        let mut url = join_path(endpoint, &["servers", "detail"]);
-        {
-            let mut q = url.query_pairs_mut();
-            if self.config.all_tenants {
-                q.append_pair("all_tenants", "1");
-            }
-            if let Some(limit) = self.config.page_size {
-                q.append_pair("limit", &limit.to_string());
-            }
-            if let Some(marker) = marker {
-                q.append_pair("marker", marker);
-            }
-        }
-        url
+        plugin::listing_url(
+            endpoint,
+            &["servers", "detail"],
+            self.config.all_tenants,
+            self.config.page_size,
+            marker,
+        )
     }
 
     /// Every server, page after page. Each page is parsed on this task (the next page's

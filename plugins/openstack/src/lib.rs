@@ -33,6 +33,7 @@ pub mod heat_stack;
 pub mod neutron;
 pub mod nova_instance;
 pub mod paging;
+pub mod plugin;
 pub mod session;
 #[cfg(any(test, feature = "test-server"))]
 pub mod testing;
