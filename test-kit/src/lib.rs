@@ -20,6 +20,7 @@
 //! | `broker` | `broker` | the shared test RabbitMQ: names that clean up on drop, queue inspection, raw publishing |
 //! | `oslo` | `broker` | the real oslo.messaging publisher (a Python venv) |
 //! | `binary` | `binary` | the `synchronizer` binary running with an HTTP API, and its client |
+//! | `listing_bench` | `listing-bench` | a paginated OpenStack listing through a plugin vs download + parse (criterion) |
 //!
 //! The bus plugin's test configuration and recording sink live in the bus crate
 //! (`synchronizer_bus::testing`): a kit that linked a plugin would put two plugins'
@@ -47,6 +48,8 @@ pub mod host;
 pub mod hub;
 #[cfg(feature = "nova")]
 pub mod lab;
+#[cfg(feature = "listing-bench")]
+pub mod listing_bench;
 #[cfg(feature = "nova")]
 pub mod nova;
 #[cfg(feature = "broker")]
