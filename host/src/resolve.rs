@@ -103,11 +103,7 @@ impl Resolver {
             any = true;
             Some(key)
         });
-        if any {
-            Arc::new(resolved)
-        } else {
-            raw.clone()
-        }
+        if any { Arc::new(resolved) } else { raw.clone() }
     }
 
     /// Makes the index `(entity_type, property)` if it does not exist, from `view`.
@@ -264,7 +260,10 @@ impl Resolver {
                 .filter_map(|r| r.selector().map(|s| s.text()))
                 .collect();
             for s in &selectors {
-                self.waiting.entry(s.clone()).or_default().insert(key.clone());
+                self.waiting
+                    .entry(s.clone())
+                    .or_default()
+                    .insert(key.clone());
             }
             self.dependents.insert(
                 key.clone(),
@@ -311,11 +310,8 @@ impl Resolver {
     /// Takes the dependents of a restored view (which holds what the plugins sent) and
     /// resolves them in it.
     pub(crate) fn restore(&mut self, view: &mut View, instance_of: impl Fn(&Entity) -> Arc<str>) {
-        let dependents: Vec<Arc<Entity>> = view
-            .all()
-            .filter(|e| e.has_selectors())
-            .cloned()
-            .collect();
+        let dependents: Vec<Arc<Entity>> =
+            view.all().filter(|e| e.has_selectors()).cloned().collect();
         if dependents.is_empty() {
             return;
         }
@@ -379,7 +375,10 @@ mod tests {
         // Not yet: kept as the selector, resolved when the target appears.
         let mut batch = vec![change(Action::Created, alarm("inst-2"))];
         r.process(&mut batch, || view.clone());
-        assert_eq!(batch[0].entity.relations()[0].other(), "vm[instance_name=inst-2]");
+        assert_eq!(
+            batch[0].entity.relations()[0].other(),
+            "vm[instance_name=inst-2]"
+        );
         let mut batch = vec![change(Action::Created, vm("u2", "inst-2"))];
         let again = r.process(&mut batch, || view.clone());
         assert_eq!(again.len(), 1);
@@ -392,7 +391,10 @@ mod tests {
         // The target goes: back to the selector.
         let mut batch = vec![change(Action::Deleted, vm("u2", "inst-2"))];
         let again = r.process(&mut batch, || view.clone());
-        assert_eq!(again[0].entity.relations()[0].other(), "vm[instance_name=inst-2]");
+        assert_eq!(
+            again[0].entity.relations()[0].other(),
+            "vm[instance_name=inst-2]"
+        );
         // A deleted dependent is forgotten: its target's return announces nothing.
         let mut batch = vec![change(Action::Deleted, alarm("inst-2"))];
         r.process(&mut batch, || view.clone());
@@ -419,7 +421,10 @@ mod tests {
         let mut batch = vec![change(Action::Updated, vm("u1", "inst-9"))];
         let again = r.process(&mut batch, || view.clone());
         assert_eq!(again.len(), 1);
-        assert_eq!(again[0].entity.relations()[0].other(), "vm[instance_name=inst-1]");
+        assert_eq!(
+            again[0].entity.relations()[0].other(),
+            "vm[instance_name=inst-1]"
+        );
     }
 
     #[test]

@@ -68,7 +68,10 @@ impl View {
 
     /// The entities of one type, in no order.
     pub(crate) fn of_type(&self, entity_type: &str) -> impl Iterator<Item = &Arc<Entity>> {
-        self.types.get(entity_type).into_iter().flat_map(|m| m.values())
+        self.types
+            .get(entity_type)
+            .into_iter()
+            .flat_map(|m| m.values())
     }
 
     /// Every entity, in no order.

@@ -704,7 +704,14 @@ mod tests {
         assert_eq!(Selector::parse(&s.text()), Some(s));
         let odd = Selector::parse("nova.host[ip=a=b]]").unwrap();
         assert_eq!((odd.property, odd.value), ("ip", "a=b]"));
-        for not in ["nova.instance:abc", "t:x[a=b]", "t[a]", "[a=b]", "t[=b]", "t[a=b"] {
+        for not in [
+            "nova.instance:abc",
+            "t:x[a=b]",
+            "t[a]",
+            "[a=b]",
+            "t[=b]",
+            "t[a=b",
+        ] {
             assert_eq!(Selector::parse(not), None, "{not}");
         }
         assert_eq!(Selector::new("t:x", "a", "b"), None);

@@ -366,7 +366,12 @@ mod tests {
             Err(ParseError::Alert { index: 0, .. })
         ));
         let bad_time = br#"[{"fingerprint":"ab","labels":{},"startsAt":"yesterday","status":{"state":"active"}}]"#;
-        assert!(parse_api_alerts(bad_time).unwrap_err().to_string().contains("startsAt"));
+        assert!(
+            parse_api_alerts(bad_time)
+                .unwrap_err()
+                .to_string()
+                .contains("startsAt")
+        );
         let bad_state = br#"[{"fingerprint":"ab","labels":{},"startsAt":"2026-12-01T21:48:44Z","status":{"state":"odd"}}]"#;
         assert!(parse_api_alerts(bad_state).is_err());
         assert!(parse_webhook(b"{\"version\":\"3\",\"alerts\":[]}").is_err());

@@ -176,14 +176,20 @@ fn webhook_auth(w: &WebhookConfig) -> Result<Auth, Error> {
         (Some(t), None) => Some(t.clone()),
         (None, Some(path)) => {
             let text = std::fs::read_to_string(path).map_err(|e| {
-                Error::config_field("webhook.bearer_token_file", format!("{}: {e}", path.display()))
+                Error::config_field(
+                    "webhook.bearer_token_file",
+                    format!("{}: {e}", path.display()),
+                )
             })?;
             Some(text.lines().next().unwrap_or("").trim().to_owned())
         }
         (None, None) => None,
     };
     if token.as_deref() == Some("") {
-        return Err(Error::config_field("webhook.bearer_token", "must not be empty"));
+        return Err(Error::config_field(
+            "webhook.bearer_token",
+            "must not be empty",
+        ));
     }
     match (token, &w.username, &w.password) {
         (Some(_), Some(_), _) | (Some(_), _, Some(_)) => Err(Error::config_field(
@@ -195,8 +201,14 @@ fn webhook_auth(w: &WebhookConfig) -> Result<Auth, Error> {
             username: u.clone(),
             password: p.clone(),
         }),
-        (None, Some(_), None) => Err(Error::config_field("webhook.password", "missing (username given)")),
-        (None, None, Some(_)) => Err(Error::config_field("webhook.username", "missing (password given)")),
+        (None, Some(_), None) => Err(Error::config_field(
+            "webhook.password",
+            "missing (username given)",
+        )),
+        (None, None, Some(_)) => Err(Error::config_field(
+            "webhook.username",
+            "missing (password given)",
+        )),
         (None, None, None) => Ok(Auth::None),
     }
 }
@@ -204,7 +216,10 @@ fn webhook_auth(w: &WebhookConfig) -> Result<Auth, Error> {
 fn scope_of(config: &Config, ctx: &Context) -> Result<String, Error> {
     let scope = config.scope.clone().unwrap_or_else(|| ctx.instance.clone());
     if scope.is_empty() || scope.contains('/') {
-        return Err(Error::config_field("scope", "must not be empty nor contain `/`"));
+        return Err(Error::config_field(
+            "scope",
+            "must not be empty nor contain `/`",
+        ));
     }
     Ok(scope)
 }
@@ -252,7 +267,10 @@ impl Plugin for Prometheus {
         rules_of(config)?;
         scope_of(config, ctx)?;
         if config.username.is_some() != config.password.is_some() {
-            return Err(Error::config_field("password", "give both username and password, or neither"));
+            return Err(Error::config_field(
+                "password",
+                "give both username and password, or neither",
+            ));
         }
         if config.timeout.is_zero() {
             return Err(Error::config_field("timeout", "must be more than 0s"));
@@ -260,7 +278,10 @@ impl Plugin for Prometheus {
         if let Some(w) = &config.webhook {
             webhook_auth(w)?;
             if w.max_body_bytes == 0 {
-                return Err(Error::config_field("webhook.max_body_bytes", "must be at least 1"));
+                return Err(Error::config_field(
+                    "webhook.max_body_bytes",
+                    "must be at least 1",
+                ));
             }
         }
         Ok(())
@@ -299,24 +320,35 @@ impl Plugin for Prometheus {
             .await
             .map_err(|e| Error::failed(format!("GET {shown}: {}", without_url(&e))))?;
         let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| Error::failed(format!("GET {shown}: reading the answer: {}", without_url(&e))))?;
+        let body = response.bytes().await.map_err(|e| {
+            Error::failed(format!(
+                "GET {shown}: reading the answer: {}",
+                without_url(&e)
+            ))
+        })?;
         if !status.is_success() {
             let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
-            return Err(Error::failed(format!("GET {shown}: HTTP {status}: {}", text.trim())));
+            return Err(Error::failed(format!(
+                "GET {shown}: HTTP {status}: {}",
+                text.trim()
+            )));
         }
-        let alerts = parse_api_alerts(&body).map_err(|e| Error::failed(format!("GET {shown}: {e}")))?;
+        let alerts =
+            parse_api_alerts(&body).map_err(|e| Error::failed(format!("GET {shown}: {e}")))?;
         let listed = alerts.len();
         let entities: Vec<_> = alerts
             .iter()
             .filter(|a| {
-                self.suppressed == Suppressed::Report || !matches!(a.state, AlertState::Suppressed { .. })
+                self.suppressed == Suppressed::Report
+                    || !matches!(a.state, AlertState::Suppressed { .. })
             })
             .filter_map(|a| alarm_entity(a, &self.scope, &self.rules))
             .collect();
-        tracing::debug!(listed, alarms = entities.len(), "Alertmanager alerts collected");
+        tracing::debug!(
+            listed,
+            alarms = entities.len(),
+            "Alertmanager alerts collected"
+        );
         Ok(Snapshot::complete(entities))
     }
 
@@ -340,14 +372,20 @@ impl Plugin for Prometheus {
             }
             Err(e) => {
                 let message = format!("webhook listener on {addr}: {e}");
-                *self.listen_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(message.clone());
+                *self.listen_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(message.clone());
                 Err(Error::failed(message))
             }
         }
     }
 
     async fn health(&self) -> Health {
-        if let Some(e) = self.listen_error.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        if let Some(e) = self
+            .listen_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
             return Health::unhealthy(e);
         }
         let malformed = self.stats.malformed.load(Ordering::Relaxed);
@@ -366,10 +404,16 @@ impl Plugin for Prometheus {
         vec![
             ("webhook_accepted", s.accepted.load(Ordering::Relaxed)),
             ("webhook_alerts_firing", s.firing.load(Ordering::Relaxed)),
-            ("webhook_alerts_resolved", s.resolved.load(Ordering::Relaxed)),
+            (
+                "webhook_alerts_resolved",
+                s.resolved.load(Ordering::Relaxed),
+            ),
             ("webhook_malformed", s.malformed.load(Ordering::Relaxed)),
             ("webhook_too_large", s.too_large.load(Ordering::Relaxed)),
-            ("webhook_unauthorized", s.unauthorized.load(Ordering::Relaxed)),
+            (
+                "webhook_unauthorized",
+                s.unauthorized.load(Ordering::Relaxed),
+            ),
             ("webhook_push_failed", s.push_failed.load(Ordering::Relaxed)),
         ]
     }
@@ -411,28 +455,43 @@ mod tests {
             alerts_url(&c).unwrap().as_str(),
             "http://127.0.0.1:9093/api/v2/alerts?active=true&silenced=true&inhibited=true&receiver=vitrage"
         );
-        let c = config(serde_json::json!({"url": "http://am/x/api/v2/alerts", "suppressed": "skip", "filters": ["severity=\"critical\""]}));
+        let c = config(
+            serde_json::json!({"url": "http://am/x/api/v2/alerts", "suppressed": "skip", "filters": ["severity=\"critical\""]}),
+        );
         assert_eq!(
             alerts_url(&c).unwrap().as_str(),
             "http://am/x/api/v2/alerts?active=true&silenced=false&inhibited=false&filter=severity%3D%22critical%22"
         );
         let v1 = config(serde_json::json!({"url": "http://am/api/v1/alerts"}));
-        assert_eq!(Prometheus::validate(&v1, &ctx()).unwrap_err().field(), Some("url"));
+        assert_eq!(
+            Prometheus::validate(&v1, &ctx()).unwrap_err().field(),
+            Some("url")
+        );
     }
 
     #[test]
     fn validation_names_the_field() {
         let bad = |v: serde_json::Value| Prometheus::validate(&config(v), &ctx()).unwrap_err();
-        let e = bad(serde_json::json!({"url": "http://am", "webhook": {"listen": "127.0.0.1:0", "bearer_token": "t", "username": "u", "password": "p"}}));
+        let e = bad(
+            serde_json::json!({"url": "http://am", "webhook": {"listen": "127.0.0.1:0", "bearer_token": "t", "username": "u", "password": "p"}}),
+        );
         assert_eq!(e.field(), Some("webhook.username"));
-        let e = bad(serde_json::json!({"url": "http://am", "webhook": {"listen": "127.0.0.1:0", "username": "u"}}));
+        let e = bad(
+            serde_json::json!({"url": "http://am", "webhook": {"listen": "127.0.0.1:0", "username": "u"}}),
+        );
         assert_eq!(e.field(), Some("webhook.password"));
         let e = bad(serde_json::json!({"url": "http://am", "scope": "a/b"}));
         assert_eq!(e.field(), Some("scope"));
-        let e = bad(serde_json::json!({"url": "http://am", "rules": [{"type": "a:b", "property": "p", "label": "l"}]}));
+        let e = bad(
+            serde_json::json!({"url": "http://am", "rules": [{"type": "a:b", "property": "p", "label": "l"}]}),
+        );
         assert_eq!(e.field(), Some("rules[0].type"));
-        let e = bad(serde_json::json!({"url": "http://am", "webhook": {"listen": "127.0.0.1:0", "max_body_bytes": 0}}));
+        let e = bad(
+            serde_json::json!({"url": "http://am", "webhook": {"listen": "127.0.0.1:0", "max_body_bytes": 0}}),
+        );
         assert_eq!(e.field(), Some("webhook.max_body_bytes"));
-        assert!(Prometheus::validate(&config(serde_json::json!({"url": "http://am"})), &ctx()).is_ok());
+        assert!(
+            Prometheus::validate(&config(serde_json::json!({"url": "http://am"})), &ctx()).is_ok()
+        );
     }
 }

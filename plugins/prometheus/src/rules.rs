@@ -45,7 +45,9 @@ fn default_relation() -> String {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RuleError {
     /// A type or property a selector cannot carry.
-    #[error("rules[{index}]: type `{entity_type}` or property `{property}` cannot name a target (a type without `:`, `[`, `]`; a property without `=`, `[`, `]`; neither empty)")]
+    #[error(
+        "rules[{index}]: type `{entity_type}` or property `{property}` cannot name a target (a type without `:`, `[`, `]`; a property without `=`, `[`, `]`; neither empty)"
+    )]
     Target {
         /// The rule's position.
         index: usize,
@@ -103,7 +105,9 @@ pub fn strip_port(value: &str) -> &str {
     match value.rsplit_once(':') {
         // One colon only: an IPv6 address without brackets keeps its colons.
         Some((host, port))
-            if !host.contains(':') && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) =>
+            if !host.contains(':')
+                && !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit()) =>
         {
             host
         }
@@ -144,7 +148,10 @@ impl Rules {
     /// `types` (`instance_name` → `nova.instance`, ...), one rule per property, in the
     /// file's order, and a value of the form `ip:port` loses its port (Vitrage then looks
     /// the address up by DNS or in Nova, which this plugin does not).
-    pub fn from_vitrage_yaml(text: &str, types: &BTreeMap<String, String>) -> Result<Rules, RuleError> {
+    pub fn from_vitrage_yaml(
+        text: &str,
+        types: &BTreeMap<String, String>,
+    ) -> Result<Rules, RuleError> {
         #[derive(Deserialize)]
         struct File {
             alerts: Vec<Entry>,
@@ -268,7 +275,12 @@ mod tests {
     #[test]
     fn first_matching_rule_with_its_label_wins() {
         let rules = Rules::new(vec![
-            rule(&[("job", "libvirt")], "nova.instance", "instance_name", "domain"),
+            rule(
+                &[("job", "libvirt")],
+                "nova.instance",
+                "instance_name",
+                "domain",
+            ),
             RuleConfig {
                 strip_port: true,
                 ..rule(&[], "nova.host", "ip", "instance")
@@ -277,14 +289,26 @@ mod tests {
         ])
         .unwrap();
         let t = rules
-            .target(&labels(&[("job", "libvirt"), ("domain", "instance-4"), ("instance", "10.0.0.5:9177")]))
+            .target(&labels(&[
+                ("job", "libvirt"),
+                ("domain", "instance-4"),
+                ("instance", "10.0.0.5:9177"),
+            ]))
             .unwrap();
         assert_eq!(t.other, "nova.instance[instance_name=instance-4]");
         // No domain: the next rule, the port stripped.
-        let t = rules.target(&labels(&[("job", "libvirt"), ("instance", "10.0.0.5:9177")])).unwrap();
+        let t = rules
+            .target(&labels(&[
+                ("job", "libvirt"),
+                ("instance", "10.0.0.5:9177"),
+            ]))
+            .unwrap();
         assert_eq!(t.other, "nova.host[ip=10.0.0.5]");
         // `id`: a key.
-        assert_eq!(rules.target(&labels(&[("host", "c1")])).unwrap().other, "nova.host:c1");
+        assert_eq!(
+            rules.target(&labels(&[("host", "c1")])).unwrap().other,
+            "nova.host:c1"
+        );
         assert_eq!(rules.target(&labels(&[("x", "y")])), None);
     }
 
@@ -310,16 +334,26 @@ mod tests {
         let yaml = "alerts:\n- key:\n    alertname: HighCpuOnVmAlert\n    job: libvirt\n  resource:\n    instance_name: domain\n    host_id: instance\n- alert:\n    key: {alertname: X}\n    resource: {name: vm}\n";
         let rules = Rules::from_vitrage_yaml(yaml, &default_vitrage_types()).unwrap();
         assert_eq!(rules.len(), 3);
-        let l = labels(&[("alertname", "HighCpuOnVmAlert"), ("job", "libvirt"), ("instance", "1.1.1.1:9999")]);
+        let l = labels(&[
+            ("alertname", "HighCpuOnVmAlert"),
+            ("job", "libvirt"),
+            ("instance", "1.1.1.1:9999"),
+        ]);
         // No domain: the second property of the resource.
-        assert_eq!(rules.target(&l).unwrap().other, "nova.host[host_id=1.1.1.1]");
+        assert_eq!(
+            rules.target(&l).unwrap().other,
+            "nova.host[host_id=1.1.1.1]"
+        );
         let mut with_domain = l.clone();
         with_domain.insert("domain".into(), "instance-4".into());
         assert_eq!(
             rules.target(&with_domain).unwrap().other,
             "nova.instance[instance_name=instance-4]"
         );
-        assert!(Rules::from_vitrage_yaml("alerts: [{resource: {odd: x}}]", &default_vitrage_types()).is_err());
+        assert!(
+            Rules::from_vitrage_yaml("alerts: [{resource: {odd: x}}]", &default_vitrage_types())
+                .is_err()
+        );
         assert!(Rules::from_vitrage_yaml("nope", &default_vitrage_types()).is_err());
     }
 }

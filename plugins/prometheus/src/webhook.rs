@@ -90,7 +90,11 @@ fn authorized(auth: &Auth, headers: &HeaderMap) -> bool {
             .is_some_and(|t| same(t.trim().as_bytes(), token.as_bytes())),
         Auth::Basic { username, password } => given
             .strip_prefix("Basic ")
-            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()).ok())
+            .and_then(|b| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(b.trim())
+                    .ok()
+            })
             .is_some_and(|pair| same(&pair, format!("{username}:{password}").as_bytes())),
     }
 }
@@ -116,7 +120,10 @@ async fn receive(
     body: Body,
 ) -> (StatusCode, &'static str) {
     if method != Method::POST {
-        return (StatusCode::METHOD_NOT_ALLOWED, "POST an Alertmanager notification\n");
+        return (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "POST an Alertmanager notification\n",
+        );
     }
     if !authorized(&l.auth, &headers) {
         l.stats.unauthorized.fetch_add(1, Ordering::Relaxed);
@@ -136,7 +143,10 @@ async fn receive(
         Err(e) => {
             l.stats.malformed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(bytes = bytes.len(), error = %e, "malformed webhook body refused");
-            return (StatusCode::BAD_REQUEST, "not an Alertmanager webhook notification\n");
+            return (
+                StatusCode::BAD_REQUEST,
+                "not an Alertmanager webhook notification\n",
+            );
         }
     };
     let batch = changes(&hook, &l.scope, &l.rules);

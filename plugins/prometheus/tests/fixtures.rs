@@ -3,13 +3,16 @@
 //! them, and the same entity from the API and from the webhook for the same alert.
 
 use synchronizer_plugin_api::Entity;
+use synchronizer_prometheus::AlertState;
 use synchronizer_prometheus::alerts::{alarm_entity, parse_api_alerts, parse_webhook};
 use synchronizer_prometheus::rules::{RuleConfig, Rules};
 use synchronizer_prometheus::webhook::changes;
-use synchronizer_prometheus::AlertState;
 
 fn fixture(name: &str) -> Vec<u8> {
-    let path = format!("{}/tests/fixtures/am-0.25/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/tests/fixtures/am-0.25/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
@@ -18,8 +21,10 @@ fn rules() -> Rules {
         "match = { job = \"libvirt\" }\ntype = \"nova.instance\"\nproperty = \"instance_name\"\nlabel = \"domain\"",
     )
     .unwrap();
-    let host: RuleConfig =
-        toml::from_str("type = \"nova.host\"\nproperty = \"name\"\nlabel = \"instance\"\nstrip_port = true").unwrap();
+    let host: RuleConfig = toml::from_str(
+        "type = \"nova.host\"\nproperty = \"name\"\nlabel = \"instance\"\nstrip_port = true",
+    )
+    .unwrap();
     Rules::new(vec![rule, host]).unwrap()
 }
 
@@ -52,14 +57,23 @@ fn the_api_answer_reads_with_its_states() {
         }
     );
     // The literal `&` of the API and the webhook's `\u0026` read the same.
-    assert!(silenced.generator_url.as_deref().unwrap().contains("&g0.tab=1"));
+    assert!(
+        silenced
+            .generator_url
+            .as_deref()
+            .unwrap()
+            .contains("&g0.tab=1")
+    );
     let entities = api_entities("alerts-v2.json");
     let cpu = by_fp(&entities, "2bcecc4950495022");
     assert_eq!(cpu.name(), "HighCpuOnVmAlert");
     assert_eq!(cpu.state(), Some("firing"));
     assert_eq!(cpu.category(), synchronizer_plugin_api::Category::Alarm);
     assert_eq!(cpu.entity_type(), "prometheus");
-    assert_eq!(cpu.relations()[0].other(), "nova.instance[instance_name=instance-00000004]");
+    assert_eq!(
+        cpu.relations()[0].other(),
+        "nova.instance[instance_name=instance-00000004]"
+    );
     assert_eq!(cpu.relations()[0].kind(), "on");
     let p = cpu.properties();
     assert_eq!(p["severity"], "critical");
@@ -74,7 +88,10 @@ fn the_api_answer_reads_with_its_states() {
     );
     let up = by_fp(&entities, "9f31aa0b3b8b36d0");
     assert_eq!(up.state(), Some("suppressed"));
-    assert_eq!(up.properties()["silenced_by"][0], "616972cc-9249-423b-a000-9d548ff60a1f");
+    assert_eq!(
+        up.properties()["silenced_by"][0],
+        "616972cc-9249-423b-a000-9d548ff60a1f"
+    );
     // HostDiskFull (instance "compute1", no job): the host rule.
     let disk = by_fp(&entities, "57e7fa1088994dbf");
     assert_eq!(disk.relations()[0].other(), "nova.host[name=compute1]");
@@ -88,10 +105,22 @@ fn webhook_and_api_build_the_same_alarm() {
     let api = api_entities("alerts-v2.json");
     let rules = rules();
     for (body, fp) in [
-        ("webhooks/vitrage-001-HighCpuOnVmAlert-firing.json", "2bcecc4950495022"),
-        ("webhooks/vitrage-001-HighCpuOnVmAlert-firing.json", "e13bb12a4c584a65"),
-        ("webhooks/vitrage-002-TargetDown-firing.json", "c799d0e40da1666d"),
-        ("webhooks/ops-001-HostDiskFull-firing.json", "57e7fa1088994dbf"),
+        (
+            "webhooks/vitrage-001-HighCpuOnVmAlert-firing.json",
+            "2bcecc4950495022",
+        ),
+        (
+            "webhooks/vitrage-001-HighCpuOnVmAlert-firing.json",
+            "e13bb12a4c584a65",
+        ),
+        (
+            "webhooks/vitrage-002-TargetDown-firing.json",
+            "c799d0e40da1666d",
+        ),
+        (
+            "webhooks/ops-001-HostDiskFull-firing.json",
+            "57e7fa1088994dbf",
+        ),
     ] {
         let hook = parse_webhook(&fixture(body)).unwrap();
         let pushed: Vec<Entity> = changes(&hook, "am", &rules)
@@ -111,7 +140,10 @@ fn webhook_and_api_build_the_same_alarm() {
 #[test]
 fn each_alert_counts_by_its_own_status() {
     // The group is still firing; the alert inside resolved.
-    let hook = parse_webhook(&fixture("webhooks/vitrage-004-HighCpuOnVmAlert-firing.json")).unwrap();
+    let hook = parse_webhook(&fixture(
+        "webhooks/vitrage-004-HighCpuOnVmAlert-firing.json",
+    ))
+    .unwrap();
     assert_eq!(hook.status, "firing");
     let c = changes(&hook, "am", &rules());
     assert_eq!(c.len(), 2);
@@ -126,18 +158,31 @@ fn each_alert_counts_by_its_own_status() {
         }
         other => panic!("the resolved alert is a deletion: {other:?}"),
     }
-    assert!(matches!(&c[1], synchronizer_plugin_api::Change::Upsert(e) if e.id() == "am/e13bb12a4c584a65"));
+    assert!(
+        matches!(&c[1], synchronizer_plugin_api::Change::Upsert(e) if e.id() == "am/e13bb12a4c584a65")
+    );
     // The last body holds only the alert that resolved last.
-    let last = parse_webhook(&fixture("webhooks/vitrage-006-HighCpuOnVmAlert-resolved.json")).unwrap();
+    let last = parse_webhook(&fixture(
+        "webhooks/vitrage-006-HighCpuOnVmAlert-resolved.json",
+    ))
+    .unwrap();
     assert_eq!(last.alerts.len(), 1);
-    assert!(matches!(&changes(&last, "am", &rules())[0], synchronizer_plugin_api::Change::Delete(e) if e.id() == "am/e13bb12a4c584a65"));
+    assert!(
+        matches!(&changes(&last, "am", &rules())[0], synchronizer_plugin_api::Change::Delete(e) if e.id() == "am/e13bb12a4c584a65")
+    );
     // Every captured body reads.
-    for entry in std::fs::read_dir(format!("{}/tests/fixtures/am-0.25/webhooks", env!("CARGO_MANIFEST_DIR"))).unwrap() {
+    for entry in std::fs::read_dir(format!(
+        "{}/tests/fixtures/am-0.25/webhooks",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+    {
         let path = entry.unwrap().path();
         if path.to_string_lossy().ends_with(".meta.json") {
             continue;
         }
-        parse_webhook(&std::fs::read(&path).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        parse_webhook(&std::fs::read(&path).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }
 }
 
