@@ -372,3 +372,126 @@ async fn alertmanager_webhooks_and_polls_agree_and_relations_resolve() {
     assert_eq!((c.action, c.entity.key()), (Action::Deleted, later_key));
     sync.shutdown().await;
 }
+
+/// A real Prometheus 2.42 (Debian's) on loopback, with a rule that always fires and an
+/// alert rule on a target that is down, sending to the real Alertmanager.
+struct PrometheusServer {
+    child: tokio::process::Child,
+    base: String,
+    _dir: tempdir::Dir,
+}
+
+impl Drop for PrometheusServer {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+async fn start_prometheus(am: &Alertmanager) -> PrometheusServer {
+    let port = free_port();
+    let dead = free_port();
+    let dir = std::env::temp_dir().join(format!("prom-test-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rules = dir.join("rules.yml");
+    std::fs::write(
+        &rules,
+        "groups:\n  - name: test\n    rules:\n      - alert: TargetDown\n        expr: up{job=\"libvirt\"} == 0\n        labels: {severity: critical}\n        annotations: {summary: 'target {{ $labels.instance }} is down'}\n",
+    )
+    .unwrap();
+    let am_target = am.base.trim_start_matches("http://");
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n  external_labels: {{monitor: lab}}\nalerting:\n  alertmanagers:\n    - static_configs: [{{targets: ['{am_target}']}}]\nrule_files: ['{}']\nscrape_configs:\n  - job_name: libvirt\n    static_configs: [{{targets: ['127.0.0.1:{dead}'], labels: {{domain: vm-a1}}}}]\n",
+        rules.display()
+    );
+    let file = dir.join("prometheus.yml");
+    std::fs::write(&file, config).unwrap();
+    let child = tokio::process::Command::new("/usr/bin/prometheus")
+        .arg(format!("--config.file={}", file.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        // The generator URLs' base (by default the machine's host name).
+        .arg(format!("--web.external-url=http://127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start prometheus (scripts/prometheus/ensure.sh installs it)");
+    let p = PrometheusServer {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        _dir: tempdir::Dir(dir),
+    };
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = client.get(format!("{}/-/ready", p.base)).send().await
+            && r.status().is_success()
+        {
+            return p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "prometheus not ready within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_fired_by_a_prometheus_rule_arrives_by_webhook_and_poll_alike() {
+    let hook_port = free_port();
+    let am = start_alertmanager(hook_port).await;
+    let cloud = nova::Nova::start(nova::Cloud::captured()).await;
+    let config =
+        synchronizer::Config::from_toml(&host_toml(&cloud, &am, hook_port)).expect("host config");
+    let sync = Synchronizer::start(config).await.expect("host starts");
+    synchronizer_test_kit::host::ready(&sync).await;
+    let mut sub = sync.subscribe(&SubscribeOptions::types(&["prometheus"]));
+    let prom = start_prometheus(&am).await;
+
+    // Scrape fails → up == 0 → the rule fires → Alertmanager → the webhook.
+    let c = loop {
+        match synchronizer_test_kit::host::next_event(
+            &mut sub,
+            Duration::from_secs(40),
+            "the rule-fired alert",
+        )
+        .await
+        {
+            Event::Change(c) => break c,
+            _ => continue,
+        }
+    };
+    assert_eq!(c.action, Action::Created);
+    assert_eq!(c.entity.name(), "TargetDown");
+    let p = c.entity.properties();
+    assert_eq!(p["severity"], "critical");
+    // The external label is added on the way to Alertmanager.
+    assert_eq!(p["labels"]["monitor"], "lab");
+    assert!(
+        p["generator_url"].as_str().unwrap().starts_with(&prom.base),
+        "{p}"
+    );
+    assert_eq!(
+        p["annotations"]["summary"]
+            .as_str()
+            .unwrap()
+            .ends_with("is down"),
+        true
+    );
+    // The scrape target's `domain` label names the Nova instance.
+    assert_eq!(
+        relation(&c.entity),
+        format!("nova.instance:{}", nova::VM_A1)
+    );
+    // The poll agrees with the webhook: nothing new.
+    let polled = sync.get_all(&["prometheus"]).await.expect("poll");
+    assert!(polled.iter().any(|e| e.key() == c.entity.key()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nothing_queued(&mut sub, "a poll after the rule's webhook");
+    drop(prom);
+    sync.shutdown().await;
+}
