@@ -105,7 +105,7 @@ pub fn prometheus_rules(data: &[u8]) {
         &[("instance", "[fe80::1]:9100"), ("host_id", "")],
         &[],
     ];
-    let mut apply = |rules: &synchronizer_prometheus::Rules| {
+    let apply = |rules: &synchronizer_prometheus::Rules| {
         for set in label_sets {
             let labels = set
                 .iter()
