@@ -495,3 +495,25 @@ async fn an_alert_fired_by_a_prometheus_rule_arrives_by_webhook_and_poll_alike()
     drop(prom);
     sync.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_lost_while_the_host_was_down_is_repaired_by_the_poll() {
+    // Nothing listens on the webhook's port yet: Alertmanager's notification is lost.
+    let hook_port = free_port();
+    let am = start_alertmanager(hook_port).await;
+    post(&am, "/api/v2/alerts", json!([alert("vm-a1", None)])).await;
+    let cloud = nova::Nova::start(nova::Cloud::captured()).await;
+    let config =
+        synchronizer::Config::from_toml(&host_toml(&cloud, &am, hook_port)).expect("host config");
+    let sync = Synchronizer::start(config).await.expect("host starts");
+    synchronizer_test_kit::host::ready(&sync).await;
+    // The first poll found it, resolved to the instance the Nova collector reported.
+    let alarms = sync.current(&["prometheus"]);
+    assert_eq!(alarms.len(), 1, "{alarms:?}");
+    assert_eq!(alarms[0].state(), Some("firing"));
+    assert_eq!(
+        relation(&alarms[0]),
+        format!("nova.instance:{}", nova::VM_A1)
+    );
+    sync.shutdown().await;
+}
