@@ -470,6 +470,16 @@ mod tests {
     }
 
     #[test]
+    fn the_sample_config_is_valid() {
+        let sample: toml::Value = toml::from_str(include_str!("../sample.toml")).unwrap();
+        let table = sample["instances"][0]["config"].clone();
+        let c: Config = table.try_into().unwrap();
+        Prometheus::validate(&c, &ctx()).unwrap();
+        assert_eq!(c.rules.len(), 1);
+        assert!(c.webhook.is_some());
+    }
+
+    #[test]
     fn validation_names_the_field() {
         let bad = |v: serde_json::Value| Prometheus::validate(&config(v), &ctx()).unwrap_err();
         let e = bad(
