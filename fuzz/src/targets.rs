@@ -45,7 +45,88 @@ pub const ALL: &[(&str, Target)] = &[
     ("outputs", outputs),
     ("secrets", secrets),
     ("config_location", config_location),
+    ("prometheus_alerts", prometheus_alerts),
+    ("prometheus_webhook", prometheus_webhook),
+    ("prometheus_rules", prometheus_rules),
 ];
+
+/// The label rules the prometheus targets map with: a selector rule, a port-stripping
+/// one and a key (`id`) one.
+fn prometheus_rules_fixed() -> &'static synchronizer_prometheus::Rules {
+    static RULES: OnceLock<synchronizer_prometheus::Rules> = OnceLock::new();
+    RULES.get_or_init(|| {
+        let rules: Vec<synchronizer_prometheus::RuleConfig> = serde_json::from_str(
+            r#"[
+                {"match": {"job": "libvirt"}, "type": "nova.instance", "property": "instance_name", "label": "domain"},
+                {"type": "nova.host", "property": "ip", "label": "instance", "strip_port": true},
+                {"type": "nova.host", "property": "id", "label": "host"}
+            ]"#,
+        )
+        .unwrap_or_default();
+        synchronizer_prometheus::Rules::new(rules).unwrap_or_default()
+    })
+}
+
+/// Alertmanager's `GET /api/v2/alerts` answer: read, and every alert's alarm checked.
+pub fn prometheus_alerts(data: &[u8]) {
+    if let Ok(alerts) = synchronizer_prometheus::parse_api_alerts(data) {
+        let entities: Vec<Entity> = alerts
+            .iter()
+            .filter_map(|a| {
+                synchronizer_prometheus::alerts::alarm_entity(a, "am", prometheus_rules_fixed())
+            })
+            .collect();
+        check::entities(&entities);
+    }
+}
+
+/// An Alertmanager webhook body: read, and its changes checked as pushed changes.
+pub fn prometheus_webhook(data: &[u8]) {
+    if let Ok(hook) = synchronizer_prometheus::parse_webhook(data) {
+        let changes =
+            synchronizer_prometheus::webhook::changes(&hook, "am", prometheus_rules_fixed());
+        assert_eq!(changes.len(), hook.alerts.len(), "one change per alert");
+        check::pushed(&changes);
+    }
+}
+
+/// Vitrage's `prometheus_conf.yaml` (the plugin's `vitrage_conf`), read into rules and
+/// applied to a few label sets; and the first line read as the plugin's own rules (JSON).
+pub fn prometheus_rules(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let types = synchronizer_prometheus::rules::default_vitrage_types();
+    let label_sets: [&[(&str, &str)]; 3] = [
+        &[
+            ("alertname", "HighCpuOnVmAlert"),
+            ("job", "libvirt"),
+            ("domain", "instance-4"),
+            ("instance", "1.1.1.1:9999"),
+        ],
+        &[("instance", "[fe80::1]:9100"), ("host_id", "")],
+        &[],
+    ];
+    let apply = |rules: &synchronizer_prometheus::Rules| {
+        for set in label_sets {
+            let labels = set
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect();
+            if let Some(t) = rules.target(&labels) {
+                // A target is a key or a selector the host can read back.
+                let selector = synchronizer_plugin_api::Selector::parse(&t.other);
+                assert!(selector.is_some() || t.other.contains(':'), "{t:?}");
+            }
+        }
+    };
+    if let Ok(rules) = synchronizer_prometheus::Rules::from_vitrage_yaml(&text, &types) {
+        apply(&rules);
+    }
+    if let Ok(configs) = serde_json::from_str::<Vec<synchronizer_prometheus::RuleConfig>>(&text)
+        && let Ok(rules) = synchronizer_prometheus::Rules::new(configs)
+    {
+        apply(&rules);
+    }
+}
 
 fn split_nul(data: &[u8]) -> Vec<&[u8]> {
     data.split(|b| *b == 0).collect()

@@ -120,6 +120,8 @@ struct State {
     declared: HashMap<Owner, Arc<[String]>>,
     /// Instance names by owner index, as the durable store records owners.
     names: HashMap<Owner, Arc<str>>,
+    /// Relations that name their target by a property, and the index that resolves them.
+    resolver: crate::resolve::Resolver,
 }
 
 /// What readers share with the writer: the view and the subscribers. Held only briefly
@@ -213,6 +215,7 @@ impl Hub {
                 collectors: HashMap::new(),
                 declared: HashMap::new(),
                 names: HashMap::new(),
+                resolver: Default::default(),
             }),
             announcing: Mutex::new(()),
             shared: Mutex::new(Shared {
@@ -275,8 +278,12 @@ impl Hub {
             state.names.entry(o).or_insert_with(|| Arc::from(name));
             o
         };
+        let mut dependents: HashMap<String, Arc<str>> = HashMap::new();
         for e in restored.entities.drain(..) {
             let entity = e.entity;
+            if entity.has_selectors() {
+                dependents.insert(entity.key(), Arc::from(e.owner.as_str()));
+            }
             let o = owner(state, &e.owner);
             state.baseline.restore(
                 entity.entity_type(),
@@ -287,6 +294,13 @@ impl Hub {
             );
             shared.view.insert(entity);
         }
+        // The store holds what plugins sent; the view, what consumers see.
+        state.resolver.restore(&mut shared.view, |e| {
+            dependents
+                .get(&e.key())
+                .cloned()
+                .unwrap_or_else(|| Arc::from(""))
+        });
         for t in restored.tombstones.drain(..) {
             state.baseline.restore_tombstone(
                 &t.entity_type,
@@ -629,7 +643,7 @@ impl Hub {
         }
         state.baseline.expire_tombstones(now);
         let mut applied = Applied::default();
-        let (changes, ops) = state.emit(
+        let (mut changes, ops) = state.emit(
             batch,
             origin,
             start.started_us,
@@ -637,8 +651,15 @@ impl Hub {
             &mut applied,
             &self.last_seq,
         );
+        self.resolve(state, &mut changes);
         self.commit(state, ops, changes);
         self.count(&applied);
+        // Get-all's answer carries the resolved keys too.
+        if entities.iter().any(|e| e.has_selectors()) {
+            for e in entities.iter_mut() {
+                *e = state.resolver.resolve(e);
+            }
+        }
         drop(guard);
         if !refused.is_empty() {
             let refused: std::collections::HashSet<u32> = refused.into_iter().collect();
@@ -730,7 +751,7 @@ impl Hub {
             }
         }
         state.baseline.expire_tombstones(sampled);
-        let (changes, ops) = state.emit(
+        let (mut changes, ops) = state.emit(
             pending,
             origin,
             sampled,
@@ -738,6 +759,7 @@ impl Hub {
             &mut applied,
             &self.last_seq,
         );
+        self.resolve(state, &mut changes);
         self.commit(state, ops, changes);
         self.count(&applied);
         applied
@@ -770,6 +792,33 @@ impl Hub {
                 micros,
                 "source timestamps outside 0001-01-01..9999-12-31 were discarded; the sample time stands in"
             );
+        }
+    }
+
+    /// Resolves the relations by property of a batch's changes, and appends the
+    /// dependents the batch re-resolved as `updated` changes ([`crate::resolve`]).
+    fn resolve(&self, state: &mut State, changes: &mut Vec<Arc<Change>>) {
+        let again = state
+            .resolver
+            .process(changes, || self.shared().view.clone());
+        if again.is_empty() {
+            return;
+        }
+        let sampled = now_us();
+        tracing::debug!(
+            dependents = again.len(),
+            "relations by property re-resolved: announced again"
+        );
+        for r in again {
+            let seq = state.take_seq(&self.last_seq);
+            changes.push(Arc::new(Change {
+                seq,
+                action: Action::Updated,
+                entity: r.entity,
+                instance: r.instance,
+                sampled_us: sampled,
+                initial: false,
+            }));
         }
     }
 

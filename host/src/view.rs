@@ -66,6 +66,19 @@ impl View {
         self.types.get(entity_type)?.get(&key_hash)
     }
 
+    /// The entities of one type, in no order.
+    pub(crate) fn of_type(&self, entity_type: &str) -> impl Iterator<Item = &Arc<Entity>> {
+        self.types
+            .get(entity_type)
+            .into_iter()
+            .flat_map(|m| m.values())
+    }
+
+    /// Every entity, in no order.
+    pub(crate) fn all(&self) -> impl Iterator<Item = &Arc<Entity>> {
+        self.types.values().flat_map(|m| m.values())
+    }
+
     /// How many entities of each type, in type order (types emptied by deletions
     /// included, with 0).
     pub fn counts(&self) -> Vec<(String, usize)> {

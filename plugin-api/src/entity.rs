@@ -100,6 +100,67 @@ impl Relation {
     }
 }
 
+/// A relation target named by a property instead of a key: `<type>[<property>=<value>]`
+/// in a [`Relation`]'s `other` (`nova.instance[name=vm-a1]`), for a source that knows a
+/// property of the entity it is about but not its key (an alarm's label). The host
+/// resolves it to the key of the entity of that type whose property has that value, when
+/// there is one, and again whenever one appears, changes or goes: consumers see the key
+/// while the target exists and this text while it does not (docs/architecture.md §6).
+///
+/// The property is a top-level property of the target (a string, a number, a boolean, or
+/// an array of them, any element matching) or, when it has no such property, one of its
+/// fields `name`, `id`, `state` or `project`. The type holds no `:`, `[` or `]` and the
+/// property no `=`, `[` or `]` (so that no key `<type>:<id>` reads as a selector); the value
+/// is taken as it is, up to the final `]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Selector<'a> {
+    /// The target's type: `nova.instance`.
+    pub entity_type: &'a str,
+    /// The property that identifies it: `name`.
+    pub property: &'a str,
+    /// Its value: `vm-a1`.
+    pub value: &'a str,
+}
+
+impl<'a> Selector<'a> {
+    /// A selector, if `entity_type` and `property` can be written as one.
+    pub fn new(entity_type: &'a str, property: &'a str, value: &'a str) -> Option<Self> {
+        let type_ok = !entity_type.is_empty() && !entity_type.contains([':', '[', ']']);
+        let property_ok = !property.is_empty() && !property.contains(['=', '[', ']']);
+        (type_ok && property_ok).then_some(Selector {
+            entity_type,
+            property,
+            value,
+        })
+    }
+
+    /// Reads a relation's `other` as a selector; `None` for a key (or anything else).
+    pub fn parse(other: &'a str) -> Option<Self> {
+        let inner = other.strip_suffix(']')?;
+        let (entity_type, rest) = inner.split_once('[')?;
+        let (property, value) = rest.split_once('=')?;
+        Selector::new(entity_type, property, value)
+    }
+
+    /// The text a relation carries: `<type>[<property>=<value>]`.
+    pub fn text(&self) -> String {
+        format!("{}[{}={}]", self.entity_type, self.property, self.value)
+    }
+}
+
+impl Relation {
+    /// `this --kind--> <the entity target names>` (an alarm `on` the instance whose `name`
+    /// is `vm-a1`); the host resolves it to a key.
+    pub fn to_selected(kind: &str, target: &Selector<'_>) -> Self {
+        Relation::to(kind, target.text())
+    }
+
+    /// The target as a [`Selector`], when this relation names it by a property.
+    pub fn selector(&self) -> Option<Selector<'_>> {
+        Selector::parse(&self.other)
+    }
+}
+
 /// One resource or alarm. Build it with [`Entity::resource`] or [`Entity::alarm`] and the
 /// `with_*` methods.
 #[repr(C)]
@@ -284,6 +345,23 @@ impl Entity {
     /// The relations to other entities.
     pub fn relations(&self) -> &[Relation] {
         &self.relations
+    }
+
+    /// Whether a relation names its target by a property ([`Selector`]).
+    pub fn has_selectors(&self) -> bool {
+        self.relations.iter().any(|r| r.selector().is_some())
+    }
+
+    /// A copy whose relations point where `target` says: `Some(key)` replaces a
+    /// relation's `other`, `None` keeps it (the host's resolution of [`Selector`]s).
+    pub fn with_targets(&self, mut target: impl FnMut(&Relation) -> Option<String>) -> Entity {
+        let mut copy = self.clone();
+        for r in copy.relations.iter_mut() {
+            if let Some(other) = target(r) {
+                r.other = RString::from(other);
+            }
+        }
+        copy
     }
 
     /// The source's update timestamp, in microseconds since the Unix epoch.
@@ -617,6 +695,35 @@ mod tests {
         ] {
             assert_ne!(a.content_hash(), changed.content_hash(), "{changed:?}");
         }
+    }
+
+    #[test]
+    fn selectors_read_back_and_keys_are_never_selectors() {
+        let s = Selector::new("nova.instance", "name", "vm-a1").unwrap();
+        assert_eq!(s.text(), "nova.instance[name=vm-a1]");
+        assert_eq!(Selector::parse(&s.text()), Some(s));
+        let odd = Selector::parse("nova.host[ip=a=b]]").unwrap();
+        assert_eq!((odd.property, odd.value), ("ip", "a=b]"));
+        for not in [
+            "nova.instance:abc",
+            "t:x[a=b]",
+            "t[a]",
+            "[a=b]",
+            "t[=b]",
+            "t[a=b",
+        ] {
+            assert_eq!(Selector::parse(not), None, "{not}");
+        }
+        assert_eq!(Selector::new("t:x", "a", "b"), None);
+        assert_eq!(Selector::new("t", "a=", "b"), None);
+        let e = Entity::alarm("alarm", "1")
+            .with_relation(Relation::to_selected("on", &s))
+            .with_relation(Relation::from("contains", "rack:r1"));
+        assert!(e.has_selectors());
+        let resolved = e.with_targets(|r| r.selector().map(|_| "nova.instance:u1".into()));
+        assert!(!resolved.has_selectors());
+        assert_eq!(resolved.relations()[0].other(), "nova.instance:u1");
+        assert_eq!(resolved.relations()[1].other(), "rack:r1");
     }
 
     #[test]

@@ -98,7 +98,7 @@ pub mod redact;
 mod sdk;
 pub mod time;
 
-pub use entity::{Category, Direction, Entity, Relation};
+pub use entity::{Category, Direction, Entity, Relation, Selector};
 pub use health::Health;
 #[cfg(feature = "sdk")]
 pub use sdk::{Change, Context, Error, Plugin, PluginInfo, Shutdown, Sink, Snapshot};

@@ -1,0 +1,2 @@
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| synchronizer_fuzz::targets::prometheus_rules(data));

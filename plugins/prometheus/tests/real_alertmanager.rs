@@ -1,0 +1,519 @@
+//! The plugin in the real host, beside the Nova collector (a loopback Nova serving the
+//! captured answers of a real Nova), against Debian's real `prometheus-alertmanager` 0.25
+//! on loopback (scripts/prometheus/ensure.sh installs it; this test starts its own, with
+//! clustering off): alerts posted to its v2 API reach the plugin's listener as the
+//! webhook bodies Alertmanager really sends (bearer token, grouping, a firing group with
+//! a resolved alert inside), the relations by property resolve to the Nova instance's
+//! key (now, and later when the instance appears), a poll after the webhooks emits
+//! nothing, a silence shows as `suppressed`, a resolved alert the API no longer lists is
+//! deleted, and a malformed body gets 400 and is counted.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use synchronizer::{Action, Event, SubscribeOptions, Synchronizer};
+use synchronizer_plugin_api::time::format_rfc3339_millis;
+use synchronizer_test_kit::nova;
+use synchronizer_test_kit::paths::plugin_library;
+use synchronizer_test_kit::sys::free_port;
+
+const TOKEN: &str = "tok-webhook-123";
+
+/// The Alertmanager process; killed when dropped.
+struct Alertmanager {
+    child: tokio::process::Child,
+    base: String,
+    _dir: tempdir::Dir,
+}
+
+mod tempdir {
+    /// A directory removed when dropped.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+async fn start_alertmanager(hook_port: u16) -> Alertmanager {
+    let binary = "/usr/bin/prometheus-alertmanager";
+    assert!(
+        std::path::Path::new(binary).exists(),
+        "{binary} is missing: run scripts/prometheus/ensure.sh as root (scripts/test.sh does)"
+    );
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("am-test-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = format!(
+        r#"global:
+  resolve_timeout: 5m
+route:
+  receiver: sync
+  group_by: ['alertname']
+  group_wait: 1s
+  group_interval: 1s
+  repeat_interval: 1h
+receivers:
+  - name: sync
+    webhook_configs:
+      - url: http://127.0.0.1:{hook_port}/alerts
+        send_resolved: true
+        http_config:
+          authorization:
+            type: Bearer
+            credentials: {TOKEN}
+"#
+    );
+    let file = dir.join("alertmanager.yml");
+    std::fs::write(&file, config).unwrap();
+    let child = tokio::process::Command::new(binary)
+        .arg(format!("--config.file={}", file.display()))
+        .arg(format!("--storage.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--cluster.listen-address=")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start prometheus-alertmanager");
+    let am = Alertmanager {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        _dir: tempdir::Dir(dir),
+    };
+    // Ready when /-/ready answers 200; polled, with a deadline.
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = client.get(format!("{}/-/ready", am.base)).send().await
+            && r.status().is_success()
+        {
+            return am;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "alertmanager not ready within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn alert(domain: &str, ends: Option<i64>) -> serde_json::Value {
+    let now = synchronizer_plugin_api::entity::system_time_to_micros(std::time::SystemTime::now());
+    let mut a = json!({
+        "labels": {"alertname": "HighCpuOnVmAlert", "severity": "critical", "job": "libvirt",
+                   "instance": "10.0.0.5:9177", "domain": domain},
+        "annotations": {"title": "High cpu usage on vm"},
+        "generatorURL": "http://lab.invalid/graph?g0.expr=cpu&g0.tab=1",
+        "startsAt": "2026-12-03T10:00:00.000Z",
+    });
+    if let Some(offset) = ends {
+        a["endsAt"] = json!(format_rfc3339_millis(now + offset));
+    }
+    let _ = now;
+    a
+}
+
+async fn post(am: &Alertmanager, path: &str, body: serde_json::Value) -> serde_json::Value {
+    let r = reqwest::Client::new()
+        .post(format!("{}{path}", am.base))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "POST {path}: {}", r.status());
+    let text = r.text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+}
+
+fn host_toml(cloud: &nova::Nova, am: &Alertmanager, hook_port: u16) -> String {
+    let config = cloud.config(json!({}));
+    let auth = &config["cloud"]["auth"];
+    format!(
+        r#"
+plugin_log_level = "warn"
+
+[[instances]]
+name = "nova"
+library = "{nova_so}"
+interval = "1h"
+jitter = "0s"
+timeout = "20s"
+[instances.config]
+page_size = 2
+microversion = "2.53"
+[instances.config.cloud]
+region = "RegionOne"
+timeout = "5s"
+[instances.config.cloud.auth]
+auth_url = "{auth_url}"
+username = "admin"
+password = "{password}"
+project_name = "admin"
+user_domain_name = "Default"
+project_domain_name = "Default"
+
+[[instances]]
+name = "am"
+library = "{prom_so}"
+interval = "1h"
+jitter = "0s"
+[instances.config]
+url = "{am_url}"
+[[instances.config.rules]]
+match = {{ job = "libvirt" }}
+type = "nova.instance"
+property = "name"
+label = "domain"
+[instances.config.webhook]
+listen = "127.0.0.1:{hook_port}"
+bearer_token = "{TOKEN}"
+max_body_bytes = 65536
+"#,
+        nova_so = plugin_library("synchronizer_nova").display(),
+        prom_so = plugin_library("synchronizer_prometheus").display(),
+        auth_url = auth["auth_url"].as_str().unwrap(),
+        password = auth["password"].as_str().unwrap(),
+        am_url = am.base,
+    )
+}
+
+/// The next change of a `prometheus` alarm within `within`.
+async fn next_change(
+    sub: &mut synchronizer::Subscription,
+    what: &str,
+) -> std::sync::Arc<synchronizer::Change> {
+    loop {
+        match synchronizer_test_kit::host::next_event(sub, Duration::from_secs(20), what).await {
+            Event::Change(c) => return c,
+            _ => continue,
+        }
+    }
+}
+
+fn relation(e: &synchronizer_plugin_api::Entity) -> String {
+    e.relations()[0].other().to_owned()
+}
+
+fn nothing_queued(sub: &mut synchronizer::Subscription, what: &str) {
+    let left = synchronizer_test_kit::host::queued_ids(sub);
+    assert!(left.is_empty(), "{what}: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alertmanager_webhooks_and_polls_agree_and_relations_resolve() {
+    let hook_port = free_port();
+    let am = start_alertmanager(hook_port).await;
+    let cloud = nova::Nova::start(nova::Cloud::captured()).await;
+    let config =
+        synchronizer::Config::from_toml(&host_toml(&cloud, &am, hook_port)).expect("host config");
+    let sync = Synchronizer::start(config).await.expect("host starts");
+    synchronizer_test_kit::host::ready(&sync).await;
+    let mut sub = sync.subscribe(&SubscribeOptions::types(&["prometheus"]));
+
+    // Two alerts of one group: one body, both created, by the webhook (no poll is due).
+    post(
+        &am,
+        "/api/v2/alerts",
+        json!([alert("vm-a1", None), alert("vm-later", None)]),
+    )
+    .await;
+    let mut created = std::collections::BTreeMap::new();
+    for _ in 0..2 {
+        let c = next_change(&mut sub, "the webhook's alarms").await;
+        assert_eq!(c.action, Action::Created);
+        assert_eq!(&*c.instance, "am");
+        created.insert(
+            c.entity.properties()["labels"]["domain"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+            c.entity.clone(),
+        );
+    }
+    let a1 = &created["vm-a1"];
+    assert_eq!(a1.state(), Some("firing"));
+    assert_eq!(a1.name(), "HighCpuOnVmAlert");
+    // Resolved by the host's index of Nova's instances by name.
+    assert_eq!(relation(a1), format!("nova.instance:{}", nova::VM_A1));
+    assert_eq!(
+        relation(&created["vm-later"]),
+        "nova.instance[name=vm-later]"
+    );
+    assert_eq!(
+        a1.properties()["generator_url"],
+        "http://lab.invalid/graph?g0.expr=cpu&g0.tab=1"
+    );
+
+    // A poll after the webhook emits nothing; get-all carries the resolved key too.
+    let polled = sync.get_all(&["prometheus"]).await.expect("poll");
+    assert_eq!(polled.len(), 2);
+    assert!(
+        polled
+            .iter()
+            .any(|e| relation(e) == format!("nova.instance:{}", nova::VM_A1))
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nothing_queued(&mut sub, "a poll after the webhook");
+
+    // The instance appears in Nova: the alarm waiting for it is announced again, resolved.
+    let new_id = "0d6a2b5e-0000-4000-8000-00000000beef";
+    {
+        let mut c = cloud.cloud();
+        let mut s = c.server_mut(nova::VM_A2).clone();
+        s["id"] = json!(new_id);
+        s["name"] = json!("vm-later");
+        c.servers.push(s);
+    }
+    sync.get_all(&["nova.instance"]).await.expect("nova poll");
+    let c = next_change(&mut sub, "the alarm re-resolved").await;
+    assert_eq!(c.action, Action::Updated);
+    assert_eq!(relation(&c.entity), format!("nova.instance:{new_id}"));
+    assert_eq!(&*c.instance, "am");
+
+    // One alert resolved: the group's body is still `firing`, that alert is deleted.
+    let a1_key = a1.key();
+    post(&am, "/api/v2/alerts", json!([alert("vm-a1", Some(0))])).await;
+    let c = next_change(&mut sub, "the resolved alert").await;
+    assert_eq!(
+        (c.action, c.entity.key()),
+        (Action::Deleted, a1_key.clone())
+    );
+
+    // A silence: no webhook; the poll reports the alarm suppressed.
+    let later_key = created["vm-later"].key();
+    let now = synchronizer_plugin_api::entity::system_time_to_micros(std::time::SystemTime::now());
+    let silence = post(&am, "/api/v2/silences", json!({
+        "matchers": [{"name": "domain", "value": "vm-later", "isRegex": false, "isEqual": true}],
+        "startsAt": format_rfc3339_millis(now), "endsAt": format_rfc3339_millis(now + 3_600_000_000),
+        "createdBy": "test", "comment": "maintenance"
+    })).await;
+    let silence_id = silence["silenceID"]
+        .as_str()
+        .expect("silence id")
+        .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let c = loop {
+        sync.get_all(&["prometheus"]).await.expect("poll");
+        if let Some(Event::Change(c)) = sub.try_recv() {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "the silence never showed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        (c.action, c.entity.key(), c.entity.state()),
+        (Action::Updated, later_key.clone(), Some("suppressed"))
+    );
+    assert_eq!(c.entity.properties()["silenced_by"][0], silence_id.as_str());
+    assert_eq!(
+        relation(&c.entity),
+        format!("nova.instance:{new_id}"),
+        "still resolved"
+    );
+
+    // Malformed, unauthenticated and oversized bodies: refused and counted, nothing else.
+    let client = reqwest::Client::new();
+    let hook = format!("http://127.0.0.1:{hook_port}/alerts");
+    let r = client
+        .post(&hook)
+        .bearer_auth(TOKEN)
+        .body("{\"alerts\": [1]}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = client.post(&hook).body("{}").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = client
+        .post(&hook)
+        .bearer_auth(TOKEN)
+        .body(vec![b' '; 70_000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    synchronizer_test_kit::host::wait_status(
+        &sync,
+        "am",
+        "counting the malformed body",
+        Duration::from_secs(20),
+        |s| {
+            s.plugin_report
+                .as_ref()
+                .is_some_and(|r| r.health.message.contains("1 malformed webhook bodies"))
+        },
+    )
+    .await;
+
+    // Resolved while silenced: Alertmanager stops listing it; the poll deletes it.
+    post(&am, "/api/v2/alerts", json!([alert("vm-later", Some(0))])).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        sync.get_all(&["prometheus"]).await.expect("poll");
+        if sync.current(&["prometheus"]).is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the resolved alert was never deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let c = next_change(&mut sub, "the deletion").await;
+    assert_eq!((c.action, c.entity.key()), (Action::Deleted, later_key));
+    sync.shutdown().await;
+}
+
+/// A real Prometheus 2.42 (Debian's) on loopback, with a rule that always fires and an
+/// alert rule on a target that is down, sending to the real Alertmanager.
+struct PrometheusServer {
+    child: tokio::process::Child,
+    base: String,
+    _dir: tempdir::Dir,
+}
+
+impl Drop for PrometheusServer {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+async fn start_prometheus(am: &Alertmanager) -> PrometheusServer {
+    let port = free_port();
+    let dead = free_port();
+    let dir = std::env::temp_dir().join(format!("prom-test-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rules = dir.join("rules.yml");
+    std::fs::write(
+        &rules,
+        "groups:\n  - name: test\n    rules:\n      - alert: TargetDown\n        expr: up{job=\"libvirt\"} == 0\n        labels: {severity: critical}\n        annotations: {summary: 'target {{ $labels.instance }} is down'}\n",
+    )
+    .unwrap();
+    let am_target = am.base.trim_start_matches("http://");
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n  external_labels: {{monitor: lab}}\nalerting:\n  alertmanagers:\n    - static_configs: [{{targets: ['{am_target}']}}]\nrule_files: ['{}']\nscrape_configs:\n  - job_name: libvirt\n    static_configs: [{{targets: ['127.0.0.1:{dead}'], labels: {{domain: vm-a1}}}}]\n",
+        rules.display()
+    );
+    let file = dir.join("prometheus.yml");
+    std::fs::write(&file, config).unwrap();
+    let child = tokio::process::Command::new("/usr/bin/prometheus")
+        .arg(format!("--config.file={}", file.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        // The generator URLs' base (by default the machine's host name).
+        .arg(format!("--web.external-url=http://127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start prometheus (scripts/prometheus/ensure.sh installs it)");
+    let p = PrometheusServer {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        _dir: tempdir::Dir(dir),
+    };
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = client.get(format!("{}/-/ready", p.base)).send().await
+            && r.status().is_success()
+        {
+            return p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "prometheus not ready within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_fired_by_a_prometheus_rule_arrives_by_webhook_and_poll_alike() {
+    let hook_port = free_port();
+    let am = start_alertmanager(hook_port).await;
+    let cloud = nova::Nova::start(nova::Cloud::captured()).await;
+    let config =
+        synchronizer::Config::from_toml(&host_toml(&cloud, &am, hook_port)).expect("host config");
+    let sync = Synchronizer::start(config).await.expect("host starts");
+    synchronizer_test_kit::host::ready(&sync).await;
+    let mut sub = sync.subscribe(&SubscribeOptions::types(&["prometheus"]));
+    let prom = start_prometheus(&am).await;
+
+    // Scrape fails → up == 0 → the rule fires → Alertmanager → the webhook.
+    let c = loop {
+        match synchronizer_test_kit::host::next_event(
+            &mut sub,
+            Duration::from_secs(40),
+            "the rule-fired alert",
+        )
+        .await
+        {
+            Event::Change(c) => break c,
+            _ => continue,
+        }
+    };
+    assert_eq!(c.action, Action::Created);
+    assert_eq!(c.entity.name(), "TargetDown");
+    let p = c.entity.properties();
+    assert_eq!(p["severity"], "critical");
+    // The external label is added on the way to Alertmanager.
+    assert_eq!(p["labels"]["monitor"], "lab");
+    assert!(
+        p["generator_url"].as_str().unwrap().starts_with(&prom.base),
+        "{p}"
+    );
+    assert!(
+        p["annotations"]["summary"]
+            .as_str()
+            .unwrap()
+            .ends_with("is down"),
+        "{p}"
+    );
+    // The scrape target's `domain` label names the Nova instance.
+    assert_eq!(
+        relation(&c.entity),
+        format!("nova.instance:{}", nova::VM_A1)
+    );
+    // The poll agrees with the webhook: nothing new.
+    let polled = sync.get_all(&["prometheus"]).await.expect("poll");
+    assert!(polled.iter().any(|e| e.key() == c.entity.key()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nothing_queued(&mut sub, "a poll after the rule's webhook");
+    drop(prom);
+    sync.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_lost_while_the_host_was_down_is_repaired_by_the_poll() {
+    // Nothing listens on the webhook's port yet: Alertmanager's notification is lost.
+    let hook_port = free_port();
+    let am = start_alertmanager(hook_port).await;
+    post(&am, "/api/v2/alerts", json!([alert("vm-a1", None)])).await;
+    let cloud = nova::Nova::start(nova::Cloud::captured()).await;
+    let config =
+        synchronizer::Config::from_toml(&host_toml(&cloud, &am, hook_port)).expect("host config");
+    let sync = Synchronizer::start(config).await.expect("host starts");
+    synchronizer_test_kit::host::ready(&sync).await;
+    // The first poll found it, resolved to the instance the Nova collector reported.
+    let alarms = sync.current(&["prometheus"]);
+    assert_eq!(alarms.len(), 1, "{alarms:?}");
+    assert_eq!(alarms[0].state(), Some("firing"));
+    assert_eq!(
+        relation(&alarms[0]),
+        format!("nova.instance:{}", nova::VM_A1)
+    );
+    sync.shutdown().await;
+}
