@@ -162,7 +162,7 @@ pub fn compare(
     group.bench_function("download_and_parse_json", |b| {
         b.to_async(rt).iter(download_and_parse)
     });
-    group.bench_function("plugin_snapshot", |b| b.to_async(rt).iter(|| collect()));
+    group.bench_function("plugin_snapshot", |b| b.to_async(rt).iter(&collect));
     group.finish();
 
     // Interleaved round by round, so that load from other processes on the machine hits
