@@ -28,13 +28,19 @@ pub fn config(body: &str) -> synchronizer::Config {
 
 /// Waits (10 s at most) until the host's initial snapshot is complete.
 pub async fn ready(sync: &Synchronizer) {
-    for _ in 0..200 {
-        if sync.ready() {
-            return;
+    ready_within(sync, Duration::from_secs(10)).await
+}
+
+/// Waits (`within` at most) until the host's initial snapshot is complete: real services
+/// answer their first poll more slowly than the loopback ones.
+pub async fn ready_within(sync: &Synchronizer, within: Duration) {
+    let deadline = std::time::Instant::now() + within;
+    while !sync.ready() {
+        if std::time::Instant::now() >= deadline {
+            panic!("the initial snapshot did not complete: {:?}", sync.status());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("the initial snapshot did not complete: {:?}", sync.status());
 }
 
 /// The status of instance `name` (fails the test when there is none).

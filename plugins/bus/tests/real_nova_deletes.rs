@@ -529,11 +529,7 @@ async fn a_real_nova_deleting_a_server_with_both_plugins() {
             .await
             .expect("host starts with both plugins");
     let mut changes = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !sync.ready() {
-        assert!(Instant::now() < deadline, "the first poll never completed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    synchronizer_test_kit::host::ready_within(&sync, Duration::from_secs(60)).await;
     wait_until(Duration::from_secs(30), "the bus's queues", || {
         bus_queues.iter().all(|q| in_queue(&vhost, q).is_some())
     })

@@ -18,7 +18,7 @@
 //! scripts/test.sh and test-real.sh do first).
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use synchronizer::{Action, SubscribeOptions, Synchronizer};
@@ -442,11 +442,7 @@ page_size = 2
     let sync = Synchronizer::start(synchronizer::Config::from_toml(&toml).expect("config"))
         .await
         .expect("the host starts");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !sync.ready() {
-        assert!(Instant::now() < deadline, "the first poll never completed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    synchronizer_test_kit::host::ready_within(&sync, Duration::from_secs(60)).await;
     let mut sub = sync.subscribe(&SubscribeOptions::types(&TYPES));
     // Two intervals (and the poll's own time), then one more interval with nothing.
     let within = 2 * INTERVAL + Duration::from_secs(2);
@@ -599,11 +595,7 @@ async fn real_cinder_notifications_through_the_bus() {
     let sync = Synchronizer::start(config)
         .await
         .expect("the host starts with both plugins");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !sync.ready() {
-        assert!(Instant::now() < deadline, "the first poll never completed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    synchronizer_test_kit::host::ready_within(&sync, Duration::from_secs(60)).await;
     let info = format!("{tag}.vitrage_notifications.info");
     wait_for_every(
         Duration::from_secs(30),

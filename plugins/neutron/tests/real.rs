@@ -23,7 +23,7 @@
 //! test-real.sh do first).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use synchronizer::{Action, SubscribeOptions, Synchronizer};
@@ -314,11 +314,7 @@ page_size = 2
     let sync = Synchronizer::start(synchronizer::Config::from_toml(&toml).expect("config"))
         .await
         .expect("the host starts");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !sync.ready() {
-        assert!(Instant::now() < deadline, "the first poll never completed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    synchronizer_test_kit::host::ready_within(&sync, Duration::from_secs(60)).await;
     let mut sub = sync.subscribe(&SubscribeOptions::types(&TYPES));
     let within = 2 * INTERVAL + Duration::from_secs(2);
     let quiet = INTERVAL + Duration::from_millis(500);
@@ -432,11 +428,7 @@ timeout = "30s"
     let sync = Synchronizer::start(synchronizer::Config::from_toml(&toml).expect("host config"))
         .await
         .expect("the host starts with both plugins");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !sync.ready() {
-        assert!(Instant::now() < deadline, "the first poll never completed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    synchronizer_test_kit::host::ready_within(&sync, Duration::from_secs(60)).await;
     let info = format!("{tag}.vitrage_notifications.info");
     wait_for_every(
         Duration::from_secs(30),
@@ -579,15 +571,7 @@ timeout = "60s"
     let sync = Synchronizer::start(synchronizer::Config::from_toml(&toml).expect("host config"))
         .await
         .expect("the host starts with four plugins");
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !sync.ready() {
-        assert!(
-            Instant::now() < deadline,
-            "the first polls never completed: {:?}",
-            sync.status()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    synchronizer_test_kit::host::ready_within(&sync, Duration::from_secs(90)).await;
     let view = sync.current::<&str>(&[]);
     let keys: BTreeSet<String> = view.iter().map(|e| e.key()).collect();
     let vm_a1 = format!("nova.instance:{}", nova.id_of("vm-a1").await);
