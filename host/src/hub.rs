@@ -707,7 +707,20 @@ impl Hub {
         let mut pending = Collapser::default();
         let mut applied = Applied::default();
         for pushed in batch {
-            let entity = Arc::new(pushed.entity);
+            let mut entity = pushed.entity;
+            if entity.has_kept_properties() {
+                // Properties the source does not carry keep the value held for the key
+                // (`Entity::with_kept_properties`): the batch's latest, else the view's.
+                let key_hash = entity.key_hash();
+                let stored = pending.latest(key_hash).or_else(|| {
+                    self.shared()
+                        .view
+                        .get(entity.entity_type(), key_hash)
+                        .cloned()
+                });
+                entity = entity.merged_with(stored.as_deref());
+            }
+            let entity = Arc::new(entity);
             let obs = observation(&entity);
             let key_hash = obs.key_hash;
             let owner_of_new = state.owner_of_new(entity.entity_type(), origin.owner);

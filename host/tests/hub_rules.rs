@@ -2,7 +2,8 @@
 //! are refused (counted, not silently dropped); out-of-range source timestamps are
 //! discarded (counted), the entity kept; a pushed key of a type one collector collects
 //! belongs to that collector, so its next complete snapshot deletes it when it is gone
-//! (a late message can no longer leave a permanent ghost).
+//! (a late message can no longer leave a permanent ghost); a push that leaves out a
+//! property it marks as kept keeps the value the hub holds (`Entity::with_kept_properties`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -167,4 +168,82 @@ fn a_late_message_for_a_deleted_server_is_swept_by_the_next_poll() {
         ]
     );
     assert!(hub.entities(&TypeFilter::default()).is_empty());
+}
+
+#[test]
+fn a_push_keeps_the_properties_it_leaves_out_and_marks_kept() {
+    let hub = Hub::new(Duration::from_secs(60));
+    let nova = origin(0, "nova");
+    let bus = origin(1, "bus");
+    let types = vec!["nova.instance".to_owned()];
+    hub.register(&nova, &types, &types);
+    hub.register(&bus, &types, &[]);
+    let (_, mut rx) = hub.subscribe(TypeFilter::default(), 100, false);
+    let instance = |task: Option<&str>, name: Option<&str>| {
+        let mut props = serde_json::json!({ "task_state": task });
+        if let Some(n) = name {
+            props["instance_name"] = n.into();
+        }
+        Entity::resource("nova.instance", "u1").with_properties(props)
+    };
+    // The collector's form has the name.
+    let _ = hub.apply_snapshot(
+        &nova,
+        snapshot(vec![instance(None, Some("instance-00000001"))]),
+        &types,
+        0,
+        false,
+    );
+    assert_eq!(changes(&mut rx).len(), 1);
+    // A notification without it, with nothing else new: no change at all.
+    let same = instance(None, None).with_kept_properties(&["instance_name"]);
+    let applied = hub.apply_push(&bus, vec![push(PushAction::Upsert, same)]);
+    assert_eq!((applied.created, applied.updated), (0, 0));
+    assert!(changes(&mut rx).is_empty());
+    // One with a new task state: updated, the name still there, the marker gone.
+    let busy = instance(Some("powering-off"), None).with_kept_properties(&["instance_name"]);
+    let _ = hub.apply_push(&bus, vec![push(PushAction::Upsert, busy)]);
+    assert_eq!(
+        changes(&mut rx),
+        vec![(Action::Updated, "nova.instance:u1".to_owned())]
+    );
+    let held = hub.entities(&TypeFilter::default());
+    assert_eq!(
+        held[0].properties_json(),
+        r#"{"instance_name":"instance-00000001","task_state":"powering-off"}"#
+    );
+    // The collector's next poll with the same content: nothing.
+    let _ = hub.apply_snapshot(
+        &nova,
+        snapshot(vec![instance(
+            Some("powering-off"),
+            Some("instance-00000001"),
+        )]),
+        &types,
+        0,
+        false,
+    );
+    assert!(changes(&mut rx).is_empty());
+    // Within one batch the earlier push is what is kept from.
+    let created = Entity::resource("nova.instance", "u2")
+        .with_properties(serde_json::json!({"instance_name": "instance-2", "task_state": null}));
+    let later = Entity::resource("nova.instance", "u2")
+        .with_properties(serde_json::json!({"task_state": "spawning"}))
+        .with_kept_properties(&["instance_name"]);
+    let _ = hub.apply_push(
+        &bus,
+        vec![
+            push(PushAction::Upsert, created),
+            push(PushAction::Upsert, later),
+        ],
+    );
+    let u2 = hub
+        .entities(&TypeFilter::default())
+        .into_iter()
+        .find(|e| e.id() == "u2")
+        .unwrap();
+    assert_eq!(
+        u2.properties_json(),
+        r#"{"instance_name":"instance-2","task_state":"spawning"}"#
+    );
 }

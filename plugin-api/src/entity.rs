@@ -307,6 +307,80 @@ impl Entity {
         Ok(self)
     }
 
+    /// Marks properties this entity leaves out because its source does not carry them,
+    /// and whose value the host already holds should stay: on a **push** (never in a
+    /// snapshot, which is complete by definition), each property named here that the
+    /// entity's properties leave out takes the value of the entity the host holds under
+    /// the same key, if any; a property the entity does carry, `null` included, is
+    /// taken as it is. Call it after the `with_properties*` method: they replace the
+    /// marker with the rest.
+    ///
+    /// Nova's notifications are the case it is for: `instance_name` (the libvirt domain
+    /// an alert names) is in `instance.create.end` only, so the bus plugin keeps the value
+    /// the collector or the create notification set, and neither source flips it (Vitrage
+    /// merges a vertex's properties the same way). The names travel in the properties
+    /// under [`KEPT_PROPERTIES_KEY`], which the host removes; the host's merge is
+    /// [`Entity::merged_with`].
+    pub fn with_kept_properties(mut self, names: &[&str]) -> Self {
+        if names.is_empty() {
+            return self;
+        }
+        let mut map = match self.properties() {
+            serde_json::Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        };
+        map.insert(
+            KEPT_PROPERTIES_KEY.to_owned(),
+            serde_json::Value::from(names.to_vec()),
+        );
+        self.properties = RString::from(serde_json::Value::Object(map).to_string());
+        self
+    }
+
+    /// Whether the properties carry the marker of [`Entity::with_kept_properties`] (a
+    /// substring test: cheap enough for every push).
+    pub fn has_kept_properties(&self) -> bool {
+        self.properties.contains(KEPT_MARKER)
+    }
+
+    /// This entity without the marker of [`Entity::with_kept_properties`], each property
+    /// it names and leaves out taken from `stored` (the entity the host holds under the
+    /// same key) when `stored` has it. An entity without the marker comes back as it is.
+    /// The properties are written again in serde_json's key order.
+    pub fn merged_with(&self, stored: Option<&Entity>) -> Entity {
+        if !self.has_kept_properties() {
+            return self.clone();
+        }
+        let mut map = match self.properties() {
+            serde_json::Value::Object(map) => map,
+            _ => return self.clone(),
+        };
+        let names: Vec<String> = match map.remove(KEPT_PROPERTIES_KEY) {
+            Some(serde_json::Value::Array(names)) => names
+                .into_iter()
+                .filter_map(|n| n.as_str().map(str::to_owned))
+                .collect(),
+            _ => Vec::new(),
+        };
+        if let Some(serde_json::Value::Object(old)) = stored.map(Entity::properties) {
+            for name in names {
+                if map.contains_key(&name) {
+                    continue;
+                }
+                if let Some(v) = old.get(&name) {
+                    map.insert(name, v.clone());
+                }
+            }
+        }
+        let mut merged = self.clone();
+        merged.properties = if map.is_empty() {
+            RString::new()
+        } else {
+            RString::from(serde_json::Value::Object(map).to_string())
+        };
+        merged
+    }
+
     /// The entity type, e.g. `nova.instance`.
     pub fn entity_type(&self) -> &str {
         &self.entity_type
@@ -481,6 +555,13 @@ fn with_buffer(len: usize, fill: impl FnOnce(&mut HashBuf<'_>)) -> u64 {
 /// the host's outputs nest the properties inside a change, a snapshot or a page of
 /// entities: the room left keeps every output readable.
 pub const MAX_PROPERTIES_DEPTH: usize = 100;
+
+/// The property under which [`Entity::with_kept_properties`] sends its names; the host
+/// removes it. A property of this name means nothing else.
+pub const KEPT_PROPERTIES_KEY: &str = "synchronizer:keep";
+
+/// [`KEPT_PROPERTIES_KEY`] as it appears in the properties' JSON text.
+const KEPT_MARKER: &str = "\"synchronizer:keep\"";
 
 /// How deeply `v` nests arrays and objects (a scalar is 0, `{}` is 1); iterative, so any
 /// depth is measured without recursion.
@@ -872,5 +953,46 @@ mod tests {
     fn timestamps_round_trip() {
         let t = UNIX_EPOCH + Duration::from_micros(1_764_000_000_123_456);
         assert_eq!(micros_to_system_time(system_time_to_micros(t)), t);
+    }
+
+    #[test]
+    fn kept_properties_come_from_the_stored_entity_only_when_left_out() {
+        let stored = Entity::resource("nova.instance", "u").with_properties(serde_json::json!({
+            "instance_name": "instance-00000001",
+            "task_state": "spawning",
+            "gone": 1,
+        }));
+        let pushed = Entity::resource("nova.instance", "u")
+            .with_properties(serde_json::json!({"task_state": null, "vm_state": "active"}))
+            .with_kept_properties(&["instance_name", "other"]);
+        assert!(pushed.has_kept_properties());
+        let merged = pushed.merged_with(Some(&stored));
+        assert!(!merged.has_kept_properties());
+        // Kept: instance_name; carried (null included) wins; not named: not taken.
+        assert_eq!(
+            merged.properties_json(),
+            r#"{"instance_name":"instance-00000001","task_state":null,"vm_state":"active"}"#
+        );
+        // Nothing stored: the marker goes, nothing else changes.
+        let alone = pushed.merged_with(None);
+        assert_eq!(
+            alone.properties_json(),
+            r#"{"task_state":null,"vm_state":"active"}"#
+        );
+        // The same content as a collector's entity with the value: the same hash.
+        let full = Entity::resource("nova.instance", "u").with_properties(serde_json::json!({
+            "vm_state": "active", "task_state": null, "instance_name": "instance-00000001",
+        }));
+        assert_eq!(merged.content_hash(), full.content_hash());
+        // An entity without the marker is untouched.
+        assert_eq!(full.merged_with(Some(&stored)), full);
+        // A carried value is not replaced.
+        let carried = Entity::resource("nova.instance", "u")
+            .with_properties(serde_json::json!({"instance_name": "instance-2"}))
+            .with_kept_properties(&["instance_name"]);
+        assert_eq!(
+            carried.merged_with(Some(&stored)).properties_json(),
+            r#"{"instance_name":"instance-2"}"#
+        );
     }
 }

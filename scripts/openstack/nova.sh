@@ -158,7 +158,7 @@ compute_driver = fake.FakeDriver
 host = compute$n
 state_path = $NV/compute$n
 log_file = $STATE/log/nova-compute$n-app.log
-my_ip = 127.0.0.1
+my_ip = 127.0.0.$n
 instance_delete_interval = 15
 [oslo_concurrency]
 lock_path = $NV/compute$n/locks

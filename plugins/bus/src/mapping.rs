@@ -528,6 +528,18 @@ struct VersionedInstance<'a> {
     flavor: Option<NovaObject<FlavorData<'a>>>,
     #[serde(default)]
     metadata: Option<Value>,
+    /// `InstanceCreatePayload`'s only: `None` when absent, `Some(None)` when null.
+    #[serde(borrow, default, deserialize_with = "field_present")]
+    instance_name: Option<Str<'a>>,
+}
+
+/// A field that is there, `null` included (with `default`, an absent one is `None`).
+fn field_present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
 #[derive(Deserialize)]
@@ -644,6 +656,8 @@ fn nova_versioned(event_type: &str, payload: &RawValue, at_us: i64) -> Result<Ch
         image_id: text(&p.image_uuid),
         created_at: text(&p.created_at),
         metadata: p.metadata,
+        // In `InstanceCreatePayload` only; absent: the host keeps what it holds.
+        instance_name: p.instance_name.as_ref().map(text),
         ..Default::default()
     };
     Ok(instance_change(
@@ -849,9 +863,27 @@ mod tests {
                 "image_id": "659ab5c8-bf73-4ea1-a020-37a3ce6d81bc",
                 "user_id": "alice",
                 "created_at": "2026-11-25T08:37:35Z",
-                "metadata": {"role": "test"}
+                "metadata": {"role": "test"},
+                "instance_name": "instance-00000001"
             })
         );
+        assert!(!e.has_kept_properties(), "create.end carries instance_name");
+    }
+
+    #[test]
+    fn notifications_without_instance_name_leave_it_out_and_keep_it() {
+        for body in [V_UPDATE, V_POWER_OFF, L_CREATE, L_UPDATE] {
+            let (Change::Upsert(e), _) = change(body, Families::all()) else {
+                panic!("not an upsert")
+            };
+            // Without a host a server has no domain: null, not kept.
+            let has_host = e.properties()["host"].is_string();
+            assert_eq!(e.has_kept_properties(), has_host, "{}", e.key());
+            let merged = e.merged_with(None);
+            let name = merged.properties().get("instance_name").cloned();
+            assert_eq!(name, (!has_host).then_some(Value::Null), "{}", e.key());
+            assert!(merged.properties().get("vm_state").is_some());
+        }
     }
 
     #[test]
@@ -870,6 +902,10 @@ mod tests {
                 }
                 other => panic!("not the same kind of change: {other:?}"),
             };
+            // Legacy payloads have no instance_name: they keep what the host holds,
+            // here the versioned form's.
+            let v = v.merged_with(None);
+            let l = l.merged_with(Some(&v));
             assert_eq!(v.key(), l.key());
             assert_eq!(v.state(), l.state());
             assert_eq!(v.relations(), l.relations());

@@ -1,7 +1,8 @@
 //! The Nova collector and Nova's notifications describe a server the same way: the
 //! `nova.instance` built from a captured `GET /servers/detail` (by the collector's own
 //! conversion, `ApiServer` of the shared model) and the ones built from the captured versioned and legacy notifications
-//! of the same state hash alike, so the host's baseline reports no update when one
+//! of the same state hash alike (once the notifications that lack `instance_name` keep the
+//! held one: `Entity::with_kept_properties`), so the host's baseline reports no update when one
 //! source follows the other; and through the host's real baseline (`Hub`), a later poll
 //! of the state a notification reported emits nothing, while a poll whose call was under
 //! way when the notification arrived cannot undo it (host/src/baseline.rs, "The ordering
@@ -77,8 +78,13 @@ fn a_poll_and_both_notification_forms_of_the_same_state_hash_alike() {
         (VM_A3, V_POWER_OFF, L_POWER_OFF, "SHUTOFF"),
     ] {
         let api = polled_one(SERVERS, id);
+        // Only versioned create.end carries instance_name; the others leave it out and
+        // keep what the host holds (the collector's here).
         let v = notified(versioned);
-        let l = notified(legacy);
+        assert_eq!(v.has_kept_properties(), versioned != V_CREATE);
+        let v = v.merged_with(Some(&api));
+        let l = notified(legacy).merged_with(Some(&api));
+        assert!(api.properties()["instance_name"].is_string());
         for (from, e) in [("versioned", &v), ("legacy", &l)] {
             assert_eq!(e.key(), api.key(), "{from}");
             assert_eq!(e.name(), api.name(), "{from} {id}");
@@ -173,15 +179,20 @@ fn a_later_poll_of_the_same_state_emits_nothing_and_an_older_poll_cannot_undo_it
     assert_eq!(drain(&mut rx), vec![]);
 
     // The collector's poll, taken after the notifications, shows vm-a1 and vm-a3 in the
-    // state they reported: only the three servers no notification told of are new.
+    // state they reported: the three servers no notification told of are new, and vm-a3
+    // gains the instance_name its power-off notification does not carry (vm-a1's came
+    // with its create.end).
     let a = poll(&hub, &collector, SERVERS, "2026-11-25 08:38:00");
-    assert_eq!(counts(&a), (3, 0, 0), "{a:?}");
+    assert_eq!(counts(&a), (3, 1, 0), "{a:?}");
     let changes = drain(&mut rx);
-    assert_eq!(changes.len(), 3);
+    assert_eq!(changes.len(), 4);
     assert!(
         changes
             .iter()
-            .all(|(action, id, _)| *action == Action::Created && id != VM_A1 && id != VM_A3),
+            .all(
+                |(action, id, _)| (*action == Action::Created && id != VM_A1 && id != VM_A3)
+                    || (*action == Action::Updated && id == VM_A3)
+            ),
         "{changes:?}"
     );
     // And a second poll of the same state: nothing.

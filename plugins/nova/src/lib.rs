@@ -15,7 +15,10 @@
 //!   (`OS-EXT-AZ:availability_zone`), `host` (`OS-EXT-SRV-ATTR:host`), `node`
 //!   (`OS-EXT-SRV-ATTR:hypervisor_hostname`), `flavor` (`flavor.original_name`, from
 //!   microversion 2.47 on), `image_id` (`image.id`), `user_id`, `created_at` (`created`)
-//!   and `metadata`. Everything else is left out: what the notifications do not carry
+//!   and `metadata`; and `instance_name` (`OS-EXT-SRV-ATTR:instance_name`, the libvirt
+//!   domain; `null` for a token that does not see it), which of the notifications only
+//!   `instance.create.end` carries (the others keep the value the host holds, see
+//!   `synchronizer_openstack::nova_instance`). Everything else is left out: what the notifications do not carry
 //!   (`OS-EXT-STS:power_state`, `addresses`, `fault`, `tags`, `locked`, `host_status`,
 //!   volumes, ...) would make every poll after a notification an update; `user_data` can
 //!   hold secrets; `updated` is the source timestamp. A server Nova lists as deleted

@@ -133,6 +133,7 @@ async fn token_catalog_and_pagination_give_every_entity_of_the_capture() {
         .unwrap_or_default();
     names.sort_unstable();
     let mut want = synchronizer_nova::INSTANCE_PROPERTIES.to_vec();
+    want.push("instance_name");
     want.sort_unstable();
     assert_eq!(names, want);
     for (name, value) in [
@@ -146,6 +147,7 @@ async fn token_catalog_and_pagination_give_every_entity_of_the_capture() {
         ("user_id", json!("alice")),
         ("created_at", json!("2026-11-25T08:37:35Z")),
         ("metadata", json!({"role": "test"})),
+        ("instance_name", json!("instance-00000001")),
     ] {
         assert_eq!(props[name], value, "{name}");
     }
@@ -154,6 +156,9 @@ async fn token_catalog_and_pagination_give_every_entity_of_the_capture() {
     assert_eq!(err.state(), Some("ERROR"));
     assert_eq!(err.project(), Some("projB"));
     assert_eq!(err.properties()["vm_state"], "error");
+    // Listed as `instance-00000001` (cell0's numbering, the same as vm-a1's in cell1), but
+    // without a host it has no domain.
+    assert_eq!(err.properties()["instance_name"], json!(null));
     assert_eq!(
         err.properties()["availability_zone"],
         json!(null),

@@ -21,7 +21,17 @@
 //! - relation `nova.host:<host> --contains--> this` while the server has a host;
 //! - the properties [`PROPERTIES`], always all of them, `null` when unknown. They are the
 //!   fields that the API and both notification forms carry, normalised to one spelling:
-//!   empty strings are `null`, `created_at` is written `2026-11-25T08:37:35Z`.
+//!   empty strings are `null`, `created_at` is written `2026-11-25T08:37:35Z`;
+//! - and `instance_name` (`OS-EXT-SRV-ATTR:instance_name`, the libvirt domain name
+//!   `instance-0000000a` that a Prometheus alert's `domain` label holds), which only the
+//!   API (to an admin) and the versioned `instance.create.end` carry. A source that does
+//!   not carry the field leaves it out and marks it kept
+//!   ([`Entity::with_kept_properties`]): the host keeps the value it holds, so a
+//!   notification never flips what the collector or the create notification set. The API
+//!   without the field (a token without the admin role) writes it `null`, and so does
+//!   every source for a server without a host: it has no domain, and Nova numbers
+//!   instances per cell, so a server never scheduled (in cell0) shares its name with one
+//!   that was (seen on the real Nova 30.3).
 //!
 //! A server Nova has deleted is no entity: [`is_deleted`] says which servers those are,
 //! whatever the source (vm state `deleted` or `soft-delete`, status `DELETED` or
@@ -62,6 +72,10 @@ pub const PROPERTIES: &[&str] = &[
     "created_at",
     "metadata",
 ];
+
+/// The property only some sources carry (see the module docs); [`NovaInstance`] leaves it
+/// out and marks it kept when the source does not carry it.
+pub const INSTANCE_NAME: &str = "instance_name";
 
 /// The vm states of a server Nova has deleted: `deleted`, and `soft-delete` (deleted,
 /// and reclaimed after `[DEFAULT] reclaim_instance_interval` unless restored first). These
@@ -114,6 +128,11 @@ pub struct NovaInstance<'a> {
     pub created_at: Option<&'a str>,
     /// The server's metadata (an object; anything else counts as none).
     pub metadata: Option<Value>,
+    /// `OS-EXT-SRV-ATTR:instance_name` / versioned `instance_name`: `None` when the
+    /// source does not carry the field (every notification but the versioned
+    /// `instance.create.end`), `Some(None)` when it carries it empty or the API leaves it
+    /// out.
+    pub instance_name: Option<Option<&'a str>>,
     /// The source timestamp, microseconds since the Unix epoch.
     pub updated_us: Option<i64>,
 }
@@ -178,7 +197,23 @@ impl NovaInstance<'_> {
         props.insert("user_id".into(), text(self.user_id));
         props.insert("created_at".into(), created_at);
         props.insert("metadata".into(), metadata);
-        e.with_properties(Value::Object(props))
+        // A server without a host has no domain: null, from every source. (Nova numbers
+        // instances per cell database, so a server that was never scheduled, in cell0,
+        // has the same name as one in cell1: in the captured listing vm-b3-err, in
+        // ERROR without a host, is `instance-00000001` like vm-a1.)
+        let instance_name = match present(self.host) {
+            Some(_) => self.instance_name,
+            None => Some(None),
+        };
+        match instance_name {
+            Some(name) => {
+                props.insert(INSTANCE_NAME.into(), text(name));
+                e.with_properties(Value::Object(props))
+            }
+            None => e
+                .with_properties(Value::Object(props))
+                .with_kept_properties(&[INSTANCE_NAME]),
+        }
     }
 }
 
@@ -210,6 +245,8 @@ pub struct ApiServer {
     host: Option<String>,
     #[serde(rename = "OS-EXT-SRV-ATTR:hypervisor_hostname", default)]
     hypervisor_hostname: Option<String>,
+    #[serde(rename = "OS-EXT-SRV-ATTR:instance_name", default)]
+    instance_name: Option<String>,
     /// `{"original_name": ...}` from microversion 2.47 on, `{"id": ..., "links": ...}`
     /// before.
     #[serde(default)]
@@ -249,6 +286,7 @@ impl ApiServer {
             image_id: image_id.as_deref(),
             created_at: self.created.as_deref(),
             metadata: self.metadata,
+            instance_name: Some(self.instance_name.as_deref()),
             updated_us: self.updated.as_deref().and_then(parse_timestamp),
         }
         .into_entity()
