@@ -354,14 +354,16 @@ fn page_url() -> &'static Url {
     })
 }
 
-/// Nova's answers, each read as a `servers/detail` page, an `os-services` and an
+/// Nova's answers, each read as a `servers/detail` page, an `os-hypervisors/detail`
+/// page, an `os-services` answer (with the same body as its hypervisors) and an
 /// `os-availability-zone/detail` answer, through the collector's own types.
 pub fn nova_pages(data: &[u8]) {
     use synchronizer_nova::fuzzing;
     if let Ok((entities, _next)) = fuzzing::servers_page(page_url(), data) {
         check::entities(&entities);
     }
-    if let Ok(entities) = fuzzing::services(data) {
+    let _ = fuzzing::hypervisors_page(page_url(), data);
+    if let Ok(entities) = fuzzing::services(data, data) {
         check::entities(&entities);
     }
     if let Ok(entities) = fuzzing::zones(data) {

@@ -42,9 +42,10 @@ fn fixture_entities() -> Vec<Entity> {
     )
     .unwrap();
     entities.extend(
-        synchronizer_nova::fuzzing::services(&read(
-            "plugins/nova/tests/fixtures/os-services-nova-compute.mv2.53.json",
-        ))
+        synchronizer_nova::fuzzing::services(
+            &read("plugins/nova/tests/fixtures/os-services-nova-compute.mv2.53.json"),
+            &read("plugins/nova/tests/fixtures/os-hypervisors-detail.mv2.53.json"),
+        )
         .unwrap(),
     );
     let statuses = synchronizer_nagios::parse_status_page(&read(

@@ -19,7 +19,8 @@
 # - a stub on 127.0.0.1:9696 answering neutron's list calls with empty lists (nova asks
 #   neutron for ports even for servers booted with `networks: none`);
 # - nova-conductor, nova-scheduler and two nova-compute (fake virt driver) named compute1
-#   and compute2, each with its own state_path and no database options; host aggregates
+#   and compute2, each with its own state_path, my_ip 127.0.0.1 and 127.0.0.2 (the
+#   hypervisors' host_ip) and no database options; host aggregates
 #   make the zones az1 (compute1) and az2 (compute2);
 # - flavor m1.tiny and servers vm-a1, vm-a2 (projA) and vm-b1 (projB), ACTIVE;
 # - notifications as the operator guide asks for them (docs/operator-guide.md): both forms
@@ -55,7 +56,7 @@ NV="$STATE/nova"
 # are stopped (all of them: the lab then starts from empty databases, as above).
 NOVA_SERVICES=(nova-api nova-conductor nova-scheduler nova-compute1 nova-compute2
     placement-api glance-api neutron-stub)
-LAB_SETTINGS="notification_format=both notify_on_state_change=vm_and_task_state instance_delete_interval=15"
+LAB_SETTINGS="notification_format=both notify_on_state_change=vm_and_task_state instance_delete_interval=15 my_ip=127.0.0.n"
 if [[ -f "$NV/.settings" && "$(cat "$NV/.settings")" != "$LAB_SETTINGS" ]] ||
     [[ ! -f "$NV/.settings" && -d "$NV" ]]; then
     log "the running Nova was set up with other settings; restarting it"

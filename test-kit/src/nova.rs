@@ -32,6 +32,9 @@ pub const ALL: &str =
 /// The compute services, as captured.
 pub const SERVICES: &str =
     include_str!("../../plugins/nova/tests/fixtures/os-services-nova-compute.mv2.53.json");
+/// The hypervisors (compute1 at 127.0.0.1, compute2 at 127.0.0.2), as captured.
+pub const HYPERVISORS: &str =
+    include_str!("../../plugins/nova/tests/fixtures/os-hypervisors-detail.mv2.53.json");
 /// The availability zones, as captured.
 pub const ZONES: &str =
     include_str!("../../plugins/nova/tests/fixtures/os-availability-zone-detail.json");
@@ -72,6 +75,11 @@ pub struct Cloud {
     pub forbid_all_tenants: bool,
     /// Status for os-services instead of 200.
     pub services_status: Option<u16>,
+    /// The hypervisors, in Nova's listing order (paged by `limit` and `marker` as the
+    /// servers are).
+    pub hypervisors: Vec<Value>,
+    /// Status for os-hypervisors/detail instead of 200.
+    pub hypervisors_status: Option<u16>,
     /// Tokens issued so far (`tok-1`, `tok-2`, ...).
     pub issued: usize,
     /// Tokens numbered below this are refused with 401 (revoked).
@@ -99,6 +107,11 @@ impl Cloud {
             fault: None,
             forbid_all_tenants: false,
             services_status: None,
+            hypervisors: serde_json::from_str::<Value>(HYPERVISORS).unwrap()["hypervisors"]
+                .as_array()
+                .unwrap()
+                .clone(),
+            hypervisors_status: None,
             issued: 0,
             valid_from: 1,
             revoke_after_pages: None,
@@ -202,9 +215,46 @@ fn handle(cloud: &mut Cloud, req: &Request, base: &str) -> Reply {
             Some(status) => nova_error(status, "computeFault", "Unexpected API Error."),
             None => Reply::json(200, cloud.services.to_string()),
         },
+        "/compute/v2.1/os-hypervisors/detail" => match cloud.hypervisors_status {
+            Some(status) => nova_error(status, "computeFault", "Unexpected API Error."),
+            None => hypervisors_page(cloud, req),
+        },
         "/compute/v2.1/os-availability-zone/detail" => Reply::json(200, cloud.zones.to_string()),
         _ => Reply::not_found(&req.path),
     }
+}
+
+/// A page of hypervisors as Nova 30 makes it (`limit` after `marker`, a `next` link
+/// whenever the page is full; the captured `...limit1.page*` answers).
+fn hypervisors_page(cloud: &Cloud, req: &Request) -> Reply {
+    let limit: usize = req
+        .param("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(1000);
+    let start = match req.param("marker") {
+        None => 0,
+        Some(m) => match cloud.hypervisors.iter().position(|h| h["id"] == m.as_str()) {
+            Some(i) => i + 1,
+            None => return nova_error(400, "badRequest", &format!("marker [{m}] not found")),
+        },
+    };
+    let page: Vec<Value> = cloud
+        .hypervisors
+        .iter()
+        .skip(start)
+        .take(limit)
+        .cloned()
+        .collect();
+    let mut body = json!({ "hypervisors": page });
+    if page.len() == limit
+        && let Some(last) = page.last()
+    {
+        body["hypervisors_links"] = json!([{
+            "rel": "next",
+            "href": format!("http://127.0.0.1:8774/v2.1/os-hypervisors/detail?limit={limit}&marker={}", last["id"].as_str().unwrap_or_default()),
+        }]);
+    }
+    Reply::json(200, body.to_string())
 }
 
 /// One page as Nova 30 makes it: `limit` servers after `marker`, and a `next` link in

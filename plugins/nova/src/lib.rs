@@ -28,7 +28,12 @@
 //! - `nova.host`: `GET /os-services?binary=nova-compute`. Key `nova.host:<host>`; state =
 //!   the service's `state` (`up` / `down`); `status`, `disabled_reason`, `forced_down`,
 //!   `zone` and the service `id` in the properties; source timestamp = `updated_at`; the
-//!   relation `contains` from `nova.zone:<zone>`.
+//!   relation `contains` from `nova.zone:<zone>`. And `host_ip`, the address the compute
+//!   service reports (its `my_ip`), from `GET /os-hypervisors/detail` (paged like the
+//!   servers), joined by the hypervisor's `service.host`: a Prometheus alert's `instance`
+//!   label names a host by it. A host without a hypervisor (yet) has `host_ip` null; of
+//!   several hypervisors of one host (Ironic) the first listed with an address counts.
+//!   Both requests must succeed for the type to be listed.
 //! - `nova.zone`: `GET /os-availability-zone/detail`, without Nova's `internal` zone (the
 //!   control services). Key `nova.zone:<name>`; state `available` / `unavailable`.
 //!
@@ -143,6 +148,31 @@ struct Service {
     #[serde(default)]
     forced_down: Option<bool>,
 }
+
+/// One page of `GET /os-hypervisors/detail`: the fields the join takes.
+#[derive(Deserialize)]
+struct HypervisorsPage {
+    hypervisors: Vec<Hypervisor>,
+    #[serde(default)]
+    hypervisors_links: Vec<Link>,
+}
+
+#[derive(Deserialize)]
+struct Hypervisor {
+    #[serde(default)]
+    host_ip: Option<String>,
+    #[serde(default)]
+    service: Option<HypervisorService>,
+}
+
+#[derive(Deserialize)]
+struct HypervisorService {
+    #[serde(default)]
+    host: Option<String>,
+}
+
+/// Compute host → the address its hypervisor reports.
+type HostIps = std::collections::HashMap<String, String>;
 
 #[derive(Deserialize)]
 struct Zones {
@@ -273,8 +303,42 @@ impl NovaPlugin {
     async fn hosts(&self, endpoint: &Url) -> Listing {
         let mut url = join_path(endpoint, &["os-services"]);
         url.query_pairs_mut().append_pair("binary", "nova-compute");
-        let services: Services = self.session.get_json(&url, &self.headers).await?;
-        Ok(host_entities(services))
+        let (services, ips) = tokio::join!(
+            self.session.get_json::<Services>(&url, &self.headers),
+            self.host_ips(endpoint)
+        );
+        Ok(host_entities(services?, &ips?))
+    }
+
+    fn hypervisors_url(&self, endpoint: &Url, marker: Option<&str>) -> Url {
+        let mut url = join_path(endpoint, &["os-hypervisors", "detail"]);
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(limit) = self.config.page_size {
+                q.append_pair("limit", &limit.to_string());
+            }
+            if let Some(marker) = marker {
+                q.append_pair("marker", marker);
+            }
+        }
+        url
+    }
+
+    /// Every hypervisor's `host_ip`, by its compute host, page after page.
+    async fn host_ips(&self, endpoint: &Url) -> Result<HostIps, synchronizer_openstack::Error> {
+        let mut pager = Pager::new();
+        let mut url = self.hypervisors_url(endpoint, None);
+        let mut ips = HostIps::new();
+        loop {
+            let page: HypervisorsPage = self.session.get_json(&url, &self.headers).await?;
+            let next = pager.next(&url, &page.hypervisors_links)?;
+            add_host_ips(page.hypervisors, &mut ips);
+            match next {
+                Some(marker) => url = self.hypervisors_url(endpoint, Some(&marker)),
+                None => break,
+            }
+        }
+        Ok(ips)
     }
 
     async fn zones(&self, endpoint: &Url) -> Listing {
@@ -292,7 +356,7 @@ impl NovaPlugin {
                 }
                 INSTANCE => "the account lacks the role or policy to list servers",
                 HOST => {
-                    "the account lacks the role or policy to list compute services: Nova's policy `os_compute_api:os-services:list` needs the admin role by default"
+                    "the account lacks the role or policy to list compute services and hypervisors: Nova's policies `os_compute_api:os-services:list` and `os_compute_api:os-hypervisors:list-detail` need the admin role by default"
                 }
                 _ => {
                     "the account lacks the role or policy to list availability zones with their hosts: Nova's policy `os_compute_api:os-availability-zone:detail` needs the admin role by default"
@@ -404,8 +468,20 @@ fn live_servers(servers: Vec<ApiServer>) -> Vec<Entity> {
     entities
 }
 
-/// The `nova.host` entities of `GET /os-services?binary=nova-compute`.
-fn host_entities(services: Services) -> Vec<Entity> {
+/// Adds each hypervisor's `host_ip` under its compute host, unless the host has one.
+fn add_host_ips(hypervisors: Vec<Hypervisor>, ips: &mut HostIps) {
+    for h in hypervisors {
+        let host = h.service.and_then(|s| s.host).filter(|h| !h.is_empty());
+        let ip = h.host_ip.filter(|ip| !ip.is_empty());
+        if let (Some(host), Some(ip)) = (host, ip) {
+            ips.entry(host).or_insert(ip);
+        }
+    }
+}
+
+/// The `nova.host` entities of `GET /os-services?binary=nova-compute`, with the
+/// addresses of `GET /os-hypervisors/detail`.
+fn host_entities(services: Services, ips: &HostIps) -> Vec<Entity> {
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::with_capacity(services.services.len());
     for s in services.services {
@@ -434,6 +510,7 @@ fn host_entities(services: Services) -> Vec<Entity> {
             "state": s.state,
             "disabled_reason": s.disabled_reason,
             "forced_down": s.forced_down,
+            "host_ip": ips.get(&s.host),
         })));
     }
     out
@@ -479,11 +556,32 @@ pub mod fuzzing {
         Ok((live_servers(page.servers), next))
     }
 
-    /// The entities of a `GET /os-services?binary=nova-compute` answer.
-    pub fn services(body: &[u8]) -> Result<Vec<Entity>, String> {
-        serde_json::from_slice(body)
-            .map(host_entities)
-            .map_err(|e| e.to_string())
+    /// The entities of a `GET /os-services?binary=nova-compute` answer, with the
+    /// addresses of a `GET /os-hypervisors/detail` page.
+    pub fn services(body: &[u8], hypervisors: &[u8]) -> Result<Vec<Entity>, String> {
+        let services: Services = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+        let mut ips = HostIps::new();
+        if let Ok(page) = serde_json::from_slice::<HypervisorsPage>(hypervisors) {
+            add_host_ips(page.hypervisors, &mut ips);
+        }
+        Ok(host_entities(services, &ips))
+    }
+
+    /// A page of `GET /os-hypervisors/detail` read at `page_url`: each compute host's
+    /// address, and the marker of the next page.
+    pub fn hypervisors_page(
+        page_url: &Url,
+        body: &[u8],
+    ) -> Result<(Vec<(String, String)>, Option<String>), String> {
+        let page: HypervisorsPage = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+        let next = Pager::new()
+            .next(page_url, &page.hypervisors_links)
+            .map_err(|e| e.to_string())?;
+        let mut ips = HostIps::new();
+        add_host_ips(page.hypervisors, &mut ips);
+        let mut ips: Vec<(String, String)> = ips.into_iter().collect();
+        ips.sort();
+        Ok((ips, next))
     }
 
     /// The entities of a `GET /os-availability-zone/detail` answer.

@@ -189,6 +189,12 @@ async fn token_catalog_and_pagination_give_every_entity_of_the_capture() {
         host.source_updated_micros(),
         parse_timestamp("2026-11-25T08:37:49.153688")
     );
+    // The address its hypervisor reports (the compute service's my_ip).
+    assert_eq!(host.properties()["host_ip"], "127.0.0.1");
+    assert_eq!(
+        find(&s, "nova.host:compute2").properties()["host_ip"],
+        "127.0.0.2"
+    );
     let zone = find(&s, "nova.zone:az2");
     assert_eq!(zone.state(), Some("available"));
     assert!(incomplete(&s).contains("incomplete: []"), "{s:?}");
@@ -362,6 +368,46 @@ async fn a_failing_type_is_marked_incomplete_and_the_others_are_complete() {
     assert!(
         marks.contains("(\"nova.host\", \"GET ") && marks.contains("HTTP 503"),
         "{marks}"
+    );
+}
+
+#[tokio::test]
+async fn the_hosts_fail_when_their_hypervisors_cannot_be_listed() {
+    // Listed without their addresses, every host would change now and again when the
+    // hypervisors come back: the type is incomplete instead, so nothing changes.
+    let mut cloud = Cloud::captured();
+    cloud.hypervisors_status = Some(500);
+    let nova = Nova::start(cloud).await;
+    let s = plugin(&nova, json!({})).collect(&all()).await.unwrap();
+    assert_eq!(keys(&s, "nova.instance").len(), 5);
+    assert!(keys(&s, "nova.host").is_empty());
+    let marks = incomplete(&s);
+    assert!(
+        marks.contains("(\"nova.host\", \"GET ")
+            && marks.contains("os-hypervisors/detail")
+            && marks.contains("HTTP 500"),
+        "{marks}"
+    );
+}
+
+#[tokio::test]
+async fn hypervisors_are_paged_like_the_servers() {
+    // Pages of one hypervisor (the captured limit=1 answers): three requests, the last
+    // one empty, both addresses joined.
+    let nova = Nova::start(Cloud::captured()).await;
+    let s = plugin(&nova, json!({"page_size": 1}))
+        .collect(&["nova.host".to_owned()])
+        .await
+        .unwrap();
+    let ips: Vec<String> = ["compute1", "compute2"]
+        .iter()
+        .map(|h| find(&s, &format!("nova.host:{h}")).properties()["host_ip"].to_string())
+        .collect();
+    assert_eq!(ips, ["\"127.0.0.1\"", "\"127.0.0.2\""]);
+    assert_eq!(
+        nova.server
+            .count("GET", "/compute/v2.1/os-hypervisors/detail"),
+        3
     );
 }
 

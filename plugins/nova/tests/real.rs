@@ -76,11 +76,17 @@ async fn a_real_nova() {
         "{zones:?}"
     );
     assert!(!zones.iter().any(|z| z.ends_with(":internal")), "{zones:?}");
-    for (host, zone) in [("compute1", "az1"), ("compute2", "az2")] {
+    for (host, zone, ip) in [
+        ("compute1", "az1", "127.0.0.1"),
+        ("compute2", "az2", "127.0.0.2"),
+    ] {
         let h = find(&format!("nova.host:{host}")).unwrap_or_else(|| panic!("{host} missing"));
         assert_eq!(h.state(), Some("up"));
         assert_eq!(h.relations()[0].other(), format!("nova.zone:{zone}"));
+        // The hypervisor's host_ip: the compute's my_ip (scripts/openstack/nova.sh).
+        assert_eq!(h.properties()["host_ip"], ip, "{host}");
     }
+    let mut domains = Vec::new();
     for name in ["vm-a1", "vm-a2", "vm-b1"] {
         let id = api.id_of(name).await;
         let e = find(&format!("nova.instance:{id}")).unwrap_or_else(|| panic!("{name} missing"));
@@ -89,6 +95,13 @@ async fn a_real_nova() {
         assert_eq!(e.properties()["vm_state"], "active");
         let host = e.properties()["host"].as_str().unwrap().to_owned();
         assert_eq!(e.relations()[0].other(), format!("nova.host:{host}"));
+        // The libvirt domain name, `instance-%08x` of the cell's database id.
+        let domain = e.properties()["instance_name"].as_str().unwrap().to_owned();
+        assert!(
+            domain.len() == 17 && domain.starts_with("instance-"),
+            "{name}: {domain}"
+        );
+        domains.push(domain);
         assert_eq!(
             e.project(),
             Some(if name.starts_with("vm-a") {
@@ -98,6 +111,13 @@ async fn a_real_nova() {
             })
         );
     }
+    domains.sort();
+    domains.dedup();
+    assert_eq!(
+        domains.len(),
+        3,
+        "one domain per scheduled server: {domains:?}"
+    );
 
     // Through the host: stop vm-a2 (updated), start it again (updated), boot a server
     // (created) and delete it (deleted), each between two polls.
