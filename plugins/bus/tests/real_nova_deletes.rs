@@ -475,18 +475,29 @@ queue = "{tag}.{{topic}}.{{priority}}"
 }
 
 /// Every change of `sub` so far: (action, key, state, instance).
-fn record(
-    sub: &mut synchronizer::Subscription,
-    into: &mut Vec<(Action, String, Option<String>, String)>,
-) {
+/// A change as recorded: action, key, state, instance, and the entity's `host` and
+/// `instance_name` properties.
+type Recorded = (
+    Action,
+    String,
+    Option<String>,
+    String,
+    (serde_json::Value, serde_json::Value),
+);
+
+fn record(sub: &mut synchronizer::Subscription, into: &mut Vec<Recorded>) {
     while let Some(event) = sub.try_recv() {
         match event {
-            Event::Change(c) => into.push((
-                c.action,
-                c.entity.key(),
-                c.entity.state().map(str::to_owned),
-                c.instance.to_string(),
-            )),
+            Event::Change(c) => {
+                let props = c.entity.properties();
+                into.push((
+                    c.action,
+                    c.entity.key(),
+                    c.entity.state().map(str::to_owned),
+                    c.instance.to_string(),
+                    (props["host"].clone(), props["instance_name"].clone()),
+                ))
+            }
             other => panic!("unexpected event {other:?}"),
         }
     }
@@ -609,8 +620,7 @@ async fn a_real_nova_deleting_a_server_with_both_plugins() {
     assert!(!view.contains_key(&key));
 
     // The server's changes: created once, deleted once, last.
-    let of_probe: Vec<&(Action, String, Option<String>, String)> =
-        changes.iter().filter(|c| c.1 == key).collect();
+    let of_probe: Vec<&Recorded> = changes.iter().filter(|c| c.1 == key).collect();
     eprintln!("changes of the server: {of_probe:?}");
     let actions: Vec<Action> = of_probe.iter().map(|c| c.0).collect();
     assert_eq!(actions.first(), Some(&Action::Created), "{of_probe:?}");
@@ -627,6 +637,22 @@ async fn a_real_nova_deleting_a_server_with_both_plugins() {
     assert!(
         !actions[deleted_at..].contains(&Action::Created),
         "no created after the deleted: {of_probe:?}"
+    );
+
+    // instance_name, which only the poll and instance.create.end carry, never flips: the
+    // updates that give the server its host come before create.end, without it, but
+    // once a poll or create.end has told it, every later change names the same domain
+    // (the bus's other notifications keep it, `Entity::with_kept_properties`).
+    let names: Vec<&serde_json::Value> = of_probe
+        .iter()
+        .filter(|c| c.0 != Action::Deleted)
+        .map(|c| &c.4.1)
+        .skip_while(|d| d.is_null())
+        .collect();
+    assert!(!names.is_empty(), "the domain was never told: {of_probe:?}");
+    assert!(
+        names.iter().all(|d| d.is_string() && *d == names[0]),
+        "instance_name changed once known: {of_probe:?}"
     );
 
     // What made it so: each post-delete update is a deletion.
