@@ -567,12 +567,15 @@ pub mod fuzzing {
         Ok(host_entities(services, &ips))
     }
 
+    /// Each compute host and its address, sorted by host.
+    pub type HostAddresses = Vec<(String, String)>;
+
     /// A page of `GET /os-hypervisors/detail` read at `page_url`: each compute host's
     /// address, and the marker of the next page.
     pub fn hypervisors_page(
         page_url: &Url,
         body: &[u8],
-    ) -> Result<(Vec<(String, String)>, Option<String>), String> {
+    ) -> Result<(HostAddresses, Option<String>), String> {
         let page: HypervisorsPage = serde_json::from_slice(body).map_err(|e| e.to_string())?;
         let next = Pager::new()
             .next(page_url, &page.hypervisors_links)

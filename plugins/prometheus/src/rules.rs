@@ -147,7 +147,10 @@ impl Rules {
     /// properties against every entity of any type; here each property maps to a type by
     /// `types` (`instance_name` → `nova.instance`, ...), one rule per property, in the
     /// file's order, and a value of the form `ip:port` loses its port (Vitrage then looks
-    /// the address up by DNS or in Nova, which this plugin does not).
+    /// the address up by DNS or in Nova, which this plugin does not). A type may name
+    /// the property matched in its entities, when it is not Vitrage's: `host_id` →
+    /// `nova.host[host_ip]` matches the address an `instance` label holds against the
+    /// hosts' `host_ip`.
     pub fn from_vitrage_yaml(
         text: &str,
         types: &BTreeMap<String, String>,
@@ -184,15 +187,21 @@ impl Rules {
                         "a resource maps property names to label names (strings)".into(),
                     ));
                 };
-                let Some(entity_type) = types.get(property) else {
+                let Some(target) = types.get(property) else {
                     return Err(RuleError::Vitrage(format!(
                         "resource property `{property}` has no type in vitrage_types"
                     )));
                 };
+                // `nova.host[host_ip]`: the type, and the property matched there.
+                let (entity_type, matched) =
+                    match target.strip_suffix(']').and_then(|t| t.split_once('[')) {
+                        Some((t, p)) => (t, p),
+                        None => (target.as_str(), property),
+                    };
                 rules.push(RuleConfig {
                     matches: m.key.clone(),
-                    entity_type: entity_type.clone(),
-                    property: property.to_owned(),
+                    entity_type: entity_type.to_owned(),
+                    property: matched.to_owned(),
                     label: label.to_owned(),
                     strip_port: true,
                     relation: default_relation(),
@@ -242,7 +251,7 @@ impl Rules {
 pub fn default_vitrage_types() -> BTreeMap<String, String> {
     [
         ("instance_name", "nova.instance"),
-        ("host_id", "nova.host"),
+        ("host_id", "nova.host[host_ip]"),
         ("name", "nova.instance"),
     ]
     .into_iter()
@@ -339,9 +348,18 @@ mod tests {
             ("job", "libvirt"),
             ("instance", "1.1.1.1:9999"),
         ]);
-        // No domain: the second property of the resource.
+        // No domain: the second property of the resource, matched against the hosts'
+        // host_ip (the default vitrage_types).
         assert_eq!(
             rules.target(&l).unwrap().other,
+            "nova.host[host_ip=1.1.1.1]"
+        );
+        // A type without brackets keeps Vitrage's property name.
+        let mut types = default_vitrage_types();
+        types.insert("host_id".into(), "nova.host".into());
+        let plain = Rules::from_vitrage_yaml(yaml, &types).unwrap();
+        assert_eq!(
+            plain.target(&l).unwrap().other,
             "nova.host[host_id=1.1.1.1]"
         );
         let mut with_domain = l.clone();

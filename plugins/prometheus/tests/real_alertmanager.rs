@@ -6,7 +6,10 @@
 //! a resolved alert inside), the relations by property resolve to the Nova instance's
 //! key (now, and later when the instance appears), a poll after the webhooks emits
 //! nothing, a silence shows as `suppressed`, a resolved alert the API no longer lists is
-//! deleted, and a malformed body gets 400 and is counted.
+//! deleted, and a malformed body gets 400 and is counted. And with Vitrage's own
+//! `prometheus_conf.yaml`, in the real binary: alerts name instances by their libvirt
+//! domain and hosts by address, resolved in what the HTTP API's consumers get (the SSE
+//! change stream and `GET /v1/entities`).
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -14,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use synchronizer::{Action, Event, SubscribeOptions, Synchronizer};
 use synchronizer_plugin_api::time::format_rfc3339_millis;
+use synchronizer_test_kit::binary::{Host, Setup};
 use synchronizer_test_kit::nova;
 use synchronizer_test_kit::paths::plugin_library;
 use synchronizer_test_kit::sys::free_port;
@@ -134,7 +138,18 @@ async fn post(am: &Alertmanager, path: &str, body: serde_json::Value) -> serde_j
     serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
 }
 
-fn host_toml(cloud: &nova::Nova, am: &Alertmanager, hook_port: u16) -> String {
+/// The rules of most tests: libvirt alerts name the instance by its `name` in `domain`.
+const BY_NAME: &str = r#"
+[[instances.config.rules]]
+match = { job = "libvirt" }
+type = "nova.instance"
+property = "name"
+label = "domain"
+"#;
+
+/// The Nova collector and the plugin (`rules`: TOML of the plugin's `[instances.config]`
+/// that say how alerts name resources) in one host.
+fn host_toml(cloud: &nova::Nova, am: &Alertmanager, hook_port: u16, rules: &str) -> String {
     let config = cloud.config(json!({}));
     let auth = &config["cloud"]["auth"];
     format!(
@@ -168,11 +183,7 @@ interval = "1h"
 jitter = "0s"
 [instances.config]
 url = "{am_url}"
-[[instances.config.rules]]
-match = {{ job = "libvirt" }}
-type = "nova.instance"
-property = "name"
-label = "domain"
+{rules}
 [instances.config.webhook]
 listen = "127.0.0.1:{hook_port}"
 bearer_token = "{TOKEN}"
@@ -213,8 +224,8 @@ async fn alertmanager_webhooks_and_polls_agree_and_relations_resolve() {
     let hook_port = free_port();
     let am = start_alertmanager(hook_port).await;
     let cloud = nova::Nova::start(nova::Cloud::captured()).await;
-    let config =
-        synchronizer::Config::from_toml(&host_toml(&cloud, &am, hook_port)).expect("host config");
+    let config = synchronizer::Config::from_toml(&host_toml(&cloud, &am, hook_port, BY_NAME))
+        .expect("host config");
     let sync = Synchronizer::start(config).await.expect("host starts");
     synchronizer_test_kit::host::ready(&sync).await;
     let mut sub = sync.subscribe(&SubscribeOptions::types(&["prometheus"]));
@@ -445,8 +456,8 @@ async fn an_alert_fired_by_a_prometheus_rule_arrives_by_webhook_and_poll_alike()
     let hook_port = free_port();
     let am = start_alertmanager(hook_port).await;
     let cloud = nova::Nova::start(nova::Cloud::captured()).await;
-    let config =
-        synchronizer::Config::from_toml(&host_toml(&cloud, &am, hook_port)).expect("host config");
+    let config = synchronizer::Config::from_toml(&host_toml(&cloud, &am, hook_port, BY_NAME))
+        .expect("host config");
     let sync = Synchronizer::start(config).await.expect("host starts");
     synchronizer_test_kit::host::ready(&sync).await;
     let mut sub = sync.subscribe(&SubscribeOptions::types(&["prometheus"]));
@@ -503,8 +514,8 @@ async fn a_webhook_lost_while_the_host_was_down_is_repaired_by_the_poll() {
     let am = start_alertmanager(hook_port).await;
     post(&am, "/api/v2/alerts", json!([alert("vm-a1", None)])).await;
     let cloud = nova::Nova::start(nova::Cloud::captured()).await;
-    let config =
-        synchronizer::Config::from_toml(&host_toml(&cloud, &am, hook_port)).expect("host config");
+    let config = synchronizer::Config::from_toml(&host_toml(&cloud, &am, hook_port, BY_NAME))
+        .expect("host config");
     let sync = Synchronizer::start(config).await.expect("host starts");
     synchronizer_test_kit::host::ready(&sync).await;
     // The first poll found it, resolved to the instance the Nova collector reported.
@@ -516,4 +527,169 @@ async fn a_webhook_lost_while_the_host_was_down_is_repaired_by_the_poll() {
         format!("nova.instance:{}", nova::VM_A1)
     );
     sync.shutdown().await;
+}
+
+/// A change stream of the binary's HTTP API, read as SSE text.
+struct Changes {
+    response: reqwest::Response,
+    buf: String,
+}
+
+impl Changes {
+    async fn open(host: &Host, types: &str) -> Changes {
+        let response = host
+            .http()
+            .get(host.url(&format!("/v1/changes?types={types}")))
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .expect("connects");
+        assert_eq!(response.status(), 200, "the change stream");
+        Changes {
+            response,
+            buf: String::new(),
+        }
+    }
+
+    /// The next event's `data` (a change), within 20 s.
+    async fn next(&mut self, what: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let event: String = self.buf.drain(..end + 2).collect();
+                if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) {
+                    return serde_json::from_str(data).expect("an event's data is JSON");
+                }
+                continue;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.response.chunk()).await {
+                Ok(Ok(Some(bytes))) => self.buf.push_str(&String::from_utf8_lossy(&bytes)),
+                Ok(other) => panic!("{what}: the stream ended: {other:?}"),
+                Err(_) => panic!("{what}: nothing within 20 s"),
+            }
+        }
+    }
+}
+
+/// What an alarm of the HTTP API points at: its `domain` or `instance` label → the
+/// relation's key.
+fn targets(alarms: &[serde_json::Value]) -> std::collections::BTreeMap<String, String> {
+    alarms
+        .iter()
+        .map(|a| {
+            let labels = &a["properties"]["labels"];
+            let label = labels["domain"]
+                .as_str()
+                .or(labels["instance"].as_str())
+                .unwrap_or_default();
+            (
+                label.to_owned(),
+                a["relations"][0]["key"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vitrage_conf_names_instances_by_domain_and_hosts_by_address_through_the_http_api() {
+    let hook_port = free_port();
+    let am = start_alertmanager(hook_port).await;
+    // The captured cloud: vm-a1 is instance-00000001 on compute1 (host_ip 127.0.0.1);
+    // vm-b3-err, never scheduled, is listed as instance-00000001 too (cell0's numbering)
+    // and must not be the match.
+    let cloud = nova::Nova::start(nova::Cloud::captured()).await;
+    let conf = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/vitrage/prometheus_conf.vitrage-tests.yaml"
+    );
+    // Vitrage's `id: instance` (node alerts) is a host by address too.
+    let rules = format!(
+        "vitrage_conf = {conf:?}\nvitrage_types = {{ instance_name = \"nova.instance\", host_id = \"nova.host[host_ip]\", id = \"nova.host[host_ip]\" }}\n"
+    );
+    let instances = host_toml(&cloud, &am, hook_port, &rules);
+    let host = Host::start(Setup {
+        instances: &instances,
+        ..Setup::default()
+    });
+    host.ready().await;
+    let mut changes = Changes::open(&host, "prometheus").await;
+
+    let now = synchronizer_plugin_api::entity::system_time_to_micros(std::time::SystemTime::now());
+    let starts = format_rfc3339_millis(now);
+    let vm = |domain: &str| {
+        json!({"labels": {"alertname": "HighCpuOnVmAlert", "job": "libvirt", "severity": "critical",
+                          "domain": domain, "instance": "127.0.0.1:9177"},
+               "startsAt": starts})
+    };
+    let node = json!({"labels": {"alertname": "HighInodeUsage", "job": "node", "severity": "warning",
+                                 "instance": "127.0.0.2:9100"},
+                      "startsAt": starts});
+    post(
+        &am,
+        "/api/v2/alerts",
+        json!([vm("instance-00000001"), vm("instance-000000aa"), node]),
+    )
+    .await;
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let c = changes.next("the three alarms").await;
+        assert_eq!(c["action"], "created", "{c}");
+        seen.push(c);
+    }
+    let want = |later: &str| {
+        [
+            (
+                "instance-00000001",
+                format!("nova.instance:{}", nova::VM_A1),
+            ),
+            ("instance-000000aa", later.to_owned()),
+            ("127.0.0.2:9100", "nova.host:compute2".to_owned()),
+        ]
+        .into_iter()
+        .map(|(a, b)| (a.to_owned(), b))
+        .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    // The domain no server has yet stays a selector; the others are keys.
+    let waiting = want("nova.instance[instance_name=instance-000000aa]");
+    assert_eq!(targets(&seen), waiting);
+    let (status, view) = host.get_json("/v1/entities?types=prometheus").await;
+    assert_eq!(status, 200);
+    assert_eq!(targets(view.as_array().expect("an array")), waiting);
+
+    // A server with that domain appears on compute2; the next Nova poll (asked through
+    // the API) re-resolves the alarm, announced as updated on the stream.
+    let new_id = "0d6a2b5e-0000-4000-8000-0000000000aa";
+    {
+        let mut c = cloud.cloud();
+        let mut s = c.server_mut(nova::VM_B1).clone();
+        s["id"] = json!(new_id);
+        s["name"] = json!("vm-aa");
+        s["OS-EXT-SRV-ATTR:instance_name"] = json!("instance-000000aa");
+        c.servers.push(s);
+    }
+    let r = host
+        .http()
+        .post(host.url("/v1/snapshot?types=nova.instance"))
+        .send()
+        .await
+        .expect("snapshot");
+    assert_eq!(r.status(), 200);
+    let c = changes.next("the re-resolved alarm").await;
+    assert_eq!(c["action"], "updated", "{c}");
+    assert_eq!(c["instance"], "am");
+    assert_eq!(
+        c["relations"][0]["key"],
+        format!("nova.instance:{new_id}").as_str()
+    );
+    let (_, view) = host.get_json("/v1/entities?types=prometheus").await;
+    assert_eq!(
+        targets(view.as_array().expect("an array")),
+        want(&format!("nova.instance:{new_id}"))
+    );
+    let log = host.stop();
+    assert!(!log.contains("panicked"), "{log}");
 }
