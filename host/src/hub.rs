@@ -144,6 +144,13 @@ const IN_PLACE_MAX: usize = 1024;
 pub struct Hub {
     /// Taken before `shared` when both are needed.
     state: Mutex<State>,
+    /// With a durable store: the latest change of each key that the writer has decided
+    /// and sent to the store but that is not announced yet (so not in the view), by key
+    /// hash. The writer reads the view through it ([`Hub::latest`], [`Hub::current_view`]),
+    /// so that what it decides next (a kept property, an index of relations by property)
+    /// never misses a batch still being committed. Its own lock, never held with
+    /// `shared`, so that readers of the view never wait for it.
+    in_flight: Mutex<HashIndex<Arc<Change>>>,
     shared: Mutex<Shared>,
     /// Held by the one announcing, for the whole of it: the view is changed on a copy
     /// outside `shared`, and this keeps two announcers (the store's writer, and the
@@ -218,6 +225,7 @@ impl Hub {
                 resolver: Default::default(),
             }),
             announcing: Mutex::new(()),
+            in_flight: Mutex::new(HashIndex::default()),
             shared: Mutex::new(Shared {
                 view: View::default(),
                 subscribers: Vec::new(),
@@ -383,6 +391,47 @@ impl Hub {
         self.metrics
             .subscriber_queue_max
             .set(i64::try_from(deepest).unwrap_or(i64::MAX));
+    }
+
+    fn flying(&self) -> MutexGuard<'_, HashIndex<Arc<Change>>> {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The entity the writer last decided for a key: an in-flight change's (none if it
+    /// deletes), else the view's. A change leaves `in_flight` only once it is in the
+    /// view, so it is found in one or the other.
+    fn latest(&self, entity_type: &str, key_hash: u64) -> Option<Arc<Entity>> {
+        if let Some(c) = self.flying().get(&key_hash) {
+            return (c.action != Action::Deleted).then(|| c.entity.clone());
+        }
+        self.shared().view.get(entity_type, key_hash).cloned()
+    }
+
+    /// The view as the writer has decided it: the announced view with the in-flight
+    /// changes applied (a copy: O(1) to take, plus one insert per change in flight). A
+    /// change both in the view and still in flight is applied twice, the same way.
+    fn current_view(&self) -> View {
+        let flying: Vec<Arc<Change>> = self.flying().values().cloned().collect();
+        let mut view = self.shared().view.clone();
+        for c in &flying {
+            view.apply(c);
+        }
+        view
+    }
+
+    /// Announced changes are in the view: no longer in flight, unless a later change of
+    /// the same key is.
+    fn landed(&self, changes: &[Arc<Change>]) {
+        let mut in_flight = self.flying();
+        if in_flight.is_empty() {
+            return;
+        }
+        for c in changes {
+            let key_hash = c.entity.key_hash();
+            if in_flight.get(&key_hash).is_some_and(|f| f.seq == c.seq) {
+                in_flight.remove(&key_hash);
+            }
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -712,12 +761,9 @@ impl Hub {
                 // Properties the source does not carry keep the value held for the key
                 // (`Entity::with_kept_properties`): the batch's latest, else the view's.
                 let key_hash = entity.key_hash();
-                let stored = pending.latest(key_hash).or_else(|| {
-                    self.shared()
-                        .view
-                        .get(entity.entity_type(), key_hash)
-                        .cloned()
-                });
+                let stored = pending
+                    .latest(key_hash)
+                    .or_else(|| self.latest(entity.entity_type(), key_hash));
                 entity = entity.merged_with(stored.as_deref());
             }
             let entity = Arc::new(entity);
@@ -748,12 +794,7 @@ impl Hub {
                         // into it.
                         pending
                             .latest(key_hash)
-                            .or_else(|| {
-                                self.shared()
-                                    .view
-                                    .get(entity.entity_type(), key_hash)
-                                    .cloned()
-                            })
+                            .or_else(|| self.latest(entity.entity_type(), key_hash))
                             .unwrap_or(entity)
                     } else {
                         entity
@@ -811,9 +852,7 @@ impl Hub {
     /// Resolves the relations by property of a batch's changes, and appends the
     /// dependents the batch re-resolved as `updated` changes ([`crate::resolve`]).
     fn resolve(&self, state: &mut State, changes: &mut Vec<Arc<Change>>) {
-        let again = state
-            .resolver
-            .process(changes, || self.shared().view.clone());
+        let again = state.resolver.process(changes, || self.current_view());
         if again.is_empty() {
             return;
         }
@@ -853,6 +892,12 @@ impl Hub {
             if ops.is_empty() && changes.is_empty() {
                 return;
             }
+            if !changes.is_empty() {
+                let mut in_flight = self.flying();
+                for c in &changes {
+                    in_flight.insert(c.entity.key_hash(), c.clone());
+                }
+            }
             match tx.send(Commit { ops, changes }) {
                 Ok(()) => {}
                 Err(std::sync::mpsc::SendError(commit)) => {
@@ -860,6 +905,8 @@ impl Hub {
                         "the baseline store's writer has stopped; changes are no longer made durable"
                     );
                     state.persist = None;
+                    // The store's writer is gone: what it had queued is never announced.
+                    self.flying().clear();
                     self.announce(commit.changes);
                 }
             }
@@ -904,6 +951,9 @@ impl Hub {
             drop(previous);
             lagged
         };
+        // In the view now (after it, so that the writer finds each change in one of
+        // the two): no longer in flight.
+        self.landed(&changes);
         if lagged > 0 {
             self.metrics.subscriber_resyncs.inc_by(lagged);
         }
@@ -1296,5 +1346,97 @@ impl Shared {
                 self.subscribers[i].lagged = false;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use synchronizer_plugin_api::abi::{FfiPushed, FfiSnapshot, PushAction};
+    use synchronizer_plugin_api::{Relation, Selector};
+
+    use super::*;
+
+    fn origin(owner: u16, name: &str) -> Origin {
+        Origin {
+            owner,
+            instance: Arc::from(name),
+        }
+    }
+
+    /// With a durable store, a batch is in the view only once the store has committed
+    /// it. What the writer decides meanwhile (an index of relations by property made
+    /// now, a kept property) must see it all the same.
+    #[test]
+    fn the_writer_sees_batches_the_store_has_not_committed_yet() {
+        let hub = Hub::new(Duration::from_secs(60));
+        let nova = origin(0, "nova");
+        let am = origin(1, "am");
+        let instances = vec!["nova.instance".to_owned()];
+        let alarms = vec!["prometheus".to_owned()];
+        hub.register(&nova, &instances, &instances);
+        hub.register(&am, &alarms, &[]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        hub.restore(&mut Restored::default(), |_| 0, tx);
+        let (_, mut sub) = hub.subscribe(TypeFilter::default(), 64, false);
+
+        let vm = Entity::resource("nova.instance", "u1")
+            .with_name("vm-a1")
+            .with_properties(serde_json::json!({"instance_name": "instance-00000001"}));
+        let snapshot = FfiSnapshot {
+            entities: vec![vm].into(),
+            incomplete: Default::default(),
+        };
+        let _ = hub.apply_snapshot(&nova, snapshot, &instances, 0, false);
+        assert!(
+            hub.entities(&TypeFilter::default()).is_empty(),
+            "not committed yet"
+        );
+
+        // The first selector of its kind: the index is made now, with vm-a1 in flight.
+        let target = Selector::new("nova.instance", "name", "vm-a1").unwrap();
+        let alarm =
+            Entity::alarm("prometheus", "a1").with_relation(Relation::to_selected("on", &target));
+        let _ = hub.apply_push(
+            &am,
+            vec![FfiPushed {
+                action: PushAction::Upsert,
+                entity: alarm,
+            }],
+        );
+        // A notification without instance_name, while vm-a1 is still in flight.
+        let update = Entity::resource("nova.instance", "u1")
+            .with_name("vm-a1")
+            .with_state("SHUTOFF")
+            .with_properties(serde_json::json!({}))
+            .with_kept_properties(&["instance_name"]);
+        let _ = hub.apply_push(
+            &nova,
+            vec![FfiPushed {
+                action: PushAction::Upsert,
+                entity: update,
+            }],
+        );
+
+        // The store commits; the changes are announced in order.
+        while let Ok(commit) = rx.try_recv() {
+            hub.announce(commit.changes);
+        }
+        let mut seen = Vec::new();
+        while let Ok(Event::Change(c)) = sub.try_recv() {
+            seen.push(c);
+        }
+        let alarm = seen
+            .iter()
+            .find(|c| c.entity.entity_type() == "prometheus")
+            .expect("the alarm");
+        assert_eq!(alarm.entity.relations()[0].other(), "nova.instance:u1");
+        let last = seen.last().expect("changes");
+        assert_eq!(last.entity.state(), Some("SHUTOFF"));
+        assert_eq!(
+            last.entity.properties()["instance_name"],
+            "instance-00000001",
+            "kept from the batch in flight"
+        );
+        assert!(hub.flying().is_empty(), "all landed");
     }
 }
