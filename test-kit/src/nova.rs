@@ -159,6 +159,40 @@ impl Replay<Cloud> {
         merged(config, extra)
     }
 
+    /// An `[[instances]]` table named `name` that runs the Nova collector's `.so` against
+    /// this cloud (polled only when asked: interval 1h), for a host configuration.
+    pub fn instance_toml(&self, name: &str) -> String {
+        let config = self.config(json!({}));
+        let auth = &config["cloud"]["auth"];
+        format!(
+            r#"
+[[instances]]
+name = "{name}"
+library = "{library}"
+interval = "1h"
+jitter = "0s"
+timeout = "20s"
+[instances.config]
+page_size = 2
+microversion = "2.53"
+[instances.config.cloud]
+region = "RegionOne"
+interface = "public"
+timeout = "5s"
+[instances.config.cloud.auth]
+auth_url = {auth_url}
+username = "admin"
+password = {password}
+project_name = "admin"
+user_domain_name = "Default"
+project_domain_name = "Default"
+"#,
+            library = crate::paths::plugin_library("synchronizer_nova").display(),
+            auth_url = auth["auth_url"],
+            password = auth["password"],
+        )
+    }
+
     /// Server-side `GET` lines for the servers listing, in order.
     pub fn server_pages(&self) -> Vec<String> {
         self.server

@@ -24,33 +24,11 @@ const V_POWER_OFF: &str = "nova-30/versioned_notifications.info__instance.power_
 const WAIT: Duration = Duration::from_secs(30);
 
 fn host_toml(tag: &str, exchange: &str, topic: &str, cloud: &nova::Nova) -> String {
-    let config = cloud.config(json!({}));
-    let auth = &config["cloud"]["auth"];
     format!(
         r#"
 plugin_log_level = "warn"
 types = ["nova.instance"]
-
-[[instances]]
-name = "nova"
-library = "{nova_so}"
-interval = "1h"
-jitter = "0s"
-timeout = "20s"
-[instances.config]
-page_size = 2
-microversion = "2.53"
-[instances.config.cloud]
-region = "RegionOne"
-timeout = "5s"
-[instances.config.cloud.auth]
-auth_url = "{auth_url}"
-username = "admin"
-password = "{password}"
-project_name = "admin"
-user_domain_name = "Default"
-project_domain_name = "Default"
-
+{nova}
 [[instances]]
 name = "bus"
 library = "{bus_so}"
@@ -66,10 +44,8 @@ durable = false
 exchange = "{exchange}"
 topics = ["{topic}"]
 "#,
-        nova_so = plugin_library("synchronizer_nova").display(),
+        nova = cloud.instance_toml("nova"),
         bus_so = plugin_library("synchronizer_bus").display(),
-        auth_url = auth["auth_url"].as_str().expect("auth_url"),
-        password = auth["password"].as_str().expect("password"),
     )
 }
 

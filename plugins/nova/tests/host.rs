@@ -6,41 +6,13 @@ use synchronizer::{Action, SubscribeOptions, Synchronizer};
 use synchronizer_openstack::time::{format_timestamp, now_micros};
 use synchronizer_test_kit::host::{drain, ready};
 use synchronizer_test_kit::nova::*;
-use synchronizer_test_kit::paths::plugin_library;
 
 const TYPES: [&str; 3] = ["nova.instance", "nova.host", "nova.zone"];
 
 fn host_config(nova: &Nova, types: &[&str]) -> String {
-    let config = nova.config(json!({}));
-    let auth = &config["cloud"]["auth"];
     format!(
-        r#"
-plugin_log_level = "debug"
-types = {types:?}
-[[instances]]
-name = "nova-test"
-library = "{library}"
-interval = "1h"
-jitter = "0s"
-timeout = "20s"
-[instances.config]
-page_size = 2
-microversion = "2.53"
-[instances.config.cloud]
-region = "RegionOne"
-interface = "public"
-timeout = "5s"
-[instances.config.cloud.auth]
-auth_url = "{auth_url}"
-username = "admin"
-password = "{password}"
-project_name = "admin"
-user_domain_name = "Default"
-project_domain_name = "Default"
-"#,
-        library = plugin_library("synchronizer_nova").display(),
-        auth_url = auth["auth_url"].as_str().unwrap(),
-        password = auth["password"].as_str().unwrap(),
+        "plugin_log_level = \"debug\"\ntypes = {types:?}\n{}",
+        nova.instance_toml("nova-test")
     )
 }
 

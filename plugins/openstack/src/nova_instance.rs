@@ -499,7 +499,9 @@ mod tests {
                 "image_id": null,
                 "user_id": null,
                 "created_at": "2026-11-25T08:37:35Z",
-                "metadata": {}
+                "metadata": {},
+                // No host, no domain: null whatever the source knows.
+                "instance_name": null
             })
         );
         let keys: Vec<String> = e
@@ -508,7 +510,28 @@ mod tests {
             .map(|m| m.keys().cloned().collect())
             .unwrap_or_default();
         let mut expected: Vec<&str> = PROPERTIES.to_vec();
+        expected.push(INSTANCE_NAME);
         expected.sort_unstable();
         assert_eq!(keys, expected);
+        // With a host, a source that does not carry the field leaves it out and marks
+        // it kept; one that carries it gives it.
+        let on_host = |instance_name| NovaInstance {
+            id: "u",
+            host: Some("compute1"),
+            instance_name,
+            ..Default::default()
+        };
+        let unknown = on_host(None).into_entity();
+        assert!(unknown.has_kept_properties());
+        assert!(
+            unknown
+                .merged_with(None)
+                .properties()
+                .get(INSTANCE_NAME)
+                .is_none()
+        );
+        let known = on_host(Some(Some("instance-00000001"))).into_entity();
+        assert!(!known.has_kept_properties());
+        assert_eq!(known.properties()[INSTANCE_NAME], "instance-00000001");
     }
 }

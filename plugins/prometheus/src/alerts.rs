@@ -122,8 +122,9 @@ struct ApiStatus {
     inhibited_by: Vec<String>,
 }
 
+/// The fields an alert has in both the API's answer and a webhook body.
 #[derive(Deserialize)]
-struct ApiAlert {
+struct AlertFields {
     fingerprint: String,
     #[serde(deserialize_with = "string_map")]
     labels: BTreeMap<String, String>,
@@ -135,23 +136,36 @@ struct ApiAlert {
     ends_at: Option<String>,
     #[serde(rename = "generatorURL", default)]
     generator_url: Option<String>,
+}
+
+impl AlertFields {
+    /// The alert at `index` of its answer, in `state`.
+    fn into_alert(self, index: usize, state: AlertState) -> Result<Alert, ParseError> {
+        check_fingerprint(index, &self.fingerprint)?;
+        Ok(Alert {
+            starts_at_us: time(index, "startsAt", &self.starts_at)?,
+            ends_at_us: end_time(index, self.ends_at.as_deref())?,
+            fingerprint: self.fingerprint,
+            labels: self.labels,
+            annotations: self.annotations,
+            generator_url: url(self.generator_url),
+            state,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct ApiAlert {
+    #[serde(flatten)]
+    fields: AlertFields,
     status: ApiStatus,
 }
 
 #[derive(Deserialize)]
 struct HookAlert {
+    #[serde(flatten)]
+    fields: AlertFields,
     status: String,
-    fingerprint: String,
-    #[serde(deserialize_with = "string_map")]
-    labels: BTreeMap<String, String>,
-    #[serde(default, deserialize_with = "string_map")]
-    annotations: BTreeMap<String, String>,
-    #[serde(rename = "startsAt")]
-    starts_at: String,
-    #[serde(rename = "endsAt", default)]
-    ends_at: Option<String>,
-    #[serde(rename = "generatorURL", default)]
-    generator_url: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -228,7 +242,6 @@ pub fn parse_api_alerts(body: &[u8]) -> Result<Vec<Alert>, ParseError> {
         .into_iter()
         .enumerate()
         .map(|(index, a)| {
-            check_fingerprint(index, &a.fingerprint)?;
             let state = match a.status.state.as_str() {
                 "active" | "unprocessed" => AlertState::Firing,
                 "suppressed" => AlertState::Suppressed {
@@ -242,15 +255,7 @@ pub fn parse_api_alerts(body: &[u8]) -> Result<Vec<Alert>, ParseError> {
                     });
                 }
             };
-            Ok(Alert {
-                starts_at_us: time(index, "startsAt", &a.starts_at)?,
-                ends_at_us: end_time(index, a.ends_at.as_deref())?,
-                fingerprint: a.fingerprint,
-                labels: a.labels,
-                annotations: a.annotations,
-                generator_url: url(a.generator_url),
-                state,
-            })
+            a.fields.into_alert(index, state)
         })
         .collect()
 }
@@ -271,7 +276,6 @@ pub fn parse_webhook(body: &[u8]) -> Result<Webhook, ParseError> {
         .into_iter()
         .enumerate()
         .map(|(index, a)| {
-            check_fingerprint(index, &a.fingerprint)?;
             let state = match a.status.as_str() {
                 "firing" => AlertState::Firing,
                 "resolved" => AlertState::Resolved,
@@ -282,15 +286,7 @@ pub fn parse_webhook(body: &[u8]) -> Result<Webhook, ParseError> {
                     });
                 }
             };
-            Ok(Alert {
-                starts_at_us: time(index, "startsAt", &a.starts_at)?,
-                ends_at_us: end_time(index, a.ends_at.as_deref())?,
-                fingerprint: a.fingerprint,
-                labels: a.labels,
-                annotations: a.annotations,
-                generator_url: url(a.generator_url),
-                state,
-            })
+            a.fields.into_alert(index, state)
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Webhook {

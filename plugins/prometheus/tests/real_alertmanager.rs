@@ -150,32 +150,10 @@ label = "domain"
 /// The Nova collector and the plugin (`rules`: TOML of the plugin's `[instances.config]`
 /// that say how alerts name resources) in one host.
 fn host_toml(cloud: &nova::Nova, am: &Alertmanager, hook_port: u16, rules: &str) -> String {
-    let config = cloud.config(json!({}));
-    let auth = &config["cloud"]["auth"];
     format!(
         r#"
 plugin_log_level = "warn"
-
-[[instances]]
-name = "nova"
-library = "{nova_so}"
-interval = "1h"
-jitter = "0s"
-timeout = "20s"
-[instances.config]
-page_size = 2
-microversion = "2.53"
-[instances.config.cloud]
-region = "RegionOne"
-timeout = "5s"
-[instances.config.cloud.auth]
-auth_url = "{auth_url}"
-username = "admin"
-password = "{password}"
-project_name = "admin"
-user_domain_name = "Default"
-project_domain_name = "Default"
-
+{nova}
 [[instances]]
 name = "am"
 library = "{prom_so}"
@@ -189,10 +167,8 @@ listen = "127.0.0.1:{hook_port}"
 bearer_token = "{TOKEN}"
 max_body_bytes = 65536
 "#,
-        nova_so = plugin_library("synchronizer_nova").display(),
+        nova = cloud.instance_toml("nova"),
         prom_so = plugin_library("synchronizer_prometheus").display(),
-        auth_url = auth["auth_url"].as_str().unwrap(),
-        password = auth["password"].as_str().unwrap(),
         am_url = am.base,
     )
 }
