@@ -475,7 +475,7 @@ mod tests {
         let table = sample["instances"][0]["config"].clone();
         let c: Config = table.try_into().unwrap();
         Prometheus::validate(&c, &ctx()).unwrap();
-        assert_eq!(c.rules.len(), 1);
+        assert_eq!(c.rules.len(), 2);
         assert!(c.webhook.is_some());
     }
 
