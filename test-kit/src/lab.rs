@@ -110,6 +110,39 @@ impl Keystone {
                "region": "RegionOne", "timeout": "30s"})
     }
 
+    /// A host running the collector `library` (`synchronizer_cinder`) as instance `name`
+    /// for `types`, polling every 2 s in pages of two as the admin, after its first poll
+    /// (within 60 s: the lab answers slowly while it starts).
+    pub async fn polling_host(
+        &self,
+        library: &str,
+        name: &str,
+        types: &[&str],
+    ) -> synchronizer::Synchronizer {
+        let toml = format!(
+            r#"
+types = {types:?}
+[[instances]]
+name = "{name}"
+library = "{}"
+interval = "2s"
+jitter = "0s"
+timeout = "30s"
+[instances.config]
+page_size = 2
+{}"#,
+            crate::paths::plugin_library(library).display(),
+            self.admin_cloud_toml()
+        );
+        let sync = synchronizer::Synchronizer::start(
+            synchronizer::Config::from_toml(&toml).expect("config"),
+        )
+        .await
+        .expect("the host starts");
+        crate::host::ready_within(&sync, Duration::from_secs(60)).await;
+        sync
+    }
+
     /// The admin's `cloud` table as TOML lines of an instance's `[instances.config.cloud]`.
     pub fn admin_cloud_toml(&self) -> String {
         format!(

@@ -364,16 +364,7 @@ mod tests {
     use super::*;
 
     fn config(extra: serde_json::Value) -> Config {
-        let mut c = serde_json::json!({"cloud": {"auth": {
-            "auth_url": "https://keystone.example:5000/v3", "username": "u",
-            "password": "pw", "project_name": "admin"
-        }}});
-        if let Some(extra) = extra.as_object() {
-            for (k, v) in extra {
-                c[k] = v.clone();
-            }
-        }
-        serde_json::from_value(c).unwrap()
+        synchronizer_openstack::testing::plugin_config(extra)
     }
 
     fn ctx() -> Context {
@@ -382,13 +373,9 @@ mod tests {
         }
     }
 
+    /// The field and message `validate` refuses `extra` with.
     fn refused(extra: serde_json::Value) -> (String, String) {
-        let e = CinderPlugin::validate(&config(extra), &ctx()).expect_err("refused");
-        assert_eq!(e.kind(), synchronizer_plugin_api::ErrorKind::Config);
-        (
-            e.field().expect("a field").to_owned(),
-            e.message().to_owned(),
-        )
+        synchronizer_openstack::testing::refused::<CinderPlugin>(&config(extra), &ctx())
     }
 
     #[test]

@@ -424,25 +424,9 @@ async fn a_real_cinder() {
     assert!(own_keys.len() < want.len());
 
     // Through the host, polled every 2 s.
-    let toml = format!(
-        r#"
-types = ["cinder.volume"]
-[[instances]]
-name = "cinder-real"
-library = "{}"
-interval = "2s"
-jitter = "0s"
-timeout = "30s"
-[instances.config]
-page_size = 2
-{}"#,
-        plugin_library("synchronizer_cinder").display(),
-        ks.admin_cloud_toml()
-    );
-    let sync = Synchronizer::start(synchronizer::Config::from_toml(&toml).expect("config"))
-        .await
-        .expect("the host starts");
-    synchronizer_test_kit::host::ready_within(&sync, Duration::from_secs(60)).await;
+    let sync = ks
+        .polling_host("synchronizer_cinder", "cinder-real", &TYPES)
+        .await;
     let mut sub = sync.subscribe(&SubscribeOptions::types(&TYPES));
     // Two intervals (and the poll's own time), then one more interval with nothing.
     let within = 2 * INTERVAL + Duration::from_secs(2);

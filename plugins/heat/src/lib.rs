@@ -531,14 +531,7 @@ mod tests {
     use super::*;
 
     fn config(extra: serde_json::Value) -> Config {
-        let mut c = serde_json::json!({"cloud": {"auth": {
-            "auth_url": "https://keystone.example:5000/v3", "username": "u",
-            "password": "pw", "project_name": "admin"
-        }}});
-        for (k, v) in extra.as_object().unwrap() {
-            c[k] = v.clone();
-        }
-        serde_json::from_value(c).unwrap()
+        synchronizer_openstack::testing::plugin_config(extra)
     }
 
     fn ctx() -> Context {
@@ -549,12 +542,7 @@ mod tests {
 
     /// The field and message `validate` refuses `extra` with.
     fn refused(extra: serde_json::Value) -> (String, String) {
-        let e = HeatPlugin::validate(&config(extra), &ctx()).expect_err("refused");
-        assert_eq!(e.kind(), synchronizer_plugin_api::ErrorKind::Config);
-        (
-            e.field().expect("a field").to_owned(),
-            e.message().to_owned(),
-        )
+        synchronizer_openstack::testing::refused::<HeatPlugin>(&config(extra), &ctx())
     }
 
     #[test]

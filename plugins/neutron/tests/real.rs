@@ -296,25 +296,9 @@ async fn a_real_neutron() {
     );
 
     // Through the host, polled every 2 s; the changes made by a member of demo-b.
-    let toml = format!(
-        r#"
-types = ["neutron.network", "neutron.port"]
-[[instances]]
-name = "neutron-real"
-library = "{}"
-interval = "2s"
-jitter = "0s"
-timeout = "30s"
-[instances.config]
-page_size = 2
-{}"#,
-        plugin_library("synchronizer_neutron").display(),
-        ks.admin_cloud_toml()
-    );
-    let sync = Synchronizer::start(synchronizer::Config::from_toml(&toml).expect("config"))
-        .await
-        .expect("the host starts");
-    synchronizer_test_kit::host::ready_within(&sync, Duration::from_secs(60)).await;
+    let sync = ks
+        .polling_host("synchronizer_neutron", "neutron-real", &TYPES)
+        .await;
     let mut sub = sync.subscribe(&SubscribeOptions::types(&TYPES));
     let within = 2 * INTERVAL + Duration::from_secs(2);
     let quiet = INTERVAL + Duration::from_millis(500);

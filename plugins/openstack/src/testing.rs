@@ -327,3 +327,36 @@ pub fn rebase(url: &str, base: &str) -> String {
         .unwrap_or(url.len());
     format!("{base}{}", &url[path_start..])
 }
+
+/// A plugin's configuration for its unit tests: a `cloud` table with password auth
+/// against a Keystone that is never asked, with the top-level entries of `extra` put in
+/// (replacing those it has).
+pub fn plugin_config<C: serde::de::DeserializeOwned>(extra: serde_json::Value) -> C {
+    let mut c = serde_json::json!({"cloud": {"auth": {
+        "auth_url": "https://keystone.example:5000/v3", "username": "u",
+        "password": "pw", "project_name": "admin"
+    }}});
+    if let Some(extra) = extra.as_object() {
+        for (k, v) in extra {
+            c[k] = v.clone();
+        }
+    }
+    serde_json::from_value(c).unwrap_or_else(|e| panic!("a test configuration: {e}"))
+}
+
+/// The field and message `P::validate` refuses `config` with; it must refuse it with a
+/// configuration error.
+pub fn refused<P: synchronizer_plugin_api::Plugin>(
+    config: &P::Config,
+    ctx: &synchronizer_plugin_api::Context,
+) -> (String, String) {
+    let e = match P::validate(config, ctx) {
+        Ok(()) => panic!("the configuration was accepted"),
+        Err(e) => e,
+    };
+    assert_eq!(e.kind(), synchronizer_plugin_api::ErrorKind::Config);
+    (
+        e.field().expect("a field").to_owned(),
+        e.message().to_owned(),
+    )
+}
