@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use synchronizer_openstack::testing::{Reply, Request, keystone_token_reply};
+use synchronizer_openstack::testing::{Reply, Request, keystone_token_reply, marker_page};
 
 use crate::replay::{Replay, merged};
 
@@ -270,42 +270,23 @@ fn stacks_page(cloud: &mut Cloud, req: &Request, project: &str) -> Reply {
                 || s["project"] == project
         })
         .collect();
-    let limit: usize = req
-        .param("limit")
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(usize::MAX);
-    let start = match req.param("marker") {
-        None => 0,
-        Some(m) => match visible.iter().position(|s| s["id"] == m.as_str()) {
-            Some(i) => i + 1,
-            None => {
-                return heat_error(
-                    404,
-                    "Not Found",
-                    &format!("The Stack ({m}) could not be found."),
-                );
-            }
-        },
+    let page = match marker_page(&visible, req, usize::MAX) {
+        Ok(page) => page,
+        Err(m) => {
+            return heat_error(
+                404,
+                "Not Found",
+                &format!("The Stack ({m}) could not be found."),
+            );
+        }
     };
-    let page_index = if limit == usize::MAX {
-        0
-    } else {
-        start / limit
-    };
-    let page: Vec<Value> = visible
-        .iter()
-        .skip(start)
-        .take(limit)
-        .map(|s| (*s).clone())
-        .collect();
-    let mut body = json!({ "stacks": page });
-    if page.len() == limit
-        && let Some(last) = page.last()
-    {
+    let page_index = page.index();
+    let mut body = json!({ "stacks": page.items });
+    if let Some(last) = page.next_marker() {
         let g = if global { "global_tenant=True&" } else { "" };
         body["links"] = json!([{
             "rel": "next",
-            "href": format!("http://127.0.0.1:8004/v1/{project}/stacks?{g}limit={limit}&marker={}", last["id"].as_str().unwrap_or_default()),
+            "href": format!("http://127.0.0.1:8004/v1/{project}/stacks?{g}limit={}&marker={last}", page.limit),
         }]);
     }
     let text = body.to_string();

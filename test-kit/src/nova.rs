@@ -8,7 +8,7 @@ pub mod lab;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use synchronizer_openstack::testing::{Reply, Request, keystone_token_reply};
+use synchronizer_openstack::testing::{Reply, Request, keystone_token_reply, marker_page};
 
 use crate::replay::{Replay, merged};
 
@@ -261,31 +261,15 @@ fn handle(cloud: &mut Cloud, req: &Request, base: &str) -> Reply {
 /// A page of hypervisors as Nova 30 makes it (`limit` after `marker`, a `next` link
 /// whenever the page is full; the captured `...limit1.page*` answers).
 fn hypervisors_page(cloud: &Cloud, req: &Request) -> Reply {
-    let limit: usize = req
-        .param("limit")
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(1000);
-    let start = match req.param("marker") {
-        None => 0,
-        Some(m) => match cloud.hypervisors.iter().position(|h| h["id"] == m.as_str()) {
-            Some(i) => i + 1,
-            None => return nova_error(400, "badRequest", &format!("marker [{m}] not found")),
-        },
+    let page = match marker_page(&cloud.hypervisors, req, 1000) {
+        Ok(page) => page,
+        Err(m) => return nova_error(400, "badRequest", &format!("marker [{m}] not found")),
     };
-    let page: Vec<Value> = cloud
-        .hypervisors
-        .iter()
-        .skip(start)
-        .take(limit)
-        .cloned()
-        .collect();
-    let mut body = json!({ "hypervisors": page });
-    if page.len() == limit
-        && let Some(last) = page.last()
-    {
+    let mut body = json!({ "hypervisors": page.items });
+    if let Some(last) = page.next_marker() {
         body["hypervisors_links"] = json!([{
             "rel": "next",
-            "href": format!("http://127.0.0.1:8774/v2.1/os-hypervisors/detail?limit={limit}&marker={}", last["id"].as_str().unwrap_or_default()),
+            "href": format!("http://127.0.0.1:8774/v2.1/os-hypervisors/detail?limit={}&marker={last}", page.limit),
         }]);
     }
     Reply::json(200, body.to_string())
@@ -303,32 +287,16 @@ fn servers_page(cloud: &mut Cloud, req: &Request) -> Reply {
             "Policy doesn't allow os_compute_api:servers:detail:get_all_tenants to be performed.",
         );
     }
-    let limit: usize = req
-        .param("limit")
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(1000);
-    let start = match req.param("marker") {
-        None => 0,
-        Some(m) => match cloud.servers.iter().position(|s| s["id"] == m.as_str()) {
-            Some(i) => i + 1,
-            None => return nova_error(400, "badRequest", &format!("marker [{m}] not found")),
-        },
+    let page = match marker_page(&cloud.servers, req, 1000) {
+        Ok(page) => page,
+        Err(m) => return nova_error(400, "badRequest", &format!("marker [{m}] not found")),
     };
-    let page_index = start / limit.max(1);
-    let page: Vec<Value> = cloud
-        .servers
-        .iter()
-        .skip(start)
-        .take(limit)
-        .cloned()
-        .collect();
-    let mut body = json!({ "servers": page });
-    if page.len() == limit
-        && let Some(last) = page.last()
-    {
+    let page_index = page.index();
+    let mut body = json!({ "servers": page.items });
+    if let Some(last) = page.next_marker() {
         body["servers_links"] = json!([{
             "rel": "next",
-            "href": format!("http://127.0.0.1:8774/v2.1/servers/detail?all_tenants=1&limit={limit}&marker={}", last["id"].as_str().unwrap_or_default()),
+            "href": format!("http://127.0.0.1:8774/v2.1/servers/detail?all_tenants=1&limit={}&marker={last}", page.limit),
         }]);
     }
     let text = body.to_string();

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use synchronizer_cinder::{CinderPlugin, Config};
-use synchronizer_openstack::testing::{Reply, Request, Server, keystone_token_reply};
+use synchronizer_openstack::testing::{Reply, Request, Server, keystone_token_reply, marker_page};
 use synchronizer_plugin_api::Snapshot;
 
 const TOKEN: &str = include_str!("fixtures/keystone-auth-tokens.json");
@@ -111,32 +111,16 @@ fn handle(cloud: &mut Cloud, req: &Request, base: &str) -> Reply {
             "Policy doesn't allow volume_extension:volume_tenant_attribute to be performed.",
         );
     }
-    let limit: usize = req
-        .param("limit")
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(1000);
-    let start = match req.param("marker") {
-        None => 0,
-        Some(m) => match cloud.volumes.iter().position(|v| v["id"] == m.as_str()) {
-            Some(i) => i + 1,
-            None => return cinder_error(400, "badRequest", &format!("Invalid marker: {m}")),
-        },
+    let page = match marker_page(&cloud.volumes, req, 1000) {
+        Ok(page) => page,
+        Err(m) => return cinder_error(400, "badRequest", &format!("Invalid marker: {m}")),
     };
-    let index = start / limit.max(1);
-    let page: Vec<Value> = cloud
-        .volumes
-        .iter()
-        .skip(start)
-        .take(limit)
-        .cloned()
-        .collect();
-    let mut body = json!({ "volumes": page });
-    if page.len() == limit
-        && let Some(last) = page.last()
-    {
+    let index = page.index();
+    let mut body = json!({ "volumes": page.items });
+    if let Some(last) = page.next_marker() {
         body["volumes_links"] = json!([{"rel": "next", "href": format!(
-            "http://127.0.0.1:18776/v3/{PROJECT}/volumes/detail?all_tenants=1&limit={limit}&marker={}",
-            last["id"].as_str().unwrap_or_default())}]);
+            "http://127.0.0.1:18776/v3/{PROJECT}/volumes/detail?all_tenants=1&limit={}&marker={last}",
+            page.limit)}]);
     }
     let text = body.to_string();
     if cloud.fault.is_some_and(|(i, _)| i == index) {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use synchronizer_neutron::{Config, NeutronPlugin};
-use synchronizer_openstack::testing::{Reply, Request, Server, keystone_token_reply};
+use synchronizer_openstack::testing::{Reply, Request, Server, keystone_token_reply, marker_page};
 use synchronizer_plugin_api::Snapshot;
 
 const TOKEN: &str = include_str!("fixtures/keystone-auth-tokens.json");
@@ -120,33 +120,21 @@ fn handle(cloud: &mut Cloud, req: &Request, base: &str) -> Reply {
     } else {
         &cloud.networks
     };
-    let limit: usize = req
-        .param("limit")
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(usize::MAX);
-    let start = match req.param("marker") {
-        None => 0,
-        Some(m) => match all.iter().position(|o| o["id"] == m.as_str()) {
-            Some(i) => i + 1,
-            None => return neutron_error(404, "NotFound", "marker not found"),
-        },
+    let Ok(page) = marker_page(all, req, usize::MAX) else {
+        return neutron_error(404, "NotFound", "marker not found");
     };
-    let index = start / limit.max(1);
-    let page: Vec<Value> = all.iter().skip(start).take(limit).cloned().collect();
+    let (index, limit) = (page.index(), page.limit);
     let mut links = Vec::new();
-    if page.len() == limit
-        && let Some(last) = page.last()
-    {
+    if let Some(last) = page.next_marker() {
         links.push(json!({"rel": "next", "href": format!(
-            "http://127.0.0.1:19696/v2.0/{collection}?limit={limit}&marker={}",
-            last["id"].as_str().unwrap_or_default())}));
+            "http://127.0.0.1:19696/v2.0/{collection}?limit={limit}&marker={last}")}));
     }
-    if let Some(first) = page.first() {
+    if let Some(first) = page.items.first() {
         links.push(json!({"rel": "previous", "href": format!(
             "http://127.0.0.1:19696/v2.0/{collection}?limit={limit}&marker={}&page_reverse=True",
             first["id"].as_str().unwrap_or_default())}));
     }
-    let mut body = json!({ collection: page });
+    let mut body = json!({ collection: page.items });
     body[format!("{collection}_links")] = Value::Array(links);
     let text = body.to_string();
     if let Some((c, i, status)) = cloud.fault

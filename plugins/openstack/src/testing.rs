@@ -360,3 +360,61 @@ pub fn refused<P: synchronizer_plugin_api::Plugin>(
         e.message().to_owned(),
     )
 }
+
+/// One page of a listing as OpenStack's marker pagination cuts it ([`marker_page`]).
+#[derive(Debug)]
+pub struct Page<T> {
+    /// The page's items.
+    pub items: Vec<T>,
+    /// The position of its first item in the listing.
+    pub start: usize,
+    /// The page size asked for.
+    pub limit: usize,
+}
+
+impl<T: std::borrow::Borrow<serde_json::Value>> Page<T> {
+    /// The page's number in the listing, 0-based (0 when no limit was asked for).
+    pub fn index(&self) -> usize {
+        if self.limit == usize::MAX {
+            0
+        } else {
+            self.start / self.limit.max(1)
+        }
+    }
+
+    /// The `id` of the last item when the page is full: the marker of the next page in
+    /// the link Nova, Cinder and Neutron add then (even when nothing follows).
+    pub fn next_marker(&self) -> Option<&str> {
+        if self.items.len() != self.limit {
+            return None;
+        }
+        self.items.last()?.borrow()["id"].as_str()
+    }
+}
+
+/// The page of `items` a request asks for: its `limit` (else `default_limit`) items after
+/// the one whose `id` is its `marker`; `Err(marker)` when no item has that id (each
+/// service answers that its own way).
+pub fn marker_page<T: std::borrow::Borrow<serde_json::Value> + Clone>(
+    items: &[T],
+    req: &Request,
+    default_limit: usize,
+) -> Result<Page<T>, String> {
+    let limit = req
+        .param("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(default_limit);
+    let start = match req.param("marker") {
+        None => 0,
+        Some(m) => match items.iter().position(|i| i.borrow()["id"] == m.as_str()) {
+            Some(i) => i + 1,
+            None => return Err(m),
+        },
+    };
+    let items = items.iter().skip(start).take(limit).cloned().collect();
+    Ok(Page {
+        items,
+        start,
+        limit,
+    })
+}
