@@ -56,6 +56,23 @@ pub fn entities(entities: &[Entity]) {
     });
 }
 
+/// An entity marking kept properties (`Entity::with_kept_properties`, the bus's Nova
+/// instances): the host's merge with nothing held and with the entity itself held
+/// leaves no top-level marker, and the properties stay one JSON object.
+fn kept(e: &Entity) {
+    if !e.has_kept_properties() {
+        return;
+    }
+    for held in [None, Some(e)] {
+        let merged = e.merged_with(held);
+        let v: serde_json::Value = serde_json::from_str(merged.properties_json())
+            .unwrap_or_else(|err| panic!("merged properties are no JSON: {err}"));
+        assert!(v.is_object());
+        let key = synchronizer_plugin_api::entity::KEPT_PROPERTIES_KEY;
+        assert!(v.get(key).is_none(), "the marker stayed: {v}");
+    }
+}
+
 /// Whether the check `name` is skipped (`FUZZ_SKIP`, see the module docs).
 pub fn skipped(name: &str) -> bool {
     static SKIP: OnceLock<Vec<String>> = OnceLock::new();
@@ -181,6 +198,7 @@ fn time_field(what: &str, v: &Value, us: Option<i64>) {
 /// One entity through `entity_to_json`, `snapshot_entity_to_json`, and as a change of
 /// each action through `change_to_json`, `write_event`, SSE and the AMQP body.
 fn one(e: &Entity, seq: u64) {
+    kept(e);
     let v = parse("entity_to_json", &output::entity_to_json(e));
     entity_fields("entity_to_json", &v, e);
 

@@ -325,31 +325,53 @@ impl Entity {
         if names.is_empty() {
             return self;
         }
+        let list = serde_json::Value::from(names.to_vec());
+        if !self.has_kept_properties() {
+            // Appended to the text, which is one JSON object: no parse, no copy of the
+            // rest (a bus plugin marks every message it maps).
+            let text = self.properties_json().trim_end();
+            if let Some(inner) = text.strip_suffix('}') {
+                let inner = inner.trim_end();
+                let sep = if inner.trim_start() == "{" { "" } else { "," };
+                self.properties = RString::from(format!("{inner}{sep}{KEPT_MARKER}:{list}}}"));
+                return self;
+            }
+        }
         let mut map = match self.properties() {
             serde_json::Value::Object(map) => map,
             _ => serde_json::Map::new(),
         };
-        map.insert(
-            KEPT_PROPERTIES_KEY.to_owned(),
-            serde_json::Value::from(names.to_vec()),
-        );
+        map.insert(KEPT_PROPERTIES_KEY.to_owned(), list);
         self.properties = RString::from(serde_json::Value::Object(map).to_string());
         self
     }
 
     /// Whether the properties carry the marker of [`Entity::with_kept_properties`] (a
-    /// substring test: cheap enough for every push).
+    /// substring test for the key, cheap enough for every push; a nested object with
+    /// that key passes it too, and [`Entity::merged_with`] leaves such an entity as it
+    /// is).
     pub fn has_kept_properties(&self) -> bool {
-        self.properties.contains(KEPT_MARKER)
+        self.properties.contains(KEPT_KEY_TEXT)
     }
 
     /// This entity without the marker of [`Entity::with_kept_properties`], each property
     /// it names and leaves out taken from `stored` (the entity the host holds under the
     /// same key) when `stored` has it. An entity without the marker comes back as it is.
-    /// The properties are written again in serde_json's key order.
+    /// The properties are written again in serde_json's key order, each value's text as
+    /// it was (for the compact text `with_properties` writes, exactly what serializing
+    /// the merged object gives).
     pub fn merged_with(&self, stored: Option<&Entity>) -> Entity {
         if !self.has_kept_properties() {
             return self.clone();
+        }
+        if let Some(text) = merge_raw(self.properties_json(), stored.map(Entity::properties_json)) {
+            let mut merged = self.clone();
+            merged.properties = if text == "{}" {
+                RString::new()
+            } else {
+                RString::from(text)
+            };
+            return merged;
         }
         let mut map = match self.properties() {
             serde_json::Value::Object(map) => map,
@@ -360,7 +382,9 @@ impl Entity {
                 .into_iter()
                 .filter_map(|n| n.as_str().map(str::to_owned))
                 .collect(),
-            _ => Vec::new(),
+            Some(_) => Vec::new(),
+            // Only a nested key of that name: nothing to do.
+            None => return self.clone(),
         };
         if let Some(serde_json::Value::Object(old)) = stored.map(Entity::properties) {
             for name in names {
@@ -556,12 +580,52 @@ fn with_buffer(len: usize, fill: impl FnOnce(&mut HashBuf<'_>)) -> u64 {
 /// entities: the room left keeps every output readable.
 pub const MAX_PROPERTIES_DEPTH: usize = 100;
 
+/// [`Entity::merged_with`] without building a tree: the objects read as key → raw value
+/// text (borrowed), merged, written again in key order. `None` when a key has escapes
+/// or the marker is not a list of plain strings: the caller then goes through
+/// `serde_json::Value`.
+fn merge_raw(own: &str, stored: Option<&str>) -> Option<String> {
+    use serde_json::value::RawValue;
+    use std::collections::BTreeMap;
+    let mut map: BTreeMap<&str, &RawValue> = serde_json::from_str(own).ok()?;
+    let marker = map.remove(KEPT_PROPERTIES_KEY)?;
+    let names: Vec<&str> = serde_json::from_str(marker.get()).ok()?;
+    let old: BTreeMap<&str, &RawValue> = match stored {
+        Some(text) => serde_json::from_str(text).ok()?,
+        None => BTreeMap::new(),
+    };
+    for name in names {
+        if !map.contains_key(name)
+            && let Some((k, v)) = old.get_key_value(name)
+        {
+            map.insert(k, v);
+        }
+    }
+    let mut out = String::with_capacity(own.len() + 32);
+    out.push('{');
+    for (i, (k, v)) in map.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        out.push_str(k);
+        out.push_str("\":");
+        out.push_str(v.get());
+    }
+    out.push('}');
+    Some(out)
+}
+
 /// The property under which [`Entity::with_kept_properties`] sends its names; the host
 /// removes it. A property of this name means nothing else.
 pub const KEPT_PROPERTIES_KEY: &str = "synchronizer:keep";
 
 /// [`KEPT_PROPERTIES_KEY`] as it appears in the properties' JSON text.
 const KEPT_MARKER: &str = "\"synchronizer:keep\"";
+
+/// The marker as a key: followed by its colon, which no string value's text can be (a
+/// quote inside a value is escaped).
+const KEPT_KEY_TEXT: &str = "\"synchronizer:keep\":";
 
 /// How deeply `v` nests arrays and objects (a scalar is 0, `{}` is 1); iterative, so any
 /// depth is measured without recursion.
@@ -993,6 +1057,65 @@ mod tests {
         assert_eq!(
             carried.merged_with(Some(&stored)).properties_json(),
             r#"{"instance_name":"instance-2"}"#
+        );
+    }
+
+    #[test]
+    fn the_raw_merge_writes_what_the_tree_would() {
+        let stored = Entity::resource("t", "u").with_properties(serde_json::json!({
+            "instance_name": "instance-0000000a", "b": {"x": [1, 2.5, "é\"q"]}, "z": null,
+        }));
+        for pushed in [
+            serde_json::json!({}),
+            serde_json::json!({"a": 1}),
+            serde_json::json!({"b": {"y": true}, "vm_state": "active", "n": -3e-7}),
+            serde_json::json!({"instance_name": null}),
+        ] {
+            let e = Entity::resource("t", "u")
+                .with_properties(pushed.clone())
+                .with_kept_properties(&["instance_name", "z"]);
+            assert!(e.has_kept_properties(), "{pushed}");
+            for held in [None, Some(&stored)] {
+                let fast = e.merged_with(held);
+                // What serializing the merged object gives.
+                let mut want = pushed.as_object().cloned().unwrap_or_default();
+                if let Some(held) = held {
+                    for k in ["instance_name", "z"] {
+                        if !want.contains_key(k) {
+                            want.insert(k.into(), held.properties()[k].clone());
+                        }
+                    }
+                }
+                let want =
+                    Entity::resource("t", "u").with_properties(serde_json::Value::Object(want));
+                assert_eq!(
+                    fast.properties_json(),
+                    want.properties_json(),
+                    "{pushed} {held:?}"
+                );
+                assert_eq!(fast.content_hash(), want.content_hash());
+            }
+        }
+        // A key with an escape goes through the tree, with the same result.
+        let odd = Entity::resource("t", "u")
+            .with_properties(serde_json::json!({"a\"b": 1}))
+            .with_kept_properties(&["instance_name"]);
+        assert_eq!(
+            odd.merged_with(Some(&stored)).properties_json(),
+            r#"{"a\"b":1,"instance_name":"instance-0000000a"}"#
+        );
+        // Marking twice keeps one marker.
+        let twice = Entity::resource("t", "u")
+            .with_properties(serde_json::json!({"a": 1}))
+            .with_kept_properties(&["x"])
+            .with_kept_properties(&["instance_name"]);
+        assert_eq!(
+            twice.properties_json().matches("synchronizer:keep").count(),
+            1
+        );
+        assert_eq!(
+            twice.merged_with(Some(&stored)).properties_json(),
+            r#"{"a":1,"instance_name":"instance-0000000a"}"#
         );
     }
 }
