@@ -50,8 +50,7 @@ CV="$STATE/cinder"
 SOCK="$CV/mysql.sock"
 API=http://127.0.0.1:18776
 mkdir -p "$CV/locks"
-command -v curl >/dev/null || { apt-get update >&2; apt-get install -y curl >&2; }
-command -v jq >/dev/null || { apt-get update >&2; apt-get install -y jq >&2; }
+need curl jq
 if ! command -v mariadbd >/dev/null && [[ ! -x /usr/sbin/mariadbd ]]; then
     log "installing mariadb-server"
     created_policy=0

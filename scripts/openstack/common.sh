@@ -8,6 +8,13 @@ PY="${PYTHON:-python3}"
 mkdir -p "$STATE/log" "$STATE/run"
 
 log() { printf '[%s] %s\n' "${LOG_TAG:-openstack}" "$*" >&2; }
+# need CMD...: installs the Debian package of each command that is missing (same name).
+need() {
+    local c
+    for c in "$@"; do
+        command -v "$c" >/dev/null || { apt-get update >&2; apt-get install -y "$c" >&2; }
+    done
+}
 die() { log "ERROR: $*"; exit 1; }
 
 # wait_until DESCRIPTION TIMEOUT_SECONDS COMMAND...: runs COMMAND until it succeeds or

@@ -37,7 +37,7 @@ VENV="$STATE/kh-venv"
 KS="$STATE/keystone"
 HT="$STATE/heat"
 mkdir -p "$KS" "$HT"
-command -v curl >/dev/null || { apt-get update >&2; apt-get install -y curl >&2; }
+need curl
 
 # --- 1. venv ---------------------------------------------------------------------------
 make_venv "$VENV" "$HERE/upper-constraints-2025.1.txt" \

@@ -44,8 +44,7 @@ VENV="$STATE/neutron-venv"
 NT="$STATE/neutron"
 API=http://127.0.0.1:19696
 mkdir -p "$NT/locks"
-command -v curl >/dev/null || { apt-get update >&2; apt-get install -y curl >&2; }
-command -v jq >/dev/null || { apt-get update >&2; apt-get install -y jq >&2; }
+need curl jq
 
 # --- 1. Keystone (keystone-heat.sh's) and the venv -----------------------------------------
 http_is http://127.0.0.1:5000/v3 200 ||

@@ -67,8 +67,7 @@ if ! running nova-api && ! running nova-compute1 && ! running nova-compute2; the
 fi
 mkdir -p "$NV/glance-images" "$NV/locks" "$NV/compute1" "$NV/compute2"
 echo "$LAB_SETTINGS" >"$NV/.settings"
-command -v curl >/dev/null || { apt-get update >&2; apt-get install -y curl >&2; }
-command -v jq >/dev/null || { apt-get update >&2; apt-get install -y jq >&2; }
+need curl jq
 
 # --- 1. venv -------------------------------------------------------------------------------
 make_venv "$VENV" "$HERE/upper-constraints-2024.2.txt" \

@@ -184,6 +184,26 @@ pub fn vhost(url: &str) -> String {
     }
 }
 
+/// A host started from `toml` (a collector and a bus instance consuming from `vhost`
+/// with queues named after `tag`), once its first polls are done (within 60 s) and the
+/// bus's queue `<tag>.vitrage_notifications.info` exists (within 30 s).
+pub async fn bus_host(toml: &str, vhost: &str, tag: &str) -> synchronizer::Synchronizer {
+    let config = synchronizer::Config::from_toml(toml).expect("host config");
+    let sync = synchronizer::Synchronizer::start(config)
+        .await
+        .expect("the host starts with both plugins");
+    crate::host::ready_within(&sync, Duration::from_secs(60)).await;
+    let info = format!("{tag}.vitrage_notifications.info");
+    crate::wait::wait_for_every(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        "the bus's queue",
+        async || queues(vhost, tag).contains(&info),
+    )
+    .await;
+    sync
+}
+
 /// The queues of `vhost` whose names start with `prefix`.
 pub fn queues(vhost: &str, prefix: &str) -> Vec<String> {
     rabbitmqctl(&[

@@ -106,6 +106,26 @@ pub fn serve(l: &Listing) -> (tokio::runtime::Runtime, Server) {
     (rt, server)
 }
 
+/// The runtime the plugin's client runs on in the benchmarks: one worker thread.
+pub fn client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// The plugin configuration for the listing served at `base`: password auth through its
+/// Keystone, pages of the listing's size.
+pub fn plugin_config<C: serde::de::DeserializeOwned>(l: &Listing, base: &str) -> C {
+    serde_json::from_value(serde_json::json!({
+        "cloud": {"auth": {"auth_url": format!("{base}/identity"), "username": "admin", "password": "bench",
+                           "project_name": "admin"}, "timeout": "60s"},
+        "page_size": l.page,
+    }))
+    .expect("config")
+}
+
 /// Compares `collect` (the plugin's snapshot of `l` served at `base`) with downloading
 /// and parsing the same pages with `client` on `rt`; both must count every item.
 pub fn compare(

@@ -24,7 +24,8 @@ use serde_json::{Value, json};
 use synchronizer::{Action, SubscribeOptions, Synchronizer};
 use synchronizer_cinder::{CinderPlugin, Config};
 use synchronizer_test_kit::lab::{
-    Keystone, Scoped, Seen, bus_instance, changes_until, delete_queues, env, queues, record, vhost,
+    Keystone, Scoped, Seen, bus_host, bus_instance, changes_until, delete_queues, env, record,
+    vhost,
 };
 use synchronizer_test_kit::nova::lab::Api as Nova;
 use synchronizer_test_kit::paths::plugin_library;
@@ -574,20 +575,7 @@ async fn real_cinder_notifications_through_the_bus() {
     delete_queues(&vhost, "real-cinder-bus-");
     let tag = unique("real-cinder-bus");
 
-    let config =
-        synchronizer::Config::from_toml(&bus_host_toml(&ks, &amqp, &tag)).expect("host config");
-    let sync = Synchronizer::start(config)
-        .await
-        .expect("the host starts with both plugins");
-    synchronizer_test_kit::host::ready_within(&sync, Duration::from_secs(60)).await;
-    let info = format!("{tag}.vitrage_notifications.info");
-    wait_for_every(
-        Duration::from_secs(30),
-        Duration::from_millis(200),
-        "the bus's queue",
-        async || queues(&vhost, &tag).contains(&info),
-    )
-    .await;
+    let sync = bus_host(&bus_host_toml(&ks, &amqp, &tag), &vhost, &tag).await;
     let mut sub = sync.subscribe(&SubscribeOptions::types(&TYPES));
     let within = Duration::from_secs(60);
     let quiet = Duration::from_secs(1);

@@ -57,17 +57,8 @@ fn bench(c: &mut Criterion) {
     };
     let (_server_rt, server) = listing_bench::serve(&listing);
     let base = server.base().to_owned();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let config: Config = serde_json::from_value(json!({
-        "cloud": {"auth": {"auth_url": format!("{base}/identity"), "username": "admin", "password": "bench",
-                           "project_name": "admin"}, "timeout": "60s"},
-        "page_size": listing.page,
-    }))
-    .expect("config");
+    let rt = listing_bench::client_runtime();
+    let config: Config = listing_bench::plugin_config(&listing, &base);
     let plugin = NeutronPlugin::from_config(config, "bench").expect("plugin");
     let types = vec!["neutron.port".to_owned()];
     let client = plugin.session().http().clone();

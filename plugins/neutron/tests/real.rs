@@ -29,12 +29,12 @@ use serde_json::{Value, json};
 use synchronizer::{Action, SubscribeOptions, Synchronizer};
 use synchronizer_neutron::{Config, NeutronPlugin};
 use synchronizer_test_kit::lab::{
-    Keystone, Scoped, Seen, bus_instance, changes_until, delete_queues, env, queues, record, vhost,
+    Keystone, Scoped, Seen, bus_host, bus_instance, changes_until, delete_queues, env, record,
+    vhost,
 };
 use synchronizer_test_kit::nova::lab::Api as Nova;
 use synchronizer_test_kit::paths::plugin_library;
 use synchronizer_test_kit::sys::unique;
-use synchronizer_test_kit::wait::wait_for_every;
 
 /// The tests of this file share one lab: each sees what the others create, so they run
 /// one at a time (cargo runs a file's tests in parallel).
@@ -409,18 +409,7 @@ timeout = "30s"
             "vitrage_notifications"
         )
     );
-    let sync = Synchronizer::start(synchronizer::Config::from_toml(&toml).expect("host config"))
-        .await
-        .expect("the host starts with both plugins");
-    synchronizer_test_kit::host::ready_within(&sync, Duration::from_secs(60)).await;
-    let info = format!("{tag}.vitrage_notifications.info");
-    wait_for_every(
-        Duration::from_secs(30),
-        Duration::from_millis(200),
-        "the bus's queue",
-        async || queues(&vhost, &tag).contains(&info),
-    )
-    .await;
+    let sync = bus_host(&toml, &vhost, &tag).await;
     let mut sub = sync.subscribe(&SubscribeOptions::types(&TYPES));
     let within = Duration::from_secs(60);
     let quiet = Duration::from_secs(1);
