@@ -24,12 +24,16 @@ use synchronizer_test_kit::sys::free_port;
 
 const TOKEN: &str = "tok-webhook-123";
 
-/// The Alertmanager process; killed when dropped.
-struct Alertmanager {
+/// A server process on loopback (Alertmanager, Prometheus) with its directory; killed
+/// and removed when dropped.
+struct Daemon {
     child: tokio::process::Child,
     base: String,
     _dir: tempdir::Dir,
 }
+
+/// The Alertmanager process.
+type Alertmanager = Daemon;
 
 mod tempdir {
     /// A directory removed when dropped.
@@ -41,9 +45,45 @@ mod tempdir {
     }
 }
 
-impl Drop for Alertmanager {
+impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
+    }
+}
+
+impl Daemon {
+    /// Starts `cmd`, listening on `port`, and waits until `/-/ready` answers 200 (polled,
+    /// within 30 s).
+    async fn start(
+        mut cmd: tokio::process::Command,
+        port: u16,
+        dir: std::path::PathBuf,
+        what: &str,
+    ) -> Daemon {
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("start {what} (scripts/prometheus/ensure.sh installs it): {e}")
+            });
+        let d = Daemon {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            _dir: tempdir::Dir(dir),
+        };
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = client.get(format!("{}/-/ready", d.base)).send().await
+                && r.status().is_success()
+            {
+                return d;
+            }
+            assert!(Instant::now() < deadline, "{what} not ready within 30 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -78,36 +118,12 @@ receivers:
     );
     let file = dir.join("alertmanager.yml");
     std::fs::write(&file, config).unwrap();
-    let child = tokio::process::Command::new(binary)
-        .arg(format!("--config.file={}", file.display()))
+    let mut cmd = tokio::process::Command::new(binary);
+    cmd.arg(format!("--config.file={}", file.display()))
         .arg(format!("--storage.path={}", dir.join("data").display()))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg("--cluster.listen-address=")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start prometheus-alertmanager");
-    let am = Alertmanager {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-        _dir: tempdir::Dir(dir),
-    };
-    // Ready when /-/ready answers 200; polled, with a deadline.
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = client.get(format!("{}/-/ready", am.base)).send().await
-            && r.status().is_success()
-        {
-            return am;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "alertmanager not ready within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        .arg("--cluster.listen-address=");
+    Daemon::start(cmd, port, dir, "prometheus-alertmanager").await
 }
 
 fn alert(domain: &str, ends: Option<i64>) -> serde_json::Value {
@@ -362,17 +378,7 @@ async fn alertmanager_webhooks_and_polls_agree_and_relations_resolve() {
 
 /// A real Prometheus 2.42 (Debian's) on loopback, with a rule that always fires and an
 /// alert rule on a target that is down, sending to the real Alertmanager.
-struct PrometheusServer {
-    child: tokio::process::Child,
-    base: String,
-    _dir: tempdir::Dir,
-}
-
-impl Drop for PrometheusServer {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
-}
+type PrometheusServer = Daemon;
 
 async fn start_prometheus(am: &Alertmanager) -> PrometheusServer {
     let port = free_port();
@@ -392,39 +398,16 @@ async fn start_prometheus(am: &Alertmanager) -> PrometheusServer {
     );
     let file = dir.join("prometheus.yml");
     std::fs::write(&file, config).unwrap();
-    let child = tokio::process::Command::new("/usr/bin/prometheus")
-        .arg(format!("--config.file={}", file.display()))
+    let mut cmd = tokio::process::Command::new("/usr/bin/prometheus");
+    cmd.arg(format!("--config.file={}", file.display()))
         .arg(format!(
             "--storage.tsdb.path={}",
             dir.join("data").display()
         ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         // The generator URLs' base (by default the machine's host name).
-        .arg(format!("--web.external-url=http://127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start prometheus (scripts/prometheus/ensure.sh installs it)");
-    let p = PrometheusServer {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-        _dir: tempdir::Dir(dir),
-    };
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = client.get(format!("{}/-/ready", p.base)).send().await
-            && r.status().is_success()
-        {
-            return p;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "prometheus not ready within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        .arg(format!("--web.external-url=http://127.0.0.1:{port}"));
+    Daemon::start(cmd, port, dir, "prometheus").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
