@@ -202,14 +202,22 @@ pub fn nagios_json(data: &[u8]) {
 
 fn bus_interpret(body: &[u8]) {
     use synchronizer_bus::mapping::{
-        Families, Family, Interpretation, MAX_FIELD, MAX_REASON, interpret,
+        Families, Family, Interpretation, MAX_FIELD, MAX_REASON, interpret, interpret_plainly,
     };
+    bus_envelope(body);
     for families in [
         Families::all(),
         Families::of(&[Family::NovaLegacy]),
         Families::default(),
     ] {
-        match interpret(body, families) {
+        let result = interpret(body, families);
+        // The fast paths change nothing of what a body means.
+        assert_eq!(
+            format!("{result:?}"),
+            format!("{:?}", interpret_plainly(body, families)),
+            "the fast and the plain reader disagree"
+        );
+        match result {
             Ok(interpreted) => {
                 if let Interpretation::Change(change) = interpreted.interpretation {
                     check::pushed(&[change]);
@@ -337,6 +345,21 @@ pub fn bus_compressed(data: &[u8]) {
 /// Notifications of every family the bus maps, as the input: each is interpreted bare
 /// and inside a `messagingv2` envelope (where it is a JSON string), so that the fuzzer
 /// mutates the notification rather than its escaping.
+/// The fast envelope reader takes a body only when serde_json reads the same
+/// `oslo.message` text from it (`synchronizer_bus::envelope`).
+fn bus_envelope(body: &[u8]) {
+    if let Some(fast) = synchronizer_bus::envelope::oslo_message(body) {
+        match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(v) => assert_eq!(
+                Some(fast.as_str()),
+                v.get("oslo.message").and_then(serde_json::Value::as_str),
+                "the two readers disagree"
+            ),
+            Err(e) => panic!("the fast reader took a body serde_json refuses: {e}"),
+        }
+    }
+}
+
 pub fn bus_notification(data: &[u8]) {
     bus_interpret(data);
     let Ok(text) = std::str::from_utf8(data) else {

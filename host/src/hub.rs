@@ -51,6 +51,7 @@ use crate::change::{Action, Change, Event, ResyncReason};
 use crate::delivery::{Confirmer, Deliveries};
 use crate::metrics::{ActionLabels, Metrics, TypeLabels};
 use crate::persist::{Commit, Op, Restored};
+use crate::queue::{QueueRx, QueueTx};
 use crate::view::{Snapshot, View};
 
 /// Which entity types a subscriber wants; empty means all.
@@ -77,7 +78,7 @@ impl TypeFilter {
 struct Subscriber {
     id: u64,
     filter: TypeFilter,
-    tx: mpsc::Sender<Event>,
+    tx: QueueTx,
     lagged: bool,
 }
 
@@ -385,7 +386,7 @@ impl Hub {
         let deepest = state
             .subscribers
             .iter()
-            .map(|s| s.tx.max_capacity() - s.tx.capacity())
+            .map(|s| s.tx.queued())
             .max()
             .unwrap_or(0);
         self.metrics
@@ -984,22 +985,15 @@ impl Hub {
 
     /// Adds a subscriber with a queue of `capacity` events. With `initial`, the queue
     /// starts with a resync marker and a snapshot of the current view of its types.
-    pub fn subscribe(
-        &self,
-        filter: TypeFilter,
-        capacity: usize,
-        initial: bool,
-    ) -> (u64, mpsc::Receiver<Event>) {
-        let (tx, rx) = mpsc::channel(capacity.max(2));
+    pub fn subscribe(&self, filter: TypeFilter, capacity: usize, initial: bool) -> (u64, QueueRx) {
+        let (tx, rx) = crate::queue::queue(capacity);
         let mut state = self.shared();
         let id = state.next_subscriber;
         state.next_subscriber += 1;
         if initial {
-            let _ = tx.try_send(Event::Resync(ResyncReason::Initial));
-            let _ = tx.try_send(Event::Snapshot(Snapshot::of(
-                state.view.clone(),
-                filter.clone(),
-            )));
+            let _ = tx.send_resync(ResyncReason::Initial, || {
+                Snapshot::of(state.view.clone(), filter.clone())
+            });
         }
         state.subscribers.push(Subscriber {
             id,
@@ -1052,18 +1046,13 @@ impl Hub {
         let Some(i) = state.subscribers.iter().position(|s| s.id == id) else {
             return;
         };
-        let entities = Snapshot::of(state.view.clone(), state.subscribers[i].filter.clone());
+        let view = &state.view;
         let sub = &mut state.subscribers[i];
-        match sub.tx.try_reserve_many(2) {
-            Ok(mut permits) => {
-                if let Some(p) = permits.next() {
-                    p.send(Event::Resync(reason));
-                }
-                if let Some(p) = permits.next() {
-                    p.send(Event::Snapshot(entities));
-                }
-            }
-            Err(_) => sub.lagged = true,
+        if !sub
+            .tx
+            .send_resync(reason, || Snapshot::of(view.clone(), sub.filter.clone()))
+        {
+            sub.lagged = true;
         }
     }
 
@@ -1293,27 +1282,32 @@ impl Shared {
             // so producers waiting on it fail rather than wait forever.
             self.reliable
                 .retain(|tx| changes.iter().all(|c| tx.send(c.clone()).is_ok()));
+            // A subscriber's changes of the batch go into its queue together, with one
+            // wake-up (`crate::queue`); as many as there is room for, and a subscriber
+            // that had no room for all is lagged.
             for sub in &mut self.subscribers {
                 if sub.lagged {
                     continue;
                 }
-                for change in changes {
-                    if !sub.filter.matches(change.entity.entity_type()) {
-                        continue;
-                    }
-                    match sub.tx.try_send(Event::Change(change.clone())) {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            sub.lagged = true;
-                            self.lagged_total += 1;
-                            tracing::warn!(
-                                subscriber = sub.id,
-                                "subscriber fell behind; it will get a resync and a snapshot"
-                            );
-                            break;
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => break,
-                    }
+                let mut events: Vec<Event> = changes
+                    .iter()
+                    .filter(|c| sub.filter.matches(c.entity.entity_type()))
+                    .map(|c| Event::Change(c.clone()))
+                    .collect();
+                let room = sub.tx.room();
+                let fell_behind = events.len() > room;
+                events.truncate(room);
+                if sub.tx.send(events).is_err() {
+                    // Gone: dropped below.
+                    continue;
+                }
+                if fell_behind {
+                    sub.lagged = true;
+                    self.lagged_total += 1;
+                    tracing::warn!(
+                        subscriber = sub.id,
+                        "subscriber fell behind; it will get a resync and a snapshot"
+                    );
                 }
             }
         }
@@ -1322,28 +1316,12 @@ impl Shared {
     }
     fn recover_lagged(&mut self) {
         self.subscribers.retain(|s| !s.tx.is_closed());
-        for i in 0..self.subscribers.len() {
-            if !self.subscribers[i].lagged {
-                continue;
-            }
-            if self.subscribers[i].tx.capacity() < 2 {
-                continue;
-            }
-            let entities = Snapshot::of(self.view.clone(), self.subscribers[i].filter.clone());
-            let sent = match self.subscribers[i].tx.try_reserve_many(2) {
-                Ok(mut permits) => {
-                    if let Some(p) = permits.next() {
-                        p.send(Event::Resync(ResyncReason::Lagged));
-                    }
-                    if let Some(p) = permits.next() {
-                        p.send(Event::Snapshot(entities));
-                    }
-                    true
-                }
-                Err(_) => false,
-            };
-            if sent {
-                self.subscribers[i].lagged = false;
+        let view = &self.view;
+        for sub in self.subscribers.iter_mut().filter(|s| s.lagged) {
+            if sub.tx.send_resync(ResyncReason::Lagged, || {
+                Snapshot::of(view.clone(), sub.filter.clone())
+            }) {
+                sub.lagged = false;
             }
         }
     }
@@ -1422,7 +1400,7 @@ mod tests {
             hub.announce(commit.changes);
         }
         let mut seen = Vec::new();
-        while let Ok(Event::Change(c)) = sub.try_recv() {
+        while let Some(Event::Change(c)) = sub.try_recv() {
             seen.push(c);
         }
         let alarm = seen

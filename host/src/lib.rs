@@ -52,6 +52,7 @@ pub mod loader;
 pub mod metrics;
 pub mod output;
 pub mod persist;
+pub mod queue;
 mod resolve;
 pub mod scheduler;
 pub mod secrets;

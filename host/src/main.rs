@@ -347,6 +347,7 @@ fn stdout_writer(
         .name("stdout".into())
         .spawn(move || -> std::io::Result<()> {
             let stdout = std::io::stdout();
+            widen_pipe(&stdout);
             let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
             let result = (|| {
                 while let Some(event) = sub.blocking_recv() {
@@ -365,6 +366,34 @@ fn stdout_writer(
         })
         .context("cannot start the stdout writer")?;
     Ok((writer, ended))
+}
+
+/// When stdout is a pipe, asks for a 1 MiB pipe buffer (Linux's default is 64 KiB, less
+/// than one batch of changes): the writer then seldom waits for the reader, and the
+/// reader is woken less often, under a burst of changes. Nothing changes if the kernel
+/// refuses (more than `/proc/sys/fs/pipe-max-size`, a limit the user reached).
+fn widen_pipe(stdout: &std::io::Stdout) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd as _;
+        let fd = stdout.as_raw_fd();
+        // SAFETY: fstat and fcntl only read and set the state of the descriptor, which
+        // stays open for the process's life; `stat` is written by fstat before use.
+        unsafe {
+            let mut stat = std::mem::MaybeUninit::<libc::stat>::zeroed();
+            if libc::fstat(fd, stat.as_mut_ptr()) == 0
+                && stat.assume_init().st_mode & libc::S_IFMT == libc::S_IFIFO
+                && libc::fcntl(fd, libc::F_SETPIPE_SZ, 1 << 20) < 0
+            {
+                tracing::debug!(
+                    error = %std::io::Error::last_os_error(),
+                    "stdout's pipe keeps its size"
+                );
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = stdout;
 }
 
 /// Tells systemd (Type=notify) about the service's state, when run under it.

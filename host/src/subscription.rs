@@ -14,7 +14,6 @@ use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::AbortOnDropHandle;
 use tokio_util::task::task_tracker::{TaskTracker, TaskTrackerToken};
@@ -112,7 +111,7 @@ struct Ending {
 pub struct Subscription {
     id: u64,
     hub: Weak<Hub>,
-    rx: mpsc::Receiver<Event>,
+    rx: crate::queue::QueueRx,
     _periodic: Option<AbortOnDropHandle<()>>,
     /// Set by the host: ends after its shutdown's drain.
     drain: Option<Ending>,
@@ -184,7 +183,7 @@ impl Subscription {
 
     /// The next event if one is queued.
     pub fn try_recv(&mut self) -> Option<Event> {
-        self.rx.try_recv().ok()
+        self.rx.try_recv()
     }
 
     /// Blocks until the next event (for callers outside the async runtime).
@@ -219,8 +218,8 @@ impl Subscription {
             hub.recover_lagged();
         }
         match self.rx.try_recv() {
-            Ok(event) => Poll::Ready(Some(event)),
-            Err(_) => {
+            Some(event) => Poll::Ready(Some(event)),
+            None => {
                 self.finish();
                 Poll::Ready(None)
             }

@@ -31,9 +31,9 @@ fn push(action: PushAction, entity: Entity) -> FfiPushed {
     FfiPushed { action, entity }
 }
 
-fn changes(rx: &mut tokio::sync::mpsc::Receiver<Event>) -> Vec<(Action, String)> {
+fn changes(rx: &mut synchronizer::queue::QueueRx) -> Vec<(Action, String)> {
     let mut out = Vec::new();
-    while let Ok(e) = rx.try_recv() {
+    while let Some(e) = rx.try_recv() {
         if let Event::Change(c) = e {
             out.push((c.action, c.entity.key()));
         }
@@ -116,7 +116,7 @@ fn a_source_timestamp_out_of_range_is_discarded_and_the_entity_kept() {
     );
     let got: Vec<(Action, String, Option<i64>)> = {
         let mut out = Vec::new();
-        while let Ok(Event::Change(c)) = rx.try_recv() {
+        while let Some(Event::Change(c)) = rx.try_recv() {
             out.push((c.action, c.entity.key(), c.entity.source_updated_micros()));
         }
         out

@@ -36,9 +36,9 @@ fn upsert(e: Entity) -> FfiPushed {
     }
 }
 
-fn drain(rx: &mut tokio::sync::mpsc::Receiver<Event>) -> Vec<Event> {
+fn drain(rx: &mut synchronizer::queue::QueueRx) -> Vec<Event> {
     let mut out = Vec::new();
-    while let Ok(e) = rx.try_recv() {
+    while let Some(e) = rx.try_recv() {
         out.push(e);
     }
     out

@@ -350,6 +350,14 @@ pub trait Plugin: Sized + Send + Sync + 'static {
     /// The plugin's metadata.
     fn info() -> PluginInfo;
 
+    /// How many worker threads the instance's tokio runtime has (besides its blocking
+    /// pool). Two by default: a collector's requests and timers overlap. A plugin whose
+    /// work is one stream (a bus consumer: its client's I/O thread hands it each
+    /// delivery) runs better on one, where no task is passed between workers and no idle
+    /// worker is woken to look for work: the bus plugin's drain costs about 3.5 µs less
+    /// CPU per message on one (README.md, Performance). Since plugin-api 0.1.1; at least 1.
+    const RUNTIME_WORKERS: usize = 2;
+
     /// A sample `[[instances]]` table for this plugin, as TOML, with every option and a
     /// comment on each: `synchronizer plugins --sample NAME` prints it, and a user
     /// starts from it. `include_str!("../sample.toml")` keeps it beside the README.

@@ -94,9 +94,9 @@ impl Queued for Subscription {
     }
 }
 
-impl Queued for tokio::sync::mpsc::Receiver<Event> {
+impl Queued for synchronizer::queue::QueueRx {
     fn next_queued(&mut self) -> Option<Event> {
-        self.try_recv().ok()
+        self.try_recv()
     }
 }
 

@@ -179,6 +179,7 @@ fn run_prints_changes_as_they_happen_and_stops_on_sigterm() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
+    let pipe = std::os::fd::AsRawFd::as_raw_fd(&stdout);
     let (tx, rx) = mpsc::channel::<serde_json::Value>();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -195,6 +196,12 @@ fn run_prints_changes_as_they_happen_and_stops_on_sigterm() {
         .collect();
     created.sort();
     assert_eq!(created, vec!["\"rack:r1\"", "\"switch:s1\""]);
+    // The writer asked for a 1 MiB pipe (Linux's default is 64 KiB), so that a burst of
+    // changes seldom waits for the reader. The read end is still open: the reading
+    // thread holds it.
+    // SAFETY: F_GETPIPE_SZ only reads the pipe's size.
+    let size = unsafe { libc::fcntl(pipe, libc::F_GETPIPE_SZ) };
+    assert_eq!(size, 1 << 20, "stdout's pipe size");
 
     // Edit the file: one `updated` within an interval, nothing for the unchanged switch.
     let file = dir.path().join("data/rack.yaml");

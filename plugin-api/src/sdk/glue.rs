@@ -151,7 +151,7 @@ extern "C" fn create<P: Plugin>(
         let thread_dispatch = dispatch.clone();
         let short: String = instance.chars().take(10).collect();
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(P::RUNTIME_WORKERS.max(1))
             .max_blocking_threads(4)
             .thread_name(format!("plg-{short}"))
             .on_thread_start(move || logging::set_thread_dispatch(&thread_dispatch))

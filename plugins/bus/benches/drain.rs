@@ -325,47 +325,54 @@ async fn binary_drain(
     let stdout = child.stdout.take();
     // Read on a thread of its own, as a consumer process would: count the changes, note
     // when the first and the n-th arrived.
-    let reader = std::thread::spawn(move || -> Result<(Duration, Duration, u64), String> {
-        use std::io::{BufRead, BufReader, Read, Write};
-        let lines: Box<dyn BufRead> = match (consumer, stdout) {
-            (Consumer::Stdout, Some(out)) => Box::new(BufReader::with_capacity(1 << 16, out)),
-            (Consumer::Sse, _) => {
-                let deadline = Instant::now() + Duration::from_secs(30);
-                let mut stream = loop {
-                    match std::net::TcpStream::connect(("127.0.0.1", port)) {
-                        Ok(s) => break s,
-                        Err(_) if Instant::now() < deadline => {
-                            std::thread::sleep(Duration::from_millis(20))
+    let reader = std::thread::spawn(
+        move || -> Result<(Duration, Duration, u64, Option<Duration>), String> {
+            use std::io::{BufRead, BufReader, Read, Write};
+            let lines: Box<dyn BufRead> = match (consumer, stdout) {
+                (Consumer::Stdout, Some(out)) => Box::new(BufReader::with_capacity(1 << 16, out)),
+                (Consumer::Sse, _) => {
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    let mut stream = loop {
+                        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+                            Ok(s) => break s,
+                            Err(_) if Instant::now() < deadline => {
+                                std::thread::sleep(Duration::from_millis(20))
+                            }
+                            Err(e) => return Err(format!("the HTTP API never answered: {e}")),
                         }
-                        Err(e) => return Err(format!("the HTTP API never answered: {e}")),
-                    }
-                };
-                stream
+                    };
+                    stream
                     .write_all(b"GET /v1/changes?types=nova.instance&snapshot=true HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n")
                     .map_err(|e| e.to_string())?;
-                let reader: Box<dyn Read> = Box::new(stream);
-                Box::new(BufReader::with_capacity(1 << 16, reader))
-            }
-            _ => return Err("no stdout".into()),
-        };
-        let (mut first, mut seen, mut resyncs) = (None, 0u64, 0u64);
-        for line in lines.lines() {
-            let line = line.map_err(|e| e.to_string())?;
-            // The stream's first marker is the initial one; a lagged one means a resync.
-            if line.contains("\"reason\":\"lagged\"") {
-                resyncs += 1;
-            }
-            // A change or a snapshot entity: both carry the entity's key.
-            if line.contains("\"key\":\"nova.instance:") {
-                first.get_or_insert_with(|| start.elapsed());
-                seen += 1;
-                if seen == n {
-                    return Ok((first.unwrap_or_default(), start.elapsed(), resyncs));
+                    let reader: Box<dyn Read> = Box::new(stream);
+                    Box::new(BufReader::with_capacity(1 << 16, reader))
+                }
+                _ => return Err("no stdout".into()),
+            };
+            let (mut first, mut seen, mut resyncs) = (None, 0u64, 0u64);
+            let mut cpu_at_first = None;
+            for line in lines.lines() {
+                let line = line.map_err(|e| e.to_string())?;
+                // The stream's first marker is the initial one; a lagged one means a resync.
+                if line.contains("\"reason\":\"lagged\"") {
+                    resyncs += 1;
+                }
+                // A change or a snapshot entity: both carry the entity's key.
+                if line.contains("\"key\":\"nova.instance:") {
+                    first.get_or_insert_with(|| start.elapsed());
+                    cpu_at_first.get_or_insert_with(|| process_cpu(pid));
+                    seen += 1;
+                    if seen == n {
+                        let cpu = process_cpu(pid)
+                            .zip(cpu_at_first.flatten())
+                            .map(|(end, begin)| end.saturating_sub(begin));
+                        return Ok((first.unwrap_or_default(), start.elapsed(), resyncs, cpu));
+                    }
                 }
             }
-        }
-        Err(format!("the stream ended after {seen} of {n} changes"))
-    });
+            Err(format!("the stream ended after {seen} of {n} changes"))
+        },
+    );
     let result = tokio::task::spawn_blocking(move || reader.join())
         .await
         .expect("join");
@@ -380,12 +387,19 @@ async fn binary_drain(
     let _ = tokio::task::spawn_blocking(move || child.wait()).await;
     let _ = std::fs::remove_file(&file);
     match result {
-        Ok(Ok((first, last, resyncs))) => {
+        Ok(Ok((first, last, resyncs, cpu))) => {
             let drain = last.saturating_sub(first);
             let rate = n as f64 / drain.as_secs_f64();
             println!(
-                "         bus plugin via the binary to {consumer:?}: {n} messages in {:.3} s = {rate:.0} msg/s ({:.0} ms to start and connect before the first change; {}{})",
+                "         bus plugin via the binary to {consumer:?}: {n} messages in {:.3} s = {rate:.0} msg/s ({}{:.0} ms to start and connect before the first change; {}{})",
                 drain.as_secs_f64(),
+                match cpu {
+                    Some(cpu) => format!(
+                        "{:.1} us CPU per message in the binary; ",
+                        cpu.as_secs_f64() * 1e6 / n as f64
+                    ),
+                    None => String::new(),
+                },
                 first.as_secs_f64() * 1e3,
                 match batches {
                     Some(b) if b > 0 =>
@@ -440,6 +454,20 @@ fn cpu_time() -> Duration {
     };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// CPU time (user + system) process `pid` has used so far, from `/proc/<pid>/stat`.
+fn process_cpu(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which is in parentheses and may hold spaces:
+    // utime and stime are the 14th and 15th fields of the line, in clock ticks.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split(' ').skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks > 0).then(|| Duration::from_secs_f64((utime + stime) as f64 / ticks as f64))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

@@ -11,7 +11,8 @@
 //! other).
 //!
 //! - [`mapping`]: from message body to change, pure functions (wire format, event
-//!   families, timestamps).
+//!   families, timestamps); [`envelope`], the fast reader of the `messagingv2` envelope
+//!   it uses.
 //! - [`consumer`]: connection, failover and backoff, declarations, batching,
 //!   acknowledgements, dead-lettering, shutdown.
 //! - [`heat`]: with the optional `heat` table, the resources of a notified stack from
@@ -28,6 +29,7 @@ pub mod compression;
 pub mod config;
 pub mod consumer;
 pub mod dedup;
+pub mod envelope;
 pub mod error;
 pub mod heat;
 pub mod mapping;
@@ -68,6 +70,11 @@ fn config_error(e: ConfigError) -> Error {
 
 impl Plugin for BusPlugin {
     type Config = Config;
+
+    /// One stream of deliveries from lapin's I/O thread, batched and pushed in order: on
+    /// one worker nothing is handed between workers (measured: about 3.5 µs less CPU per
+    /// message in the drain through the binary, README.md's Performance table).
+    const RUNTIME_WORKERS: usize = 1;
 
     fn info() -> PluginInfo {
         PluginInfo {

@@ -290,7 +290,7 @@ fn cut(mut s: String, max: usize) -> String {
 
 /// The fields of an oslo message this plugin reads, in both wire forms: `oslo_message`
 /// is set in the messagingv2 envelope, the rest in the notification itself.
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct Wire<'a> {
     #[serde(rename = "oslo.message", borrow, default)]
     oslo_message: Str<'a>,
@@ -304,6 +304,149 @@ struct Wire<'a> {
     timestamp: Str<'a>,
     #[serde(borrow, default)]
     payload: Option<&'a RawValue>,
+}
+
+/// A Nova payload read in the same pass as its notification: oslo writes `event_type`
+/// before `payload`, so the payload can be read into its family's fields at once instead
+/// of being skipped as raw text and read again (with the envelope read without serde, a
+/// captured `instance.update` decodes in 7.0 µs instead of 12.2:
+/// `cargo bench -p synchronizer-bus --bench interpret`).
+///
+/// [`Wire`]'s derived reader stays as it was: it is the plain reader the fast one is
+/// compared with ([`interpret_plainly`]).
+enum Early<'a> {
+    Versioned(NovaObject<VersionedInstance<'a>>),
+    Legacy(LegacyInstance<'a>),
+}
+
+/// A notification read in one pass: its [`Wire`] fields and, for a Nova family that is
+/// on and an `event_type` that came before the payload, the payload ([`Early`]).
+struct OnePass<'a> {
+    wire: Wire<'a>,
+    early: Option<Early<'a>>,
+}
+
+/// Reads `text` as [`Wire`] does, and the payload as [`Early`] when it can. Any error
+/// (the notification's or its payload's) means: read it plainly, which gives the error
+/// the plain reader has always given.
+fn one_pass(text: &str, families: Families) -> Result<OnePass<'_>, serde_json::Error> {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let one = OnePassSeed(families).deserialize(&mut de)?;
+    de.end()?;
+    Ok(one)
+}
+
+struct OnePassSeed(Families);
+
+/// The members [`Wire`] reads, and the rest.
+enum WireKey {
+    OsloMessage,
+    MessageId,
+    UniqueId,
+    EventType,
+    Timestamp,
+    Payload,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for WireKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = WireKey;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<WireKey, E> {
+                Ok(match v {
+                    "oslo.message" => WireKey::OsloMessage,
+                    "message_id" => WireKey::MessageId,
+                    "_unique_id" => WireKey::UniqueId,
+                    "event_type" => WireKey::EventType,
+                    "timestamp" => WireKey::Timestamp,
+                    "payload" => WireKey::Payload,
+                    _ => WireKey::Other,
+                })
+            }
+        }
+        d.deserialize_identifier(Visitor)
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for OnePassSeed {
+    type Value = OnePass<'de>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<OnePass<'de>, D::Error> {
+        struct Visitor(Families);
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = OnePass<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an oslo notification")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<OnePass<'de>, A::Error> {
+                use serde::de::Error;
+                let mut wire = Wire::default();
+                let mut early = None;
+                // Each member at most once, as the derived `Wire` has it.
+                let mut seen = [false; 6];
+                let mut once = |i: usize, name: &'static str| {
+                    if std::mem::replace(&mut seen[i], true) {
+                        Err(A::Error::duplicate_field(name))
+                    } else {
+                        Ok(())
+                    }
+                };
+                while let Some(key) = map.next_key::<WireKey>()? {
+                    match key {
+                        WireKey::OsloMessage => {
+                            once(0, "oslo.message")?;
+                            wire.oslo_message = map.next_value()?;
+                        }
+                        WireKey::MessageId => {
+                            once(1, "message_id")?;
+                            wire.message_id = map.next_value()?;
+                        }
+                        WireKey::UniqueId => {
+                            once(2, "_unique_id")?;
+                            wire.unique_id = map.next_value()?;
+                        }
+                        WireKey::EventType => {
+                            once(3, "event_type")?;
+                            wire.event_type = map.next_value()?;
+                        }
+                        WireKey::Timestamp => {
+                            once(4, "timestamp")?;
+                            wire.timestamp = map.next_value()?;
+                        }
+                        WireKey::Payload => {
+                            once(5, "payload")?;
+                            let family = text(&wire.event_type)
+                                .and_then(Family::of)
+                                .filter(|f| self.0.contains(*f));
+                            match family {
+                                Some(Family::NovaVersioned) => {
+                                    early = Some(Early::Versioned(map.next_value()?));
+                                }
+                                Some(Family::NovaLegacy) => {
+                                    early = Some(Early::Legacy(map.next_value()?));
+                                }
+                                _ => wire.payload = map.next_value()?,
+                            }
+                        }
+                        WireKey::Other => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(OnePass { wire, early })
+            }
+        }
+        d.deserialize_map(Visitor(self.0))
+    }
 }
 
 /// Decodes and interprets one message body as it arrived: decompressed first when the
@@ -325,6 +468,31 @@ pub fn interpret_message(
 /// message id and event type are still read, leniently, for the dead-letter log and
 /// headers (see [`lenient_ids`]).
 pub fn interpret(body: &[u8], families: Families) -> Result<Interpreted, Malformed> {
+    read(body, families, Reader::Fast)
+}
+
+/// [`interpret`] without its fast paths (the envelope read without serde, a Nova payload
+/// read with its notification): what it must give for every body, which the
+/// `bus_message` and `bus_notification` fuzz targets check.
+#[doc(hidden)]
+pub fn interpret_plainly(body: &[u8], families: Families) -> Result<Interpreted, Malformed> {
+    read(body, families, Reader::Plain)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reader {
+    Fast,
+    Plain,
+}
+
+fn read(body: &[u8], families: Families, reader: Reader) -> Result<Interpreted, Malformed> {
+    // Nearly every body is the plain envelope, read without serde (`crate::envelope`);
+    // the rest is read below, which gives the errors.
+    if reader == Reader::Fast
+        && let Some(inner_text) = crate::envelope::oslo_message(body)
+    {
+        return interpret_inner(body, &inner_text, families, reader);
+    }
     let outer: Wire<'_> = match serde_json::from_slice(body) {
         Ok(outer) => outer,
         Err(e) => {
@@ -337,22 +505,36 @@ pub fn interpret(body: &[u8], families: Families) -> Result<Interpreted, Malform
         }
     };
     match text(&outer.oslo_message) {
-        Some(inner_text) => {
-            let inner: Wire<'_> = match serde_json::from_str(inner_text) {
-                Ok(inner) => inner,
-                Err(e) => {
-                    let (event_type, message_id) = lenient_ids(body);
-                    return Err(Malformed::new(
-                        format!("`oslo.message` is not a JSON notification: {e}"),
-                        event_type.as_deref(),
-                        message_id.as_deref(),
-                    ));
-                }
-            };
-            interpret_notification(&inner, families)
-        }
-        None => interpret_notification(&outer, families),
+        Some(inner_text) => interpret_inner(body, inner_text, families, reader),
+        None => interpret_notification(&outer, None, families),
     }
+}
+
+/// Interprets the notification of a `messagingv2` body, `inner_text` (its `oslo.message`).
+fn interpret_inner(
+    body: &[u8],
+    inner_text: &str,
+    families: Families,
+    reader: Reader,
+) -> Result<Interpreted, Malformed> {
+    if reader == Reader::Fast
+        && let Ok(one) = one_pass(inner_text, families)
+    {
+        return interpret_notification(&one.wire, one.early, families);
+    }
+    // Not readable in one pass: read as plainly as ever, which gives the error.
+    let inner: Wire<'_> = match serde_json::from_str(inner_text) {
+        Ok(inner) => inner,
+        Err(e) => {
+            let (event_type, message_id) = lenient_ids(body);
+            return Err(Malformed::new(
+                format!("`oslo.message` is not a JSON notification: {e}"),
+                event_type.as_deref(),
+                message_id.as_deref(),
+            ));
+        }
+    };
+    interpret_notification(&inner, None, families)
 }
 
 /// The event type and message id of a body that does not parse strictly, read from
@@ -387,7 +569,11 @@ pub fn lenient_ids(body: &[u8]) -> (Option<String>, Option<String>) {
     )
 }
 
-fn interpret_notification(n: &Wire<'_>, families: Families) -> Result<Interpreted, Malformed> {
+fn interpret_notification(
+    n: &Wire<'_>,
+    early: Option<Early<'_>>,
+    families: Families,
+) -> Result<Interpreted, Malformed> {
     // `message_id`, else `_unique_id`: the dedup key, and the id a dead letter is logged
     // with.
     let message_id = text(&n.message_id)
@@ -424,24 +610,29 @@ fn interpret_notification(n: &Wire<'_>, families: Families) -> Result<Interprete
             Some(event_type),
         ));
     };
-    let Some(payload) = n.payload else {
-        return Err(malformed("no `payload`".into(), Some(event_type)));
-    };
-    let change = match family {
-        Family::NovaVersioned => nova_versioned(event_type, payload, at_us),
-        Family::NovaLegacy => nova_legacy(event_type, payload, at_us),
-        Family::Heat => heat(event_type, payload, at_us),
-        Family::Cinder => cinder(event_type, payload, at_us),
-        Family::Neutron => match neutron::notified(event_type, payload.get(), at_us) {
-            Ok(neutron::Notified::Change(delete, e)) => Ok(if delete {
-                Change::Delete(*e)
-            } else {
-                Change::Upsert(*e)
-            }),
-            Ok(neutron::Notified::Ignored) => {
-                return done(Interpretation::Ignored(Ignored::UnknownEvent));
-            }
-            Err(e) => Err(e),
+    let change = match (early, n.payload) {
+        // Read with the notification: it is of this family (see `one_pass`).
+        (Some(Early::Versioned(object)), _) => nova_versioned(event_type, object, at_us),
+        (Some(Early::Legacy(p)), _) => nova_legacy(event_type, p, at_us),
+        (None, None) => return Err(malformed("no `payload`".into(), Some(event_type))),
+        (None, Some(payload)) => match family {
+            Family::NovaVersioned => parse_payload(payload, "versioned instance")
+                .and_then(|object| nova_versioned(event_type, object, at_us)),
+            Family::NovaLegacy => parse_payload(payload, "legacy instance")
+                .and_then(|p| nova_legacy(event_type, p, at_us)),
+            Family::Heat => heat(event_type, payload, at_us),
+            Family::Cinder => cinder(event_type, payload, at_us),
+            Family::Neutron => match neutron::notified(event_type, payload.get(), at_us) {
+                Ok(neutron::Notified::Change(delete, e)) => Ok(if delete {
+                    Change::Delete(*e)
+                } else {
+                    Change::Upsert(*e)
+                }),
+                Ok(neutron::Notified::Ignored) => {
+                    return done(Interpretation::Ignored(Ignored::UnknownEvent));
+                }
+                Err(e) => Err(e),
+            },
         },
     }
     .map_err(|reason| malformed(reason, Some(event_type)))?;
@@ -629,8 +820,11 @@ fn instance_change(delete_event: bool, mut instance: NovaInstance<'_>, at_us: i6
     }
 }
 
-fn nova_versioned(event_type: &str, payload: &RawValue, at_us: i64) -> Result<Change, String> {
-    let object: NovaObject<VersionedInstance<'_>> = parse_payload(payload, "versioned instance")?;
+fn nova_versioned(
+    event_type: &str,
+    object: NovaObject<VersionedInstance<'_>>,
+    at_us: i64,
+) -> Result<Change, String> {
     let Some(p) = object.data else {
         return Err("payload has no `nova_object.data`".into());
     };
@@ -667,8 +861,7 @@ fn nova_versioned(event_type: &str, payload: &RawValue, at_us: i64) -> Result<Ch
     ))
 }
 
-fn nova_legacy(event_type: &str, payload: &RawValue, at_us: i64) -> Result<Change, String> {
-    let p: LegacyInstance<'_> = parse_payload(payload, "legacy instance")?;
+fn nova_legacy(event_type: &str, p: LegacyInstance<'_>, at_us: i64) -> Result<Change, String> {
     let Some(id) = non_empty(&p.instance_id) else {
         return Err("payload has no `instance_id`".into());
     };
@@ -1005,6 +1198,87 @@ mod tests {
                 n.event_type
             );
             assert!(n.dedup_id.is_some());
+        }
+    }
+
+    /// What `interpret` gives, as text, beside what `interpret_plainly` gives.
+    fn both_readers(body: &str, families: Families) -> (String, String) {
+        (
+            format!("{:?}", interpret(body.as_bytes(), families)),
+            format!("{:?}", interpret_plainly(body.as_bytes(), families)),
+        )
+    }
+
+    #[test]
+    fn the_fast_paths_read_every_capture_as_the_plain_reader_does() {
+        let mut bodies: Vec<String> = [
+            V_CREATE,
+            V_DELETE,
+            V_UPDATE,
+            V_POWER_OFF,
+            L_CREATE,
+            L_DELETE,
+            L_UPDATE,
+            L_POWER_OFF,
+        ]
+        .into_iter()
+        .chain(UNKNOWN)
+        .map(str::to_owned)
+        .collect();
+        for capture in [LIFE_VERSIONED, LIFE_LEGACY, HEAT_INFO, HEAT_ERROR] {
+            bodies.extend(record_bodies(capture));
+        }
+        for body in &bodies {
+            // The envelope is read without serde for every capture.
+            assert!(crate::envelope::oslo_message(body.as_bytes()).is_some());
+            for families in [Families::all(), Families::default(), Families::of(&[])] {
+                let (fast, plain) = both_readers(body, families);
+                assert_eq!(fast, plain);
+            }
+        }
+    }
+
+    #[test]
+    fn a_payload_before_its_event_type_or_of_the_wrong_shape_reads_as_plainly() {
+        let inner =
+            |n: &str| serde_json::json!({"oslo.version": "2.0", "oslo.message": n}).to_string();
+        let update: Value = {
+            let outer: Value = serde_json::from_str(V_UPDATE).unwrap();
+            serde_json::from_str(outer["oslo.message"].as_str().unwrap()).unwrap()
+        };
+        let payload = update["payload"].to_string();
+        let timestamp = update["timestamp"].to_string();
+        // Read in one pass (event type first) and in two (payload first): one change.
+        let first = inner(&format!(
+            r#"{{"event_type": "instance.update", "timestamp": {timestamp}, "payload": {payload}}}"#
+        ));
+        let last = inner(&format!(
+            r#"{{"payload": {payload}, "timestamp": {timestamp}, "event_type": "instance.update"}}"#
+        ));
+        let (fast, plain) = both_readers(&first, Families::all());
+        assert_eq!(fast, plain);
+        assert!(fast.starts_with("Ok("), "{fast}");
+        assert_eq!(both_readers(&last, Families::all()).0, fast);
+        // A payload that does not parse, and a second one: the plain reader's errors.
+        for (n, reason) in [
+            (
+                r#"{"event_type": "instance.update", "timestamp": "2026-11-25 08:37:35.1", "payload": {"nova_object.data": 5}}"#,
+                "versioned instance payload does not parse",
+            ),
+            (
+                r#"{"event_type": "compute.instance.update", "timestamp": "2026-11-25 08:37:35.1", "payload": 5}"#,
+                "legacy instance payload does not parse",
+            ),
+            (
+                r#"{"event_type": "instance.update", "payload": {}, "payload": {}}"#,
+                "duplicate field `payload`",
+            ),
+        ] {
+            let body = inner(n);
+            let (fast, plain) = both_readers(&body, Families::all());
+            assert_eq!(fast, plain);
+            let e = interpret(body.as_bytes(), Families::all()).unwrap_err();
+            assert!(e.reason.contains(reason), "{}", e.reason);
         }
     }
 

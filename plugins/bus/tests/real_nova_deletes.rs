@@ -206,7 +206,7 @@ fn the_captured_life_of_a_server_ends_with_one_deletion() {
             "{what}: something was pushed after the deletion (the capture has post-delete updates)"
         );
         let mut actions = Vec::new();
-        while let Ok(event) = rx.try_recv() {
+        while let Some(event) = rx.try_recv() {
             if let Event::Change(c) = event {
                 actions.push(c.action);
             }
@@ -306,7 +306,7 @@ fn a_soft_deleted_server_is_deleted_and_created_again_when_restored() {
             Seen::parse("", &body).event_type
         );
     }
-    let states: Vec<(Action, Option<String>)> = std::iter::from_fn(|| rx.try_recv().ok())
+    let states: Vec<(Action, Option<String>)> = std::iter::from_fn(|| rx.try_recv())
         .filter_map(|e| match e {
             Event::Change(c) => Some((c.action, c.entity.state().map(str::to_owned))),
             _ => None,
