@@ -728,6 +728,7 @@ async fn start_child(
         snapshot_limit: inst
             .snapshot_limit
             .map_or(crate::isolation::process::DEFAULT_SNAPSHOT_LIMIT, |m| m.0),
+        max_entities: schedule.max_entities,
         backoff_initial: schedule.backoff_initial,
         backoff_max: schedule.backoff_max,
     };

@@ -59,6 +59,7 @@ fn bench(c: &mut Criterion) {
                 heartbeat_timeout: Duration::from_secs(10),
                 memory_limit: None,
                 snapshot_limit: synchronizer::isolation::process::DEFAULT_SNAPSHOT_LIMIT,
+                max_entities: synchronizer::config::DEFAULT_MAX_ENTITIES,
                 backoff_initial: Duration::from_secs(1),
                 backoff_max: Duration::from_secs(10),
             },

@@ -9,10 +9,10 @@
 //! error").
 //!
 //! Snapshot parts are held (decoding on blocking threads, several at once) until their
-//! call's final frame, up to `snapshot_limit` bytes of frames per call: past it the call
-//! fails at once with an error saying so (a failed snapshot deletes nothing), the parts
-//! held are dropped and the call's further parts are read and dropped until its final
-//! frame. The child is not killed for that: a snapshot that large is the plugin's answer,
+//! call's final frame, up to `snapshot_limit` bytes of frames and `max_entities` entities
+//! per call: past either the call fails at once with an error saying so (a failed snapshot
+//! deletes nothing), the parts held are dropped and the call's further parts are read and
+//! dropped until its final frame. The child is not killed for that: a snapshot that large is the plugin's answer,
 //! not a protocol error.
 
 use std::collections::HashMap;
@@ -50,6 +50,8 @@ pub(super) enum Stream {
         parts: Vec<PartTask>,
         /// Their frames' bytes.
         bytes: u64,
+        /// Their entities, as their frames count them.
+        entities: u64,
     },
     /// Its caller has its answer or gave up (the call passed its timeout, or its parts
     /// passed `snapshot_limit`): further parts are dropped until the final frame.
@@ -97,6 +99,7 @@ impl Conn {
                 Stream::Collecting {
                     parts: Vec::new(),
                     bytes: 0,
+                    entities: 0,
                 },
             );
             ToChild::Snapshot { id, types }
@@ -162,26 +165,43 @@ pub(super) fn name_of(m: &FromChild) -> &'static str {
 /// protocol error: the child is to be killed with that cause.
 fn take_part(shared: &Shared, conn: &Arc<Conn>, id: u64, body: Vec<u8>) -> Result<(), String> {
     let limit = shared.options.snapshot_limit;
+    let max_entities = shared.options.max_entities as u64;
     let mut streams = lock(&conn.partial);
-    let (parts, bytes) = match streams.get_mut(&id) {
+    let (parts, bytes, entities) = match streams.get_mut(&id) {
         None => {
             return Err(format!(
                 "protocol error: a snapshot part for call {id}, which is not a snapshot in hand"
             ));
         }
         Some(Stream::Abandoned) => return Ok(()), // read and dropped
-        Some(Stream::Collecting { parts, bytes }) => (parts, bytes),
+        Some(Stream::Collecting {
+            parts,
+            bytes,
+            entities,
+        }) => (parts, bytes, entities),
     };
     *bytes = bytes.saturating_add(body.len() as u64);
-    if *bytes > limit {
-        let held = *bytes;
+    // A count the frame does not hold is the decoder's error, reported with the part.
+    *entities = entities.saturating_add(wire::snapshot_part_count(&body).map_or(0, u64::from));
+    let refusal = if *bytes > limit {
+        tracing::error!(instance = %shared.name, pid = conn.pid, call = id, limit, "snapshot parts passed snapshot_limit; the snapshot fails");
+        Some(format!(
+            "the snapshot is larger than snapshot_limit: its parts passed {} MiB ({} bytes of frames); they are dropped and nothing is deleted",
+            limit >> 20,
+            *bytes
+        ))
+    } else if *entities > max_entities {
+        tracing::error!(instance = %shared.name, pid = conn.pid, call = id, max_entities, "snapshot parts passed max_entities; the snapshot fails");
+        Some(format!(
+            "the snapshot has more than max_entities = {max_entities} entities (its parts alone hold {}); they are dropped and nothing is deleted (raise max_entities if the source really is this large)",
+            *entities
+        ))
+    } else {
+        None
+    };
+    if let Some(message) = refusal {
         drop(streams);
         conn.abandon_snapshot(id);
-        let message = format!(
-            "the snapshot is larger than snapshot_limit: its parts passed {} MiB ({held} bytes of frames); they are dropped and nothing is deleted",
-            limit >> 20
-        );
-        tracing::error!(instance = %shared.name, pid = conn.pid, call = id, limit, "snapshot parts passed snapshot_limit; the snapshot fails");
         let waiter = lock(&conn.pending).remove(&id);
         if let Some(w) = waiter {
             let _ = w.send(FromChild::Snapshot {

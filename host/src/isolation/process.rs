@@ -60,6 +60,9 @@ pub struct ProcessOptions {
     pub memory_limit: Option<u64>,
     /// The most snapshot-part frame bytes held for one call ([`DEFAULT_SNAPSHOT_LIMIT`]).
     pub snapshot_limit: u64,
+    /// The most entities a snapshot may have (the instance's `max_entities`): parts past
+    /// it fail the call at once, as `snapshot_limit` does.
+    pub max_entities: usize,
     /// First restart delay.
     pub backoff_initial: Duration,
     /// Largest restart delay.

@@ -888,6 +888,16 @@ pub fn snapshot_part_id(body: &[u8]) -> Option<u64> {
     }
 }
 
+/// How many entities a `SnapshotPart` frame body says it holds (its count, read without
+/// decoding the entities; the decoder checks it against the bytes).
+pub fn snapshot_part_count(body: &[u8]) -> Option<u32> {
+    if body.len() >= 13 && body[0] == tag::SNAPSHOT_PART {
+        Some(u32::from_le_bytes([body[9], body[10], body[11], body[12]]))
+    } else {
+        None
+    }
+}
+
 /// Encodes a snapshot result without taking ownership of it.
 pub fn encode_snapshot(id: u64, result: Result<&FfiSnapshot, &FfiError>) -> Vec<u8> {
     match result {

@@ -39,6 +39,13 @@ pub struct Config {
     mode: Mode,
     #[serde(default)]
     entities: u32,
+    /// `ok`: every snapshot after the first has this many entities instead (a source
+    /// that suddenly grows past the host's bounds).
+    #[serde(default)]
+    later_entities: Option<u32>,
+    /// `ok`: each entity carries a property `pad` of this many bytes.
+    #[serde(default)]
+    padding: usize,
     #[serde(default = "default_block_ms")]
     block_ms: u64,
     #[serde(default)]
@@ -57,6 +64,8 @@ pub struct Faulty {
     // Private: built by `Plugin::new`.
     mode: Mode,
     entities: u32,
+    later_entities: Option<u32>,
+    pad: Option<serde_json::Value>,
     block: Duration,
     calls: AtomicU64,
     instance: String,
@@ -84,6 +93,9 @@ impl Plugin for Faulty {
         Ok(Faulty {
             mode: config.mode,
             entities: config.entities,
+            later_entities: config.later_entities,
+            pad: (config.padding > 0)
+                .then(|| serde_json::json!({ "pad": "x".repeat(config.padding) })),
             block: Duration::from_millis(config.block_ms),
             calls: AtomicU64::new(0),
             instance: ctx.instance.clone(),
@@ -101,15 +113,25 @@ impl Plugin for Faulty {
             ])
         };
         match self.mode {
-            Mode::Ok => Ok(Snapshot::complete(
-                (0..self.entities)
-                    .map(|i| {
-                        Entity::resource("faulty.item", &format!("item-{i}"))
-                            .with_name(format!("item {i}"))
-                            .with_state("ACTIVE")
-                    })
-                    .collect(),
-            )),
+            Mode::Ok => {
+                let count = match self.later_entities {
+                    Some(later) if n > 1 => later,
+                    _ => self.entities,
+                };
+                Ok(Snapshot::complete(
+                    (0..count)
+                        .map(|i| {
+                            let e = Entity::resource("faulty.item", &format!("item-{i}"))
+                                .with_name(format!("item {i}"))
+                                .with_state("ACTIVE");
+                            match &self.pad {
+                                Some(pad) => e.with_properties(pad.clone()),
+                                None => e,
+                            }
+                        })
+                        .collect(),
+                ))
+            }
             Mode::Churn => Ok(Snapshot::complete(
                 (0..self.entities)
                     .map(|i| {
