@@ -64,7 +64,9 @@ impl Backoff {
 
     /// A failure now: the delay before the next attempt.
     pub fn failure(&mut self) -> Duration {
-        self.failure_at(Instant::now())
+        // Tokio's clock (the system's, except in a test that pauses time), so that the
+        // quiet period passes with the sleeps that make it.
+        self.failure_at(tokio::time::Instant::now().into_std())
     }
 
     /// A failure at `now`: the delay before the next attempt.

@@ -1043,3 +1043,123 @@ async fn run_bus(
     }
     status.stopped();
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use synchronizer_plugin_api::ErrorKind;
+    use synchronizer_plugin_api::abi::FfiSnapshot;
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::instance::{BoxFuture, CallError, Source};
+    use crate::isolation::Isolation;
+
+    /// A bus instance whose push loop dies after each of `lives` in turn, then ends.
+    struct Dies {
+        lives: Mutex<VecDeque<Duration>>,
+        starts: Mutex<Vec<Instant>>,
+    }
+
+    impl Source for Dies {
+        fn snapshot(&self, _types: Vec<String>) -> BoxFuture<Result<FfiSnapshot, CallError>> {
+            Box::pin(async {
+                Err(CallError {
+                    kind: ErrorKind::Failed,
+                    message: "a bus plugin".into(),
+                })
+            })
+        }
+
+        fn calls_in_flight(&self) -> u32 {
+            0
+        }
+    }
+
+    impl Instance for Dies {
+        fn isolation(&self) -> Isolation {
+            Isolation::Process
+        }
+
+        fn run(&self, _hub: Arc<Hub>, _origin: Origin) -> BoxFuture<Result<(), CallError>> {
+            self.starts.lock().unwrap().push(Instant::now());
+            let life = self.lives.lock().unwrap().pop_front();
+            Box::pin(async move {
+                let Some(life) = life else { return Ok(()) };
+                tokio::time::sleep(life).await;
+                Err(CallError {
+                    kind: ErrorKind::Failed,
+                    message: "the plugin child process ended".into(),
+                })
+            })
+        }
+
+        fn request_stop(&self) {}
+
+        fn health(&self) -> BoxFuture<Result<Health, CallError>> {
+            Box::pin(async { Ok(Health::healthy()) })
+        }
+
+        fn counters(&self) -> Vec<(String, u64)> {
+            Vec::new()
+        }
+
+        fn shutdown(self: Arc<Self>, _timeout: Duration) -> BoxFuture<()> {
+            Box::pin(async {})
+        }
+
+        fn into_source(self: Arc<Self>) -> Arc<dyn Source> {
+            self
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_bus_restart_delay_starts_again_after_a_loop_that_ran_past_the_quiet_period() {
+        let s = Duration::from_secs;
+        // Ten deaths right after each restart, then one loop that runs 61 s, one more
+        // quick death, and the loop ends.
+        let mut lives: VecDeque<Duration> = std::iter::repeat_n(s(0), 10).collect();
+        lives.extend([s(61), s(0)]);
+        let plugin = Arc::new(Dies {
+            lives: Mutex::new(lives.clone()),
+            starts: Mutex::new(Vec::new()),
+        });
+        let schedule = Schedule {
+            backoff_initial: s(1),
+            backoff_max: s(300),
+            ..Schedule::default()
+        };
+        run_bus(
+            plugin.clone(),
+            Arc::new(Hub::new(s(60))),
+            Origin {
+                owner: 0,
+                instance: Arc::from("bus"),
+            },
+            Arc::new(StatusCell::default()),
+            schedule,
+            CancellationToken::new(),
+        )
+        .await;
+        let starts = plugin.starts.lock().unwrap().clone();
+        assert_eq!(starts.len(), lives.len() + 1, "every life and the last run");
+        // The delay before each restart: from the death to the next start.
+        let delays: Vec<f64> = (0..lives.len())
+            .map(|i| (starts[i + 1] - (starts[i] + lives[i])).as_secs_f64())
+            .collect();
+        // Jitter 0.2 shortens a delay by up to a fifth.
+        let near = |got: f64, want: f64| got <= want && got >= want * 0.8 - 1e-3;
+        for (i, want) in [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 300.0]
+            .into_iter()
+            .enumerate()
+        {
+            assert!(near(delays[i], want), "death {i}: {delays:?}");
+        }
+        // Without the quiet period this death would wait 300 s again.
+        assert!(near(delays[10], 1.0), "after the long run: {delays:?}");
+        // A quick death after that restart counts again.
+        assert!(near(delays[11], 2.0), "{delays:?}");
+    }
+}
