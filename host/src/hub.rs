@@ -1289,12 +1289,15 @@ impl Shared {
                 if sub.lagged {
                     continue;
                 }
+                // One more than there is room for tells that it fell behind, without
+                // copying the rest of a large batch for it.
+                let room = sub.tx.room();
                 let mut events: Vec<Event> = changes
                     .iter()
                     .filter(|c| sub.filter.matches(c.entity.entity_type()))
+                    .take(room.saturating_add(1))
                     .map(|c| Event::Change(c.clone()))
                     .collect();
-                let room = sub.tx.room();
                 let fell_behind = events.len() > room;
                 events.truncate(room);
                 if sub.tx.send(events).is_err() {

@@ -12,8 +12,8 @@
 //! call's final frame, up to `snapshot_limit` bytes of frames and `max_entities` entities
 //! per call: past either the call fails at once with an error saying so (a failed snapshot
 //! deletes nothing), the parts held are dropped and the call's further parts are read and
-//! dropped until its final frame. The child is not killed for that: a snapshot that large is the plugin's answer,
-//! not a protocol error.
+//! dropped until its final frame. The child is not killed for that: a snapshot that large
+//! is the plugin's answer, not a protocol error.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -54,7 +54,8 @@ pub(super) enum Stream {
         entities: u64,
     },
     /// Its caller has its answer or gave up (the call passed its timeout, or its parts
-    /// passed `snapshot_limit`): further parts are dropped until the final frame.
+    /// passed `snapshot_limit` or `max_entities`): further parts are dropped until the
+    /// final frame.
     Abandoned,
 }
 
