@@ -616,7 +616,13 @@ fn from_child_used(msg: FromChild) {
 /// decodes encodes to a frame that decodes to the same, and is used as the host uses it.
 pub fn wire_from_child(data: &[u8]) {
     let _ = synchronizer::isolation::wire::snapshot_part_id(data);
+    // The count the host holds to `max_entities` before a part is decoded is the count
+    // of every part that decodes.
+    let count = synchronizer::isolation::wire::snapshot_part_count(data);
     if let Ok(msg) = FromChild::decode(data) {
+        if let FromChild::SnapshotPart { entities, .. } = &msg {
+            assert_eq!(count, u32::try_from(entities.len()).ok(), "part count");
+        }
         reencode(&msg, FromChild::encode, FromChild::decode);
         from_child_used(msg);
     }
