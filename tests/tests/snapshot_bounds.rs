@@ -1,5 +1,6 @@
 //! A plugin child whose source suddenly grows far past the host's bounds: its snapshot
-//! fails with an error naming the bound, nothing is deleted, the same child goes on, and
+//! fails with an error naming the bound, nothing is deleted (in the view, and on a
+//! subscriber's change stream), the same child goes on, and
 //! the host's resident memory stays bounded while the child streams hundreds of MiB at it.
 //!
 //! One test in its own binary: the memory measured is this process's (the host), and no
@@ -8,8 +9,8 @@
 
 use std::time::{Duration, Instant};
 
-use synchronizer::Synchronizer;
 use synchronizer::status::InstanceStatus;
+use synchronizer::{Event, SubscribeOptions, Synchronizer};
 use synchronizer_tests::{binary, config};
 
 /// Entities of the grown source, and the bytes of padding each carries: about 220 MB of
@@ -19,7 +20,7 @@ const PADDING: usize = 1024;
 /// How far the host's peak resident memory may rise over its level before the grown
 /// snapshots, with `snapshot_limit = 16MiB` or `max_entities = 10000`: the parts held
 /// (16 MiB of frames, or 10,000 entities of 1 KiB), their decoded copies while they are
-/// decoded, and the read buffers. Measured 35–37 and 5–15 MiB; with the bounds moved out of
+/// decoded, and the read buffers. Measured 31–37 and 5–15 MiB; with the bounds moved out of
 /// the way (`snapshot_limit = "1GiB"`, `max_entities = 150000`) the host held 150,000 of
 /// the entities before refusing them and its peak rose 231 MiB.
 const BOUND_MIB: u64 = 128;
@@ -76,6 +77,8 @@ padding = {PADDING}
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(sync.current(&["faulty.item"]).len(), 100);
+    // A consumer of the change stream, from here on.
+    let mut sub = sync.subscribe(&SubscribeOptions::types(&["faulty.item"]));
     let pid = status(&sync).pid;
     reset_peak();
     let (before, reset) = memory();
@@ -100,6 +103,9 @@ padding = {PADDING}
     // Nothing deleted, nothing added; the same child goes on (not a protocol error).
     assert_eq!(sync.current(&["faulty.item"]).len(), 100);
     assert_eq!((s.restarts, s.pid), (0, pid), "{s:?}");
+    // And the consumer was told of no change: no deletion, no creation, no resync.
+    let told: Vec<Event> = std::iter::from_fn(|| sub.try_recv()).collect();
+    assert!(told.is_empty(), "the consumer was told {told:?}");
     sync.shutdown().await;
     let rise = peak.saturating_sub(before) >> 10;
     eprintln!("{bound}: host RSS {before} KiB before, peak rise {rise} MiB");
